@@ -1,0 +1,1 @@
+"""accel: sidecar traffic capture with iptables, nftables and eBPF, proven equivalent."""
