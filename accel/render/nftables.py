@@ -1,0 +1,252 @@
+"""Render a CaptureSpec as Istio's native nftables transaction (accel's nftables fallback).
+
+The output is the `nft -f` text istio-iptables --native-nftables applies as one atomic
+transaction (Istio's nftables golden format): per table `add table`, `flush table`, the
+chains that have rules, then the rules in Istio's order, each with a counter. All tables are
+family inet, so one rule set covers IPv4 and IPv6; IPv6-only rules appear when the pod has IPv6.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec import WILDCARD, CaptureSpec, cidr_text
+
+NAT, MANGLE, RAW = "istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"
+PREROUTING, OUTPUT_BASE = "prerouting", "output"
+INBOUND = "istio-inbound"
+REDIRECT = "istio-redirect"
+IN_REDIRECT = "istio-in-redirect"
+OUTPUT = "istio-output"
+OUTPUT_DNS = "istio-output-dns"
+DIVERT = "istio-divert"
+TPROXY_CHAIN = "istio-tproxy"
+DROP = "istio-drop"
+
+DNS_PROXY_PORT = "15053"
+OUTBOUND_MARK = "1338"
+
+# Tables in transaction order; chains in declaration order, base chains with their hook.
+# Priorities are numeric: nft 1.0.6 rejects the name "dstnat" on an output hook.
+TABLES: dict[str, list[tuple[str, str | None]]] = {
+    NAT: [(PREROUTING, "type nat hook prerouting priority -100"),
+          (OUTPUT_BASE, "type nat hook output priority -100"),
+          (INBOUND, None), (REDIRECT, None), (IN_REDIRECT, None), (OUTPUT, None), (OUTPUT_DNS, None)],
+    MANGLE: [(PREROUTING, "type filter hook prerouting priority -150"),
+             (OUTPUT_BASE, "type route hook output priority -150"),
+             (DIVERT, None), (TPROXY_CHAIN, None), (INBOUND, None), (DROP, None)],
+    RAW: [(PREROUTING, "type filter hook prerouting priority -300"),
+          (OUTPUT_BASE, "type filter hook output priority -300"),
+          (INBOUND, None), (OUTPUT_DNS, None)],
+}
+
+
+@dataclass(frozen=True)
+class _Rule:
+    table: str
+    chain: str
+    match: str  # what comes before the counter
+    action: str  # the statement after the counter
+    index: int | None = None  # nft insert position (0-based); None appends
+
+    @property
+    def body(self) -> str:
+        return " ".join(part for part in (self.match, "counter", self.action) if part)
+
+
+class _Builder:
+    def __init__(self, spec: CaptureSpec):
+        self.ipv6 = spec.enable_ipv6
+        self.rules: list[_Rule] = []
+
+    def add(self, table, chain, match, action, *, index=None):
+        self.rules.append(_Rule(table, chain, match, action, index))
+
+    def add6(self, table, chain, match, action, *, index=None):
+        """An IPv6-only rule: written only when the pod has IPv6."""
+        if self.ipv6:
+            self.add(table, chain, match, action, index=index)
+
+    def transaction(self) -> str:
+        out = []
+        for table, chains in TABLES.items():
+            rules = [r for r in self.rules if r.table == table]
+            if not rules:
+                continue
+            out += [f"add table inet {table}", f"flush table inet {table}"]
+            used = {r.chain for r in rules}
+            for chain, base in chains:
+                if chain in used:
+                    out.append(f"add chain inet {table} {chain}" + (f" {{ {base} ; }}" if base else ""))
+            count: dict[str, int] = {}
+            for rule in rules:
+                # iptables' "-I CHAIN 1" is index 0 here, but nft can only insert before an
+                # existing rule: into an empty or shorter chain it appends instead.
+                length = count.get(rule.chain, 0)
+                if rule.index is None or rule.index >= length:
+                    out.append(f"add rule inet {table} {rule.chain} {rule.body}")
+                else:
+                    out.append(f"insert rule inet {table} {rule.chain} index {rule.index} {rule.body}")
+                count[rule.chain] = length + 1
+        return "".join(line + "\n" for line in out)
+
+
+def render_nftables(spec: CaptureSpec) -> str:
+    b = _Builder(spec)
+    dns = spec.dns_capture
+    tunnel = str(spec.inbound_tunnel_port)
+    mark = str(spec.inbound_tproxy_mark)
+    lo4 = cidr_text(spec.host_ipv4_loopback_cidr)
+
+    for nic in spec.exclude_interfaces:
+        b.add(NAT, PREROUTING, f"iifname {nic}", "return")
+        b.add(NAT, OUTPUT_BASE, f"oifname {nic}", "return")
+    if spec.tproxy:
+        for nic in spec.exclude_interfaces:
+            b.add(MANGLE, PREROUTING, f"iifname {nic}", "return")
+            b.add(MANGLE, OUTPUT_BASE, f"oifname {nic}", "return")
+    for nic in spec.kube_virt_interfaces:
+        b.add(NAT, PREROUTING, f"iifname {nic}", "return", index=0)
+
+    if spec.drop_invalid:  # TCP only, unlike the iptables rule
+        b.add(MANGLE, PREROUTING, "meta l4proto tcp ct state invalid", f"jump {DROP}")
+        b.add(MANGLE, DROP, "", "drop")
+
+    b.add(NAT, INBOUND, f"meta l4proto tcp tcp dport {tunnel}", "return")
+    b.add(NAT, REDIRECT, "meta l4proto tcp", f"redirect to :{spec.proxy_port}")
+    b.add(NAT, IN_REDIRECT, "meta l4proto tcp", f"redirect to :{spec.inbound_capture_port}")
+
+    _inbound(b, spec, lo4)
+
+    b.add(NAT, OUTPUT_BASE, "", f"jump {OUTPUT}")
+    for port in spec.outbound_ports_exclude:
+        b.add(NAT, OUTPUT, f"tcp dport {port}", "return")
+        b.add(NAT, OUTPUT, f"udp dport {port}", "return")
+    b.add(NAT, OUTPUT, "oifname lo ip saddr 127.0.0.6/32", "return")
+    b.add6(NAT, OUTPUT, "oifname lo ip6 saddr ::6/128", "return")
+
+    for owner, ids in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
+        for number in ids:
+            ports = f"{{ 53, {tunnel} }}" if dns and owner == "skuid" else tunnel
+            hairpin = f"tcp dport != {ports} {owner} {number}"
+            b.add(NAT, OUTPUT, f"oifname lo meta l4proto tcp ip daddr != {lo4} {hairpin}", f"jump {IN_REDIRECT}")
+            b.add6(NAT, OUTPUT, f"oifname lo meta l4proto tcp ip6 daddr != ::1/128 {hairpin}", f"jump {IN_REDIRECT}")
+            if not spec.include_has_loopback:
+                tcp_not_dns = "meta l4proto tcp tcp dport != 53 " if dns else ""
+                b.add(NAT, OUTPUT, f"oifname lo {tcp_not_dns}{owner} != {number}", "return")
+            b.add(NAT, OUTPUT, f"{owner} {number}", "return")
+
+    if spec.owner_groups_include == WILDCARD:
+        for group in spec.owner_groups_exclude:
+            b.add(NAT, OUTPUT, f"skgid {group}", "return")
+    else:
+        b.add(NAT, OUTPUT, " ".join(f"skgid != {g}" for g in spec.owner_groups_include), "return")
+
+    if dns:
+        _dns(b, spec)
+
+    b.add(NAT, OUTPUT, f"ip daddr {lo4}", "return")
+    b.add6(NAT, OUTPUT, "ip6 daddr ::1/128", "return")
+    for cidr in spec.outbound_exclude(4):
+        b.add(NAT, OUTPUT, f"ip daddr {cidr_text(cidr)}", "return")
+    for cidr in spec.outbound_exclude(6):
+        b.add6(NAT, OUTPUT, f"ip6 daddr {cidr_text(cidr)}", "return")
+    for port in spec.outbound_ports_include:
+        b.add(NAT, OUTPUT, f"tcp dport {port}", f"jump {REDIRECT}")
+    if spec.outbound_ip_ranges_include == WILDCARD:
+        # One family-less jump: unlike iptables, this also captures IPv6 on a pod without IPv6.
+        b.add(NAT, OUTPUT, "", f"jump {REDIRECT}")
+        for nic in spec.kube_virt_interfaces:
+            b.add(NAT, PREROUTING, f"iifname {nic}", f"jump {REDIRECT}", index=0)
+    else:
+        for version, add, keyword in ((4, b.add, "ip"), (6, b.add6, "ip6")):
+            for cidr in spec.outbound_include(version):
+                for nic in spec.kube_virt_interfaces:
+                    add(NAT, PREROUTING, f"iifname {nic} {keyword} daddr {cidr_text(cidr)}", f"jump {REDIRECT}",
+                        index=0)
+                add(NAT, OUTPUT, f"{keyword} daddr {cidr_text(cidr)}", f"jump {REDIRECT}")
+
+    if spec.tproxy:
+        b.add(MANGLE, PREROUTING, f"meta l4proto tcp mark {mark}", "ct mark set mark")
+        b.add(MANGLE, OUTPUT_BASE, f"oifname lo meta l4proto tcp mark {mark}", "return")
+        for owner, ids in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
+            for number in ids:
+                b.add(MANGLE, OUTPUT_BASE, f"oifname lo meta l4proto tcp ip daddr != {lo4} {owner} {number}",
+                      f"meta mark set {OUTBOUND_MARK}")
+                b.add6(MANGLE, OUTPUT_BASE, f"oifname lo meta l4proto tcp ip6 daddr != ::1/128 {owner} {number}",
+                       f"meta mark set {OUTBOUND_MARK}")
+        b.add(MANGLE, OUTPUT_BASE, f"meta l4proto tcp ct mark {mark}", "meta mark set ct mark")
+        b.add(MANGLE, INBOUND, f"meta l4proto tcp mark {mark}", "return", index=0)
+        b.add(MANGLE, INBOUND, "iifname lo meta l4proto tcp ip saddr 127.0.0.6/32", "return", index=1)
+        b.add6(MANGLE, INBOUND, "iifname lo meta l4proto tcp ip6 saddr ::6/128", "return", index=1)
+        b.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp mark != {OUTBOUND_MARK}", "return", index=2)
+
+    return b.transaction()
+
+
+def _inbound(b: _Builder, spec: CaptureSpec, lo4: str):
+    if not spec.captures_inbound:
+        return
+    port = spec.inbound_capture_port
+    if spec.tproxy:
+        mark = spec.inbound_tproxy_mark
+        b.add(MANGLE, DIVERT, "", f"meta mark set {mark}")
+        b.add(MANGLE, DIVERT, "", "accept")
+        b.add(MANGLE, TPROXY_CHAIN, f"meta l4proto tcp ip daddr != {lo4} tproxy ip to :{port} meta mark set {mark}",
+              "accept")
+        b.add6(MANGLE, TPROXY_CHAIN,
+               f"meta l4proto tcp ip6 daddr != ::1/128 tproxy ip6 to :{port} meta mark set {mark}", "accept")
+        table = MANGLE
+    else:
+        table = NAT
+    b.add(table, PREROUTING, "meta l4proto tcp", f"jump {INBOUND}")
+    if spec.inbound_ports_include == WILDCARD:
+        for excluded in spec.inbound_ports_exclude:
+            b.add(table, INBOUND, f"meta l4proto tcp tcp dport {excluded}", "return")
+        if spec.tproxy:
+            b.add(MANGLE, INBOUND, "meta l4proto tcp ct state related,established", f"jump {DIVERT}")
+            b.add(MANGLE, INBOUND, "meta l4proto tcp", f"jump {TPROXY_CHAIN}")
+        else:
+            b.add(NAT, INBOUND, "meta l4proto tcp", f"jump {IN_REDIRECT}")
+        return
+    for included in spec.inbound_ports_include:
+        if spec.tproxy:
+            b.add(MANGLE, INBOUND, f"meta l4proto tcp ct state related,established tcp dport {included}",
+                  f"jump {DIVERT}")
+            b.add(MANGLE, INBOUND, f"meta l4proto tcp tcp dport {included}", f"jump {TPROXY_CHAIN}")
+        else:
+            b.add(NAT, INBOUND, f"meta l4proto tcp tcp dport {included}", f"jump {IN_REDIRECT}")
+
+
+def _dns(b: _Builder, spec: CaptureSpec):
+    v4, v6 = spec.dns_servers_v4, spec.dns_servers_v6
+    capture_all = spec.capture_all_dns
+    redirect = f"redirect to :{DNS_PROXY_PORT}"
+    b.add(RAW, OUTPUT_BASE, "", f"jump {OUTPUT_DNS}")
+    # Unlike iptables (one jump per family that has servers) this jump is written once.
+    b.add(NAT, OUTPUT, "", f"jump {OUTPUT_DNS}")
+    if capture_all:
+        b.add(NAT, OUTPUT_DNS, "meta l4proto tcp tcp dport 53", redirect)
+        b.add(NAT, OUTPUT_DNS, "udp dport 53", redirect)
+    else:
+        for proto in ("tcp", "udp"):
+            for server in v4:
+                b.add(NAT, OUTPUT_DNS, f"ip daddr {server}/32 {proto} dport 53", redirect)
+            for server in v6:
+                b.add6(NAT, OUTPUT_DNS, f"ip6 daddr {server}/128 {proto} dport 53", redirect)
+    for owner, ids in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
+        for number in ids:
+            b.add(RAW, OUTPUT_DNS, f"udp dport 53 meta {owner} {number}", "ct zone set 1")
+            b.add(RAW, OUTPUT_DNS, f"udp sport {DNS_PROXY_PORT} meta {owner} {number}", "ct zone set 2")
+    if capture_all:
+        b.add(RAW, PREROUTING, "", f"jump {INBOUND}")
+        b.add(RAW, OUTPUT_DNS, "udp dport 53", "ct zone set 2")
+        b.add(RAW, INBOUND, "udp sport 53", "ct zone set 1")
+        return
+    b.add(RAW, PREROUTING, "", f"jump {INBOUND}")
+    for server in v4:
+        b.add(RAW, OUTPUT_DNS, f"udp dport 53 ip daddr {server}/32", "ct zone set 2")
+        b.add(RAW, INBOUND, f"udp sport 53 ip saddr {server}/32", "ct zone set 1")
+    for server in v6:
+        b.add6(RAW, OUTPUT_DNS, f"udp dport 53 ip6 daddr {server}/128", "ct zone set 2")
+        b.add6(RAW, INBOUND, f"udp sport 53 ip6 saddr {server}/128", "ct zone set 1")
