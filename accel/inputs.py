@@ -175,6 +175,10 @@ LOG_FLAGS = {"--log_as_json": True, "--log_caller": False, "--log_output_level":
              "--log_rotate": False, "--log_rotate_max_age": False, "--log_rotate_max_backups": False,
              "--log_rotate_max_size": False, "--log_stacktrace_level": False, "--log_target": False}
 
+# The stock sidecar: istio-init's arguments as Istio's injector writes them (no DNS capture).
+ISTIO_INIT_DEFAULT_ARGS = ("-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
+                           "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020")
+
 # Fields with no flag: detected by istio-iptables on the node. Settable in --istio-config files.
 DETECTED = ("EnableIPv6", "DNSServersV4", "DNSServersV6")
 # Other Go fields of config.Config that may appear in a dumped config; none affects capture.
@@ -298,6 +302,7 @@ def _dns_servers(kwargs, given: list[str] | None, resolv_conf: str) -> dict:
 
 
 def split_dns_servers(servers: list[str]) -> dict[str, tuple[str, ...]]:
+    """CaptureSpec keyword arguments for a mixed list of nameservers."""
     by_version = {4: [], 6: []}
     for server in servers:
         by_version[s.parse_address(server, "DNS server").version].append(server)

@@ -87,15 +87,17 @@ def parse_ids(text: str, field: str, what: str) -> tuple[int, ...]:
 
 def parse_cidr(text: str, field: str) -> Cidr:
     value = text.strip()
-    address, slash, bits = value.partition("/")
+    address_text, slash, bits = value.partition("/")
     # Go's netip.ParsePrefix, which Istio uses, wants addr/bits with decimal bits and no zone.
-    if not slash or not bits.isdigit() or "%" in address:
+    if not slash or not bits.isdigit() or "%" in address_text:
         raise SpecError(field, text, "not a CIDR (expected address/prefix-length, e.g. 10.0.0.0/8)")
     try:
-        cidr = ipaddress.ip_interface(value)
-    except ValueError as error:
-        raise SpecError(field, text, f"not a CIDR: {error}") from None
-    return cidr
+        address = ipaddress.ip_address(address_text)
+    except ValueError:
+        raise SpecError(field, text, "not a CIDR: the address part is not an IP address") from None
+    if int(bits) > address.max_prefixlen:
+        raise SpecError(field, text, f"prefix length {int(bits)} is longer than {address.max_prefixlen}")
+    return ipaddress.ip_interface(f"{address}/{int(bits)}")
 
 
 def parse_cidrs(text: str, field: str, *, wildcard: bool = False) -> tuple[Cidr, ...] | Wildcard:
