@@ -14,8 +14,9 @@ from accel.spec import CaptureSpec
 REFERENCE = Path(os.environ.get(
     "ACCEL_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference" / "istio"))
 PROBE_LINES = ("iptables-save", "ip6tables-save")
-# Group names used by Istio's owner-group cases; they must resolve where rules are loaded.
-CASE_GROUPS = {"java": 20001, "ftp": 20002}
+# Group names used by Istio's owner-group cases (and "counter", an nft keyword, for the
+# property tests); they must resolve wherever rules are loaded.
+CASE_GROUPS = {"java": 20001, "ftp": 20002, "counter": 20003}
 
 
 @dataclass(frozen=True)

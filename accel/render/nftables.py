@@ -8,9 +8,10 @@ family inet, so one rule set covers IPv4 and IPv6; IPv6-only rules appear when t
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from ..spec import WILDCARD, CaptureSpec, cidr_text
+from ..spec import WILDCARD, CaptureSpec, SpecError, cidr_text
 
 NAT, MANGLE, RAW = "istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"
 PREROUTING, OUTPUT_BASE = "prerouting", "output"
@@ -39,6 +40,53 @@ TABLES: dict[str, list[tuple[str, str | None]]] = {
           (OUTPUT_BASE, "type filter hook output priority -300"),
           (INBOUND, None), (OUTPUT_DNS, None)],
 }
+
+
+# nft reads a bare word as a name only when its scanner sees a plain string: not a keyword, not
+# a number. Istio writes interface and group names bare, which breaks for names such as "1abc",
+# "eth@0" or "counter". accel writes a name bare when that is safe, so Istio's own output is
+# unchanged, and quoted otherwise. The keywords are those of nftables' src/scanner.l (a recent
+# version, a superset of Debian's 1.0.6: an extra entry only costs an unneeded quote).
+_NFT_STRING = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
+_NFT_KEYWORDS = frozenset("""
+    a-rwnd abort accept ackseq add addr ah all and arp asconf asconf-ack auto-merge avgpkt burst
+    bypass bytes cfi cgroup cgroupv2 chain chains check checksum chunk classid code comment comp
+    constant continue cookie-ack cookie-echo count counter counters cpi cpu create csumcov ct
+    cum-tsn-ack cwr daddr data day dccp define dei delete describe destroy device devices direction
+    dnat doff dport drop dscp dst dup dynamic echo ecn ecne element elements eol eq error esp ether
+    event exists expectation expiration expires export exthdr fanout fastopen fib flags flow
+    flowlabel flowtable flowtables flush forward-tsn frag frag-off fully-random fwd gateway
+    gc-interval ge geneve get goto gre gretap group gt handle hbh hdrlength heartbeat heartbeat-ack
+    helper helpers hlen hook hooks hoplimit hour htype ibriport ibrname icmp icmpv6 icmpx id
+    iif iifgroup iifname iiftype igmp import in inc include index inet init init-ack init-tag
+    initial-tsn insert interval ip ip6 ipsec jhash json jump l3proto label last last-entry le
+    left length level limit limits list ll log lowest-tsn lshift lsrr lt map maps mark masquerade
+    max-delay maxseg md5sig memory meta meter meters mh minute missing mod monitor more-fragments
+    mptcp mrt mss mtu name ne netdev never new-cum-tsn nexthdr nexthop nftrace nh noop nop not
+    notrack num num-dup-tsns num-gap-ack-blocks num-inbound-streams num-outbound-streams numgen
+    obriport obrname offload offset oif oifgroup oifname oiftype operation option options or
+    original osf out over packets param-problem pcp performance persistent pkttype plen policy
+    port position ppid prefix priority proto-dst proto-src protocol ptr ptype queue
+    queue-threshold quota quotas ra random rate redefine redirect reject rename replace reply reqid
+    reserved reserved2 reset return right rr rshift rt rt0 rt2 rtclassid rule rules ruleset sack
+    sack-perm sack-permitted sack0 sack1 sack2 sack3 saddr sctp second secmark secmarks seed
+    seg-left sequence seqno set sets shutdown shutdown-ack shutdown-complete sid size skgid skuid
+    snaplen snat socket spi spnum sport srh ssn ssrr state status stream subtype symhash synproxy
+    synproxys table tables tag taddr tcp th time timeout timestamp to tos tproxy trace transparent
+    tsecr tsn tsval ttl tunnel tunnels type typeof udp udplite undefine until update urgptr used
+    value version vlan vm vmap vni vtag week wildcard window with wscale xml xor xt
+    8021ad 8021q""".split())
+
+
+def nft_name(name: str, field: str, *, numeric: bool = False) -> str:
+    """An interface or group name (numeric: a number is a gid) as nft must read it."""
+    if '"' in name:
+        raise SpecError(field, name, "cannot be written in nftables syntax (contains a double quote)")
+    if numeric and name.isdigit():
+        return name
+    if _NFT_STRING.fullmatch(name) and name not in _NFT_KEYWORDS:
+        return name
+    return f'"{name}"'
 
 
 @dataclass(frozen=True)
@@ -98,14 +146,16 @@ def render_nftables(spec: CaptureSpec) -> str:
     mark = str(spec.inbound_tproxy_mark)
     lo4 = cidr_text(spec.host_ipv4_loopback_cidr)
 
-    for nic in spec.exclude_interfaces:
+    excluded = [nft_name(nic, "exclude_interfaces") for nic in spec.exclude_interfaces]
+    virtual = [nft_name(nic, "kube_virt_interfaces") for nic in spec.kube_virt_interfaces]
+    for nic in excluded:
         b.add(NAT, PREROUTING, f"iifname {nic}", "return")
         b.add(NAT, OUTPUT_BASE, f"oifname {nic}", "return")
     if spec.tproxy:
-        for nic in spec.exclude_interfaces:
+        for nic in excluded:
             b.add(MANGLE, PREROUTING, f"iifname {nic}", "return")
             b.add(MANGLE, OUTPUT_BASE, f"oifname {nic}", "return")
-    for nic in spec.kube_virt_interfaces:
+    for nic in virtual:
         b.add(NAT, PREROUTING, f"iifname {nic}", "return", index=0)
 
     if spec.drop_invalid:  # TCP only, unlike the iptables rule
@@ -138,9 +188,10 @@ def render_nftables(spec: CaptureSpec) -> str:
 
     if spec.owner_groups_include == WILDCARD:
         for group in spec.owner_groups_exclude:
-            b.add(NAT, OUTPUT, f"skgid {group}", "return")
+            b.add(NAT, OUTPUT, f"skgid {nft_name(group, 'owner_groups_exclude', numeric=True)}", "return")
     else:
-        b.add(NAT, OUTPUT, " ".join(f"skgid != {g}" for g in spec.owner_groups_include), "return")
+        b.add(NAT, OUTPUT, " ".join(f"skgid != {nft_name(g, 'owner_groups_include', numeric=True)}"
+                                    for g in spec.owner_groups_include), "return")
 
     if dns:
         _dns(b, spec)
@@ -156,12 +207,12 @@ def render_nftables(spec: CaptureSpec) -> str:
     if spec.outbound_ip_ranges_include == WILDCARD:
         # One family-less jump: unlike iptables, this also captures IPv6 on a pod without IPv6.
         b.add(NAT, OUTPUT, "", f"jump {REDIRECT}")
-        for nic in spec.kube_virt_interfaces:
+        for nic in virtual:
             b.add(NAT, PREROUTING, f"iifname {nic}", f"jump {REDIRECT}", index=0)
     else:
         for version, add, keyword in ((4, b.add, "ip"), (6, b.add6, "ip6")):
             for cidr in spec.outbound_include(version):
-                for nic in spec.kube_virt_interfaces:
+                for nic in virtual:
                     add(NAT, PREROUTING, f"iifname {nic} {keyword} daddr {cidr_text(cidr)}", f"jump {REDIRECT}",
                         index=0)
                 add(NAT, OUTPUT, f"{keyword} daddr {cidr_text(cidr)}", f"jump {REDIRECT}")

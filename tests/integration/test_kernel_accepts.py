@@ -5,11 +5,13 @@ that resolves the group names Istio's owner-group cases use.
 """
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from accel import inputs
 from accel.netns import ScratchNetns, group_file_with
 from accel.render import render_iptables, render_nftables
 from tests.reference import CASE_GROUPS, REFERENCE, default_sidecar, golden_cases
+from tests.strategies import capture_specs
 
 pytestmark = pytest.mark.privileged
 
@@ -118,3 +120,24 @@ def test_scratch_namespaces_are_removed_even_on_failure():
     assert not ns.exists()
     from accel.netns import ETC_NETNS
     assert not (ETC_NETNS / name).exists()
+
+
+@pytest.fixture(scope="module")
+def check_namespace():
+    with scratch() as ns:
+        yield ns
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=capture_specs)
+def test_any_spec_renders_rules_the_kernel_accepts(check_namespace, spec):
+    """Beyond the goldens: odd names, ports, CIDRs and option mixes still load."""
+    ns = check_namespace
+    rules = render_iptables(spec)
+    for variant in VARIANTS:
+        for argv, text in restore_commands(rules, variant, "--test"):
+            result = ns.run(argv, input=text, check=False)
+            assert result.returncode == 0, f"{argv[0]}: {result.stderr}\n{text}"
+    nft = render_nftables(spec)
+    result = ns.run(["nft", "-c", "-f", "-"], input=nft, check=False)
+    assert result.returncode == 0, f"{result.stderr}\n{nft}"

@@ -40,3 +40,16 @@ def test_golden_comparison_can_fail():
     case = next(c for c in CASES if c.name == "inbound-ports-include" and c.suite == "iptables")
     changed = case.spec.replace(inbound_ports_include=(32000, 31001))
     assert render_iptables(changed).text.strip() != case.expected
+
+
+def test_nft_names_are_bare_as_istio_writes_them_unless_nft_would_misread_them():
+    from accel.render.nftables import nft_name
+    from accel.spec import SpecError
+
+    for name in ("eth0", "not-istio-nic", "java", "veth.10", "lo"):
+        assert nft_name(name, "f") == name
+    for name in ("1abc", "counter", "eth@0", "ip6", "123"):
+        assert nft_name(name, "f") == f'"{name}"'
+    assert nft_name("202", "f", numeric=True) == "202"  # a gid, not a group called "202"
+    with pytest.raises(SpecError, match="double quote"):
+        nft_name('a"b', "exclude_interfaces")

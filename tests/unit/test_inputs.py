@@ -2,12 +2,12 @@
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from accel import inputs
 from accel import spec as s
 from accel.spec import CaptureSpec, SpecError
 from tests.reference import default_sidecar, golden_cases
+from tests.strategies import capture_specs
 
 
 def args(argv, env=None, **kw):
@@ -125,24 +125,7 @@ def test_config_round_trips(case):
     assert inputs.from_istio_config(inputs.to_istio_config(spec)) == spec
 
 
-ports = st.lists(st.integers(1, 65535), max_size=4).map(tuple)
-cidrs = st.lists(st.ip_addresses().flatmap(
-    lambda a: st.integers(0, a.max_prefixlen).map(lambda b: s.parse_cidr(f"{a}/{b}", "x"))), max_size=3).map(tuple)
-
-
-@given(st.builds(
-    CaptureSpec,
-    proxy_port=st.integers(1, 65535),
-    proxy_uids=st.lists(st.integers(0, s.MAX_ID), min_size=1, max_size=3).map(tuple),
-    inbound_interception_mode=st.sampled_from(["REDIRECT", "TPROXY"]),
-    inbound_ports_include=st.one_of(st.just("*"), ports),
-    inbound_ports_exclude=ports,
-    outbound_ip_ranges_include=st.one_of(st.just("*"), cidrs),
-    outbound_ip_ranges_exclude=cidrs,
-    owner_groups_include=st.one_of(st.just("*"), st.lists(st.sampled_from(["java", "202", "ftp"]),
-                                                          max_size=3).map(tuple)),
-    redirect_dns=st.booleans(), capture_all_dns=st.booleans(), enable_ipv6=st.booleans(),
-))
+@given(capture_specs)
 def test_any_spec_round_trips_through_istio_config(spec):
     assert inputs.from_istio_config(inputs.to_istio_config(spec)) == spec
 
