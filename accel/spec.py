@@ -346,6 +346,8 @@ class CaptureSpec:
         if self.redirect_dns and not self.dns_capture:
             notes.append("--redirect-dns without --capture-all-dns and without a DNS server: "
                          "DNS capture is off (as in istio-iptables)")
+        if self.dns_capture and not self.capture_all_dns and self.dns_servers_v6 and not self.enable_ipv6:
+            notes.append("IPv6 nameservers are not captured: the pod has no IPv6 (as in istio-iptables)")
         if self.capture_all_dns and not self.redirect_dns:
             notes.append("--capture-all-dns has no effect without --redirect-dns")
         if self.inbound_ports_exclude and self.inbound_ports_include != WILDCARD:

@@ -122,7 +122,10 @@ class _Builder:
             if not rules:
                 continue
             out += [f"add table inet {table}", f"flush table inet {table}"]
-            used = {r.chain for r in rules}
+            # Chains with rules, and chains jumped to even if empty, as Istio's iptables builder
+            # declares them. (Istio's nftables builder does not: with DNS capture, no IPv6 and only
+            # IPv6 nameservers its transaction jumps to a chain it never created, and nft refuses it.)
+            used = {r.chain for r in rules} | {r.action.split()[1] for r in rules if r.action.startswith("jump ")}
             for chain, base in chains:
                 if chain in used:
                     out.append(f"add chain inet {table} {chain}" + (f" {{ {base} ; }}" if base else ""))

@@ -53,3 +53,16 @@ def test_nft_names_are_bare_as_istio_writes_them_unless_nft_would_misread_them()
     assert nft_name("202", "f", numeric=True) == "202"  # a gid, not a group called "202"
     with pytest.raises(SpecError, match="double quote"):
         nft_name('a"b', "exclude_interfaces")
+
+
+def test_nft_declares_chains_it_jumps_to():
+    """DNS capture with only IPv6 nameservers on a pod without IPv6: the jumps stay, the
+    IPv6 rules go, and the jumped-to chains must still exist (Istio's nft builder drops them)."""
+    from accel.spec import CaptureSpec
+
+    spec = CaptureSpec(redirect_dns=True, dns_servers_v6=("fd00::10",))
+    text = render_nftables(spec)
+    assert "counter jump istio-output-dns" in text
+    assert "add chain inet istio-proxy-nat istio-output-dns\n" in text
+    assert "add chain inet istio-proxy-raw istio-inbound\n" in text
+    assert any("IPv6 nameservers are not captured" in w for w in spec.warnings())
