@@ -42,11 +42,13 @@ class ScratchNetns:
     def __init__(self, prefix: str = "accel-scratch", etc_files: dict[str, str] | None = None):
         self.name = unique_name(prefix)
         self.etc_files = etc_files or {}
+        self._made_etc_netns = False
 
     def __enter__(self) -> ScratchNetns:
         run(["ip", "netns", "add", self.name])
         try:
             if self.etc_files:
+                self._made_etc_netns = not ETC_NETNS.exists()
                 etc = ETC_NETNS / self.name
                 etc.mkdir(parents=True)
                 for name, content in self.etc_files.items():
@@ -63,6 +65,11 @@ class ScratchNetns:
     def remove(self):
         run(["ip", "netns", "delete", self.name], check=False)
         shutil.rmtree(ETC_NETNS / self.name, ignore_errors=True)
+        if self._made_etc_netns:
+            try:
+                ETC_NETNS.rmdir()  # only if no one else put a namespace's files there meanwhile
+            except OSError:
+                pass
 
     def run(self, argv: list[str], *, input: str | None = None, check: bool = True):
         return run(["ip", "netns", "exec", self.name, *argv], input=input, check=check)
