@@ -65,7 +65,10 @@ def _table(text, label):
 
 
 def _groups_or_all(text, label):
-    return s.parse_groups(text, label, wildcard=True)
+    groups = s.parse_groups(text, label, wildcard=True)
+    if groups != s.WILDCARD and len(groups) > s.MAX_OWNER_GROUPS_INCLUDE:
+        raise SpecError(label, text, f"at most {s.MAX_OWNER_GROUPS_INCLUDE} groups may be included")
+    return groups
 
 
 def _groups(text, label):
@@ -192,16 +195,12 @@ def flag_label(field: Field) -> str:
     return field.env[0]
 
 
-def default_proxy_uid() -> str:
-    """istio-iptables' default: the uid of user istio-proxy ($ENVOY_USER), else 1337."""
-    return _lookup_uid("istio-proxy") or "1337"
-
-
-def _lookup_uid(user: str) -> str | None:
+def default_proxy_uid(user: str = "istio-proxy") -> str:
+    """istio-iptables' default -u: the uid of user $ENVOY_USER (istio-proxy), else 1337."""
     try:
         return str(pwd.getpwnam(user).pw_uid)
     except KeyError:
-        return None
+        return "1337"
 
 
 # ---------------------------------------------------------------------------
@@ -262,7 +261,7 @@ def from_istio_args(argv: list[str], env: Mapping[str, str] | None = None, *,
             texts[field.go] = (argv_values[field.go], flag_label(field))
     if "ProxyUID" not in texts:
         user = env.get("ENVOY_USER", "istio-proxy")
-        texts["ProxyUID"] = (_lookup_uid(user) or "1337", f"uid of user {user}")
+        texts["ProxyUID"] = (default_proxy_uid(user), f"uid of user {user}")
     if "ProxyGID" not in texts:
         texts["ProxyGID"] = (texts["ProxyUID"][0], flag_label(BY_GO["ProxyGID"]))
     kwargs = _spec_kwargs(texts)
@@ -278,15 +277,7 @@ def _spec_kwargs(texts: dict[str, tuple[str, str]]) -> dict:
         value = field.parse(text, label)
         if field.attr is not None:
             kwargs[field.attr] = value
-    _check_owner_groups(kwargs)
     return kwargs
-
-
-def _check_owner_groups(kwargs):
-    include = kwargs.get("owner_groups_include", s.WILDCARD)
-    if include != s.WILDCARD and len(include) > s.MAX_OWNER_GROUPS_INCLUDE:
-        raise SpecError("ISTIO_OUTBOUND_OWNER_GROUPS", s.join(include),
-                        f"at most {s.MAX_OWNER_GROUPS_INCLUDE} groups may be included")
 
 
 def _dns_servers(kwargs, given: list[str] | None, resolv_conf: str) -> dict:
@@ -331,7 +322,6 @@ def from_istio_config(config: Mapping[str, object]) -> CaptureSpec:
     if not isinstance(config, Mapping):
         raise SpecError("--istio-config", type(config).__name__, "expected a JSON object")
     texts: dict[str, tuple[str, str]] = {}
-    kwargs: dict = {}
     for key, value in config.items():
         if key in DETECTED:
             continue
@@ -345,7 +335,7 @@ def from_istio_config(config: Mapping[str, object]) -> CaptureSpec:
         texts["ProxyUID"] = (default_proxy_uid(), "ProxyUID")
     if "ProxyGID" not in texts:
         texts["ProxyGID"] = (texts["ProxyUID"][0], "ProxyGID")
-    kwargs.update(_spec_kwargs(texts))
+    kwargs = _spec_kwargs(texts)
     kwargs["enable_ipv6"] = s.parse_bool(config.get("EnableIPv6", False), "EnableIPv6")
     for key, version in (("DNSServersV4", 4), ("DNSServersV6", 6)):
         servers = config.get(key) or []
@@ -371,7 +361,7 @@ def _as_text(key: str, value: object) -> str:
 
 def to_istio_config(spec: CaptureSpec) -> dict[str, object]:
     """The spec as Istio's config JSON: from_istio_config(to_istio_config(x)) == x."""
-    def ports(values):
+    def listed(values):
         return values if values == s.WILDCARD else s.join(values)
 
     def cidrs(values):
@@ -386,12 +376,12 @@ def to_istio_config(spec: CaptureSpec) -> dict[str, object]:
         "InboundInterceptionMode": spec.inbound_interception_mode,
         "InboundTProxyMark": str(spec.inbound_tproxy_mark),
         "InboundTProxyRouteTable": str(spec.inbound_tproxy_route_table),
-        "InboundPortsInclude": ports(spec.inbound_ports_include),
-        "InboundPortsExclude": ports(spec.inbound_ports_exclude),
-        "OwnerGroupsInclude": ports(spec.owner_groups_include),
+        "InboundPortsInclude": listed(spec.inbound_ports_include),
+        "InboundPortsExclude": listed(spec.inbound_ports_exclude),
+        "OwnerGroupsInclude": listed(spec.owner_groups_include),
         "OwnerGroupsExclude": s.join(spec.owner_groups_exclude),
-        "OutboundPortsInclude": ports(spec.outbound_ports_include),
-        "OutboundPortsExclude": ports(spec.outbound_ports_exclude),
+        "OutboundPortsInclude": listed(spec.outbound_ports_include),
+        "OutboundPortsExclude": listed(spec.outbound_ports_exclude),
         "OutboundIPRangesInclude": cidrs(spec.outbound_ip_ranges_include),
         "OutboundIPRangesExclude": cidrs(spec.outbound_ip_ranges_exclude),
         "RerouteVirtualInterfaces": s.join(spec.kube_virt_interfaces),
@@ -417,9 +407,16 @@ class Annotation:
     parse: Callable[[str, str], object]
 
 
+def _cni_mode(text, label):
+    # istio-cni validates this annotation (unlike istio-iptables' -m): NONE pods never reach it.
+    if text not in (s.REDIRECT, s.TPROXY):
+        raise SpecError(label, text, "unknown annotation value (expected REDIRECT or TPROXY)")
+    return text
+
+
 # istio-cni's annotation registry (cni/pkg/plugin/sidecar_redirect.go) and its defaults.
 ANNOTATIONS = {
-    "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT", None),
+    "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT", _cni_mode),
     "includeIPCidrs": Annotation("traffic.sidecar.istio.io/includeOutboundIPRanges", "*", _cidrs_or_all),
     "excludeIPCidrs": Annotation("traffic.sidecar.istio.io/excludeOutboundIPRanges", "", _cidrs),
     "excludeInboundPorts": Annotation("traffic.sidecar.istio.io/excludeInboundPorts", "15020", _ports),
@@ -466,38 +463,28 @@ def from_annotations(document: Mapping[str, object]) -> AnnotatedPod:
 
     def value(name):
         annotation = ANNOTATIONS[name]
-        text = annotations.get(annotation.key, annotation.default)
-        label = annotation.key
-        parsed = annotation.parse(text, label) if annotation.parse else None
-        return text, parsed
+        return annotation.parse(annotations.get(annotation.key, annotation.default), annotation.key)
 
-    mode_text = annotations.get(ANNOTATIONS["redirectMode"].key, "REDIRECT")
-    if mode_text not in (s.REDIRECT, s.TPROXY):
-        raise SpecError(ANNOTATIONS["redirectMode"].key, mode_text,
-                        "unknown annotation value (expected REDIRECT or TPROXY)")
     value("statusPort")  # validated by istio-cni, though it does not change capture
-    exclude_inbound = value("excludeInboundPorts")[1]
-    merged = []
-    for port in list(exclude_inbound) + list(CNI_EXCLUDED_INBOUND):
-        if port not in merged:
-            merged.append(port)
+    # istio-cni appends the sidecar's own ports to the annotation's, keeping the first of duplicates
+    excluded_inbound = tuple(dict.fromkeys(value("excludeInboundPorts") + CNI_EXCLUDED_INBOUND))
     reroute_key = ANNOTATIONS["rerouteVirtualInterfaces"].key
-    virt = value("rerouteVirtualInterfaces" if reroute_key in annotations else "kubevirtInterfaces")[1]
+    virt = value("rerouteVirtualInterfaces" if reroute_key in annotations else "kubevirtInterfaces")
     uid = _security_id(document, "proxy_runAsUser")
     gid = _security_id(document, "proxy_runAsGroup")
     dns = _env_bool(proxy_env, "ISTIO_META_DNS_CAPTURE")
     dual_stack = _env_bool(proxy_env, "ISTIO_DUAL_STACK")
     kwargs = dict(
-        inbound_interception_mode=mode_text,
+        inbound_interception_mode=value("redirectMode"),
         proxy_uids=(uid or 1337,),
         proxy_gids=(gid or 1337,),
-        outbound_ip_ranges_include=value("includeIPCidrs")[1],
-        outbound_ip_ranges_exclude=value("excludeIPCidrs")[1],
-        inbound_ports_include=value("includeInboundPorts")[1],
-        inbound_ports_exclude=tuple(merged),
-        outbound_ports_exclude=value("excludeOutboundPorts")[1],
-        outbound_ports_include=value("includeOutboundPorts")[1],
-        exclude_interfaces=value("excludeInterfaces")[1],
+        outbound_ip_ranges_include=value("includeIPCidrs"),
+        outbound_ip_ranges_exclude=value("excludeIPCidrs"),
+        inbound_ports_include=value("includeInboundPorts"),
+        inbound_ports_exclude=excluded_inbound,
+        outbound_ports_exclude=value("excludeOutboundPorts"),
+        outbound_ports_include=value("includeOutboundPorts"),
+        exclude_interfaces=value("excludeInterfaces"),
         kube_virt_interfaces=virt,
         # istio-cni cannot know the pod's resolv.conf, so DNS capture means all port-53 traffic.
         redirect_dns=dns,

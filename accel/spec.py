@@ -60,12 +60,17 @@ def parse_port(text: str | int, field: str) -> int:
     return port
 
 
-def parse_ports(text: str, field: str, *, wildcard: bool = False) -> tuple[int, ...] | Wildcard:
+def _list(text: str, field: str, parse_item, wildcard: bool, what: str):
+    """A comma list of items, or '*' where the option allows it."""
     if text.strip() == WILDCARD:
         if not wildcard:
-            raise SpecError(field, text, "'*' is not allowed here; give a list of ports")
+            raise SpecError(field, text, f"'*' is not allowed here; give a list of {what}")
         return WILDCARD
-    return tuple(parse_port(item, field) for item in split_list(text))
+    return tuple(parse_item(item, field) for item in split_list(text))
+
+
+def parse_ports(text: str, field: str, *, wildcard: bool = False) -> tuple[int, ...] | Wildcard:
+    return _list(text, field, parse_port, wildcard, "ports")
 
 
 def parse_id(text: str | int, field: str, what: str) -> int:
@@ -101,11 +106,7 @@ def parse_cidr(text: str, field: str) -> Cidr:
 
 
 def parse_cidrs(text: str, field: str, *, wildcard: bool = False) -> tuple[Cidr, ...] | Wildcard:
-    if text.strip() == WILDCARD:
-        if not wildcard:
-            raise SpecError(field, text, "'*' is not allowed here; give a list of CIDRs")
-        return WILDCARD
-    return tuple(parse_cidr(item, field) for item in split_list(text))
+    return _list(text, field, parse_cidr, wildcard, "CIDRs")
 
 
 def parse_address(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
@@ -151,11 +152,7 @@ def parse_group(text: str, field: str) -> str:
 
 
 def parse_groups(text: str, field: str, *, wildcard: bool = False) -> tuple[str, ...] | Wildcard:
-    if text.strip() == WILDCARD:
-        if not wildcard:
-            raise SpecError(field, text, "'*' is not allowed here")
-        return WILDCARD
-    return tuple(parse_group(item, field) for item in split_list(text))
+    return _list(text, field, parse_group, wildcard, "groups")
 
 
 def parse_mode(text: str, field: str) -> str:
