@@ -57,8 +57,8 @@ class _Restore:
     family: Family
     rules: list[_Rule] = field(default_factory=list)
 
-    def text(self) -> str:
-        """iptables-restore input: one block per table, tables sorted, chains declared first."""
+    def _declared(self) -> dict[str, list[str]]:
+        """Per table, the chains to create: those with rules, then those only jumped to."""
         declared: dict[str, list[str]] = {}
         seen: set[tuple[str, str]] = set()
 
@@ -66,18 +66,39 @@ class _Restore:
             if (table, chain) not in seen:
                 seen.add((table, chain))
                 if chain not in _NOT_CHAINS:
-                    declared.setdefault(table, []).append(f"-N {chain}")
+                    declared.setdefault(table, []).append(chain)
 
         for rule in self.rules:
             declare(rule.table, rule.chain)
-        for rule in self.rules:  # then chains that are only ever jumped to
+        for rule in self.rules:
             if len(rule.words) >= 2 and rule.words[-2] == "-j":
                 declare(rule.table, rule.words[-1])
-        out = []
-        for table in sorted({rule.table for rule in self.rules}):
+        return declared
+
+    def _tables(self) -> list[str]:
+        return sorted({rule.table for rule in self.rules})
+
+    def text(self) -> str:
+        """iptables-restore input: one block per table, tables sorted, chains declared first."""
+        declared, out = self._declared(), []
+        for table in self._tables():
             out.append(f"* {table}")
-            out.extend(declared.get(table, []))
+            out.extend(f"-N {chain}" for chain in declared.get(table, []))
             out.extend(rule.line() for rule in self.rules if rule.table == table)
+            out.append("COMMIT")
+        return "".join(line + "\n" for line in out)
+
+    def undo_text(self) -> str:
+        """iptables-restore --noflush input that removes exactly these rules and chains again:
+        the rules added to built-in chains, newest first, then our chains, flushed and deleted."""
+        declared, out = self._declared(), []
+        for table in self._tables():
+            ours = declared.get(table, [])
+            out.append(f"*{table}")
+            out.extend(f"-D {rule.chain} {' '.join(rule.words)}" for rule in reversed(self.rules)
+                       if rule.table == table and rule.chain not in ours)
+            out.extend(f"-F {chain}" for chain in ours)
+            out.extend(f"-X {chain}" for chain in ours)
             out.append("COMMIT")
         return "".join(line + "\n" for line in out)
 
@@ -86,10 +107,19 @@ class _Restore:
 class IptablesRules:
     ipv4: str
     ipv6: str | None  # None when the pod has no IPv6: istio-iptables writes no ip6tables rules
+    undo_ipv4: str  # iptables-restore --noflush input that removes the IPv4 rules again
+    undo_ipv6: str | None
 
     @property
     def text(self) -> str:
         return self.ipv4 + (self.ipv6 or "")
+
+    def by_family(self) -> list[tuple[int, str, str]]:
+        """(IP version, rules, undo) for each family that has rules."""
+        families = [(4, self.ipv4, self.undo_ipv4)]
+        if self.ipv6 is not None:
+            families.append((6, self.ipv6, self.undo_ipv6))
+        return families
 
 
 class _Builder:
@@ -211,8 +241,9 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
         b.insert(MANGLE, INBOUND, 3, "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark", OUTBOUND_MARK,
                  "-j", "RETURN")
 
-    ipv4, *ipv6 = (restore.text() for restore in b.families)
-    return IptablesRules(ipv4=ipv4, ipv6=ipv6[0] if ipv6 else None)
+    v4, *v6 = b.families
+    return IptablesRules(ipv4=v4.text(), ipv6=v6[0].text() if v6 else None,
+                         undo_ipv4=v4.undo_text(), undo_ipv6=v6[0].undo_text() if v6 else None)
 
 
 def _inbound(b: _Builder, spec: CaptureSpec):

@@ -1,0 +1,38 @@
+"""What every capture backend offers: apply a spec to a pod, remove it, report its status."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+from ..spec import CaptureSpec
+
+
+class BackendError(RuntimeError):
+    """An apply or remove that failed. Whatever the apply had done is undone before this is raised."""
+
+
+class Target(Protocol):
+    """A pod as a backend sees it: its network namespace (and, for eBPF, its cgroup)."""
+
+    netns: str
+
+
+class Backend(ABC):
+    name: str
+
+    def describe(self, target: Target) -> str:
+        """One line for reports: what this backend uses in this pod, and why."""
+        return self.name
+
+    @abstractmethod
+    def apply(self, target: Target, spec: CaptureSpec) -> None:
+        """Capture the pod's traffic as `spec` says. All or nothing: on failure nothing is left."""
+
+    @abstractmethod
+    def remove(self, target: Target) -> None:
+        """Undo apply(): the namespace's rule set is exactly as it was before."""
+
+    @abstractmethod
+    def status(self, target: Target) -> dict:
+        """What this backend has in the pod now, read from the kernel."""

@@ -1,0 +1,140 @@
+"""The reference backend: Istio's own rules, loaded with iptables-restore in the pod's namespace.
+
+Which iptables: istio-iptables uses iptables-legacy when the legacy tables already hold rules,
+and iptables-nft (Debian's default `iptables`) otherwise; accel decides the same way unless a
+variant is asked for. Removal replays the exact inverse of what was loaded, so the namespace's
+rule set is as before; a failed apply is rolled back the same way. iptables-nft's tables that the
+apply created are deleted too. iptables-legacy's cannot be: x_tables registers a table in a
+namespace on first use and keeps it, empty, until the namespace ends.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from .. import process
+from ..render import IptablesRules, render_iptables
+from ..spec import CaptureSpec
+from . import tproxy
+from .base import Backend, BackendError, Target
+from .libnft import nft, table_rule_counts
+
+VARIANTS = ("nft", "legacy")
+NFT_FAMILIES = ("ip", "ip6")  # where iptables-nft keeps its tables
+
+
+def _binary(variant: str, version: int, tool: str) -> str:
+    return f"ip{'6' if version == 6 else ''}tables-{variant}-{tool}"
+
+
+class IptablesBackend(Backend):
+    def __init__(self, variant: str | None = None):
+        if variant not in (None, *VARIANTS):
+            raise ValueError(f"unknown iptables variant {variant!r}")
+        self.variant = variant
+        self.name = "iptables" if variant is None else f"iptables-{variant}"
+        self._applied: dict[str, tuple[str, IptablesRules, CaptureSpec, set[str]]] = {}
+
+    def choose_variant(self, target: Target) -> tuple[str, str]:
+        if self.variant:
+            return self.variant, f"iptables-{self.variant}, as asked"
+        saved = process.run(["iptables-legacy-save"], netns=target.netns).stdout
+        if any(line.startswith("-A") for line in saved.splitlines()):
+            return "legacy", "iptables-legacy: legacy tables already hold rules, so istio-iptables uses them"
+        return "nft", "iptables-nft: no legacy rules here, so istio-iptables uses iptables-nft"
+
+    def describe(self, target: Target) -> str:
+        return self.choose_variant(target)[1]
+
+    def apply(self, target: Target, spec: CaptureSpec) -> None:
+        if target.netns in self._applied:
+            raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
+        variant, _ = self.choose_variant(target)
+        present = self._istio_chains(target, variant, spec.enable_ipv6)
+        if present:
+            raise BackendError(f"{self.name}: {', '.join(present)} already present in {target.netns}; "
+                               "not loading Istio's rules over them")
+        rules = render_iptables(spec)
+        tables_before = self._nft_tables(target, variant)
+        loaded = []
+        try:
+            for version, text, undo in rules.by_family():
+                result = process.run([_binary(variant, version, "restore"), "--noflush"], input=text,
+                                     netns=target.netns)
+                if result.returncode != 0:
+                    raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
+                loaded.append((version, undo))
+            tproxy.add_routes(target.netns, spec)
+        except BaseException:
+            for version, undo in reversed(loaded):
+                self._undo(target, variant, version, undo)
+            self._drop_created_tables(target, variant, tables_before)
+            raise
+        self._applied[target.netns] = (variant, rules, spec, tables_before)
+
+    def remove(self, target: Target) -> None:
+        state = self._applied.pop(target.netns, None)
+        if state is None:
+            return
+        variant, rules, spec, tables_before = state
+        tproxy.remove_routes(target.netns, spec)
+        for version, _, undo in reversed(rules.by_family()):
+            self._undo(target, variant, version, undo)
+        self._drop_created_tables(target, variant, tables_before)
+
+    def _nft_tables(self, target: Target, variant: str) -> set[str]:
+        return set(table_rule_counts(target.netns, NFT_FAMILIES)) if variant == "nft" else set()
+
+    def _drop_created_tables(self, target: Target, variant: str, before: set[str]) -> None:
+        """iptables-nft creates its nat/mangle/raw tables on first use, and undoing the rules
+        leaves them, empty. Delete those this apply created, if nothing else has put rules there."""
+        if variant != "nft":
+            return
+        empty_new = [table for table, rules in table_rule_counts(target.netns, NFT_FAMILIES).items()
+                     if table not in before and rules == 0]
+        if empty_new:
+            nft(target.netns, "".join(f"delete table {table}\n" for table in empty_new))
+
+    def _undo(self, target: Target, variant: str, version: int, undo: str) -> None:
+        """Remove what was loaded: atomically if the rules are all there, else rule by rule."""
+        restore = process.run([_binary(variant, version, "restore"), "--noflush"], input=undo, netns=target.netns)
+        if restore.returncode == 0:
+            return
+        table = None
+        for line in undo.splitlines():
+            if line.startswith("*"):
+                table = line[1:]
+            elif line != "COMMIT":
+                process.run([f"ip{'6' if version == 6 else ''}tables-{variant}", "-t", table, *shlex.split(line)],
+                            netns=target.netns)
+
+    def _istio_chains(self, target: Target, variant: str, ipv6: bool) -> list[str]:
+        found = []
+        for version in (4, 6) if ipv6 else (4,):
+            saved = process.run([_binary(variant, version, "save")], netns=target.netns).stdout
+            table = None
+            for line in saved.splitlines():
+                if line.startswith("*"):
+                    table = line[1:]
+                elif line.startswith(":ISTIO_"):
+                    found.append(f"{table}/{line[1:].split()[0]} (IPv{version})")
+        return found
+
+    def status(self, target: Target) -> dict:
+        applied = self._applied.get(target.netns)
+        variant = applied[0] if applied else self.choose_variant(target)[0]
+        chains: dict[str, dict[str, int]] = {}
+        for version in (4, 6):
+            saved = process.run([_binary(variant, version, "save")], netns=target.netns).stdout
+            table = None
+            for line in saved.splitlines():
+                if line.startswith("*"):
+                    table = f"{'ip6' if version == 6 else 'ip'}/{line[1:]}"
+                elif line.startswith(":ISTIO_"):
+                    chains.setdefault(table, {}).setdefault(line[1:].split()[0], 0)
+                elif line.startswith("-A ISTIO_"):
+                    counts = chains.setdefault(table, {})
+                    chain = line.split()[1]
+                    counts[chain] = counts.get(chain, 0) + 1
+        return {"backend": self.name, "variant": variant, "applied": target.netns in self._applied,
+                "istio_chains": chains}

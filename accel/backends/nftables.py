@@ -1,0 +1,71 @@
+"""The fallback backend: Istio's native nftables rule set, one atomic transaction.
+
+The transaction goes through the libnftables binding (Debian's python3-nftables) from a thread
+that has entered the pod's network namespace, so the kernel sees it in that namespace only.
+A transaction is all or nothing; removal deletes exactly the tables the transaction created.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ..render import render_nftables
+from ..spec import CaptureSpec
+from . import tproxy
+from .base import Backend, BackendError, Target
+from .libnft import nft, tables_in
+
+_TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
+
+
+class NftablesBackend(Backend):
+    name = "nftables"
+
+    def __init__(self):
+        self._applied: dict[str, tuple[list[str], CaptureSpec]] = {}
+
+    def describe(self, target: Target) -> str:
+        return "nftables: Istio's native rule set, one libnftables transaction"
+
+    def apply(self, target: Target, spec: CaptureSpec) -> None:
+        if target.netns in self._applied:
+            raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
+        transaction = render_nftables(spec)
+        tables = _TABLE.findall(transaction)
+        clash = sorted({f"inet {t}" for t in tables} & tables_in(target.netns))
+        if clash:
+            # The transaction flushes its tables: never let it wipe tables we did not create.
+            raise BackendError(f"{self.name}: table {', '.join(clash)} already present in {target.netns}")
+        nft(target.netns, transaction)
+        try:
+            tproxy.add_routes(target.netns, spec)
+        except BaseException:
+            self._delete(target, tables)
+            raise
+        self._applied[target.netns] = (tables, spec)
+
+    def remove(self, target: Target) -> None:
+        state = self._applied.pop(target.netns, None)
+        if state is None:
+            return
+        tables, spec = state
+        tproxy.remove_routes(target.netns, spec)
+        self._delete(target, tables)
+
+    def _delete(self, target: Target, tables: list[str]) -> None:
+        present = tables_in(target.netns)
+        doomed = [t for t in tables if f"inet {t}" in present]
+        if doomed:
+            nft(target.netns, "".join(f"delete table inet {t}\n" for t in doomed))
+
+    def status(self, target: Target) -> dict:
+        ruleset = json.loads(nft(target.netns, "list ruleset", json_output=True) or '{"nftables": []}')
+        tables: dict[str, dict[str, int]] = {}
+        for item in ruleset["nftables"]:
+            if "chain" in item and item["chain"]["table"].startswith("istio-"):
+                tables.setdefault(item["chain"]["table"], {}).setdefault(item["chain"]["name"], 0)
+            elif "rule" in item and item["rule"]["table"].startswith("istio-"):
+                chains = tables.setdefault(item["rule"]["table"], {})
+                chains[item["rule"]["chain"]] = chains.get(item["rule"]["chain"], 0) + 1
+        return {"backend": self.name, "applied": target.netns in self._applied, "istio_tables": tables}

@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""The processes of a lab pod: recording servers, the sidecar, and the traffic client.
+
+Standard library only: the lab copies this file next to its event log and runs it with
+/usr/bin/python3, also as the proxy uid, which cannot read the checkout or the venv.
+
+Every request carries a token (a TCP line, a UDP datagram, or the first label of a DNS name).
+Each server and sidecar listener that sees a token appends one JSON line to the event log, so
+the lab can tell, from real traffic, which listeners a request passed through and what each saw.
+
+  agent.py server  --name NAME --log FILE [--tcp PORT]... [--udp PORT]... [--dns PORT]...
+  agent.py sidecar --log FILE --outbound PORT --inbound PORT --dns PORT --upstream-dns ADDR
+                   --uid UID --gid GID [--transparent]
+  agent.py client  --proto tcp|udp|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR --port PORT
+                   --token TOKEN [--bind ADDR] [--timeout SECONDS]
+"""
+
+import argparse
+import errno
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+SO_ORIGINAL_DST = 80  # netfilter's getsockopt; IP6T_SO_ORIGINAL_DST has the same number
+IP_TRANSPARENT = 19
+IPV6_TRANSPARENT = 75
+IP_PKTINFO = 8
+IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
+INBOUND_PASSTHROUGH_SOURCE = {socket.AF_INET: "127.0.0.6", socket.AF_INET6: "::6"}
+DNS_ANSWER = bytes([192, 0, 2, 53])  # the A record every lab DNS server answers
+
+
+def text(address):
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def original_dst(sock):
+    """SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6), or None when there is none."""
+    try:
+        if sock.family == socket.AF_INET:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+            return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack("!H", raw[2:4])[0]
+        raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0]
+    except OSError:
+        return None
+
+
+class EventLog:
+    def __init__(self, path, agent):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        self.agent = agent
+
+    def record(self, **fields):
+        # One write of one line to an O_APPEND file: lines from concurrent agents never mix.
+        line = json.dumps({"time_ns": time.monotonic_ns(), "agent": self.agent, **fields}) + "\n"
+        os.write(self.fd, line.encode())
+
+
+def listen(family, kind, port, transparent=False, host=None):
+    sock = socket.socket(family, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if transparent:  # TPROXY delivers connections for addresses that are not the socket's
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
+    if kind == socket.SOCK_DGRAM:  # to learn each datagram's destination, and answer from it
+        if family == socket.AF_INET:
+            sock.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    sock.bind((host or ("0.0.0.0" if family == socket.AF_INET else "::"), port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(128)
+    return sock
+
+
+def listen_both(kind, port, transparent=False, hosts=(None, None)):
+    families = (socket.AF_INET, socket.AF_INET6)
+    return [listen(family, kind, port, transparent, host) for family, host in zip(families, hosts)]
+
+
+def receive(sock):
+    """A datagram, its sender, and the address it was sent to."""
+    data, ancillary, _, peer = sock.recvmsg(4096, socket.CMSG_SPACE(64))
+    destination = sock.getsockname()[0]
+    for level, kind, value in ancillary:
+        if level == socket.SOL_IP and kind == IP_PKTINFO:
+            destination = socket.inet_ntop(socket.AF_INET, value[8:12])
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO:
+            destination = socket.inet_ntop(socket.AF_INET6, value[:16])
+    return data, peer, (destination, sock.getsockname()[1])
+
+
+def answer(sock, data, peer, source):
+    """Reply from the address the request went to, as a connected UDP client requires: a
+    socket bound to the wildcard would otherwise answer from the route's preferred address."""
+    if sock.family == socket.AF_INET:
+        info = (socket.SOL_IP, IP_PKTINFO, struct.pack("=I4s4s", 0, socket.inet_pton(socket.AF_INET, source[0]), bytes(4)))
+    else:
+        info = (socket.IPPROTO_IPV6, IPV6_PKTINFO, socket.inet_pton(socket.AF_INET6, source[0]) + struct.pack("=I", 0))
+    sock.sendmsg([data], [info], 0, peer)
+
+
+def read_line(conn, limit=512):
+    data = b""
+    while not data.endswith(b"\n") and len(data) < limit:
+        chunk = conn.recv(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
+
+
+def read_exact(conn, size):
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("connection closed early")
+        data += chunk
+    return data
+
+
+def forever(target, *args):
+    threading.Thread(target=target, args=args, daemon=True).start()
+
+
+def accept_loop(sock, handler):
+    while True:
+        conn, peer = sock.accept()
+        forever(handler, conn, peer)
+
+
+# --- DNS wire format: just enough for one A question and one A answer -----------------------
+
+def dns_query(token, query_id):
+    labels = b"".join(bytes([len(part)]) + part.encode() for part in (token, "lab"))
+    return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + labels + b"\x00" + struct.pack("!HH", 1, 1)
+
+
+def dns_token(message):
+    """The first label of the question name, and the query's end offset."""
+    offset, labels = 12, []
+    while message[offset]:
+        size = message[offset]
+        labels.append(message[offset + 1:offset + 1 + size].decode(errors="replace"))
+        offset += 1 + size
+    return (labels[0] if labels else ""), offset + 5
+
+
+def dns_answer(query):
+    _, end = dns_token(query)
+    header = struct.pack("!HHHHHH", struct.unpack("!H", query[:2])[0], 0x8180, 1, 1, 0, 0)
+    answer = struct.pack("!HHHIH", 0xC00C, 1, 1, 30, 4) + DNS_ANSWER
+    return header + query[12:end] + answer
+
+
+# --- server --------------------------------------------------------------------------------
+
+def run_server(args):
+    log = EventLog(args.log, args.name)
+
+    def tcp_handler(listener):
+        def handle(conn, peer):
+            with conn:
+                conn.settimeout(5)
+                token = read_line(conn)
+                seen = {"listener": listener, "local": text(conn.getsockname()), "peer": text(peer)}
+                log.record(role="server", proto="tcp", token=token, **seen)
+                conn.sendall(json.dumps({"agent": args.name, **seen}).encode() + b"\n")
+        return handle
+
+    def udp_loop(sock, listener):
+        while True:
+            data, peer, local = receive(sock)
+            seen = {"listener": listener, "local": text(local), "peer": text(peer)}
+            log.record(role="server", proto="udp", token=data.decode(errors="replace").strip(), **seen)
+            answer(sock, json.dumps({"agent": args.name, **seen}).encode(), peer, local)
+
+    def dns_udp_loop(sock, listener):
+        while True:
+            query, peer, local = receive(sock)
+            log.record(role="server", proto="dns-udp", token=dns_token(query)[0], listener=listener,
+                       local=text(local), peer=text(peer))
+            answer(sock, dns_answer(query), peer, local)
+
+    def dns_tcp_handler(listener):
+        def handle(conn, peer):
+            with conn:
+                conn.settimeout(5)
+                query = read_exact(conn, struct.unpack("!H", read_exact(conn, 2))[0])
+                log.record(role="server", proto="dns-tcp", token=dns_token(query)[0], listener=listener,
+                           local=text(conn.getsockname()), peer=text(peer))
+                answer = dns_answer(query)
+                conn.sendall(struct.pack("!H", len(answer)) + answer)
+        return handle
+
+    for port in args.tcp:
+        for sock in listen_both(socket.SOCK_STREAM, port):
+            forever(accept_loop, sock, tcp_handler(f"tcp:{port}"))
+    for port in args.udp:
+        for sock in listen_both(socket.SOCK_DGRAM, port):
+            forever(udp_loop, sock, f"udp:{port}")
+    for port in args.dns:
+        for sock in listen_both(socket.SOCK_DGRAM, port):
+            forever(dns_udp_loop, sock, f"dns:{port}")
+        for sock in listen_both(socket.SOCK_STREAM, port):
+            forever(accept_loop, sock, dns_tcp_handler(f"dns:{port}"))
+    ready_and_wait()
+
+
+# --- sidecar -------------------------------------------------------------------------------
+
+def run_sidecar(args):
+    """A minimal proxy with Envoy's capture-facing behaviour: it learns the original destination
+    with SO_ORIGINAL_DST (or, under TPROXY, from its local address), forwards outbound traffic
+    there, forwards inbound traffic from 127.0.0.6 (::6) as Envoy's inbound passthrough does, and
+    answers DNS through its upstream resolver."""
+    log = EventLog(args.log, "sidecar")
+    loopback = ("127.0.0.1", "::1")  # where istio-agent's DNS proxy listens
+    sockets = {
+        "outbound": listen_both(socket.SOCK_STREAM, args.outbound),
+        "inbound": listen_both(socket.SOCK_STREAM, args.inbound, transparent=args.transparent),
+        "dns-tcp": listen_both(socket.SOCK_STREAM, args.dns, hosts=loopback),
+        "dns-udp": listen_both(socket.SOCK_DGRAM, args.dns, hosts=loopback),
+    }
+    os.setgroups([])  # sockets are bound (IP_TRANSPARENT needs root); run as the proxy from here
+    os.setgid(args.gid)
+    os.setuid(args.uid)
+    own_ports = {args.outbound, args.inbound, args.dns}
+    upstream = (args.upstream_dns, 53)  # the agent's resolver, whatever the app asked for
+
+    def proxy_tcp(listener):
+        def handle(conn, peer):
+            with conn:
+                conn.settimeout(5)
+                token = read_line(conn)
+                local = conn.getsockname()
+                so_original = original_dst(conn)
+                # Envoy's original_dst: SO_ORIGINAL_DST when conntrack knows it, else (TPROXY) the
+                # local address, which then is the original destination.
+                target = so_original or local
+                log.record(role="sidecar", proto="tcp", listener=listener, token=token, local=text(local),
+                           peer=text(peer), original_dst=text(target),
+                           so_original_dst=text(so_original) if so_original else None)
+                if target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1"):
+                    conn.sendall(json.dumps({"error": "no original destination"}).encode() + b"\n")
+                    return
+                bind = INBOUND_PASSTHROUGH_SOURCE[conn.family] if listener == "inbound" else None
+                relay(conn, target, token + "\n", bind)
+        return handle
+
+    def relay(conn, target, first, bind):
+        try:
+            family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+            upstream = socket.socket(family, socket.SOCK_STREAM)
+            upstream.settimeout(5)
+            if bind:
+                upstream.bind((bind, 0))
+            upstream.connect(target[:2])
+        except OSError as error:
+            conn.sendall(json.dumps({"error": f"upstream {text(target)}: {error}"}).encode() + b"\n")
+            return
+        with upstream:
+            upstream.sendall(first if isinstance(first, bytes) else first.encode())
+            while True:
+                chunk = upstream.recv(65536)
+                if not chunk:
+                    break
+                conn.sendall(chunk)
+
+    def dns_tcp(conn, peer):
+        with conn:
+            conn.settimeout(5)
+            length = read_exact(conn, 2)
+            query = read_exact(conn, struct.unpack("!H", length)[0])
+            so_original = original_dst(conn)
+            log.record(role="sidecar", proto="dns-tcp", listener="dns", token=dns_token(query)[0],
+                       local=text(conn.getsockname()), peer=text(peer),
+                       original_dst=text(so_original) if so_original else None)
+            relay(conn, upstream, length + query, None)
+
+    def dns_udp(sock):
+        while True:
+            query, peer, local = receive(sock)
+            log.record(role="sidecar", proto="dns-udp", listener="dns", token=dns_token(query)[0],
+                       local=text(local), peer=text(peer), original_dst=None)
+            forever(answer_udp, sock, query, peer, local)
+
+    def answer_udp(sock, query, peer, local):
+        family = socket.AF_INET6 if ":" in upstream[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as client:
+            client.settimeout(3)
+            try:
+                client.sendto(query, upstream)
+                reply, _ = client.recvfrom(2048)
+            except OSError:
+                return
+        answer(sock, reply, peer, local)
+
+    for listener in ("outbound", "inbound"):
+        for sock in sockets[listener]:
+            forever(accept_loop, sock, proxy_tcp(listener))
+    for sock in sockets["dns-tcp"]:
+        forever(accept_loop, sock, dns_tcp)
+    for sock in sockets["dns-udp"]:
+        forever(dns_udp, sock)
+    ready_and_wait()
+
+
+def ready_and_wait():
+    print("ready", flush=True)
+    while True:
+        time.sleep(3600)
+
+
+# --- client --------------------------------------------------------------------------------
+
+def run_client(args):
+    family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
+    target = (args.dst, args.port)
+    result = {}
+    kind = socket.SOCK_STREAM if args.proto in ("tcp", "dns-tcp") else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    sock.settimeout(args.timeout)
+    try:
+        if args.bind:
+            sock.bind((args.bind, 0))
+        if args.proto == "dns-udp-sendto":  # an unconnected socket, destination per datagram
+            sock.sendto(dns_query(args.token, 0x5151), target)
+            answer, source = sock.recvfrom(2048)
+            result.update(ok=answer[:2] == b"\x51\x51", reply_from=text(source))
+        else:
+            sock.connect(target)
+            result.update(sockname=text(sock.getsockname()), peername=text(sock.getpeername()))
+            if args.proto == "tcp":
+                sock.sendall(args.token.encode() + b"\n")
+                reply = read_line(sock, 65536)
+                result["reply"] = json.loads(reply) if reply else None
+                result["ok"] = bool(result["reply"]) and "error" not in result["reply"]
+            elif args.proto == "udp":
+                sock.send(args.token.encode())
+                result["reply"] = json.loads(sock.recv(2048))
+                result["ok"] = True
+            elif args.proto == "dns-udp":  # connected, as glibc's resolver does
+                sock.send(dns_query(args.token, 0x5151))
+                answer = sock.recv(2048)
+                result["ok"] = answer[:2] == b"\x51\x51"
+            else:  # dns-tcp
+                query = dns_query(args.token, 0x5151)
+                sock.sendall(struct.pack("!H", len(query)) + query)
+                answer = read_exact(sock, struct.unpack("!H", read_exact(sock, 2))[0])
+                result["ok"] = answer[:2] == b"\x51\x51"
+        result["result"] = "ok" if result.get("ok") else "bad-reply"
+    except socket.timeout:
+        result["result"] = "timeout"
+    except ConnectionError as error:
+        result["result"] = "reset" if error.errno else "closed"
+    except OSError as error:
+        names = {errno.ECONNREFUSED: "refused", errno.ENETUNREACH: "unreachable",
+                 errno.EHOSTUNREACH: "unreachable", errno.ECONNRESET: "reset"}
+        result["result"] = names.get(error.errno, f"error:{errno.errorcode.get(error.errno, error.errno)}")
+    except ValueError as error:
+        result["result"] = f"bad-reply:{error}"
+    finally:
+        sock.close()
+    print(json.dumps(result), flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    roles = parser.add_subparsers(dest="role", required=True)
+    server = roles.add_parser("server")
+    server.add_argument("--name", required=True)
+    server.add_argument("--log", required=True)
+    for option in ("--tcp", "--udp", "--dns"):
+        server.add_argument(option, type=int, action="append", default=[])
+    sidecar = roles.add_parser("sidecar")
+    sidecar.add_argument("--log", required=True)
+    for option in ("--outbound", "--inbound", "--dns", "--uid", "--gid"):
+        sidecar.add_argument(option, type=int, required=True)
+    sidecar.add_argument("--upstream-dns", required=True)
+    sidecar.add_argument("--transparent", action="store_true")
+    client = roles.add_parser("client")
+    client.add_argument("--proto", required=True, choices=["tcp", "udp", "dns-udp", "dns-udp-sendto", "dns-tcp"])
+    client.add_argument("--dst", required=True)
+    client.add_argument("--port", type=int, required=True)
+    client.add_argument("--token", required=True)
+    client.add_argument("--bind")
+    client.add_argument("--timeout", type=float, default=2.0)
+    args = parser.parse_args(argv)
+    {"server": run_server, "sidecar": run_sidecar, "client": run_client}[args.role](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

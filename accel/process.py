@@ -1,0 +1,62 @@
+"""Start processes inside a pod: its cgroup first, then its network namespace, then its uid/gid.
+
+The child joins the cgroup and the namespace itself, before exec, with setns(2) on
+/run/netns/NAME, rather than through `ip netns exec`, which remounts /sys and so hides the
+cgroup mount. Credentials are dropped last, since the first two steps need root.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from pathlib import Path
+
+from .cgroup import Cgroup
+
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(netns: str) -> None:
+    """Move the calling thread into network namespace /run/netns/<netns>."""
+    fd = os.open(Path("/run/netns") / netns, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"setns into network namespace {netns}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = None,
+          uid: int | None = None, gid: int | None = None, **popen_kwargs) -> subprocess.Popen:
+    """subprocess.Popen, with the child placed in `cgroup` and `netns` and running as uid/gid."""
+    procs_file = str(cgroup.path / "cgroup.procs") if cgroup else None
+
+    def enter():
+        if procs_file:
+            with open(procs_file, "w") as procs:
+                procs.write(str(os.getpid()))
+        if netns:
+            setns(netns)
+        if gid is not None:
+            os.setgroups([])
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+
+    return subprocess.Popen(argv, preexec_fn=enter, **popen_kwargs)
+
+
+def run(argv: list[str], *, input: str | None = None, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
+    """spawn(), waited for; output captured as text."""
+    process = spawn(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        stdout, stderr = process.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
