@@ -8,6 +8,8 @@ import sys
 import textwrap
 
 import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import inputs
 from .inputs import FIELDS
@@ -86,30 +88,39 @@ RENDER_EPILOG = (
 )
 
 
+def spec_options(command):
+    """The spec inputs render and compare share: istio-iptables args, a config file or annotations."""
+    options = [
+        click.option("--istio-config", "istio_config", metavar="FILE", help="Istio config JSON (Go field names)."),
+        click.option("--annotations", metavar="FILE", help="Pod annotations JSON, read as istio-cni does."),
+        click.option("--ipv6/--no-ipv6", default=None,
+                     help="Whether the pod has IPv6 (istio-iptables detects it from the pod's first "
+                          "address). Default: no, or what the config/annotations file says."),
+        click.option("--dns-servers", metavar="LIST",
+                     help="Comma list of the pod's nameservers for --redirect-dns (default: read "
+                          "--resolv-conf, as istio-iptables does, only when DNS capture needs them)."),
+        click.option("--resolv-conf", default="/etc/resolv.conf", show_default=True, metavar="PATH",
+                     help="resolv.conf to read nameservers from."),
+        click.argument("istio_args", nargs=-1, type=click.UNPROCESSED),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command(epilog=RENDER_EPILOG, context_settings={"ignore_unknown_options": True})
 @click.option("--backend", type=click.Choice(RENDERERS), default="iptables", show_default=True,
               help="iptables: Istio's exact iptables-restore input (IPv4 block, then IPv6). "
                    "nftables: Istio's native nftables transaction (nft -f).")
-@click.option("--istio-config", "istio_config", metavar="FILE", help="Istio config JSON (Go field names).")
-@click.option("--annotations", metavar="FILE", help="Pod annotations JSON, read as istio-cni does.")
-@click.option("--ipv6/--no-ipv6", default=None,
-              help="Whether the pod has IPv6 (istio-iptables detects it from the pod's first "
-                   "address). Default: no, or what the config/annotations file says.")
-@click.option("--dns-servers", metavar="LIST",
-              help="Comma list of the pod's nameservers for --redirect-dns (default: read "
-                   "--resolv-conf, as istio-iptables does, only when DNS capture needs them).")
-@click.option("--resolv-conf", default="/etc/resolv.conf", show_default=True, metavar="PATH",
-              help="resolv.conf to read nameservers from.")
+@spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: backend, spec, warnings and the rules.")
-@click.argument("istio_args", nargs=-1, type=click.UNPROCESSED)
-def render(backend, istio_config, annotations, ipv6, dns_servers, resolv_conf, as_json, istio_args):
+def render(backend, as_json, **spec_inputs):
     """Print the capture rules for a pod: what the backend would apply, without applying it.
 
     The iptables rendering is byte-for-byte what istio-iptables feeds iptables-restore; the
     nftables rendering is what istio-iptables --native-nftables applies.
     """
-    spec, warnings = spec_from_inputs(list(istio_args), istio_config, annotations, ipv6,
-                                      dns_servers, resolv_conf)
+    spec, warnings = spec_from_inputs(**spec_inputs)
     for note in warnings:
         click.echo(f"accel: warning: {note}", err=True)
     if backend == "iptables":
@@ -123,6 +134,65 @@ def render(backend, istio_config, annotations, ipv6, dns_servers, resolv_conf, a
         click.echo(json.dumps(document, indent=2))
     else:
         click.echo(text, nl=False)
+
+
+COMPARE_EPILOG = (
+    "\b\nWhat it does, per backend, in a fresh lab (network-namespace pods on this node):\n"
+    "  applies the spec to the pod under test, runs every case as real traffic (outbound,\n"
+    "  inbound, owner, loopback, DNS, UDP; IPv6 too when the spec has it), records which\n"
+    "  listeners each request reached and what the sidecar and servers saw, removes the\n"
+    "  capture, and compares each outcome with the reference (the first iptables backend).\n"
+    "\n\b\nBackends: iptables (variant chosen as istio-iptables does), iptables-nft,\n"
+    "  iptables-legacy, nftables, none (no capture: the control, expected to differ).\n"
+    "\n\b\nExit status: 0 every backend but none agrees on every case; 1 one differs (or a\n"
+    "  backend failed); 2 bad input. Needs root.\n"
+    "\n\b\nExamples:\n"
+    "  accel compare -- -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020\n"
+    "  accel compare --backends iptables,nftables --ipv6 --json -- -i '*' -b '*' --redirect-dns\n"
+)
+
+
+@main.command("compare", epilog=COMPARE_EPILOG, context_settings={"ignore_unknown_options": True})
+@click.option("--backends", default="iptables,nftables,none", show_default=True, metavar="LIST",
+              help="Comma list of backends to run; the first iptables one is the reference (iptables is "
+                   "added first if none is listed).")
+@spec_options
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: spec, cases with each backend's outcome and agreement, mismatches, "
+                   "conntrack entries.")
+def compare_command(backends, as_json, **spec_inputs):
+    """Run real traffic through each capture backend and compare it with the iptables reference."""
+    from .backends import BACKEND_NAMES, BackendError
+    from .compare import compare, lab_spec
+    from .compare.cases import derive
+    from .compare.report import print_table
+
+    names = split_list(backends)
+    for name in names:
+        if name not in BACKEND_NAMES:
+            raise SpecError("--backends", name, f"unknown backend (expected {', '.join(BACKEND_NAMES)})")
+    if not any(name.startswith("iptables") for name in names):
+        names.insert(0, "iptables")
+    names = list(dict.fromkeys(names))
+    spec, warnings = spec_from_inputs(**spec_inputs)
+    if os.geteuid() != 0:
+        fail("accel compare needs root (it builds network namespaces and loads rules)", 1)
+    err = Console(stderr=True)
+    for note in warnings:
+        err.print(f"accel: warning: {note}", markup=False, highlight=False)
+    total = len(derive(lab_spec(spec))[0]) * len(names)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task(f"comparing {', '.join(names)}", total=total)
+        try:
+            result = compare(spec, names, progress=lambda: progress.advance(task))
+        except BackendError as error:
+            fail(str(error), 1)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        print_table(result, Console())
+    sys.exit(0 if result.ok else 1)
 
 
 def spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf):
@@ -162,3 +232,32 @@ def demo():
     if os.geteuid() != 0:
         fail("accel demo needs root (it creates network namespaces)", 1)
     run_demo()
+
+
+@main.group()
+def lab():
+    """The lab of network-namespace pods that compare and bench build (and always remove)."""
+
+
+@lab.command("cleanup")
+@click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
+def lab_cleanup(as_json):
+    """Remove what a crashed lab left: its processes, namespaces, cgroups and files.
+
+    Touches only objects whose names carry the lab's prefix (accel-lab-).
+    """
+    from .lab import cleanup_leftovers
+
+    if os.geteuid() != 0:
+        fail("accel lab cleanup needs root", 1)
+    removed = cleanup_leftovers()
+    if as_json:
+        click.echo(json.dumps(removed, indent=2))
+        return
+    count = sum(len(items) for items in removed.values())
+    if not count:
+        click.echo("nothing to clean up")
+    singular = {"namespaces": "namespace", "cgroups": "cgroup", "directories": "directory"}
+    for kind, items in removed.items():
+        for item in items:
+            click.echo(f"removed {singular[kind]}: {item}")

@@ -40,8 +40,8 @@ class IptablesBackend(Backend):
             return self.variant, f"iptables-{self.variant}, as asked"
         saved = process.run(["iptables-legacy-save"], netns=target.netns).stdout
         if any(line.startswith("-A") for line in saved.splitlines()):
-            return "legacy", "iptables-legacy: legacy tables already hold rules, so istio-iptables uses them"
-        return "nft", "iptables-nft: no legacy rules here, so istio-iptables uses iptables-nft"
+            return "legacy", "iptables-legacy (legacy tables already hold rules, so istio-iptables would use them)"
+        return "nft", "iptables-nft (no legacy rules here, so istio-iptables would use iptables-nft)"
 
     def describe(self, target: Target) -> str:
         return self.choose_variant(target)[1]

@@ -26,7 +26,7 @@ class NftablesBackend(Backend):
         self._applied: dict[str, tuple[list[str], CaptureSpec]] = {}
 
     def describe(self, target: Target) -> str:
-        return "nftables: Istio's native rule set, one libnftables transaction"
+        return "Istio's native nftables rule set, applied as one libnftables transaction"
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
         if target.netns in self._applied:

@@ -10,7 +10,7 @@ class NoneBackend(Backend):
     name = "none"
 
     def describe(self, target: Target) -> str:
-        return "none: no capture (the control)"
+        return "no capture (the control)"
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
         pass

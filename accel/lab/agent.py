@@ -130,6 +130,39 @@ def read_exact(conn, size):
     return data
 
 
+def peek_token(conn, wait=3.0):
+    """The request's token, read without consuming anything: a text line, or the name in a DNS
+    query over TCP (which starts with a two-byte length, so with a zero byte)."""
+    deadline = time.monotonic() + wait
+    data = b""
+    while time.monotonic() < deadline:
+        data = conn.recv(4096, socket.MSG_PEEK)
+        if not data:
+            break
+        if data[0] == 0 and len(data) >= 2 and len(data) >= 2 + struct.unpack("!H", data[:2])[0]:
+            return dns_token(data[2:])[0]
+        if data[0] != 0 and b"\n" in data:
+            return data.split(b"\n", 1)[0].decode(errors="replace").strip()
+        time.sleep(0.005)
+    return data[:64].decode(errors="replace").strip()
+
+
+def pump(source, sink):
+    try:
+        while True:
+            chunk = source.recv(65536)
+            if not chunk:
+                break
+            sink.sendall(chunk)
+    except OSError:
+        pass
+    finally:
+        try:
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
 def forever(target, *args):
     threading.Thread(target=target, args=args, daemon=True).start()
 
@@ -226,16 +259,20 @@ def run_sidecar(args):
     there, forwards inbound traffic from 127.0.0.6 (::6) as Envoy's inbound passthrough does, and
     answers DNS through its upstream resolver."""
     log = EventLog(args.log, "sidecar")
+    # Only the TPROXY listener is made with privilege (IP_TRANSPARENT needs it). Every other
+    # socket is made as the proxy's uid/gid, as Istio's proxy and agent do: iptables' owner match
+    # (e.g. the DNS conntrack-zone rules) sees the credentials a socket was created with.
+    inbound = listen_both(socket.SOCK_STREAM, args.inbound, transparent=args.transparent)
+    os.setgroups([])
+    os.setgid(args.gid)
+    os.setuid(args.uid)
     loopback = ("127.0.0.1", "::1")  # where istio-agent's DNS proxy listens
     sockets = {
         "outbound": listen_both(socket.SOCK_STREAM, args.outbound),
-        "inbound": listen_both(socket.SOCK_STREAM, args.inbound, transparent=args.transparent),
+        "inbound": inbound,
         "dns-tcp": listen_both(socket.SOCK_STREAM, args.dns, hosts=loopback),
         "dns-udp": listen_both(socket.SOCK_DGRAM, args.dns, hosts=loopback),
     }
-    os.setgroups([])  # sockets are bound (IP_TRANSPARENT needs root); run as the proxy from here
-    os.setgid(args.gid)
-    os.setuid(args.uid)
     own_ports = {args.outbound, args.inbound, args.dns}
     upstream = (args.upstream_dns, 53)  # the agent's resolver, whatever the app asked for
 
@@ -243,23 +280,25 @@ def run_sidecar(args):
         def handle(conn, peer):
             with conn:
                 conn.settimeout(5)
-                token = read_line(conn)
+                token = peek_token(conn)
                 local = conn.getsockname()
                 so_original = original_dst(conn)
                 # Envoy's original_dst: SO_ORIGINAL_DST when conntrack knows it, else (TPROXY) the
                 # local address, which then is the original destination.
-                target = so_original or local
+                original = so_original or local
                 log.record(role="sidecar", proto="tcp", listener=listener, token=token, local=text(local),
-                           peer=text(peer), original_dst=text(target),
+                           peer=text(peer), original_dst=text(original),
                            so_original_dst=text(so_original) if so_original else None)
-                if target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1"):
+                target = upstream if listener == "dns" else original  # the DNS proxy asks its resolver
+                if listener != "dns" and target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1"):
                     conn.sendall(json.dumps({"error": "no original destination"}).encode() + b"\n")
                     return
                 bind = INBOUND_PASSTHROUGH_SOURCE[conn.family] if listener == "inbound" else None
-                relay(conn, target, token + "\n", bind)
+                relay(conn, target, bind)
         return handle
 
-    def relay(conn, target, first, bind):
+    def relay(conn, target, bind):
+        """Byte for byte in both directions, as Envoy's TCP proxy does."""
         try:
             family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
             upstream = socket.socket(family, socket.SOCK_STREAM)
@@ -271,23 +310,10 @@ def run_sidecar(args):
             conn.sendall(json.dumps({"error": f"upstream {text(target)}: {error}"}).encode() + b"\n")
             return
         with upstream:
-            upstream.sendall(first if isinstance(first, bytes) else first.encode())
-            while True:
-                chunk = upstream.recv(65536)
-                if not chunk:
-                    break
-                conn.sendall(chunk)
-
-    def dns_tcp(conn, peer):
-        with conn:
-            conn.settimeout(5)
-            length = read_exact(conn, 2)
-            query = read_exact(conn, struct.unpack("!H", length)[0])
-            so_original = original_dst(conn)
-            log.record(role="sidecar", proto="dns-tcp", listener="dns", token=dns_token(query)[0],
-                       local=text(conn.getsockname()), peer=text(peer),
-                       original_dst=text(so_original) if so_original else None)
-            relay(conn, upstream, length + query, None)
+            back = threading.Thread(target=pump, args=(upstream, conn), daemon=True)
+            back.start()
+            pump(conn, upstream)
+            back.join(10)
 
     def dns_udp(sock):
         while True:
@@ -311,7 +337,7 @@ def run_sidecar(args):
         for sock in sockets[listener]:
             forever(accept_loop, sock, proxy_tcp(listener))
     for sock in sockets["dns-tcp"]:
-        forever(accept_loop, sock, dns_tcp)
+        forever(accept_loop, sock, proxy_tcp("dns"))
     for sock in sockets["dns-udp"]:
         forever(dns_udp, sock)
     ready_and_wait()

@@ -1,0 +1,237 @@
+"""The traffic cases of a comparison, derived from the spec: what to send, from where, as whom.
+
+Cases follow the reference's semantics (research/istio-capture.md, "Reading the result as a
+first-match capture function"): each probes one rule of the capture, using destinations taken
+from the spec itself (an address inside an included CIDR, inside an excluded one, outside the
+include list, ...). Nothing here predicts the outcome: the cases are run and observed.
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+from dataclasses import dataclass
+
+from ..lab import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, SidecarConfig
+from ..spec import WILDCARD, CaptureSpec
+
+APP_PORT = 8080  # the app's port in every pod
+OTHER_APP_PORT = 9090  # a second app port in the pod under test
+UDP_PORT = 9999  # a UDP service that is not DNS
+SIDECAR_DNS_PORT = 15053  # istio-agent's DNS proxy; fixed in Istio
+# Destinations for "a service address", tried in order within whatever the spec includes.
+SERVICE_CANDIDATES = {
+    4: ("203.0.113.10", "198.51.100.10", "192.0.2.10", "10.96.0.10", "100.64.0.10", "172.16.0.10"),
+    6: ("2001:db8:5e::10", "2001:db8:5f::10", "fd00:5e::10"),
+}
+LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+PASSTHROUGH_SOURCE = {4: "127.0.0.6", 6: "::6"}
+_LAB = [ipaddress.ip_network(n) for n in LAB_NETWORKS]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    description: str
+    client: str  # the pod the request starts in: "pod" (under test) or "remote"
+    proto: str  # tcp, udp, dns-udp (connected socket), dns-udp-sendto, dns-tcp
+    dst: str
+    port: int
+    uid: int
+    gid: int
+    bind: str | None = None
+
+
+def _address(version: int, role: str) -> str:
+    return POD_ADDRESSES[role][0 if version == 4 else 1]
+
+
+def _usable(address: ipaddress._BaseAddress, allow_loopback: bool) -> bool:
+    if address.is_loopback:
+        return allow_loopback
+    return not (address.is_multicast or address.is_unspecified or address.is_link_local
+                or address.is_reserved or any(address in lab for lab in _LAB)
+                or (address.version == 4 and address in ipaddress.ip_network("0.0.0.0/8")))
+
+
+def _hosts(cidr) -> list[ipaddress._BaseAddress]:
+    """A few addresses inside a CIDR: known service addresses first, then low hosts."""
+    network = cidr.network
+    picks = [ipaddress.ip_address(a) for a in SERVICE_CANDIDATES[network.version]
+             if ipaddress.ip_address(a) in network]
+    for offset in (10, 1):
+        if offset < network.num_addresses:
+            picks.append(network[offset])
+    return picks + [cidr.ip]
+
+
+def _excluded(spec: CaptureSpec, version: int, address) -> bool:
+    return any(address in c.network for c in spec.outbound_exclude(version))
+
+
+def service_address(spec: CaptureSpec, version: int) -> str | None:
+    """An address the spec captures by CIDR (-i), not excluded (-x)."""
+    include = spec.outbound_include(version)
+    if include == WILDCARD:
+        candidates = [(ipaddress.ip_address(a), False) for a in SERVICE_CANDIDATES[version]]
+    else:
+        candidates = [(host, cidr.ip.is_loopback) for cidr in include for host in _hosts(cidr)]
+    for address, loopback_ok in candidates:
+        if _usable(address, loopback_ok) and not _excluded(spec, version, address):
+            return str(address)
+    return None
+
+
+def outside_address(spec: CaptureSpec, version: int) -> str | None:
+    """An address outside the include list (and not excluded): uncaptured unless a port says so."""
+    include = spec.outbound_include(version)
+    if include == WILDCARD:
+        return None
+    for text in SERVICE_CANDIDATES[version]:
+        address = ipaddress.ip_address(text)
+        if not any(address in c.network for c in include) and not _excluded(spec, version, address):
+            return text
+    return None
+
+
+def excluded_address(spec: CaptureSpec, version: int) -> str | None:
+    for cidr in spec.outbound_exclude(version):
+        for address in _hosts(cidr):
+            if _usable(address, allow_loopback=False):
+                return str(address)
+    return None
+
+
+def _gid_of(group: str) -> int | None:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None  # the rules could not load either; the backends report that
+
+
+def app_identity(spec: CaptureSpec) -> int:
+    """The app's uid (and gid): one that no owner rule of the spec names."""
+    named = set(spec.proxy_uids) | set(spec.proxy_gids)
+    for groups in (spec.owner_groups_include, spec.owner_groups_exclude):
+        if groups != WILDCARD:
+            named |= {g for g in map(_gid_of, groups) if g is not None}
+    return next(n for n in range(1000, 70000) if n not in named)
+
+
+def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
+    """The cases for this spec, and the lab they need (ports, routed service addresses)."""
+    app = app_identity(spec)
+    proxy_uid, proxy_gid = spec.proxy_uids[0], spec.proxy_gids[0]
+    sidecar_ports = {spec.proxy_port, spec.inbound_capture_port, SIDECAR_DNS_PORT}
+    cases: list[Case] = []
+
+    def add(name, description, dst, port, *, client="pod", proto="tcp", uid=app, gid=app, bind=None):
+        cases.append(Case(name, description, client, proto, dst, port, uid, gid, bind))
+
+    versions = (4, 6) if spec.enable_ipv6 else (4,)
+    for version in versions:
+        v = "" if version == 4 else "-v6"
+        first = version == 4  # cases that do not depend on the IP version run once
+        pod_ip, loopback = _address(version, "pod"), LOOPBACK[version]
+        service, outside = service_address(spec, version), outside_address(spec, version)
+        excluded = excluded_address(spec, version)
+        anywhere = service or outside or _address(version, "remote")
+
+        if service:
+            add(f"outbound-service{v}", "app to an address in the captured CIDRs (-i)", service, APP_PORT)
+        if excluded:
+            add(f"outbound-excluded-cidr{v}", "app to an address in an excluded CIDR (-x)", excluded, APP_PORT)
+        if outside:
+            add(f"outbound-outside-include{v}", "app to an address outside the include list (-i)",
+                outside, APP_PORT)
+        if spec.outbound_ports_exclude:
+            add(f"outbound-excluded-port{v}", "app to an excluded outbound port (-o)", anywhere,
+                spec.outbound_ports_exclude[0])
+        if spec.outbound_ports_include:
+            add(f"outbound-included-port{v}", "app to an included outbound port (-q) outside the CIDRs",
+                outside or anywhere, spec.outbound_ports_include[0])
+        for uid in spec.proxy_uids:
+            add(f"outbound-as-proxy-uid-{uid}{v}", f"uid {uid} (a proxy uid, -u) to a service", anywhere,
+                APP_PORT, uid=uid)
+        for gid in spec.proxy_gids:
+            add(f"outbound-as-proxy-gid-{gid}{v}", f"gid {gid} (a proxy gid, -g) to a service", anywhere,
+                APP_PORT, gid=gid)
+        if first and 0 not in spec.proxy_uids + spec.proxy_gids:
+            add("outbound-as-root", "root to a service", anywhere, APP_PORT, uid=0, gid=0)
+        if first and spec.owner_groups_include == WILDCARD and spec.owner_groups_exclude:
+            gid = next((g for g in map(_gid_of, spec.owner_groups_exclude) if g is not None), None)
+            if gid is not None:
+                add("outbound-excluded-owner-group", f"gid {gid}, an excluded owner group, to a service",
+                    anywhere, APP_PORT, gid=gid)
+        if first and spec.owner_groups_include != WILDCARD:
+            gid = next((g for g in map(_gid_of, spec.owner_groups_include) if g is not None), None)
+            if gid is not None:
+                add("outbound-included-owner-group", f"gid {gid}, an included owner group, to a service",
+                    anywhere, APP_PORT, gid=gid)
+            add("outbound-other-owner-group", f"gid {app}, in no included owner group, to a service",
+                anywhere, APP_PORT)
+        add(f"outbound-localhost{v}", f"app to {loopback}", loopback, APP_PORT)
+        if first:
+            add("outbound-loopback-other", "app to 127.0.0.2, loopback but not 127.0.0.1", "127.0.0.2", APP_PORT)
+        add(f"outbound-own-pod-ip{v}", "app to its own pod address (over lo)", pod_ip, APP_PORT)
+        add(f"proxy-to-app-over-lo{v}", "the proxy uid to the pod address (inbound delivery)", pod_ip,
+            APP_PORT, uid=proxy_uid, gid=proxy_gid)
+        add(f"inbound-passthrough-source{v}", f"the proxy uid from {PASSTHROUGH_SOURCE[version]} to the pod",
+            pod_ip, APP_PORT, uid=proxy_uid, gid=proxy_gid, bind=PASSTHROUGH_SOURCE[version])
+
+        add(f"inbound-app-port{v}", "remote pod to an app port", pod_ip, APP_PORT, client="remote")
+        for port in spec.inbound_ports_exclude[:5] if first else spec.inbound_ports_exclude[:1]:
+            if port not in sidecar_ports:
+                add(f"inbound-excluded-port-{port}{v}", f"remote pod to excluded inbound port {port} (-d)",
+                    pod_ip, port, client="remote")
+        if spec.inbound_ports_include not in (WILDCARD, ()):
+            for port in spec.inbound_ports_include[:2] if first else spec.inbound_ports_include[:1]:
+                if port not in sidecar_ports:
+                    add(f"inbound-included-port-{port}{v}", f"remote pod to included inbound port {port} (-b)",
+                        pod_ip, port, client="remote")
+            other = next(p for p in (OTHER_APP_PORT, APP_PORT, 9091, 9092) if p not in spec.inbound_ports_include)
+            add(f"inbound-outside-include{v}", f"remote pod to port {other}, not in the inbound list (-b)",
+                pod_ip, other, client="remote")
+        add(f"inbound-tunnel-port{v}", f"remote pod to the tunnel port {spec.inbound_tunnel_port} (-e)",
+            pod_ip, spec.inbound_tunnel_port, client="remote")
+
+        resolver = _address(version, "dns")
+        add(f"dns-udp{v}", "DNS over UDP to the pod's resolver (connected socket)", resolver, 53, proto="dns-udp")
+        add(f"dns-tcp{v}", "DNS over TCP to the pod's resolver", resolver, 53, proto="dns-tcp")
+        if first:
+            add("dns-udp-sendto", "DNS over UDP to the resolver, destination per datagram (sendto)",
+                resolver, 53, proto="dns-udp-sendto")
+            add("dns-udp-other-server", "DNS over UDP to a server not in resolv.conf", OTHER_DNS[0], 53,
+                proto="dns-udp")
+            add("dns-tcp-other-server", "DNS over TCP to a server not in resolv.conf", OTHER_DNS[0], 53,
+                proto="dns-tcp")
+            udp_target = anywhere if not ipaddress.ip_address(anywhere).is_loopback else _address(4, "remote")
+            add("udp-not-dns", f"app to UDP port {UDP_PORT} (not DNS)", udp_target, UDP_PORT, proto="udp")
+
+    return cases, _plan(spec, cases, sidecar_ports)
+
+
+def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabPlan:
+    pod_ports, remote_ports, services = {APP_PORT, OTHER_APP_PORT}, {APP_PORT}, set()
+    for case in cases:
+        if case.proto != "tcp":
+            continue
+        if case.client == "remote" or ipaddress.ip_address(case.dst).is_loopback:
+            pod_ports.add(case.port)
+        elif case.dst not in (_address(4, "pod"), _address(6, "pod")):
+            remote_ports.add(case.port)
+    for case in cases:
+        address = ipaddress.ip_address(case.dst)
+        if case.client == "pod" and not address.is_loopback and not any(address in lab for lab in _LAB):
+            services.add(case.dst)
+    return LabPlan(
+        ipv6=spec.enable_ipv6,
+        pod_tcp_ports=tuple(sorted(pod_ports - sidecar_ports)),
+        remote_tcp_ports=tuple(sorted(remote_ports)),
+        remote_udp_ports=(UDP_PORT,),
+        service_addresses=tuple(sorted(services)),
+        sidecar=SidecarConfig(spec.proxy_port, spec.inbound_capture_port, SIDECAR_DNS_PORT,
+                              spec.proxy_uids[0], spec.proxy_gids[0], transparent=spec.tproxy),
+    )
