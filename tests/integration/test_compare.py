@@ -1,0 +1,162 @@
+"""accel compare on real traffic: nftables captures exactly what iptables captures.
+
+The reference's own outcomes are checked for the capture they must show, so an agreement can
+never come from a lab in which nothing is captured.
+"""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from accel import inputs
+from accel.backends import NoneBackend
+from accel.cli import main
+from accel.compare import compare
+from accel.lab import leftovers
+from tests.kernel_state import host_links, rule_state
+
+pytestmark = pytest.mark.privileged
+
+DEFAULT = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
+# name: (istio-iptables args, environment, IPv6, cases that must exist, {case: first hop in iptables})
+SPECS = {
+    "cidr-and-port-lists": (["-i", "10.0.0.0/8,203.0.113.0/24", "-x", "10.96.0.0/16,203.0.113.128/25",
+                             "-o", "9000", "-q", "7777", "-b", "8080,9091", "-d", "15020"], {}, False,
+                            {"outbound-service": "sidecar outbound", "outbound-excluded-cidr": "remote tcp:8080",
+                             "outbound-outside-include": "remote tcp:8080",
+                             "outbound-excluded-port": "remote tcp:9000",
+                             "outbound-included-port": "sidecar outbound",
+                             "inbound-included-port-9091": "sidecar inbound",
+                             "inbound-outside-include": "pod tcp:9090"}),
+    "uid-gid-lists": (["-u", "3,1337", "-g", "1337,4", "-i", "*", "-b", "*"], {}, False,
+                      {"outbound-as-proxy-uid-3": "remote tcp:8080", "outbound-as-proxy-gid-4": "remote tcp:8080",
+                       "outbound-service": "sidecar outbound"}),
+    "owner-groups-exclude": (["-i", "*", "-b", "*"], {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2345"}, False,
+                             {"outbound-excluded-owner-group": "remote tcp:8080",
+                              "outbound-service": "sidecar outbound"}),
+    "owner-groups-include": (["-i", "*", "-b", "*"], {"ISTIO_OUTBOUND_OWNER_GROUPS": "2345,2346"}, False,
+                             {"outbound-included-owner-group": "sidecar outbound",
+                              "outbound-other-owner-group": "remote tcp:8080"}),
+    "dns-capture": (DEFAULT + ["--redirect-dns"], {}, False,
+                    {"dns-udp": "sidecar dns", "dns-tcp": "sidecar dns", "dns-udp-sendto": "sidecar dns",
+                     "dns-udp-other-server": "dns dns:53", "dns-tcp-other-server": "sidecar outbound"}),
+    "dns-capture-all": (DEFAULT + ["--redirect-dns", "--capture-all-dns"], {}, False,
+                        {"dns-udp-other-server": "sidecar dns", "dns-tcp-other-server": "sidecar dns"}),
+    "tproxy": (["-m", "TPROXY", "-i", "*", "-b", "*", "-d", "15090,15021,15020"], {}, False,
+               {"inbound-app-port": "sidecar inbound", "inbound-excluded-port-15020": "pod tcp:15020",
+                "inbound-tunnel-port": "sidecar inbound", "outbound-service": "sidecar outbound"}),
+    "ipv6": (DEFAULT + ["--redirect-dns"], {}, True,
+             {"outbound-service-v6": "sidecar outbound", "inbound-app-port-v6": "sidecar inbound",
+              "proxy-to-app-over-lo-v6": "sidecar inbound", "inbound-passthrough-source-v6": "pod tcp:8080",
+              "dns-udp-v6": "sidecar dns", "outbound-own-pod-ip-v6": "pod tcp:8080"}),
+    "tproxy-ipv6-excluded": (["-m", "TPROXY", "-i", "*", "-b", "8080", "-x", "2001:db8:5e::/48,198.51.100.0/24"],
+                             {}, True, {"outbound-excluded-cidr-v6": "remote tcp:8080",
+                                        "inbound-app-port-v6": "sidecar inbound",
+                                        "inbound-outside-include-v6": "pod tcp:9090"}),
+    "loopback-include": (["-i", "127.1.2.3/32"], {}, False,
+                         {"outbound-service": "sidecar outbound", "outbound-outside-include": "remote tcp:8080"}),
+}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_behind():
+    """After every run: no lab namespace, cgroup, file, process, host rule or host link."""
+    host_rules, links = rule_state(None), host_links()
+    yield
+    assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+    assert rule_state(None) == host_rules
+    assert host_links() == links
+
+
+def first_hop(comparison, backend, case):
+    path = comparison.runs[backend].outcomes[case]["path"]
+    return path[0] if path else None
+
+
+def test_istio_init_default():
+    spec = inputs.from_istio_args(DEFAULT, {})
+    result = compare(spec, ["iptables", "nftables", "none"])
+    assert result.mismatches("nftables") == 0
+    captured = {c.name for c in result.cases if (first_hop(result, "iptables", c.name) or "").startswith("sidecar")}
+    assert {"outbound-service", "inbound-app-port", "proxy-to-app-over-lo", "dns-tcp"} <= captured
+    # the control: everything captured under iptables reaches its server directly instead
+    differs = {c.name for c in result.cases if not result.agrees("none", c)}
+    assert differs == captured
+    assert result.ok  # none is allowed to differ
+    ref = result.runs["iptables"].outcomes
+    assert ref["outbound-service"]["original_dst"] == "203.0.113.10:8080"
+    assert ref["outbound-service"]["app_peer"] == "203.0.113.10:8080"  # getpeername: the original destination
+    assert ref["inbound-app-port"]["proxy_peer"] == "198.18.0.20"  # the client's source, seen by the proxy
+    assert ref["inbound-app-port"]["server_peer"] == "127.0.0.6"  # delivered by the proxy's passthrough
+    for name in ("outbound-as-proxy-uid-1337", "outbound-as-proxy-gid-1337", "outbound-localhost",
+                 "outbound-own-pod-ip", "inbound-passthrough-source", "inbound-tunnel-port", "udp-not-dns",
+                 "inbound-excluded-port-15020", "inbound-excluded-port-15021", "inbound-excluded-port-15090"):
+        assert not first_hop(result, "iptables", name).startswith("sidecar"), name
+    conntrack = result.to_json()["conntrack_entries"]
+    assert conntrack["iptables"] >= len(captured) and conntrack["nftables"] >= len(captured)
+    assert conntrack["none"] == 0
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_nftables_agrees_for_each_option(name):
+    args, env, ipv6, expected = SPECS[name]
+    spec = inputs.from_istio_args(args, env, enable_ipv6=ipv6)
+    result = compare(spec, ["iptables", "nftables"])
+    observed = {case: first_hop(result, "iptables", case) for case in expected}
+    assert observed == expected
+    disagreements = {c.name: result.runs["nftables"].outcomes[c.name] for c in result.cases
+                     if not result.agrees("nftables", c)}
+    assert not disagreements
+
+
+def test_iptables_variants_agree():
+    spec = inputs.from_istio_args(["-m", "TPROXY", "-i", "*", "-b", "*", "--redirect-dns"], {})
+    result = compare(spec, ["iptables-nft", "iptables-legacy"])
+    assert result.mismatches("iptables-legacy") == 0
+
+
+def test_annotations_input(tmp_path):
+    pod = tmp_path / "pod.json"
+    pod.write_text(json.dumps({"annotations": {"sidecar.istio.io/status": "{}",
+                                               "traffic.sidecar.istio.io/excludeOutboundIPRanges": "203.0.113.0/24"},
+                               "proxy_env": {"ISTIO_META_DNS_CAPTURE": "true"}}))
+    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--json", "--annotations", str(pod)])
+    assert run.exit_code == 0, run.output
+    document = json.loads(run.stdout)
+    outcomes = {c["name"]: c["outcomes"]["iptables"] for c in document["cases"]}
+    assert outcomes["outbound-excluded-cidr"]["path"] == ["remote tcp:8080"]
+    assert outcomes["dns-udp-other-server"]["path"][0] == "sidecar dns"  # istio-cni captures all DNS
+
+
+def test_cli_json_and_table():
+    run = CliRunner().invoke(main, ["compare", "--json", "--", *DEFAULT])
+    assert run.exit_code == 0, run.output
+    document = json.loads(run.stdout)
+    assert set(document) >= {"spec", "cases", "mismatches", "conntrack_entries"}
+    assert document["mismatches"]["nftables"] == 0 and document["mismatches"]["none"] > 0
+    case = document["cases"][0]
+    assert set(case) >= {"name", "outcomes", "agrees"} and set(case["outcomes"]) == {"iptables", "nftables", "none"}
+    table = CliRunner().invoke(main, ["compare", "--backends", "nftables", "--", *DEFAULT])
+    assert table.exit_code == 0
+    assert "outbound-service" in table.stdout and "nftables captured exactly what iptables captured" in table.stdout
+
+
+def test_cli_exits_1_when_a_backend_differs(monkeypatch):
+    """A backend that captures nothing under another name must fail the comparison."""
+    import accel.compare.run as run_module
+
+    real = run_module.get_backend
+    monkeypatch.setattr(run_module, "get_backend", lambda name: NoneBackend() if name == "nftables" else real(name))
+    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--", *DEFAULT])
+    assert run.exit_code == 1
+    assert "nftables captured differently from iptables" in run.stdout
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["compare", "--backends", "iptables,ebpf2"], "--backends: unknown backend"),
+    (["compare", "--", "-i", "10.0.0.0/33"], "--istio-service-cidr/-i: prefix length 33"),
+])
+def test_cli_bad_input_exits_2(argv, needle):
+    run = CliRunner().invoke(main, argv)
+    assert run.exit_code == 2 and needle in run.stderr
