@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import textwrap
 
@@ -28,10 +29,29 @@ class AccelGroup(click.Group):
     """Turns bad input anywhere below into one line on stderr and exit 2, never a traceback."""
 
     def invoke(self, ctx):
+        # SIGTERM unwinds like Ctrl-C, so labs and scratch namespaces are removed on the way out.
+        terminated, owner = [], os.getpid()
+
+        def on_sigterm(number, frame):
+            if os.getpid() != owner or terminated:
+                return  # a forked child's inherited signal, or a repeat while cleaning up
+            terminated.append(number)
+            sys.exit(128 + number)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
         except SpecError as error:
-            fail(str(error))
+            if not terminated:
+                fail(str(error))
+        except (Exception, SystemExit):
+            # The exit raised by the signal can land inside library code and surface as another
+            # error, or be swallowed there; the cleanup has run either way.
+            if not terminated:
+                raise
+        if terminated:
+            sys.exit(128 + terminated[0])
+        return result
 
 
 @click.group(cls=AccelGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 from .cgroup import Cgroup
 
 CLONE_NEWNET = 0x40000000
+_DEFERRED = {signal.SIGTERM, signal.SIGINT}
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -35,6 +37,7 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
     procs_file = str(cgroup.path / "cgroup.procs") if cgroup else None
 
     def enter():
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # the new program gets ordinary signals
         if procs_file:
             with open(procs_file, "w") as procs:
                 procs.write(str(os.getpid()))
@@ -46,7 +49,13 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
         if uid is not None:
             os.setuid(uid)
 
-    return subprocess.Popen(argv, preexec_fn=enter, **popen_kwargs)
+    # A SIGTERM or Ctrl-C arriving during fork would run accel's handler in the child, inside
+    # preexec_fn: hold them until the child exists; the parent then handles them as usual.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
+    try:
+        return subprocess.Popen(argv, preexec_fn=enter, **popen_kwargs)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def run(argv: list[str], *, input: str | None = None, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
@@ -55,8 +64,8 @@ def run(argv: list[str], *, input: str | None = None, timeout: float = 30, **kwa
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     try:
         stdout, stderr = process.communicate(input, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except BaseException:  # a timeout, or a signal: the child does not outlive the wait
         process.kill()
-        stdout, stderr = process.communicate()
+        process.wait()
         raise
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

@@ -118,7 +118,8 @@ class Lab:
         shutil.copy(AGENT, self.workdir / "agent.py")
         self.log.touch()
         self.log.chmod(0o666)  # the sidecar writes it as the proxy uid
-        self.cgroup = Cgroup.create(self.name)
+        self.cgroup = Cgroup(cgroup2_mount() / self.name)  # known before it exists, for destroy()
+        self.cgroup.path.mkdir()
         self._build_network()
         self._start_agents()
 
@@ -139,7 +140,10 @@ class Lab:
                 self.cgroup.remove()  # also kills anything our agents left behind
             except OSError as error:
                 problems.append(f"cgroup {self.cgroup.path}: {error}")
+        existing = set(netns.listnetns())
         for name in reversed(self._namespaces):
+            if name not in existing:
+                continue
             try:
                 netns.remove(name)
             except OSError as error:
@@ -151,8 +155,8 @@ class Lab:
     # -- network ----------------------------------------------------------------------------
 
     def _namespace(self, name: str) -> str:
-        netns.create(name)
-        self._namespaces.append(name)
+        self._namespaces.append(name)  # first, so that destroy() also covers an interrupted create
+        process.run(["ip", "netns", "add", name]).check_returncode()
         with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         settings = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",

@@ -3,6 +3,7 @@
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,25 @@ def test_lab_cleanup_removes_what_a_killed_run_left():
     finally:
         if crashed.poll() is None:
             crashed.kill()
+
+
+def test_sigterm_during_compare_removes_the_lab():
+    compare_run = subprocess.Popen([str(TOP / ".venv/bin/accel"), "compare", "--", "-i", "*", "-b", "*"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: leftovers()["namespaces"]), "no lab appeared"
+        compare_run.send_signal(signal.SIGTERM)
+        assert compare_run.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        if compare_run.poll() is None:
+            compare_run.kill()
+    assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+
+
+def wait_until(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
