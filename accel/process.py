@@ -11,6 +11,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from .cgroup import Cgroup
@@ -29,6 +30,26 @@ def setns(netns: str) -> None:
             raise OSError(error, f"setns into network namespace {netns}: {os.strerror(error)}")
     finally:
         os.close(fd)
+
+
+def in_netns(netns: str, function, *args):
+    """function(*args), run in a thread that has entered the namespace and then ends, so the
+    switch never leaks into the caller. Exceptions come back to the caller."""
+    outcome: dict = {}
+
+    def inside():
+        try:
+            setns(netns)
+            outcome["result"] = function(*args)
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=inside, name=f"in-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = None,

@@ -7,33 +7,25 @@ namespace switch never leaks into the caller.
 from __future__ import annotations
 
 import json
-import threading
 
-from ..process import setns
+from ..process import in_netns
 from .base import BackendError
 
 
 def nft(netns: str, commands: str, *, json_output: bool = False) -> str:
     """Run nft commands in a network namespace through libnftables; returns the output."""
-    outcome: dict = {}
 
-    def in_namespace():
-        try:
-            import nftables  # Debian's binding; imported here so that rendering never needs it
+    def run():
+        import nftables  # Debian's binding; imported here so that rendering never needs it
 
-            setns(netns)  # this thread only; it ends when the command has run
-            context = nftables.Nftables()
-            context.set_json_output(json_output)
-            outcome["result"] = context.cmd(commands)
-        except BaseException as error:  # handed to the caller's thread
-            outcome["error"] = error
+        context = nftables.Nftables()
+        context.set_json_output(json_output)
+        return context.cmd(commands)
 
-    thread = threading.Thread(target=in_namespace, name=f"nft@{netns}")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise BackendError(f"nftables in {netns}: {outcome['error']}") from outcome["error"]
-    rc, output, error = outcome["result"]
+    try:
+        rc, output, error = in_netns(netns, run)
+    except OSError as error:
+        raise BackendError(f"nftables in {netns}: {error}") from error
     if rc != 0:
         raise BackendError(f"nft: {error.strip()}")
     return output

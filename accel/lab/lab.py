@@ -79,6 +79,7 @@ class Pod:
     cgroup: Cgroup
     ipv4: str
     ipv6: str | None
+    node_cgroup: Cgroup | None = None  # the cgroup above every pod: where node-wide BPF attaches
 
     def address(self, version: int) -> str:
         return self.ipv4 if version == 4 else self.ipv6
@@ -183,7 +184,7 @@ class Lab:
                 node.addr("add", index=bridge, address=NODE_V6, prefixlen=64, flags=IFA_F_NODAD)
         for role, (ipv4, ipv6) in POD_ADDRESSES.items():
             pod = Pod(role, self._namespace(f"{self.name}-{role}"), self.cgroup.child(role), ipv4,
-                      ipv6 if plan.ipv6 else None)
+                      ipv6 if plan.ipv6 else None, node_cgroup=self.cgroup)
             self._wire(pod)
             self.pods[role] = pod
         with NetNS(self.pods["pod"].netns) as ns:

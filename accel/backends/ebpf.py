@@ -1,0 +1,82 @@
+"""The eBPF backend: capture at the socket layer, with no NAT and no conntrack.
+
+The programs are attached once, at the cgroup that holds the node's pods (the lab's own cgroup
+in the lab; never the cgroup v2 root), and each meshed pod is map entries plus an sk_lookup link
+in its namespace. A pod's sockets only see the programs if its processes live below that cgroup.
+"""
+
+from __future__ import annotations
+
+from ..cgroup import Cgroup
+from ..ebpf import probe
+from ..ebpf.maps import UnsupportedSpec, check_supported
+from ..spec import CaptureSpec
+from .base import Backend, BackendError, Target
+
+
+class EbpfBackend(Backend):
+    name = "ebpf"
+
+    def __init__(self, cgroup: Cgroup | None = None):
+        self.cgroup = cgroup  # where to attach; else each target's node_cgroup
+        self._datapaths: dict[str, object] = {}  # cgroup path -> Datapath
+        self._pods: dict[str, object] = {}  # netns -> the Datapath meshing it
+
+    def _cgroup_for(self, target: Target) -> Cgroup:
+        cgroup = self.cgroup or getattr(target, "node_cgroup", None)
+        if cgroup is None:
+            raise BackendError(f"{self.name}: no cgroup to attach the programs at for {target.netns}")
+        return cgroup
+
+    def describe(self, target: Target) -> str:
+        return (f"socket hooks at cgroup {self._cgroup_for(target).path.name} (connect, sendmsg, recvmsg, "
+                "getsockopt, getpeername, sockops) and sk_lookup in the pod's namespace; no NAT, no conntrack")
+
+    def apply(self, target: Target, spec: CaptureSpec) -> None:
+        if target.netns in self._pods:
+            raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
+        try:
+            check_supported(spec)
+        except UnsupportedSpec as error:
+            raise BackendError(f"{self.name}: cannot capture this spec exactly: {error}; "
+                               "the nftables backend can") from None
+        missing = probe.missing()
+        if missing:
+            raise BackendError(f"{self.name}: this kernel lacks " +
+                               "; ".join(f"{f.name} ({f.detail})" for f in missing))
+        from ..ebpf.datapath import Datapath, DatapathError  # bcc is only needed from here on
+
+        cgroup = self._cgroup_for(target)
+        datapath = self._datapaths.get(str(cgroup.path))
+        try:
+            if datapath is None:
+                datapath = self._datapaths[str(cgroup.path)] = Datapath(cgroup)
+            datapath.add_pod(target.netns, spec)
+        except (DatapathError, UnsupportedSpec, OSError) as error:
+            self._release_if_idle(datapath)
+            raise BackendError(f"{self.name}: {error}") from error
+        except BaseException:
+            self._release_if_idle(datapath)
+            raise
+        self._pods[target.netns] = datapath
+
+    def remove(self, target: Target) -> None:
+        datapath = self._pods.pop(target.netns, None)
+        if datapath is not None:
+            datapath.remove_pod(target.netns)
+            self._release_if_idle(datapath)
+
+    def _release_if_idle(self, datapath) -> None:
+        if datapath is not None and not datapath.pods:
+            datapath.close()
+            self._datapaths.pop(str(datapath.cgroup.path), None)
+
+    def status(self, target: Target) -> dict:
+        datapath = self._pods.get(target.netns)
+        if datapath is None:
+            return {"backend": self.name, "applied": False}
+        handle = datapath.pods[target.netns]
+        return {"backend": self.name, "applied": True, "cgroup": str(datapath.cgroup.path),
+                "links": sorted(datapath.links), "sk_lookup": handle.sk_lookup_link is not None,
+                "inbound_listeners": sorted({2: "ipv4", 10: "ipv6"}[f] for f in handle.listeners),
+                "origins_in_flight": datapath.origins_in_flight()}

@@ -1,0 +1,1 @@
+"""The eBPF capture datapath: bpf/*.c, compiled by bcc and configured through maps."""

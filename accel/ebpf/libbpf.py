@@ -1,0 +1,158 @@
+"""What bcc's Python API lacks, from libbpf (Debian's libbpf1) through ctypes.
+
+bpf_link attachments (cgroup hooks and sk_lookup), raw map updates (bcc has no SOCKHASH
+table), program loads and probes for `accel probe`, and pidfd_getfd to borrow a proxy's
+listening socket. Errors come back as OSError with the kernel's errno.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+
+_lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# enum bpf_prog_type
+PROG_SOCK_OPS = 13
+PROG_CGROUP_SOCK_ADDR = 18
+PROG_CGROUP_SOCKOPT = 25
+PROG_SK_LOOKUP = 30
+# enum bpf_attach_type
+ATTACH_CGROUP_SOCK_OPS = 3
+ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT = 10, 11
+ATTACH_UDP4_SENDMSG, ATTACH_UDP6_SENDMSG = 14, 15
+ATTACH_UDP4_RECVMSG, ATTACH_UDP6_RECVMSG = 19, 20
+ATTACH_CGROUP_GETSOCKOPT = 21
+ATTACH_INET4_GETPEERNAME, ATTACH_INET6_GETPEERNAME = 29, 30
+ATTACH_SK_LOOKUP = 36
+# enum bpf_map_type
+MAP_HASH = 1
+MAP_LPM_TRIE = 11
+MAP_SOCKHASH = 18
+MAP_SK_STORAGE = 24
+# enum bpf_func_id
+FUNC_GET_NETNS_COOKIE = 122
+BPF_ANY = 0
+SYS_PIDFD_GETFD = 438
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        error = ctypes.get_errno() or -result
+        raise OSError(error, f"{what}: {os.strerror(error)}")
+    return result
+
+
+_lib.bpf_link_create.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_lib.bpf_link_create.restype = ctypes.c_int
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """A bpf_link from a program to a cgroup or a network namespace: closing it detaches."""
+    return _check(_lib.bpf_link_create(prog_fd, target_fd, attach_type, None), "bpf_link_create")
+
+
+for _name in ("bpf_map_update_elem", "bpf_map_lookup_elem"):
+    getattr(_lib, _name).restype = ctypes.c_int
+_lib.bpf_map_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]
+_lib.bpf_map_lookup_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_lib.bpf_map_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_lib.bpf_map_delete_elem.restype = ctypes.c_int
+_lib.bpf_map_get_next_key.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_lib.bpf_map_get_next_key.restype = ctypes.c_int
+
+
+def map_update(map_fd: int, key, value, flags: int = BPF_ANY) -> None:
+    _check(_lib.bpf_map_update_elem(map_fd, ctypes.byref(key), ctypes.byref(value), flags), "map update")
+
+
+def map_delete(map_fd: int, key) -> bool:
+    """Delete a key; False if it was not there."""
+    if _lib.bpf_map_delete_elem(map_fd, ctypes.byref(key)) == 0:
+        return True
+    if ctypes.get_errno() == 2:  # ENOENT
+        return False
+    _check(-1, "map delete")
+
+
+def map_lookup(map_fd: int, key, value_type):
+    value = value_type()
+    if _lib.bpf_map_lookup_elem(map_fd, ctypes.byref(key), ctypes.byref(value)) == 0:
+        return value
+    if ctypes.get_errno() == 2:
+        return None
+    _check(-1, "map lookup")
+
+
+def map_keys(map_fd: int, key_type) -> list:
+    keys, previous = [], None
+    while True:
+        key = key_type()
+        if _lib.bpf_map_get_next_key(map_fd, ctypes.byref(previous) if previous is not None else None,
+                                     ctypes.byref(key)) != 0:
+            return keys
+        keys.append(key)
+        previous = key
+
+
+class _ProgLoadOpts(ctypes.Structure):  # struct bpf_prog_load_opts, libbpf 1.x
+    _fields_ = [("sz", ctypes.c_size_t), ("attempts", ctypes.c_int), ("expected_attach_type", ctypes.c_int),
+                ("prog_btf_fd", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32), ("prog_ifindex", ctypes.c_uint32),
+                ("kern_version", ctypes.c_uint32), ("attach_btf_id", ctypes.c_uint32),
+                ("attach_prog_fd", ctypes.c_uint32), ("attach_btf_obj_fd", ctypes.c_uint32),
+                ("fd_array", ctypes.c_void_p), ("func_info", ctypes.c_void_p), ("func_info_cnt", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("line_info", ctypes.c_void_p),
+                ("line_info_cnt", ctypes.c_uint32), ("line_info_rec_size", ctypes.c_uint32),
+                ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32), ("log_buf", ctypes.c_char_p),
+                ("log_true_size", ctypes.c_uint32)]
+
+
+_lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t,
+                               ctypes.POINTER(_ProgLoadOpts)]
+_lib.bpf_prog_load.restype = ctypes.c_int
+
+
+def prog_load(prog_type: int, instructions: bytes, attach_type: int = 0) -> int:
+    """Load raw BPF instructions (used by the probes); returns the program fd."""
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type)
+    buffer = ctypes.create_string_buffer(instructions, len(instructions))
+    return _check(_lib.bpf_prog_load(prog_type, b"accel_probe", b"Dual BSD/GPL", buffer, len(instructions) // 8,
+                                     ctypes.byref(opts)), "bpf_prog_load")
+
+
+_lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
+                                ctypes.c_void_p]
+_lib.bpf_map_create.restype = ctypes.c_int
+
+
+class _MapCreateOpts(ctypes.Structure):  # the head of struct bpf_map_create_opts
+    _fields_ = [("sz", ctypes.c_size_t), ("btf_fd", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32), ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+                ("inner_map_fd", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("map_extra", ctypes.c_uint64),
+                ("numa_node", ctypes.c_uint32), ("map_ifindex", ctypes.c_uint32)]
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0) -> int:
+    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
+    return _check(_lib.bpf_map_create(map_type, b"accel_probe", key_size, value_size, max_entries,
+                                      ctypes.byref(opts)), "bpf_map_create")
+
+
+_lib.libbpf_probe_bpf_helper.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_lib.libbpf_probe_bpf_helper.restype = ctypes.c_int
+
+
+def probe_helper(prog_type: int, helper: int) -> bool:
+    """Whether programs of this type may call this helper, as the kernel's verifier says."""
+    return _lib.libbpf_probe_bpf_helper(prog_type, helper, None) == 1
+
+
+def pidfd_getfd(pid: int, fd: int) -> int:
+    """A copy, in this process, of another process's file descriptor (pidfd_getfd(2), Linux 5.6)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return _check(_libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0), f"pidfd_getfd({pid}, {fd})")
+    finally:
+        os.close(pidfd)

@@ -1,0 +1,199 @@
+"""The eBPF datapath's maps as Python sees them: ctypes mirrors of bpf/accel.h, and a CaptureSpec
+turned into the entries that configure one pod. Pure: no kernel needed, so unit-tested.
+
+The mirrors must match bpf/accel.h field for field; the datapath checks their sizes against the
+compiled program's maps when it loads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import ipaddress
+import sys
+from dataclasses import dataclass, field
+
+from ..spec import WILDCARD, CaptureSpec
+
+MAX_IDS = 8
+DNS_PROXY_PORT = 15053
+
+# accel_pod.flags
+IPV6 = 1 << 0
+DNS = 1 << 1
+DNS_ALL = 1 << 2
+OUT_ALL_V4 = 1 << 3
+OUT_ALL_V6 = 1 << 4
+INCLUDE_LO = 1 << 5
+GROUPS_ALL = 1 << 6
+IN_CAPTURE = 1 << 7
+IN_ALL = 1 << 8
+TPROXY = 1 << 9
+
+PORT_OUT_EXCLUDE, PORT_OUT_INCLUDE, PORT_IN_EXCLUDE, PORT_IN_INCLUDE = 1, 2, 3, 4
+GROUP_INCLUDE, GROUP_EXCLUDE = 1, 2
+PREFIX_INCLUDE, PREFIX_EXCLUDE, PREFIX_LOCAL, PREFIX_DNS = 1, 2, 3, 4
+PREFIX_KEY_BITS = 64 + 8
+AF_INET, AF_INET6 = 2, 10
+
+U8x16 = ctypes.c_uint8 * 16
+
+
+class Pod(ctypes.Structure):
+    _fields_ = [("proxy_port", ctypes.c_uint16), ("inbound_port", ctypes.c_uint16),
+                ("tunnel_port", ctypes.c_uint16), ("dns_port", ctypes.c_uint16), ("flags", ctypes.c_uint32),
+                ("loopback_v4", ctypes.c_uint32), ("loopback_v4_mask", ctypes.c_uint32),
+                ("pod_v4", ctypes.c_uint32), ("pod_v6", U8x16), ("uids", ctypes.c_uint32 * MAX_IDS),
+                ("gids", ctypes.c_uint32 * MAX_IDS), ("n_uids", ctypes.c_uint8), ("n_gids", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 6)]
+
+
+class PortKey(ctypes.Structure):
+    _fields_ = [("netns", ctypes.c_uint64), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint16),
+                ("pad", ctypes.c_uint32)]
+
+
+class GroupKey(ctypes.Structure):
+    _fields_ = [("netns", ctypes.c_uint64), ("gid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+
+
+class PrefixKey(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("netns", ctypes.c_uint8 * 8), ("kind", ctypes.c_uint8),
+                ("addr", U8x16)]
+
+
+class Origin(ctypes.Structure):
+    _fields_ = [("addr", U8x16), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 5)]
+
+
+class Tuple(ctypes.Structure):
+    _fields_ = [("netns", ctypes.c_uint64), ("local", U8x16), ("remote", U8x16), ("local_port", ctypes.c_uint16),
+                ("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+
+
+class ListenerKey(ctypes.Structure):
+    _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+class Address(ctypes.Structure):
+    _fields_ = [("addr", U8x16)]
+
+
+# map name -> (key type, value type): what the datapath checks against the compiled maps
+MIRRORS = {
+    "pods": (ctypes.c_uint64, Pod),
+    "ports": (PortKey, ctypes.c_uint8),
+    "groups": (GroupKey, ctypes.c_uint8),
+    "prefixes": (PrefixKey, ctypes.c_uint8),
+    "tuple_origins": (Tuple, Origin),
+    "pod_addresses": (Address, ctypes.c_uint64),
+}
+
+
+class UnsupportedSpec(ValueError):
+    """A spec option the eBPF datapath cannot reproduce exactly (use the nftables backend)."""
+
+
+def mapped(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bytes:
+    """16 bytes, IPv4 as IPv4-mapped IPv6, as the programs keep every address."""
+    if address.version == 4:
+        return bytes(10) + b"\xff\xff" + address.packed
+    return address.packed
+
+
+def _network_u32(address: ipaddress.IPv4Address) -> int:
+    """A u32 whose memory holds the address in network byte order, as the C side reads it."""
+    return int.from_bytes(address.packed, sys.byteorder)
+
+
+def _prefix(netns: int, kind: int, network) -> PrefixKey:
+    bits = network.prefixlen + (96 if network.version == 4 else 0)
+    return PrefixKey(prefixlen=PREFIX_KEY_BITS + bits, netns=(ctypes.c_uint8 * 8)(*netns.to_bytes(8, sys.byteorder)),
+                     kind=kind, addr=U8x16(*mapped(network.network_address)))
+
+
+@dataclass
+class PodEntries:
+    """Everything that configures one pod: the entry in `pods`, and its list entries."""
+
+    netns: int
+    pod: Pod
+    ports: list[PortKey] = field(default_factory=list)
+    groups: list[GroupKey] = field(default_factory=list)
+    prefixes: list[PrefixKey] = field(default_factory=list)
+    addresses: list[Address] = field(default_factory=list)  # the pod's own, for sk_lookup
+
+
+def check_supported(spec: CaptureSpec) -> None:
+    """Refuse what socket-level hooks cannot reproduce exactly, naming it."""
+    if spec.exclude_interfaces:
+        raise UnsupportedSpec("-c/--istio-exclude-interfaces: a connect() hook cannot see the interface a "
+                              "packet will leave by")
+    if spec.kube_virt_interfaces:
+        raise UnsupportedSpec("-k/--kube-virt-interfaces: traffic forwarded from a VM interface never passes a "
+                              "socket hook")
+    if spec.drop_invalid:
+        raise UnsupportedSpec("--drop-invalid: there is no conntrack state to call invalid without conntrack")
+    for name, ids in (("-u/--proxy-uid", spec.proxy_uids), ("-g/--proxy-gid", spec.proxy_gids)):
+        if len(ids) > MAX_IDS:
+            raise UnsupportedSpec(f"{name}: at most {MAX_IDS} ids ({len(ids)} given)")
+
+
+def _gid(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise UnsupportedSpec(f"owner group {group!r} does not exist on this node") from None
+
+
+def pod_entries(spec: CaptureSpec, netns: int, local_networks: list, pod_addresses: list) -> PodEntries:
+    """The map entries for a pod: its spec, its local routes (what leaves by lo), its addresses."""
+    check_supported(spec)
+    flags = 0
+    flags |= IPV6 if spec.enable_ipv6 else 0
+    flags |= DNS if spec.dns_capture else 0
+    flags |= DNS_ALL if spec.dns_capture and spec.capture_all_dns else 0
+    flags |= OUT_ALL_V4 if spec.outbound_include(4) == WILDCARD else 0
+    flags |= OUT_ALL_V6 if spec.outbound_include(6) == WILDCARD else 0
+    flags |= INCLUDE_LO if spec.include_has_loopback else 0
+    flags |= GROUPS_ALL if spec.owner_groups_include == WILDCARD else 0
+    flags |= IN_CAPTURE if spec.captures_inbound else 0
+    flags |= IN_ALL if spec.inbound_ports_include == WILDCARD else 0
+    flags |= TPROXY if spec.tproxy else 0
+    v4 = next((a for a in pod_addresses if a.version == 4), None)
+    v6 = next((a for a in pod_addresses if a.version == 6), None)
+    loopback = spec.host_ipv4_loopback_cidr.network
+    pod = Pod(proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
+              tunnel_port=spec.inbound_tunnel_port, dns_port=DNS_PROXY_PORT, flags=flags,
+              loopback_v4=_network_u32(loopback.network_address), loopback_v4_mask=_network_u32(loopback.netmask),
+              pod_v4=_network_u32(v4) if v4 else 0, pod_v6=U8x16(*(v6.packed if v6 else bytes(16))),
+              n_uids=len(spec.proxy_uids), n_gids=len(spec.proxy_gids))
+    pod.uids[:len(spec.proxy_uids)] = spec.proxy_uids
+    pod.gids[:len(spec.proxy_gids)] = spec.proxy_gids
+    entries = PodEntries(netns, pod)
+
+    def ports(values, kind):
+        entries.ports += [PortKey(netns=netns, port=p, kind=kind) for p in dict.fromkeys(values)]
+
+    ports(spec.outbound_ports_exclude, PORT_OUT_EXCLUDE)
+    ports(spec.outbound_ports_include, PORT_OUT_INCLUDE)
+    ports(spec.inbound_ports_exclude, PORT_IN_EXCLUDE)
+    if spec.inbound_ports_include != WILDCARD:
+        ports(spec.inbound_ports_include, PORT_IN_INCLUDE)
+    if spec.owner_groups_include == WILDCARD:
+        entries.groups += [GroupKey(netns=netns, gid=_gid(g), kind=GROUP_EXCLUDE) for g in spec.owner_groups_exclude]
+    else:
+        entries.groups += [GroupKey(netns=netns, gid=_gid(g), kind=GROUP_INCLUDE) for g in spec.owner_groups_include]
+    for version in (4, 6):
+        include = spec.outbound_include(version)
+        if include != WILDCARD:
+            entries.prefixes += [_prefix(netns, PREFIX_INCLUDE, c.network) for c in include]
+        entries.prefixes += [_prefix(netns, PREFIX_EXCLUDE, c.network) for c in spec.outbound_exclude(version)]
+    for server in spec.dns_servers_v4 + spec.dns_servers_v6:
+        entries.prefixes.append(_prefix(netns, PREFIX_DNS, ipaddress.ip_network(server)))
+    entries.prefixes += [_prefix(netns, PREFIX_LOCAL, ipaddress.ip_network(n)) for n in local_networks]
+    entries.addresses = [Address(addr=U8x16(*mapped(a))) for a in pod_addresses]
+    return entries

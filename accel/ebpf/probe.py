@@ -1,0 +1,103 @@
+"""What the kernel offers the eBPF datapath, found by trying each thing, never from version strings.
+
+Each probe loads a two-instruction program with the hook's expected attach type, creates a map of
+the type, or asks the verifier whether a program type may call a helper. Nothing is attached.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..cgroup import CgroupError, cgroup2_mount
+from . import libbpf
+
+RETURN_1 = bytes([0xB7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])  # r0 = 1; exit
+BPF_F_NO_PREALLOC = 1
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _program(prog_type: int, attach_type: int = 0) -> tuple[bool, str]:
+    try:
+        os.close(libbpf.prog_load(prog_type, RETURN_1, attach_type))
+        return True, "loads"
+    except OSError as error:
+        return False, error.strerror
+
+
+def _map(map_type: int, key: int, value: int, flags: int = 0) -> tuple[bool, str]:
+    try:
+        os.close(libbpf.map_create(map_type, key, value, 16, flags))
+        return True, "creates"
+    except OSError as error:
+        return False, error.strerror
+
+
+def _helper(prog_types: dict[str, int], helper: int) -> tuple[bool, str]:
+    missing = [name for name, prog_type in prog_types.items() if not libbpf.probe_helper(prog_type, helper)]
+    if missing:
+        return False, f"not callable from {', '.join(missing)}"
+    return True, f"callable from {', '.join(prog_types)}"
+
+
+def _cgroup2() -> tuple[bool, str]:
+    try:
+        return True, str(cgroup2_mount())
+    except CgroupError as error:
+        return False, str(error)
+
+
+def _btf() -> tuple[bool, str]:
+    path = Path("/sys/kernel/btf/vmlinux")
+    return (True, str(path)) if path.exists() else (False, f"{path} missing (socket storage maps need BTF)")
+
+
+def _pidfd_getfd() -> tuple[bool, str]:
+    try:
+        os.close(libbpf.pidfd_getfd(os.getpid(), 0))
+        return True, "works"
+    except OSError as error:
+        return False, error.strerror
+
+
+def probe() -> list[Feature]:
+    """Every kernel feature the eBPF backend needs, with whether this kernel has it."""
+    sock_addr = libbpf.PROG_CGROUP_SOCK_ADDR
+    checks = {
+        "bpf syscall": lambda: _map(libbpf.MAP_HASH, 4, 4),
+        "cgroup v2 mount": _cgroup2,
+        "cgroup connect4/6 hooks": lambda: _all(_program(sock_addr, libbpf.ATTACH_INET4_CONNECT),
+                                                 _program(sock_addr, libbpf.ATTACH_INET6_CONNECT)),
+        "cgroup sendmsg/recvmsg hooks": lambda: _all(*(_program(sock_addr, a) for a in (
+            libbpf.ATTACH_UDP4_SENDMSG, libbpf.ATTACH_UDP6_SENDMSG, libbpf.ATTACH_UDP4_RECVMSG,
+            libbpf.ATTACH_UDP6_RECVMSG))),
+        "cgroup getsockopt hook": lambda: _program(libbpf.PROG_CGROUP_SOCKOPT, libbpf.ATTACH_CGROUP_GETSOCKOPT),
+        "cgroup getpeername hooks": lambda: _all(_program(sock_addr, libbpf.ATTACH_INET4_GETPEERNAME),
+                                                  _program(sock_addr, libbpf.ATTACH_INET6_GETPEERNAME)),
+        "sockops": lambda: _program(libbpf.PROG_SOCK_OPS),
+        "sk_lookup": lambda: _program(libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP),
+        "LPM trie map": lambda: _map(libbpf.MAP_LPM_TRIE, 8, 1, BPF_F_NO_PREALLOC),
+        "sockhash map": lambda: _map(libbpf.MAP_SOCKHASH, 16, 4),
+        "netns cookie helper": lambda: _helper({"sock_addr": sock_addr, "sockops": libbpf.PROG_SOCK_OPS,
+                                                "sockopt": libbpf.PROG_CGROUP_SOCKOPT},
+                                               libbpf.FUNC_GET_NETNS_COOKIE),
+        "BTF": _btf,
+        "pidfd_getfd": _pidfd_getfd,
+    }
+    return [Feature(name, *check()) for name, check in checks.items()]
+
+
+def _all(*results: tuple[bool, str]) -> tuple[bool, str]:
+    failed = [detail for ok, detail in results if not ok]
+    return (False, "; ".join(failed)) if failed else (True, "loads")
+
+
+def missing() -> list[Feature]:
+    return [feature for feature in probe() if not feature.ok]

@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The capture decision for a socket leaving a meshed pod: istio-iptables' nat ISTIO_OUTPUT
+ * chain (research/istio-capture.md, section 4), rule by rule and in the same order, so that
+ * the first rule that matches decides, exactly as it does in the kernel's chain walk.
+ *
+ * "-o lo" (the packet leaves by the loopback device) becomes "the destination is one of the
+ * pod's local addresses": those are what the pod's local routing table sends to lo.
+ */
+#ifndef ACCEL_DECIDE_H
+#define ACCEL_DECIDE_H
+
+#define VERDICT_PASS     0  /* not captured */
+#define VERDICT_OUTBOUND 1  /* to the proxy's outbound listener (ISTIO_REDIRECT) */
+#define VERDICT_INBOUND  2  /* to the proxy's inbound listener (ISTIO_IN_REDIRECT) */
+#define VERDICT_DNS      3  /* to the agent's DNS proxy (ISTIO_OUTPUT_DNS) */
+
+#define DNS_PORT 53
+
+struct accel_flow {
+	__u8 dst[16];     /* mapped for IPv4 */
+	__u16 port;       /* destination port, host byte order */
+	__u8 tcp;         /* TCP, else UDP */
+	__u8 v4;          /* an IPv4 flow (also through an IPv6 socket, mapped) */
+	__u8 passthrough; /* the socket is bound to 127.0.0.6 or ::6, the proxy's inbound source */
+	__u32 uid;
+	__u32 gid;
+};
+
+/* One owner triple of the chain (-u or -g, one id): what it decides, or -1 to go on. */
+static __always_inline int owner_rules(const struct accel_pod *pod, const struct accel_flow *f,
+				       int local, int owned, int dns_form)
+{
+	int dns = pod->flags & ACCEL_DNS;
+
+	/* a. the proxy's own TCP to its pod (not the loopback CIDR, not the tunnel port, and with
+	 *    DNS capture, for uids only, not 53) goes to the inbound listener */
+	if (local && owned && f->tcp && !is_loopback_cidr(pod, f->dst) && f->port != pod->tunnel_port &&
+	    !(dns_form && dns && f->port == DNS_PORT))
+		return VERDICT_INBOUND;
+	/* b. anyone else's traffic to a local address is left alone (with DNS capture, only TCP
+	 *    that is not to 53); absent when -i names a loopback CIDR */
+	if (!(pod->flags & ACCEL_INCLUDE_LO) && local && !owned &&
+	    (!dns || (f->tcp && f->port != DNS_PORT)))
+		return VERDICT_PASS;
+	/* c. the proxy's own traffic is never captured */
+	if (owned)
+		return VERDICT_PASS;
+	return -1;
+}
+
+static __always_inline int decide(__u64 netns, const struct accel_pod *pod, const struct accel_flow *f)
+{
+	int verdict, i;
+
+	if (!f->v4 && !(pod->flags & ACCEL_IPV6))
+		return VERDICT_PASS;  /* no ip6tables rules at all for a pod without IPv6 */
+	/* -o: excluded ports, TCP and UDP */
+	if (has_port(netns, f->port, PORT_OUT_EXCLUDE))
+		return VERDICT_PASS;
+	int local = has_prefix(netns, PREFIX_LOCAL, f->dst);
+	/* -o lo -s 127.0.0.6/32 (::6/128): the proxy's inbound passthrough */
+	if (local && f->passthrough)
+		return VERDICT_PASS;
+#pragma unroll
+	for (i = 0; i < ACCEL_MAX_IDS; i++) {
+		if (i >= pod->n_uids)
+			break;
+		verdict = owner_rules(pod, f, local, f->uid == pod->uids[i], 1);
+		if (verdict >= 0)
+			return verdict;
+	}
+#pragma unroll
+	for (i = 0; i < ACCEL_MAX_IDS; i++) {
+		if (i >= pod->n_gids)
+			break;
+		verdict = owner_rules(pod, f, local, f->gid == pod->gids[i], 0);
+		if (verdict >= 0)
+			return verdict;
+	}
+	/* owner groups: capture only the included groups, or all but the excluded ones */
+	if (pod->flags & ACCEL_GROUPS_ALL) {
+		if (has_group(netns, f->gid, GROUP_EXCLUDE))
+			return VERDICT_PASS;
+	} else if (!has_group(netns, f->gid, GROUP_INCLUDE)) {
+		return VERDICT_PASS;
+	}
+	/* DNS, TCP and UDP, to resolv.conf's servers or to any server */
+	if ((pod->flags & ACCEL_DNS) && f->port == DNS_PORT &&
+	    ((pod->flags & ACCEL_DNS_ALL) || has_prefix(netns, PREFIX_DNS, f->dst)))
+		return VERDICT_DNS;
+	if (is_loopback_cidr(pod, f->dst))
+		return VERDICT_PASS;
+	if (has_prefix(netns, PREFIX_EXCLUDE, f->dst))
+		return VERDICT_PASS;
+	/* ISTIO_REDIRECT only redirects TCP */
+	if (!f->tcp)
+		return VERDICT_PASS;
+	if (has_port(netns, f->port, PORT_OUT_INCLUDE))
+		return VERDICT_OUTBOUND;
+	if (pod->flags & (f->v4 ? ACCEL_OUT_ALL_V4 : ACCEL_OUT_ALL_V6))
+		return VERDICT_OUTBOUND;
+	if (has_prefix(netns, PREFIX_INCLUDE, f->dst))
+		return VERDICT_OUTBOUND;
+	return VERDICT_PASS;
+}
+
+#endif /* ACCEL_DECIDE_H */

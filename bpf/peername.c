@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+
+#include "accel.h"
+/*
+ * cgroup/getpeername4, cgroup/getpeername6: the app asks whom its socket is connected to and
+ * hears its original destination, as under iptables (where conntrack undoes the NAT for it),
+ * not the proxy's listener its connect() was steered to.
+ */
+
+static __always_inline int original_peer(struct bpf_sock_addr *ctx, int socket_v6)
+{
+	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, 0);
+
+	if (!origin)
+		return 1;
+	if (socket_v6) {
+		__u32 w[4];
+
+		__builtin_memcpy(w, origin->addr, 16);
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	} else {
+		ctx->user_ip4 = v4_of(origin->addr);
+	}
+	ctx->user_port = origin->port;
+	return 1;
+}
+
+int getpeername4(struct bpf_sock_addr *ctx)
+{
+	return original_peer(ctx, 0);
+}
+
+int getpeername6(struct bpf_sock_addr *ctx)
+{
+	return original_peer(ctx, 1);
+}
