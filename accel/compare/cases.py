@@ -209,23 +209,40 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
                 proto="dns-tcp")
             udp_target = anywhere if not ipaddress.ip_address(anywhere).is_loopback else _address(4, "remote")
             add("udp-not-dns", f"app to UDP port {UDP_PORT} (not DNS)", udp_target, UDP_PORT, proto="udp")
+            # An IPv6 socket talking to an IPv4 address (::ffff:a.b.c.d) sends IPv4: the IPv4 rules apply.
+            add("outbound-service-mapped", "app, through an IPv6 socket, to an IPv4-mapped service address",
+                f"::ffff:{anywhere}", APP_PORT)
+            add("outbound-own-pod-ip-mapped", "app, through an IPv6 socket, to its own IPv4-mapped address",
+                f"::ffff:{pod_ip}", APP_PORT)
+            add("dns-udp-sendto-mapped", "DNS over UDP to the IPv4-mapped resolver (sendto, IPv6 socket)",
+                f"::ffff:{resolver}", 53, proto="dns-udp-sendto")
+            add("dns-tcp-mapped", "DNS over TCP to the IPv4-mapped resolver (IPv6 socket)",
+                f"::ffff:{resolver}", 53, proto="dns-tcp")
 
     return cases, _plan(spec, cases, sidecar_ports)
 
 
+def _unmapped(text: str):
+    """The address a destination really is: ::ffff:a.b.c.d is the IPv4 address a.b.c.d."""
+    address = ipaddress.ip_address(text)
+    return address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address
+
+
 def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabPlan:
     pod_ports, remote_ports, services = {APP_PORT, OTHER_APP_PORT}, {APP_PORT}, set()
+    pod_addresses = {ipaddress.ip_address(_address(v, "pod")) for v in (4, 6)}
     for case in cases:
         if case.proto != "tcp":
             continue
-        if case.client == "remote" or ipaddress.ip_address(case.dst).is_loopback:
+        address = _unmapped(case.dst)
+        if case.client == "remote" or address.is_loopback:
             pod_ports.add(case.port)
-        elif case.dst not in (_address(4, "pod"), _address(6, "pod")):
+        elif address not in pod_addresses:
             remote_ports.add(case.port)
     for case in cases:
-        address = ipaddress.ip_address(case.dst)
+        address = _unmapped(case.dst)
         if case.client == "pod" and not address.is_loopback and not any(address in lab for lab in _LAB):
-            services.add(case.dst)
+            services.add(str(address))
     return LabPlan(
         ipv6=spec.enable_ipv6,
         pod_tcp_ports=tuple(sorted(pod_ports - sidecar_ports)),
