@@ -41,3 +41,14 @@ def rule_state(netns: str | None) -> dict[str, str]:
 
 def host_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in process.run(["ip", "-o", "link"]).stdout.splitlines()}
+
+
+def bpf_objects() -> dict[str, set]:
+    """The BPF programs, maps and links in the kernel now, by id and name (bpftool)."""
+    import json
+
+    found = {}
+    for kind in ("prog", "map", "link"):
+        listing = json.loads(process.run(["bpftool", "-j", kind, "show"]).stdout or "[]")
+        found[kind] = {(item["id"], item.get("name", "")) for item in listing}
+    return found

@@ -14,7 +14,7 @@ from accel.backends import NoneBackend
 from accel.cli import main
 from accel.compare import compare
 from accel.lab import leftovers
-from tests.kernel_state import host_links, rule_state
+from tests.kernel_state import bpf_objects, host_links, rule_state
 
 pytestmark = pytest.mark.privileged
 
@@ -61,12 +61,15 @@ SPECS = {
 
 @pytest.fixture(autouse=True)
 def nothing_left_behind():
-    """After every run: no lab namespace, cgroup, file, process, host rule or host link."""
-    host_rules, links = rule_state(None), host_links()
+    """After every run: no lab namespace, cgroup, file, process, host rule or host link, and no
+    BPF program, map or link that was not there before."""
+    host_rules, links, bpf = rule_state(None), host_links(), bpf_objects()
     yield
     assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
     assert rule_state(None) == host_rules
     assert host_links() == links
+    assert {kind: objects - bpf[kind] for kind, objects in bpf_objects().items()} == \
+        {"prog": set(), "map": set(), "link": set()}
 
 
 def first_hop(comparison, backend, case):
@@ -76,8 +79,8 @@ def first_hop(comparison, backend, case):
 
 def test_istio_init_default():
     spec = inputs.from_istio_args(DEFAULT, {})
-    result = compare(spec, ["iptables", "nftables", "none"])
-    assert result.mismatches("nftables") == 0
+    result = compare(spec, ["iptables", "nftables", "ebpf", "none"])
+    assert result.mismatches("nftables") == 0 and result.mismatches("ebpf") == 0
     captured = {c.name for c in result.cases if (first_hop(result, "iptables", c.name) or "").startswith("sidecar")}
     assert {"outbound-service", "inbound-app-port", "proxy-to-app-over-lo", "dns-tcp"} <= captured
     # the control: everything captured under iptables reaches its server directly instead
@@ -89,25 +92,30 @@ def test_istio_init_default():
     assert ref["outbound-service"]["app_peer"] == "203.0.113.10:8080"  # getpeername: the original destination
     assert ref["inbound-app-port"]["proxy_peer"] == "198.18.0.20"  # the client's source, seen by the proxy
     assert ref["inbound-app-port"]["server_peer"] == "127.0.0.6"  # delivered by the proxy's passthrough
+    assert first_hop(result, "iptables", "outbound-service-mapped") == "sidecar outbound"
+    assert ref["outbound-service-mapped"]["app_peer"] == "[::ffff:203.0.113.10]:8080"
     for name in ("outbound-as-proxy-uid-1337", "outbound-as-proxy-gid-1337", "outbound-localhost",
                  "outbound-own-pod-ip", "inbound-passthrough-source", "inbound-tunnel-port", "udp-not-dns",
                  "inbound-excluded-port-15020", "inbound-excluded-port-15021", "inbound-excluded-port-15090"):
         assert not first_hop(result, "iptables", name).startswith("sidecar"), name
     conntrack = result.to_json()["conntrack_entries"]
     assert conntrack["iptables"] >= len(captured) and conntrack["nftables"] >= len(captured)
-    assert conntrack["none"] == 0
+    assert conntrack["ebpf"] == 0 and conntrack["none"] == 0
 
 
 @pytest.mark.parametrize("name", SPECS)
-def test_nftables_agrees_for_each_option(name):
+def test_nftables_and_ebpf_agree_for_each_option(name):
     args, env, ipv6, expected = SPECS[name]
     spec = inputs.from_istio_args(args, env, enable_ipv6=ipv6)
-    result = compare(spec, ["iptables", "nftables"])
+    result = compare(spec, ["iptables", "nftables", "ebpf"])
     observed = {case: first_hop(result, "iptables", case) for case in expected}
     assert observed == expected
-    disagreements = {c.name: result.runs["nftables"].outcomes[c.name] for c in result.cases
-                     if not result.agrees("nftables", c)}
-    assert not disagreements
+    for backend in ("nftables", "ebpf"):
+        disagreements = {c.name: (result.runs[backend].outcomes[c.name], result.runs["iptables"].outcomes[c.name])
+                         for c in result.cases if not result.agrees(backend, c)}
+        assert not disagreements, backend
+    conntrack = result.to_json()["conntrack_entries"]
+    assert conntrack["ebpf"] == 0 and conntrack["iptables"] > 0
 
 
 def test_iptables_variants_agree():
