@@ -163,12 +163,13 @@ COMPARE_EPILOG = (
     "  listeners each request reached and what the sidecar and servers saw, removes the\n"
     "  capture, and compares each outcome with the reference (the first iptables backend).\n"
     "\n\b\nBackends: iptables (variant chosen as istio-iptables does), iptables-nft,\n"
-    "  iptables-legacy, nftables, none (no capture: the control, expected to differ).\n"
+    "  iptables-legacy, nftables, ebpf (socket hooks and sk_lookup: no NAT, no\n"
+    "  conntrack), none (no capture: the control, expected to differ).\n"
     "\n\b\nExit status: 0 every backend but none agrees on every case; 1 one differs (or a\n"
     "  backend failed); 2 bad input. Needs root.\n"
     "\n\b\nExamples:\n"
     "  accel compare -- -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020\n"
-    "  accel compare --backends iptables,nftables --ipv6 --json -- -i '*' -b '*' --redirect-dns\n"
+    "  accel compare --backends iptables,nftables,ebpf --ipv6 --json -- -i '*' -b '*' --redirect-dns\n"
 )
 
 
@@ -281,3 +282,30 @@ def lab_cleanup(as_json):
     for kind, items in removed.items():
         for item in items:
             click.echo(f"removed {singular[kind]}: {item}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the features as JSON.")
+def probe(as_json):
+    """Check that this kernel has what the eBPF backend needs, by trying each thing.
+
+    Loads throwaway programs with each hook's attach type, creates each map type, and asks the
+    verifier about helpers; attaches nothing. Exit status 1 if something is missing. Needs root.
+    """
+    from .ebpf.probe import probe as run_probe
+
+    if os.geteuid() != 0:
+        fail("accel probe needs root (loading BPF programs)", 1)
+    features = run_probe()
+    if as_json:
+        click.echo(json.dumps({f.name: {"ok": f.ok, "detail": f.detail} for f in features}, indent=2))
+    else:
+        from rich.table import Table
+
+        table = Table(title="Kernel features for the eBPF backend", title_justify="left")
+        for column in ("feature", "present", "detail"):
+            table.add_column(column)
+        for f in features:
+            table.add_row(f.name, "[green]yes[/green]" if f.ok else "[red]no[/red]", f.detail)
+        Console().print(table)
+    sys.exit(0 if all(f.ok for f in features) else 1)
