@@ -88,7 +88,7 @@ class _Compiled:
     def _check_mirrors(self):
         """accel/ebpf/maps.py mirrors bpf/accel.h: refuse to run if they drifted apart."""
         for name, (key_type, value_type) in MIRRORS.items():
-            table = self.bpf.get_table(name)
+            table = self.bpf.get_table(name.encode())
             sizes = (ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))
             if sizes != (ctypes.sizeof(key_type), ctypes.sizeof(value_type)):
                 raise DatapathError(f"map {name}: bpf/accel.h has key/value sizes {sizes}, accel/ebpf/maps.py "

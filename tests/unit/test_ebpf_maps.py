@@ -1,0 +1,81 @@
+"""A CaptureSpec as the eBPF datapath's map entries (pure: no kernel)."""
+
+import ctypes
+import ipaddress
+
+import pytest
+
+from accel import inputs
+from accel.ebpf import maps as m
+from accel.spec import CaptureSpec, parse_cidrs
+
+NETNS = 0x1122334455667788
+LOCAL = ["127.0.0.0/8", "127.0.0.1/32", "198.18.0.10/32", "::1/128", "2001:db8:18::10/128"]
+ADDRESSES = [ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("2001:db8:18::10")]
+
+
+def entries(spec):
+    return m.pod_entries(spec, NETNS, LOCAL, ADDRESSES)
+
+
+def test_struct_layouts_match_accel_h():
+    # bpf/accel.h's sizes; the datapath also checks them against the compiled maps at load time
+    sizes = {m.Pod: 112, m.PortKey: 16, m.GroupKey: 16, m.PrefixKey: 29, m.Origin: 24, m.Tuple: 48,
+             m.ListenerKey: 16, m.Address: 16}
+    assert {t: ctypes.sizeof(t) for t in sizes} == sizes
+
+
+def test_stock_sidecar_entries():
+    spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS), {})
+    e = entries(spec)
+    pod = e.pod
+    assert (pod.proxy_port, pod.inbound_port, pod.tunnel_port, pod.dns_port) == (15001, 15006, 15008, 15053)
+    assert pod.flags == m.OUT_ALL_V4 | m.OUT_ALL_V6 | m.GROUPS_ALL | m.IN_CAPTURE | m.IN_ALL
+    assert (pod.n_uids, pod.uids[0], pod.n_gids, pod.gids[0]) == (1, 1337, 1, 1337)
+    assert sorted((k.port, k.kind) for k in e.ports) == [(p, m.PORT_IN_EXCLUDE) for p in (15020, 15021, 15090)]
+    assert all(k.netns == NETNS for k in e.ports)
+    assert bytes(pod.pod_v6) == ipaddress.ip_address("2001:db8:18::10").packed
+    assert ipaddress.IPv4Address(pod.pod_v4.to_bytes(4, "little")) == ipaddress.ip_address("198.18.0.10")
+    assert ipaddress.IPv4Address(pod.loopback_v4.to_bytes(4, "little")) == ipaddress.ip_address("127.0.0.1")
+    assert ipaddress.IPv4Address(pod.loopback_v4_mask.to_bytes(4, "little")) == ipaddress.ip_address("255.255.255.255")
+    assert {k.kind for k in e.prefixes} == {m.PREFIX_LOCAL}  # '*' needs no include prefixes
+    assert [bytes(a.addr) for a in e.addresses] == [m.mapped(a) for a in ADDRESSES]
+
+
+def test_prefixes_count_netns_and_kind_bits_and_map_ipv4():
+    spec = CaptureSpec(outbound_ip_ranges_include=parse_cidrs("10.96.0.1/12,2001:db8::/32", "f"),
+                       outbound_ip_ranges_exclude=parse_cidrs("10.96.0.0/16", "f"), redirect_dns=True,
+                       dns_servers_v4=("10.96.0.10",))
+    by_kind = {}
+    for key in entries(spec).prefixes:
+        by_kind.setdefault(key.kind, []).append((key.prefixlen, bytes(key.addr)))
+    assert by_kind[m.PREFIX_INCLUDE] == [
+        (72 + 96 + 12, m.mapped(ipaddress.ip_address("10.96.0.0"))),  # host bits cleared, as the kernel does
+        (72 + 32, ipaddress.ip_address("2001:db8::").packed)]
+    assert by_kind[m.PREFIX_EXCLUDE] == [(72 + 96 + 16, m.mapped(ipaddress.ip_address("10.96.0.0")))]
+    assert by_kind[m.PREFIX_DNS] == [(72 + 128, m.mapped(ipaddress.ip_address("10.96.0.10")))]
+    assert bytes(entries(spec).prefixes[0].netns) == NETNS.to_bytes(8, "little")
+
+
+def test_flags_follow_the_spec():
+    spec = CaptureSpec(inbound_interception_mode="TPROXY", inbound_ports_include=(8080,), redirect_dns=True,
+                       capture_all_dns=True, enable_ipv6=True, owner_groups_include=("2345",),
+                       outbound_ip_ranges_include=parse_cidrs("127.1.2.3/32", "f"))
+    e = entries(spec)
+    assert e.pod.flags == m.IPV6 | m.DNS | m.DNS_ALL | m.INCLUDE_LO | m.IN_CAPTURE | m.TPROXY
+    assert [(k.gid, k.kind) for k in e.groups] == [(2345, m.GROUP_INCLUDE)]
+    assert [(k.port, k.kind) for k in e.ports] == [(8080, m.PORT_IN_INCLUDE)]
+    # --redirect-dns without servers is no DNS capture, as in istio-iptables
+    assert not entries(CaptureSpec(redirect_dns=True)).pod.flags & m.DNS
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"exclude_interfaces": ("eth1",)}, "--istio-exclude-interfaces"),
+    ({"kube_virt_interfaces": ("eth1",)}, "--kube-virt-interfaces"),
+    ({"drop_invalid": True}, "--drop-invalid"),
+    ({"proxy_uids": tuple(range(9))}, "-u/--proxy-uid: at most 8"),
+    ({"owner_groups_include": ("no-such-group-accel",)}, "does not exist"),
+])
+def test_what_socket_hooks_cannot_do_is_refused_by_name(change, needle):
+    with pytest.raises(m.UnsupportedSpec, match=needle):
+        entries(CaptureSpec().replace(**change))
