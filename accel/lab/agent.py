@@ -13,6 +13,9 @@ the lab can tell, from real traffic, which listeners a request passed through an
                    --uid UID --gid GID [--transparent]
   agent.py client  --proto tcp|udp|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR --port PORT
                    --token TOKEN [--bind ADDR] [--timeout SECONDS]
+  agent.py burst   --targets FILE [--concurrency N]     many TCP requests at once
+  agent.py http    --name NAME --port PORT               an HTTP server that says what it saw
+  agent.py http-get --url URL                            one HTTP GET, reported as JSON
 """
 
 import argparse
@@ -402,6 +405,87 @@ def run_client(args):
     print(json.dumps(result), flush=True)
 
 
+# --- many requests at once, HTTP ------------------------------------------------------------
+
+def tcp_request(dst, port, token, timeout):
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((dst, port))
+            sock.sendall(token.encode() + b"\n")
+            reply = read_line(sock, 65536)
+        return {"token": token, "result": "ok", "reply": json.loads(reply) if reply else None}
+    except (OSError, ValueError) as error:
+        return {"token": token, "result": f"error:{error}"}
+
+
+def run_burst(args):
+    """Each target {dst, port, token} once, `concurrency` at a time; a JSON list of results."""
+    with open(args.targets, encoding="utf-8") as handle:
+        targets = json.load(handle)
+    results, lock, cursor = [], threading.Lock(), iter(targets)
+
+    def worker():
+        while True:
+            with lock:
+                target = next(cursor, None)
+            if target is None:
+                return
+            result = tcp_request(target["dst"], target["port"], target["token"], args.timeout)
+            with lock:
+                results.append(result)
+
+    workers = [threading.Thread(target=worker) for _ in range(min(args.concurrency, len(targets)) or 1)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    print(json.dumps(results), flush=True)
+
+
+def run_http(args):
+    import http.server
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen = {"agent": args.name, "path": self.path, "local": text(self.connection.getsockname()),
+                    "peer": text(self.client_address)}
+            body = json.dumps(seen).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET
+
+    server = Server(("0.0.0.0", args.port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ready_and_wait()
+
+
+def run_http_get(args):
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(args.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=args.timeout)
+    try:
+        connection.request("GET", url.path or "/")
+        response = connection.getresponse()
+        body = response.read().decode()
+        result = {"status": response.status, "headers": {name.lower(): value for name, value in response.getheaders()},
+                  "body": json.loads(body) if body.startswith("{") else body}
+    except OSError as error:
+        result = {"status": None, "error": str(error)}
+    print(json.dumps(result), flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     roles = parser.add_subparsers(dest="role", required=True)
@@ -423,8 +507,20 @@ def main(argv=None):
     client.add_argument("--token", required=True)
     client.add_argument("--bind")
     client.add_argument("--timeout", type=float, default=2.0)
+    burst = roles.add_parser("burst")
+    burst.add_argument("--targets", required=True)
+    burst.add_argument("--concurrency", type=int, default=64)
+    burst.add_argument("--timeout", type=float, default=10.0)
+    http_server = roles.add_parser("http")
+    http_server.add_argument("--name", required=True)
+    http_server.add_argument("--port", type=int, required=True)
+    http_get = roles.add_parser("http-get")
+    http_get.add_argument("--url", required=True)
+    http_get.add_argument("--timeout", type=float, default=5.0)
     args = parser.parse_args(argv)
-    {"server": run_server, "sidecar": run_sidecar, "client": run_client}[args.role](args)
+    roles = {"server": run_server, "sidecar": run_sidecar, "client": run_client, "burst": run_burst,
+             "http": run_http, "http-get": run_http_get}
+    roles[args.role](args)
 
 
 if __name__ == "__main__":

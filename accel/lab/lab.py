@@ -256,6 +256,33 @@ class Lab:
                 raise LabError(f"lab agent {' '.join(agent.args[4:6])} did not start: "
                                f"{agent.stderr.read().strip() or line.strip()}")
 
+    def start(self, role: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
+              listens: tuple[int, ...] = ()) -> subprocess.Popen:
+        """Another process in a pod (a real proxy, a server), removed with the lab; waits until
+        it listens on `listens` (TCP ports)."""
+        pod = self.pods[role]
+        started = process.spawn(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._agents.append(started)
+
+        def listening():
+            table = process.run(["ss", "-Hltn"], netns=pod.netns).stdout
+            return all(any(line.split()[3].endswith(f":{port}") for line in table.splitlines()) for port in listens)
+
+        if not wait_for(listening, timeout=10) or started.poll() is not None:
+            started.kill()
+            raise LabError(f"{' '.join(argv[:2])} did not start in {role}: {started.stderr.read().decode()[-500:]}")
+        return started
+
+    def agent(self, role: str, *args: str, uid: int = 0, gid: int = 0, timeout: float = 120) -> str:
+        """Run an agent role (burst, http-get, ...) in a pod to completion; its standard output."""
+        pod = self.pods[role]
+        result = process.run(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid,
+                             timeout=timeout)
+        if result.returncode != 0:
+            raise LabError(f"agent {args[0]} in {role} failed: {result.stderr.strip()[-500:]}")
+        return result.stdout
+
     def client(self, role: str, *, proto: str, dst: str, port: int, token: str, uid: int, gid: int,
                bind: str | None = None, timeout: float = 2.0) -> dict:
         """Run one request from a pod, as uid/gid; returns what the client saw."""
