@@ -1,0 +1,209 @@
+"""The eBPF backend beyond the comparison matrix: a real proxy, concurrency, bounded state,
+clean removal, pass-through of other getsockopt calls, and refusals that name what is missing."""
+
+import json
+import threading
+
+import pytest
+
+from accel import inputs, process
+from accel.backends import BackendError, get_backend
+from accel.ebpf import libbpf
+from accel.ebpf.probe import RETURN_1, _program, probe
+from accel.lab import Lab, LabPlan, SidecarConfig
+from tests.kernel_state import bpf_objects, rule_state
+
+pytestmark = pytest.mark.privileged
+
+STOCK = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS), {})
+APP = 1000
+HAPROXY_CONFIG = """
+global
+    nbthread 1
+    maxconn 2000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 10s
+    timeout server 10s
+frontend outbound
+    bind :15001
+    http-response set-header X-Proxy outbound
+    default_backend original_destination
+frontend inbound
+    bind :15006
+    http-response set-header X-Proxy inbound
+    default_backend inbound_passthrough
+backend original_destination
+    server s 0.0.0.0:0
+backend inbound_passthrough
+    server s 0.0.0.0:0 source 127.0.0.6
+"""
+
+
+def host(address):
+    return address.rsplit(":", 1)[0]
+
+
+def http_through_haproxy(backend_name):
+    """HTTP from the app to a service on the remote pod, and from the remote pod to the app."""
+    plan = LabPlan(pod_tcp_ports=(), remote_tcp_ports=(), service_addresses=("203.0.113.10",))
+    with Lab(plan) as lab:
+        config = lab.workdir / "haproxy.cfg"
+        config.write_text(HAPROXY_CONFIG)
+        agent = lab._agent_command
+        lab.start("remote", agent("http", "--name", "remote", "--port", "8080"), listens=(8080,))
+        lab.start("pod", agent("http", "--name", "app", "--port", "8080"), listens=(8080,))
+        lab.start("pod", ["haproxy", "-db", "-f", str(config)], uid=1337, gid=1337, listens=(15001, 15006))
+        backend, pod = get_backend(backend_name), lab.pods["pod"]
+        backend.apply(pod, STOCK)
+        try:
+            out = json.loads(lab.agent("pod", "http-get", "--url", "http://203.0.113.10:8080/out", uid=APP, gid=APP))
+            into = json.loads(lab.agent("remote", "http-get", "--url", "http://198.18.0.10:8080/in", uid=APP, gid=APP))
+        finally:
+            backend.remove(pod)
+    return [{"status": r["status"], "proxy": r.get("headers", {}).get("x-proxy"),
+             "server": r["body"]["agent"] if isinstance(r.get("body"), dict) else None,
+             "server_local": r["body"]["local"] if isinstance(r.get("body"), dict) else None,
+             "server_peer": host(r["body"]["peer"]) if isinstance(r.get("body"), dict) else None} for r in (out, into)]
+
+
+def test_haproxy_carries_http_under_ebpf_exactly_as_under_iptables():
+    reference = http_through_haproxy("iptables")
+    assert reference == [
+        {"status": 200, "proxy": "outbound", "server": "remote", "server_local": "203.0.113.10:8080",
+         "server_peer": "198.18.0.10"},
+        {"status": 200, "proxy": "inbound", "server": "app", "server_local": "198.18.0.10:8080",
+         "server_peer": "127.0.0.6"},
+    ]
+    assert http_through_haproxy("ebpf") == reference
+    control = http_through_haproxy("none")
+    assert [r["proxy"] for r in control] == [None, None]  # without capture HAProxy sees nothing
+
+
+def test_concurrent_connections_reach_their_own_original_destination():
+    """500 connections at once, to 500 different original destinations (50 addresses x 10 ports)."""
+    addresses = [f"203.0.113.{i}" for i in range(1, 51)]
+    ports = list(range(8081, 8091))
+    plan = LabPlan(remote_tcp_ports=tuple(ports), service_addresses=tuple(addresses),
+                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    targets = [{"dst": a, "port": p, "token": f"burst-{i}"} for i, (a, p) in
+               enumerate((a, p) for a in addresses for p in ports)]
+    with Lab(plan) as lab:
+        (lab.workdir / "targets.json").write_text(json.dumps(targets))
+        backend, pod = get_backend("ebpf"), lab.pods["pod"]
+        backend.apply(pod, STOCK)
+        try:
+            results = json.loads(lab.agent("pod", "burst", "--targets", str(lab.workdir / "targets.json"),
+                                           "--concurrency", "500", uid=APP, gid=APP))
+            events = {e["token"]: e for e in lab.events() if e["role"] == "sidecar"}
+        finally:
+            backend.remove(pod)
+    assert len(results) == 500
+    for target, result in zip(sorted(targets, key=lambda t: t["token"]), sorted(results, key=lambda r: r["token"])):
+        wanted = f"{target['dst']}:{target['port']}"
+        assert result["result"] == "ok", result
+        assert result["reply"]["local"] == wanted  # the server it reached
+        assert events[target["token"]]["original_dst"] == wanted  # what the proxy was told
+
+
+def test_origin_records_stay_bounded_over_20000_connections():
+    plan = LabPlan(remote_tcp_ports=tuple(range(8081, 8091)), service_addresses=("203.0.113.10", "203.0.113.11"),
+                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    targets = [{"dst": f"203.0.113.1{i % 2}", "port": 8081 + i % 10, "token": f"n{i}"} for i in range(20000)]
+    with Lab(plan) as lab:
+        (lab.workdir / "targets.json").write_text(json.dumps(targets))
+        backend, pod = get_backend("ebpf"), lab.pods["pod"]
+        backend.apply(pod, STOCK)
+        peak, done = [0], threading.Event()
+
+        def watch():  # the records do exist while connections are open
+            while not done.wait(0.05):
+                peak[0] = max(peak[0], backend.status(pod)["origins_in_flight"])
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            results = json.loads(lab.agent("pod", "burst", "--targets", str(lab.workdir / "targets.json"),
+                                           "--concurrency", "32", uid=APP, gid=APP, timeout=600))
+        finally:
+            done.set()
+            watcher.join()
+        left = backend.status(pod)["origins_in_flight"]
+        backend.remove(pod)
+    assert sum(r["result"] == "ok" for r in results) == 20000
+    assert peak[0] > 0
+    assert left < 50, f"{left} records left after 20000 closed connections"
+
+
+def test_removal_leaves_no_bpf_object_and_the_pod_as_before():
+    plan = LabPlan(service_addresses=("203.0.113.10",), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    before = bpf_objects()
+    with Lab(plan) as lab:
+        pod = lab.pods["pod"]
+
+        def outbound():
+            lab.client("pod", proto="tcp", dst="203.0.113.10", port=8080, token=token, uid=APP, gid=APP)
+            return [e["agent"] for e in lab.events(token)]
+
+        token = "t0"
+        direct, rules = outbound(), rule_state(pod.netns)
+        backend = get_backend("ebpf")
+        backend.apply(pod, STOCK)
+        status = backend.status(pod)
+        token = "t1"
+        captured = outbound()
+        attached = bpf_objects()
+        backend.remove(pod)
+        token = "t2"
+        after = outbound()
+        assert rule_state(pod.netns) == rules  # and never a netfilter rule along the way
+        assert process.run(["bpftool", "net", "show"], netns=pod.netns).stdout.count("sk_lookup") == 0
+    assert (direct, captured, after) == (["remote"], ["sidecar", "remote"], ["remote"])
+    assert status["applied"] and status["sk_lookup"] and status["inbound_listeners"] == ["ipv4", "ipv6"]
+    assert {name for _, name in attached["prog"] - before["prog"]} >= {"connect4", "getsockopt", "inbound", "sockops"}
+    assert attached["link"] - before["link"]
+    assert bpf_objects() == before
+
+
+def test_other_getsockopt_calls_pass_through_even_above_a_page():
+    """iptables-legacy-save reads its rules with getsockopt and buffers larger than a page."""
+    rules = "*filter\n" + "".join(f"-A INPUT -s 10.{i // 250}.{i % 250}.0/24 -j ACCEPT\n" for i in range(400)) + "COMMIT\n"
+    plan = LabPlan(sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    with Lab(plan) as lab:
+        pod = lab.pods["pod"]
+        process.run(["iptables-legacy-restore"], input=rules, netns=pod.netns).check_returncode()
+
+        def save():
+            result = process.run(["iptables-legacy-save", "-t", "filter"], netns=pod.netns, cgroup=pod.cgroup)
+            assert result.returncode == 0, result.stderr
+            return [line for line in result.stdout.splitlines() if not line.startswith("#")]
+
+        plain = save()
+        backend = get_backend("ebpf")
+        backend.apply(pod, STOCK)
+        try:
+            hooked = save()
+        finally:
+            backend.remove(pod)
+    assert len(plain) > 400 and hooked == plain
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["-c", "eth1"], "--istio-exclude-interfaces"),
+    (["-k", "eth1"], "--kube-virt-interfaces"),
+    (["--drop-invalid"], "--drop-invalid"),
+])
+def test_refuses_what_socket_hooks_cannot_reproduce(args, needle):
+    spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS) + args, {})
+    before = bpf_objects()
+    with Lab(LabPlan()) as lab:
+        with pytest.raises(BackendError, match=needle):
+            get_backend("ebpf").apply(lab.pods["pod"], spec)
+    assert bpf_objects() == before
+
+
+def test_probe_finds_every_feature_and_can_fail():
+    assert all(feature.ok for feature in probe()), [f for f in probe() if not f.ok]
+    assert not _program(libbpf.PROG_CGROUP_SOCK_ADDR, 1000)[0]  # an attach type no kernel has
+    assert len(RETURN_1) == 16
