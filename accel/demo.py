@@ -54,7 +54,7 @@ def run_demo(console: Console | None = None) -> None:
     console.print(f"[dim]Applied as one atomic transaction; family inet covers IPv4 and IPv6. "
                   f"Namespace removed: {not ns.exists()}.[/dim]")
 
-    backends = ["iptables", "nftables", "none"]
+    backends = ["iptables", "nftables", "ebpf", "none"]
     console.rule("[bold]4. The proof: real traffic through each backend, in a lab of pods")
     console.print("Each backend gets a fresh lab: the pod under test (app servers and a sidecar), a remote "
                   "pod answering service addresses, and a DNS pod. Every case is sent as real traffic; "

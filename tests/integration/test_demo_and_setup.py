@@ -28,7 +28,7 @@ def test_demo_reads_rules_back_from_the_kernel_and_leaves_nothing():
     assert 'oifname "lo" meta skuid != 1337 counter packets 0 bytes 0 return' in out
     assert " ".join(out.split()).count("Namespace removed: True") == 2
     # the comparison on real traffic
-    assert "nftables captured exactly what iptables captured" in " ".join(out.split())
+    assert "nftables, ebpf captured exactly what iptables captured" in " ".join(out.split())
     assert "outbound-service" in out and "proxy-out" in out
     assert accel_namespaces() == before
 
