@@ -1,5 +1,6 @@
-"""The eBPF datapath: the programs, compiled once per process by bcc, attached at one cgroup with
-bpf_links; meshed pods are entries in its maps plus one sk_lookup link in each pod's namespace.
+"""The eBPF datapath: the programs (compiled once per node, see objects.py), attached at one
+cgroup with bpf_links; meshed pods are entries in its maps plus one sk_lookup link in each pod's
+namespace.
 
 Everything lives as long as its file descriptors: closing the links detaches the programs, and
 when the last datapath of the process is closed the compiled programs and maps are released, so
@@ -23,7 +24,7 @@ from .. import process
 from ..cgroup import Cgroup
 from ..process import in_netns
 from ..spec import CaptureSpec
-from . import libbpf
+from . import libbpf, objects
 from .maps import MIRRORS, AF_INET, AF_INET6, ListenerKey, PodEntries, pod_entries
 
 BPF_DIR = Path(os.environ.get("ACCEL_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
@@ -57,39 +58,34 @@ def source_text() -> str:
 
 
 class _Compiled:
-    """The bcc object: programs loaded and maps created, shared by the process's datapaths."""
+    """The programs and maps, shared by the process's datapaths; compiled once per node (see
+    objects.py) and loaded once per process."""
 
     _lock = threading.Lock()
     _instance: _Compiled | None = None
     _users = 0
 
     def __init__(self):
-        from bcc import BPF  # Debian's python3-bpfcc; only the datapath needs it
-
+        programs = {**CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM: (libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP)}
         try:
-            self.bpf = BPF(text=source_text().encode(), cflags=[f"-I{BPF_DIR}", "-Wno-unused-function"])
-        except Exception as error:
-            raise DatapathError(f"compiling {BPF_DIR}: {error}") from error
-        self.programs = {name: self.bpf.load_func(name.encode(), ptype, attach_type=atype).fd
-                         for name, (ptype, atype) in CGROUP_PROGRAMS.items()}
-        self.programs[SK_LOOKUP_PROGRAM] = self.bpf.load_func(
-            SK_LOOKUP_PROGRAM.encode(), libbpf.PROG_SK_LOOKUP, attach_type=libbpf.ATTACH_SK_LOOKUP).fd
-        self.maps = {name: self.map_fd(name) for name in (*MIRRORS, "listeners")}
-        self._check_mirrors()
-
-    def map_fd(self, name: str) -> int:
-        from bcc import lib
-
-        fd = lib.bpf_table_fd(self.bpf.module, name.encode())
-        if fd < 0:
-            raise DatapathError(f"no map {name} in the compiled datapath")
-        return fd
+            self.objects = objects.load(source_text(), [f"-I{BPF_DIR}", "-Wno-unused-function"], programs)
+        except objects.ObjectsError as error:
+            raise DatapathError(str(error)) from error
+        except OSError as error:
+            raise DatapathError(f"loading the datapath: {error}") from error
+        try:
+            self.programs = self.objects.programs
+            self.maps = {name: self.objects.map_fd(name) for name in (*MIRRORS, "listeners")}
+            self._check_mirrors()
+        except BaseException:
+            self.objects.close()
+            raise
 
     def _check_mirrors(self):
         """accel/ebpf/maps.py mirrors bpf/accel.h: refuse to run if they drifted apart."""
         for name, (key_type, value_type) in MIRRORS.items():
-            table = self.bpf.get_table(name.encode())
-            sizes = (ctypes.sizeof(table.Key), ctypes.sizeof(table.Leaf))
+            definition = self.objects.maps[name]
+            sizes = (definition["key_size"], definition["value_size"])
             if sizes != (ctypes.sizeof(key_type), ctypes.sizeof(value_type)):
                 raise DatapathError(f"map {name}: bpf/accel.h has key/value sizes {sizes}, accel/ebpf/maps.py "
                                     f"{(ctypes.sizeof(key_type), ctypes.sizeof(value_type))}")
@@ -107,7 +103,7 @@ class _Compiled:
         with cls._lock:
             cls._users -= 1
             if cls._users == 0 and cls._instance is not None:
-                cls._instance.bpf.cleanup()
+                cls._instance.objects.close()
                 cls._instance = None
 
 

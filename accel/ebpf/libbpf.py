@@ -156,3 +156,85 @@ def pidfd_getfd(pid: int, fd: int) -> int:
         return _check(_libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0), f"pidfd_getfd({pid}, {fd})")
     finally:
         os.close(pidfd)
+
+
+# -- object info, BTF, and named loads: what the per-node cache of compiled programs needs -----
+
+class MapInfo(ctypes.Structure):  # struct bpf_map_info
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("key_size", ctypes.c_uint32),
+                ("value_size", ctypes.c_uint32), ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32), ("netns_dev", ctypes.c_uint64),
+                ("netns_ino", ctypes.c_uint64), ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("map_extra", ctypes.c_uint64)]
+
+
+class _BtfInfo(ctypes.Structure):  # struct bpf_btf_info
+    _fields_ = [("btf", ctypes.c_uint64), ("btf_size", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("name", ctypes.c_uint64), ("name_len", ctypes.c_uint32), ("kernel_btf", ctypes.c_uint32)]
+
+
+_lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+_lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
+_lib.bpf_btf_get_fd_by_id.argtypes = [ctypes.c_uint32]
+_lib.bpf_btf_get_fd_by_id.restype = ctypes.c_int
+_lib.bpf_btf_load.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_lib.bpf_btf_load.restype = ctypes.c_int
+
+
+def _info(fd: int, info) -> None:
+    length = ctypes.c_uint32(ctypes.sizeof(info))
+    _check(_lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(length)), "bpf_obj_get_info_by_fd")
+
+
+def map_info(map_fd: int) -> MapInfo:
+    info = MapInfo()
+    _info(map_fd, info)
+    return info
+
+
+def btf_data(btf_id: int) -> bytes:
+    """The raw BTF blob the kernel holds under this id (what a loader uploaded)."""
+    fd = _check(_lib.bpf_btf_get_fd_by_id(btf_id), f"bpf_btf_get_fd_by_id({btf_id})")
+    try:
+        info = _BtfInfo()
+        _info(fd, info)  # first call: the size
+        buffer = ctypes.create_string_buffer(info.btf_size)
+        info = _BtfInfo(btf=ctypes.addressof(buffer), btf_size=len(buffer))
+        _info(fd, info)
+        return buffer.raw[:info.btf_size]
+    finally:
+        os.close(fd)
+
+
+def btf_load(data: bytes) -> int:
+    buffer = ctypes.create_string_buffer(data, len(data))
+    return _check(_lib.bpf_btf_load(buffer, len(data), None), "bpf_btf_load")
+
+
+def map_create_named(name: str, info: dict, btf_fd: int = 0) -> int:
+    """A map like the one `info` (a MapInfo as a dict) describes, with BTF types from btf_fd."""
+    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=info["map_flags"])
+    if info.get("btf_value_type_id"):
+        opts.btf_fd, opts.btf_key_type_id = btf_fd, info["btf_key_type_id"]
+        opts.btf_value_type_id = info["btf_value_type_id"]
+    return _check(_lib.bpf_map_create(info["type"], name.encode()[:15], info["key_size"], info["value_size"],
+                                      info["max_entries"], ctypes.byref(opts)), f"bpf_map_create({name})")
+
+
+def prog_load_named(name: str, prog_type: int, attach_type: int, instructions: bytes, license: str) -> int:
+    """Load a program under its own name; a verifier refusal comes back with the verifier's log."""
+    log = ctypes.create_string_buffer(1 << 20)
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type, log_level=0)
+    buffer = ctypes.create_string_buffer(instructions, len(instructions))
+    fd = _lib.bpf_prog_load(prog_type, name.encode()[:15], license.encode(), buffer, len(instructions) // 8,
+                            ctypes.byref(opts))
+    if fd >= 0:
+        return fd
+    error = ctypes.get_errno()
+    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type, log_level=1,
+                         log_size=len(log), log_buf=ctypes.cast(log, ctypes.c_char_p))
+    _lib.bpf_prog_load(prog_type, name.encode()[:15], license.encode(), buffer, len(instructions) // 8,
+                       ctypes.byref(opts))
+    tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
+    raise OSError(error, f"loading {name}: {os.strerror(error)}" + (f": {' / '.join(tail)}" if tail else ""))

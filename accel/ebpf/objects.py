@@ -1,0 +1,237 @@
+"""The datapath's kernel objects, compiled by bcc once per node and cached.
+
+bcc compiles C at load time: seconds of CPU and clang's memory in every process that loads. What
+it produces is small: each program's instructions, which refer to maps by file descriptor, and
+each map's definition (with the BTF that typed maps such as socket storage need). The cache keeps
+exactly that, as JSON in /var/cache/accel (ACCEL_CACHE_DIR), under a key of everything the
+compilation depends on: the sources, the flags, bcc's version, the running kernel. A later process
+(the next test, a CNI invocation, an agent after a restart) creates the maps, writes their new
+descriptors into the instructions and loads the programs without bcc; the verifier checks them as
+it checks any load. An entry that does not load (a kernel rebuilt under the same release) is
+compiled again and replaced.
+
+Compiling goes through the same path: bcc compiles and creates the maps, the record is read back
+from them, bcc's objects are closed, and the record is loaded. So what runs is always what the
+cache holds, and a record is written only after it has loaded once.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import hashlib
+import importlib.util
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import libbpf
+
+FORMAT = 1
+BPF_LD_IMM64 = 0x18
+BPF_PSEUDO_MAP_FD = 1
+
+
+class ObjectsError(RuntimeError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ACCEL_CACHE_DIR", "/var/cache/accel"))
+
+
+@dataclass
+class Objects:
+    """Loaded programs and created maps, by name; they live as long as these descriptors."""
+
+    programs: dict[str, int]
+    maps: dict[str, dict]  # name -> {"fd": ..., and its definition}
+    origin: str  # "compiled" or "cache"
+    cache_file: Path
+    _fds: list[int] = field(default_factory=list)
+
+    def map_fd(self, name: str) -> int:
+        try:
+            return self.maps[name]["fd"]
+        except KeyError:
+            raise ObjectsError(f"no map {name} in the compiled datapath") from None
+
+    def close(self) -> None:
+        for fd in reversed(self._fds):
+            os.close(fd)
+        self._fds.clear()
+
+
+def load(source: str, cflags: list[str], programs: dict[str, tuple[int, int]]) -> Objects:
+    """The programs (name -> (program type, attach type)) of `source`, from the node's cache when
+    it holds this compilation, else compiled by bcc and then cached."""
+    key = _cache_key(source, cflags, programs)
+    path = cache_dir() / f"datapath-{key[:24]}.json"
+    record = _read(path, key)
+    if record is not None:
+        try:
+            return _instantiate(record, "cache", path)
+        except OSError:
+            pass  # the kernel refuses what it once took: compile afresh and replace the entry
+    record = _compile(source, cflags, programs, key)
+    objects = _instantiate(record, "compiled", path)
+    _write(path, record)
+    return objects
+
+
+def _cache_key(source: str, cflags: list[str], programs: dict) -> str:
+    spec = importlib.util.find_spec("bcc")
+    bcc_version = "absent"
+    if spec and spec.submodule_search_locations:
+        version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
+        bcc_version = version_file.read_text() if version_file.exists() else "unknown"
+    uname = os.uname()
+    material = json.dumps({"format": FORMAT, "source": source, "cflags": cflags, "programs": programs,
+                           "bcc": bcc_version, "kernel": [uname.release, uname.version, uname.machine]},
+                          sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+# -- compiling -----------------------------------------------------------------------------------
+
+def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
+    try:
+        from bcc import BPF, lib  # Debian's python3-bpfcc: only needed when the cache misses
+    except ImportError as error:
+        raise ObjectsError(f"bcc is not installed (python3-bpfcc) and the cache has no compiled "
+                           f"datapath for this kernel: {error}") from None
+    try:
+        bpf = BPF(text=source.encode(), cflags=cflags)
+    except Exception as error:
+        raise ObjectsError(f"compiling the datapath: {error}") from error
+    try:
+        maps, by_fd, btfs, labels = {}, {}, {}, {}
+        for name, fd in _tables(lib, bpf.module):
+            info = libbpf.map_info(fd)
+            maps[name] = {"type": info.type, "key_size": info.key_size, "value_size": info.value_size,
+                          "max_entries": info.max_entries, "map_flags": info.map_flags,
+                          "btf_key_type_id": info.btf_key_type_id, "btf_value_type_id": info.btf_value_type_id,
+                          "btf": None}
+            if info.btf_value_type_id:  # labelled by order, not by kernel id: records are reproducible
+                label = labels.setdefault(info.btf_id, str(len(labels)))
+                btfs.setdefault(label, base64.b64encode(libbpf.btf_data(info.btf_id)).decode())
+                maps[name]["btf"] = label
+            by_fd[fd] = name
+        compiled = {}
+        for name, (prog_type, attach_type) in programs.items():
+            instructions, relocations = _unbind_maps(bytes(bpf.dump_func(name.encode())), by_fd, name)
+            compiled[name] = {"type": prog_type, "attach": attach_type, "relocations": relocations,
+                              "instructions": base64.b64encode(instructions).decode()}
+        license = lib.bpf_module_license(bpf.module).decode()
+    finally:
+        bpf.cleanup()
+    return {"format": FORMAT, "key": key, "license": license, "btf": btfs, "maps": maps, "programs": compiled}
+
+
+def _tables(lib, module) -> list[tuple[str, int]]:
+    """(name, fd) of every map bcc created for the module. bcc's Python binding does not declare
+    these three functions, so they get prototypes of their own here (not on bcc's shared handle)."""
+    count = ctypes.CFUNCTYPE(ctypes.c_size_t, ctypes.c_void_p)(("bpf_num_tables", lib))
+    name = ctypes.CFUNCTYPE(ctypes.c_char_p, ctypes.c_void_p, ctypes.c_size_t)(("bpf_table_name", lib))
+    fd = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t)(("bpf_table_fd_id", lib))
+    return [(name(module, index).decode(), fd(module, index)) for index in range(count(module))]
+
+
+def _instructions(code: bytes):
+    for index in range(0, len(code) // 8):
+        opcode, registers, offset, immediate = struct.unpack_from("<BBhi", code, index * 8)
+        yield index, opcode, registers >> 4, immediate
+
+
+def _unbind_maps(code: bytes, by_fd: dict[int, str], program: str) -> tuple[bytes, list]:
+    """Replace each map descriptor in the instructions by a reference to the map's name."""
+    code, relocations = bytearray(code), []
+    for index, opcode, source, immediate in _instructions(bytes(code)):
+        if opcode != BPF_LD_IMM64 or source == 0:
+            continue
+        if source != BPF_PSEUDO_MAP_FD or immediate not in by_fd:
+            raise ObjectsError(f"{program}: instruction {index} loads a pseudo value of kind {source} "
+                               f"({immediate}) that the cache cannot relocate")
+        relocations.append([index, by_fd[immediate]])
+        struct.pack_into("<i", code, index * 8 + 4, 0)
+    return bytes(code), relocations
+
+
+# -- loading a record ----------------------------------------------------------------------------
+
+def _instantiate(record: dict, origin: str, path: Path) -> Objects:
+    objects = Objects({}, {}, origin, path)
+    try:
+        btf_fds = {}
+        for btf_id, blob in record["btf"].items():
+            btf_fds[btf_id] = libbpf.btf_load(base64.b64decode(blob))
+            objects._fds.append(btf_fds[btf_id])
+        for name, definition in record["maps"].items():
+            fd = libbpf.map_create_named(name, definition, btf_fds.get(definition["btf"], 0))
+            objects._fds.append(fd)
+            objects.maps[name] = {"fd": fd, **definition}
+        for name, program in record["programs"].items():
+            code = bytearray(base64.b64decode(program["instructions"]))
+            for index, map_name in program["relocations"]:
+                struct.pack_into("<i", code, index * 8 + 4, objects.maps[map_name]["fd"])
+            fd = libbpf.prog_load_named(name, program["type"], program["attach"], bytes(code), record["license"])
+            objects._fds.append(fd)
+            objects.programs[name] = fd
+        for fd in btf_fds.values():  # the maps hold their BTF now
+            os.close(fd)
+            objects._fds.remove(fd)
+    except BaseException:
+        objects.close()
+        raise
+    return objects
+
+
+# -- the cache file ------------------------------------------------------------------------------
+
+def _trusted(path: Path) -> bool:
+    """Only a file and directory that no one but us could have written: it becomes kernel code."""
+    for item in (path.parent, path):
+        status = item.stat()
+        if status.st_uid != os.geteuid() or status.st_mode & 0o022:
+            return False
+    return True
+
+
+def _read(path: Path, key: str) -> dict | None:
+    try:
+        if not _trusted(path):
+            return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("key") != key:
+        return None
+    return record
+
+
+def _write(path: Path, record: dict) -> None:
+    """Atomically, and best effort: a node that cannot cache still runs, compiling each time."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".datapath-")
+        try:
+            with os.fdopen(descriptor, "w") as handle:
+                json.dump(record, handle)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        for stale in path.parent.glob("datapath-*.json"):  # entries of other sources or kernels
+            if stale != path:
+                stale.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def sizes(objects: Objects, name: str) -> tuple[int, int]:
+    definition = objects.maps[name]
+    return definition["key_size"], definition["value_size"]
+
