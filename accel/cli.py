@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import inputs
 from .inputs import FIELDS
-from .render import RENDERERS, render_iptables, render_nftables
+from .render import RENDERERS, render_ebpf, render_ebpf_text, render_iptables, render_nftables
 from .spec import SpecError, parse_dns_server, split_list
 
 EXIT_BAD_INPUT = 2
@@ -103,6 +103,8 @@ RENDER_EPILOG = (
     "      -i '*' -x \"\" -b '*' -d 15090,15021,15020\n"
     "  # the same as an nftables transaction, with the spec, as JSON\n"
     "  accel render --backend nftables --json -- -i '*' -b '*'\n"
+    "  # what the eBPF backend would load for the same pod\n"
+    "  accel render --backend ebpf -- -i '*' -b '*'\n"
     "  # what istio-cni would program for an annotated pod\n"
     "  accel render --annotations pod.json\n"
 )
@@ -131,14 +133,16 @@ def spec_options(command):
 @main.command(epilog=RENDER_EPILOG, context_settings={"ignore_unknown_options": True})
 @click.option("--backend", type=click.Choice(RENDERERS), default="iptables", show_default=True,
               help="iptables: Istio's exact iptables-restore input (IPv4 block, then IPv6). "
-                   "nftables: Istio's native nftables transaction (nft -f).")
+                   "nftables: Istio's native nftables transaction (nft -f). ebpf: the programs "
+                   "the eBPF backend attaches and the map entries that configure this pod.")
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: backend, spec, warnings and the rules.")
 def render(backend, as_json, **spec_inputs):
     """Print the capture rules for a pod: what the backend would apply, without applying it.
 
     The iptables rendering is byte-for-byte what istio-iptables feeds iptables-restore; the
-    nftables rendering is what istio-iptables --native-nftables applies.
+    nftables rendering is what istio-iptables --native-nftables applies; the ebpf rendering is
+    the dry run of the eBPF backend: its programs and the map entries for this pod.
     """
     spec, warnings = spec_from_inputs(**spec_inputs)
     for note in warnings:
@@ -146,6 +150,13 @@ def render(backend, as_json, **spec_inputs):
     if backend == "iptables":
         rules = render_iptables(spec)
         text, families = rules.text, {"ipv4": rules.ipv4, "ipv6": rules.ipv6}
+    elif backend == "ebpf":
+        from .ebpf.maps import UnsupportedSpec
+
+        try:
+            text, families = render_ebpf_text(spec), {"datapath": render_ebpf(spec)}
+        except UnsupportedSpec as error:
+            fail(f"the ebpf backend cannot capture this spec exactly: {error}; the nftables backend can")
     else:
         text, families = render_nftables(spec), {}
     if as_json:

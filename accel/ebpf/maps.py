@@ -180,8 +180,9 @@ def pod_entries(spec: CaptureSpec, netns: int, local_networks: list, pod_address
 
     ports(spec.outbound_ports_exclude, PORT_OUT_EXCLUDE)
     ports(spec.outbound_ports_include, PORT_OUT_INCLUDE)
-    ports(spec.inbound_ports_exclude, PORT_IN_EXCLUDE)
-    if spec.inbound_ports_include != WILDCARD:
+    if spec.inbound_ports_include == WILDCARD:  # as in istio-iptables, -d only qualifies -b '*'
+        ports(spec.inbound_ports_exclude, PORT_IN_EXCLUDE)
+    else:
         ports(spec.inbound_ports_include, PORT_IN_INCLUDE)
     if spec.owner_groups_include == WILDCARD:
         entries.groups += [GroupKey(netns=netns, gid=_gid(g), kind=GROUP_EXCLUDE) for g in spec.owner_groups_exclude]

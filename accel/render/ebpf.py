@@ -1,0 +1,106 @@
+"""The eBPF backend's dry run: the programs it attaches and the map entries that configure a pod.
+
+There are no rules to print: the programs are the same for every pod and every spec, and a spec
+becomes entries in maps keyed by the pod's network-namespace cookie. This renders those entries,
+built by the same function the backend uses (accel.ebpf.maps.pod_entries) and decoded back, so
+what is printed is what would be written. Facts that only the pod's namespace can give (its
+cookie, its addresses, its local routes) are filled in at apply and shown as placeholders.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from ..ebpf import maps
+from ..spec import CaptureSpec
+
+# program -> (hook, where it is attached, what it does)
+PROGRAMS = [
+    ("connect4", "cgroup/connect4", "node cgroup", "TCP connect -> proxy outbound port (DNS over TCP -> DNS port)"),
+    ("connect6", "cgroup/connect6", "node cgroup", "the same for IPv6 sockets, IPv4-mapped addresses as IPv4"),
+    ("sendmsg4", "cgroup/sendmsg4", "node cgroup", "DNS over UDP -> DNS port"),
+    ("sendmsg6", "cgroup/sendmsg6", "node cgroup", "the same for IPv6 sockets"),
+    ("recvmsg4", "cgroup/recvmsg4", "node cgroup", "DNS replies appear to come from the server asked"),
+    ("recvmsg6", "cgroup/recvmsg6", "node cgroup", "the same for IPv6 sockets"),
+    ("getpeername4", "cgroup/getpeername4", "node cgroup", "the app's getpeername() returns the original "
+     "destination"),
+    ("getpeername6", "cgroup/getpeername6", "node cgroup", "the same for IPv6 sockets"),
+    ("getsockopt", "cgroup/getsockopt", "node cgroup", "SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for the proxy; "
+     "every other call passes through"),
+    ("sockops", "sockops", "node cgroup", "pairs proxy and app sockets by 4-tuple; registers the proxy's "
+     "inbound listener"),
+    ("inbound", "sk_lookup", "pod's netns", "inbound TCP -> the proxy's inbound listener, no NAT"),
+]
+FLAG_NAMES = {maps.IPV6: "ipv6", maps.DNS: "dns", maps.DNS_ALL: "dns-all", maps.OUT_ALL_V4: "outbound-all-v4",
+              maps.OUT_ALL_V6: "outbound-all-v6", maps.INCLUDE_LO: "include-lo", maps.GROUPS_ALL: "groups-all",
+              maps.IN_CAPTURE: "inbound-capture", maps.IN_ALL: "inbound-all", maps.TPROXY: "tproxy"}
+PORT_KINDS = {maps.PORT_OUT_EXCLUDE: "outbound-exclude", maps.PORT_OUT_INCLUDE: "outbound-include",
+              maps.PORT_IN_EXCLUDE: "inbound-exclude", maps.PORT_IN_INCLUDE: "inbound-include"}
+GROUP_KINDS = {maps.GROUP_INCLUDE: "include", maps.GROUP_EXCLUDE: "exclude"}
+PREFIX_KINDS = {maps.PREFIX_INCLUDE: "outbound-include", maps.PREFIX_EXCLUDE: "outbound-exclude",
+                maps.PREFIX_LOCAL: "local", maps.PREFIX_DNS: "dns-server"}
+AT_APPLY = ["netns cookie: the key of every entry (SO_NETNS_COOKIE, read inside the pod)",
+            "pods.pod_v4/pod_v6 and pod_addresses: the pod's addresses (ip addr)",
+            "prefixes kind local: the pod's local routes, what it reaches over lo (ip route show table local)",
+            "listeners: the proxy's inbound listening sockets (registered at apply, and by sockops on listen)"]
+
+
+def _ip(raw: bytes) -> str:
+    address = ipaddress.IPv6Address(raw)
+    return str(address.ipv4_mapped or address)
+
+
+def _prefix(key: maps.PrefixKey) -> str:
+    bits = key.prefixlen - maps.PREFIX_KEY_BITS
+    address = ipaddress.IPv6Address(bytes(key.addr))
+    if address.ipv4_mapped is not None and bits >= 96:
+        return str(ipaddress.ip_network(f"{address.ipv4_mapped}/{bits - 96}"))
+    return str(ipaddress.ip_network(f"{address}/{bits}"))
+
+
+def _v4(value: int) -> str:
+    return str(ipaddress.IPv4Address(value.to_bytes(4, "little")))
+
+
+def render_ebpf(spec: CaptureSpec) -> dict:
+    """The programs and the decoded map entries for a pod with this spec (UnsupportedSpec if the
+    eBPF backend refuses it)."""
+    entries = maps.pod_entries(spec, 0, [], [])
+    pod = entries.pod
+    return {
+        "programs": [{"name": n, "hook": h, "attached_at": a, "does": d} for n, h, a, d in PROGRAMS],
+        "maps": {
+            "pods": {"proxy_port": pod.proxy_port, "inbound_port": pod.inbound_port,
+                     "tunnel_port": pod.tunnel_port, "dns_port": pod.dns_port,
+                     "flags": [name for bit, name in FLAG_NAMES.items() if pod.flags & bit],
+                     "proxy_uids": list(pod.uids[:pod.n_uids]), "proxy_gids": list(pod.gids[:pod.n_gids]),
+                     "host_loopback": str(ipaddress.ip_network(f"{_v4(pod.loopback_v4)}/{_v4(pod.loopback_v4_mask)}"))},
+            "ports": [{"kind": PORT_KINDS[k.kind], "port": k.port} for k in entries.ports],
+            "groups": [{"kind": GROUP_KINDS[k.kind], "gid": k.gid} for k in entries.groups],
+            "prefixes": [{"kind": PREFIX_KINDS[k.kind], "cidr": _prefix(k)} for k in entries.prefixes],
+        },
+        "at_apply": AT_APPLY,
+    }
+
+
+def render_ebpf_text(spec: CaptureSpec) -> str:
+    document = render_ebpf(spec)
+    lines = ["# accel ebpf: no rules. These programs are attached once, shared by every pod:"]
+    width = max(len(p["name"]) for p in document["programs"])
+    hook_width = max(len(p["hook"]) for p in document["programs"])
+    for program in document["programs"]:
+        lines.append(f"#   {program['name']:<{width}}  {program['hook']:<{hook_width}}  at the "
+                     f"{program['attached_at']}: {program['does']}")
+    lines.append("# and this pod is these map entries, keyed by its network-namespace cookie:")
+    pod = document["maps"]["pods"]
+    lines.append("pods " + " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                                    for k, v in pod.items()))
+    for name, field in (("ports", "port"), ("groups", "gid"), ("prefixes", "cidr")):
+        kinds: dict[str, list[str]] = {}
+        for entry in document["maps"][name]:
+            kinds.setdefault(entry["kind"], []).append(str(entry[field]))
+        for kind, values in kinds.items():
+            lines.append(f"{name} {kind} {','.join(values)}")
+    lines.append("# filled in at apply, from inside the pod:")
+    lines += [f"#   {fact}" for fact in document["at_apply"]]
+    return "\n".join(lines) + "\n"
