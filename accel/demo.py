@@ -1,12 +1,15 @@
 """`accel demo`: the main job, end to end, on this machine.
 
-Renders the stock istio-init capture with both renderers, loads each into a scratch network
-namespace, prints the rule set read back from the kernel, and removes it. Then builds a lab of
-pods and compares, on real traffic, what each backend captures with what iptables captures.
+Renders the stock istio-init capture with both rule renderers, loads each into a scratch network
+namespace, prints the rule set read back from the kernel, and removes it; shows what the eBPF
+backend loads for the same pod and reads it back with bpftool. Then builds a lab of pods and
+compares, on real traffic, what each backend captures with what iptables captures.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 
 from rich.console import Console
@@ -16,7 +19,7 @@ from . import inputs
 from .compare import compare
 from .compare.report import print_table
 from .netns import ScratchNetns, run
-from .render import render_iptables, render_nftables
+from .render import render_ebpf_text, render_iptables, render_nftables
 
 
 def run_demo(console: Console | None = None) -> None:
@@ -54,8 +57,10 @@ def run_demo(console: Console | None = None) -> None:
     console.print(f"[dim]Applied as one atomic transaction; family inet covers IPv4 and IPv6. "
                   f"Namespace removed: {not ns.exists()}.[/dim]")
 
+    _ebpf_section(spec, console, verbatim)
+
     backends = ["iptables", "nftables", "ebpf", "none"]
-    console.rule("[bold]4. The proof: real traffic through each backend, in a lab of pods")
+    console.rule("[bold]5. The proof: real traffic through each backend, in a lab of pods")
     console.print("Each backend gets a fresh lab: the pod under test (app servers and a sidecar), a remote "
                   "pod answering service addresses, and a DNS pod. Every case is sent as real traffic; "
                   "what the sidecar and servers saw decides the outcome.")
@@ -64,6 +69,43 @@ def run_demo(console: Console | None = None) -> None:
         task = progress.add_task("running cases", total=None)
         result = compare(spec, backends, progress=lambda: progress.advance(task))
     print_table(result, console)
+
+
+def _ebpf_section(spec, console: Console, verbatim) -> None:
+    from .backends import get_backend
+    from .lab import Lab, LabPlan
+    from .lab.lab import wait_for
+
+    console.rule("[bold]4. eBPF: no rules, programs shared by every pod, and map entries for this one")
+    verbatim(render_ebpf_text(spec))
+    before = _bpf_ids()
+    with Lab(LabPlan()) as lab:
+        pod, backend = lab.pods["pod"], get_backend("ebpf")
+        backend.apply(pod, spec)
+        try:
+            status = backend.status(pod)
+            cgroup = pod.node_cgroup.path
+            console.rule(f"read back from the kernel: bpftool cgroup show {cgroup}", style="dim")
+            verbatim(run(["bpftool", "cgroup", "show", str(cgroup)]).stdout)
+            links = json.loads(run(["bpftool", "-j", "link", "show"]).stdout or "[]")
+            inode = os.stat(f"/run/netns/{pod.netns}").st_ino
+            console.rule(f"bpftool link show: sk_lookup in netns {pod.netns}", style="dim")
+            for link in links:
+                if link.get("attach_type") == "sk_lookup" and link.get("netns_ino") == inode:
+                    verbatim(f"link {link['id']}: program {link['prog_id']}, sk_lookup, netns_ino {inode}")
+        finally:
+            backend.remove(pod)
+    source = ("compiled by bcc, then cached" if status["programs_from"] == "compiled"
+              else "loaded from the node's cache, without bcc")
+    wait_for(lambda: not _bpf_ids() - before, timeout=5)  # the kernel frees maps after an RCU grace period
+    left = _bpf_ids() - before
+    console.print(f"[dim]Programs {source}: {status['programs_cache']}. After removal, BPF programs, maps and "
+                  f"links left: {len(left)}. Lab removed: {not lab.exists()}.[/dim]")
+
+
+def _bpf_ids() -> set[tuple[str, int]]:
+    return {(kind, item["id"]) for kind in ("prog", "map", "link")
+            for item in json.loads(run(["bpftool", "-j", kind, "show"]).stdout or "[]")}
 
 
 def _without_comments(text: str) -> str:

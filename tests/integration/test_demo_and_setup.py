@@ -27,6 +27,10 @@ def test_demo_reads_rules_back_from_the_kernel_and_leaves_nothing():
     # nft list ruleset's form
     assert 'oifname "lo" meta skuid != 1337 counter packets 0 bytes 0 return' in out
     assert " ".join(out.split()).count("Namespace removed: True") == 2
+    # the eBPF datapath: the dry run, then read back with bpftool, and nothing left after removal
+    assert "ports inbound-exclude 15090,15021,15020" in out
+    assert "cgroup_inet4_connect" in out and "sk_lookup, netns_ino" in out
+    assert "programs, maps and links left: 0" in " ".join(out.split())
     # the comparison on real traffic
     assert "nftables, ebpf captured exactly what iptables captured" in " ".join(out.split())
     assert "outbound-service" in out and "proxy-out" in out
