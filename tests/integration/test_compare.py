@@ -14,6 +14,7 @@ from accel.backends import NoneBackend
 from accel.cli import main
 from accel.compare import compare
 from accel.lab import leftovers
+from accel.lab.lab import wait_for
 from tests.kernel_state import bpf_objects, host_links, rule_state
 
 pytestmark = pytest.mark.privileged
@@ -68,8 +69,12 @@ def nothing_left_behind():
     assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
     assert rule_state(None) == host_rules
     assert host_links() == links
-    assert {kind: objects - bpf[kind] for kind, objects in bpf_objects().items()} == \
-        {"prog": set(), "map": set(), "link": set()}
+
+    def new_bpf_objects():
+        return {kind: objects - bpf[kind] for kind, objects in bpf_objects().items()}
+
+    wait_for(lambda: not any(new_bpf_objects().values()))  # maps are freed after an RCU grace period
+    assert new_bpf_objects() == {"prog": set(), "map": set(), "link": set()}
 
 
 def first_hop(comparison, backend, case):

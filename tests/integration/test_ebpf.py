@@ -11,7 +11,8 @@ from accel.backends import BackendError, get_backend
 from accel.ebpf import libbpf
 from accel.ebpf.probe import RETURN_1, _program, probe
 from accel.lab import Lab, LabPlan, SidecarConfig
-from tests.kernel_state import bpf_objects, rule_state
+from accel.lab.lab import wait_for
+from tests.kernel_state import bpf_objects, rule_state, sk_lookup_links
 
 pytestmark = pytest.mark.privileged
 
@@ -153,16 +154,17 @@ def test_removal_leaves_no_bpf_object_and_the_pod_as_before():
         status = backend.status(pod)
         token = "t1"
         captured = outbound()
-        attached = bpf_objects()
+        attached, lookups = bpf_objects(), sk_lookup_links(pod.netns)
         backend.remove(pod)
         token = "t2"
         after = outbound()
         assert rule_state(pod.netns) == rules  # and never a netfilter rule along the way
-        assert process.run(["bpftool", "net", "show"], netns=pod.netns).stdout.count("sk_lookup") == 0
+        assert len(lookups) == 1 and sk_lookup_links(pod.netns) == []
     assert (direct, captured, after) == (["remote"], ["sidecar", "remote"], ["remote"])
     assert status["applied"] and status["sk_lookup"] and status["inbound_listeners"] == ["ipv4", "ipv6"]
     assert {name for _, name in attached["prog"] - before["prog"]} >= {"connect4", "getsockopt", "inbound", "sockops"}
     assert attached["link"] - before["link"]
+    wait_for(lambda: bpf_objects() == before)  # maps are freed after an RCU grace period
     assert bpf_objects() == before
 
 
