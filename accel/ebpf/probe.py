@@ -1,12 +1,14 @@
 """What the kernel offers the eBPF datapath, found by trying each thing, never from version strings.
 
 Each probe loads a two-instruction program with the hook's expected attach type, creates a map of
-the type, or asks the verifier whether a program type may call a helper. Nothing is attached.
+the type (socket storage with a one-type BTF of its own), or asks the verifier whether a program
+type may call a helper. Nothing is attached.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +40,31 @@ def _map(map_type: int, key: int, value: int, flags: int = 0) -> tuple[bool, str
         return True, "creates"
     except OSError as error:
         return False, error.strerror
+
+
+def _int_btf() -> bytes:
+    """The smallest BTF: one type, a signed 32-bit int named "int" (id 1)."""
+    types = struct.pack("<IIII", 1, 1 << 24, 4, (1 << 24) | 32)  # name "int", KIND_INT, 4 bytes; signed, 32 bits
+    strings = b"\0int\0"
+    header = struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
+
+
+def _socket_storage() -> tuple[bool, str]:
+    """Socket storage maps exist only with BTF for their key and value: load some, then create one."""
+    try:
+        btf = libbpf.btf_load(_int_btf())
+    except OSError as error:
+        return False, f"BTF load: {error.strerror}"
+    try:
+        os.close(libbpf.map_create_named("accel_probe", {
+            "type": libbpf.MAP_SK_STORAGE, "key_size": 4, "value_size": 4, "max_entries": 0,
+            "map_flags": BPF_F_NO_PREALLOC, "btf_key_type_id": 1, "btf_value_type_id": 1}, btf))
+        return True, "creates"
+    except OSError as error:
+        return False, error.strerror
+    finally:
+        os.close(btf)
 
 
 def _helper(prog_types: dict[str, int], helper: int) -> tuple[bool, str]:
@@ -85,6 +112,8 @@ def probe() -> list[Feature]:
         "sk_lookup": lambda: _program(libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP),
         "LPM trie map": lambda: _map(libbpf.MAP_LPM_TRIE, 8, 1, BPF_F_NO_PREALLOC),
         "sockhash map": lambda: _map(libbpf.MAP_SOCKHASH, 16, 4),
+        "LRU hash map": lambda: _map(libbpf.MAP_LRU_HASH, 8, 8),
+        "socket storage map": _socket_storage,
         "netns cookie helper": lambda: _helper({"sock_addr": sock_addr, "sockops": libbpf.PROG_SOCK_OPS,
                                                 "sockopt": libbpf.PROG_CGROUP_SOCKOPT},
                                                libbpf.FUNC_GET_NETNS_COOKIE),

@@ -9,7 +9,7 @@ import pytest
 from accel import inputs, process
 from accel.backends import BackendError, get_backend
 from accel.ebpf import libbpf
-from accel.ebpf.probe import RETURN_1, _program, probe
+from accel.ebpf.probe import RETURN_1, _map, _program, probe
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.lab.lab import wait_for
 from tests.kernel_state import bpf_objects, rule_state, sk_lookup_links
@@ -208,4 +208,5 @@ def test_refuses_what_socket_hooks_cannot_reproduce(args, needle):
 def test_probe_finds_every_feature_and_can_fail():
     assert all(feature.ok for feature in probe()), [f for f in probe() if not f.ok]
     assert not _program(libbpf.PROG_CGROUP_SOCK_ADDR, 1000)[0]  # an attach type no kernel has
+    assert not _map(libbpf.MAP_SK_STORAGE, 4, 4, 1)[0]  # socket storage without BTF types
     assert len(RETURN_1) == 16
