@@ -226,4 +226,21 @@ static __always_inline void loopback_of(__u8 *out, int v4)
 	}
 }
 
+/* Hand an address back to a sock_addr hook's caller: user_ip6 (IPv4 as mapped) on an IPv6
+ * socket, else user_ip4. Four 32-bit stores: the context takes no wider ones. */
+static __always_inline void set_user_addr(struct bpf_sock_addr *ctx, const __u8 *addr, int socket_v6)
+{
+	if (socket_v6) {
+		__u32 w[4];
+
+		__builtin_memcpy(w, addr, 16);
+		ctx->user_ip6[0] = w[0];
+		ctx->user_ip6[1] = w[1];
+		ctx->user_ip6[2] = w[2];
+		ctx->user_ip6[3] = w[3];
+	} else {
+		ctx->user_ip4 = v4_of(addr);
+	}
+}
+
 #endif /* ACCEL_H */

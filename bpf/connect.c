@@ -93,17 +93,7 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 
 	if (verdict == VERDICT_DNS && !local && !bound)
 		bind_pod_address(ctx, pod, f->v4, socket_v6);
-	if (socket_v6) {
-		__u32 w[4];
-
-		__builtin_memcpy(w, addr, 16);
-		ctx->user_ip6[0] = w[0];
-		ctx->user_ip6[1] = w[1];
-		ctx->user_ip6[2] = w[2];
-		ctx->user_ip6[3] = w[3];
-	} else {
-		ctx->user_ip4 = v4_of(addr);
-	}
+	set_user_addr(ctx, addr, socket_v6);
 	ctx->user_port = bpf_htons(port);
 	return 1;
 }

@@ -39,11 +39,7 @@ static __always_inline int capture_datagram(struct bpf_sock_addr *ctx, struct ac
 		__u32 w[4];
 
 		loopback_of(addr, f->v4);
-		__builtin_memcpy(w, addr, 16);
-		ctx->user_ip6[0] = w[0];
-		ctx->user_ip6[1] = w[1];
-		ctx->user_ip6[2] = w[2];
-		ctx->user_ip6[3] = w[3];
+		set_user_addr(ctx, addr, 1);
 		if (!local && !(CTX_U32(ctx->msg_src_ip6[0]) | CTX_U32(ctx->msg_src_ip6[1]) |
 				CTX_U32(ctx->msg_src_ip6[2]) | CTX_U32(ctx->msg_src_ip6[3]))) {
 			if (f->v4 && pod->pod_v4) {
@@ -103,17 +99,7 @@ static __always_inline int original_source(struct bpf_sock_addr *ctx, const __u8
 
 	if (!pod || ctx->user_port != bpf_htons(pod->dns_port) || !is_loopback(source))
 		return 1;
-	if (socket_v6) {
-		__u32 w[4];
-
-		__builtin_memcpy(w, origin->addr, 16);
-		ctx->user_ip6[0] = w[0];
-		ctx->user_ip6[1] = w[1];
-		ctx->user_ip6[2] = w[2];
-		ctx->user_ip6[3] = w[3];
-	} else {
-		ctx->user_ip4 = v4_of(origin->addr);
-	}
+	set_user_addr(ctx, origin->addr, socket_v6);
 	ctx->user_port = origin->port;
 	return 1;
 }

@@ -13,17 +13,7 @@ static __always_inline int original_peer(struct bpf_sock_addr *ctx, int socket_v
 
 	if (!origin)
 		return 1;
-	if (socket_v6) {
-		__u32 w[4];
-
-		__builtin_memcpy(w, origin->addr, 16);
-		ctx->user_ip6[0] = w[0];
-		ctx->user_ip6[1] = w[1];
-		ctx->user_ip6[2] = w[2];
-		ctx->user_ip6[3] = w[3];
-	} else {
-		ctx->user_ip4 = v4_of(origin->addr);
-	}
+	set_user_addr(ctx, origin->addr, socket_v6);
 	ctx->user_port = origin->port;
 	return 1;
 }
