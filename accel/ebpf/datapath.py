@@ -68,7 +68,7 @@ class _Compiled:
     def __init__(self):
         programs = {**CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM: (libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP)}
         try:
-            self.objects = objects.load(source_text(), [f"-I{BPF_DIR}", "-Wno-unused-function"], programs)
+            self.objects = objects.load(source_text(), programs, BPF_DIR, ("-Wno-unused-function",))
         except objects.ObjectsError as error:
             raise DatapathError(str(error)) from error
         except OSError as error:

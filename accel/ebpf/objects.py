@@ -4,7 +4,8 @@ bcc compiles C at load time: seconds of CPU and clang's memory in every process 
 it produces is small: each program's instructions, which refer to maps by file descriptor, and
 each map's definition (with the BTF that typed maps such as socket storage need). The cache keeps
 exactly that, as JSON in /var/cache/accel (ACCEL_CACHE_DIR), under a key of everything the
-compilation depends on: the sources, the flags, bcc's version, the running kernel. A later process
+compilation depends on: the sources and headers (not where they lie), the flags, bcc's
+version, the running kernel. A later process
 (the next test, a CNI invocation, an agent after a restart) creates the maps, writes their new
 descriptors into the instructions and loads the programs without bcc; the verifier checks them as
 it checks any load. An entry that does not load (a kernel rebuilt under the same release) is
@@ -65,10 +66,13 @@ class Objects:
         self._fds.clear()
 
 
-def load(source: str, cflags: list[str], programs: dict[str, tuple[int, int]]) -> Objects:
-    """The programs (name -> (program type, attach type)) of `source`, from the node's cache when
-    it holds this compilation, else compiled by bcc and then cached."""
-    key = _cache_key(source, cflags, programs)
+def load(source: str, programs: dict[str, tuple[int, int]], include_dir: Path | None = None,
+         cflags: tuple[str, ...] = ()) -> Objects:
+    """The programs (name -> (program type, attach type)) of `source`, whose #includes come
+    from `include_dir`: from the node's cache when it holds this compilation, else compiled by
+    bcc and then cached."""
+    headers = {p.name: p.read_text() for p in sorted(include_dir.glob("*.h"))} if include_dir else {}
+    key = _cache_key(source, headers, list(cflags), programs)
     path = cache_dir() / f"datapath-{key[:24]}.json"
     record = _read(path, key)
     if record is not None:
@@ -76,22 +80,24 @@ def load(source: str, cflags: list[str], programs: dict[str, tuple[int, int]]) -
             return _instantiate(record, "cache", path)
         except OSError:
             pass  # the kernel refuses what it once took: compile afresh and replace the entry
-    record = _compile(source, cflags, programs, key)
+    flags = [*([f"-I{include_dir}"] if include_dir else []), *cflags]
+    record = _compile(source, flags, programs, key)
     objects = _instantiate(record, "compiled", path)
     _write(path, record)
     return objects
 
 
-def _cache_key(source: str, cflags: list[str], programs: dict) -> str:
+def _cache_key(source: str, headers: dict[str, str], cflags: list[str], programs: dict) -> str:
+    """What the compiled code depends on: the text compiled (not where it lies), bcc, the kernel."""
     spec = importlib.util.find_spec("bcc")
     bcc_version = "absent"
     if spec and spec.submodule_search_locations:
         version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
         bcc_version = version_file.read_text() if version_file.exists() else "unknown"
     uname = os.uname()
-    material = json.dumps({"format": FORMAT, "source": source, "cflags": cflags, "programs": programs,
-                           "bcc": bcc_version, "kernel": [uname.release, uname.version, uname.machine]},
-                          sort_keys=True)
+    material = json.dumps({"format": FORMAT, "source": source, "headers": headers, "cflags": cflags,
+                           "programs": programs, "bcc": bcc_version,
+                           "kernel": [uname.release, uname.version, uname.machine]}, sort_keys=True)
     return hashlib.sha256(material.encode()).hexdigest()
 
 

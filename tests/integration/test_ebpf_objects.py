@@ -39,7 +39,7 @@ def cache(tmp_path, monkeypatch):
 
 
 def load():
-    loaded = objects.load(SOURCE, [], PROGRAMS)
+    loaded = objects.load(SOURCE, PROGRAMS)
     loaded.close()
     return loaded.origin, loaded.cache_file
 
@@ -56,7 +56,7 @@ def test_compiles_once_then_loads_from_the_cache(cache):
 def test_a_new_process_loads_without_bcc(cache):
     load()
     script = ("import sys; from accel.ebpf import objects, libbpf; "
-              f"o = objects.load({SOURCE!r}, [], {PROGRAMS!r}); "
+              f"o = objects.load({SOURCE!r}, {PROGRAMS!r}); "
               "print(o.origin, 'bcc' in sys.modules, sorted(o.maps)); o.close()")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.split(None, 2) == ["cache", "False", "['notes', 'seen']\n"]
@@ -87,8 +87,25 @@ def test_entries_for_other_sources_are_removed(cache):
     stale = cache / "datapath-0123456789abcdef01234567.json"
     stale.write_text("{}")
     os.chmod(stale, 0o600)
-    objects.load(SOURCE + "\n/* changed */\n", [], PROGRAMS).close()
+    objects.load(SOURCE + "\n/* changed */\n", PROGRAMS).close()
     assert not stale.exists() and not path.exists() and len(list(cache.glob("datapath-*.json"))) == 1
+
+
+def test_headers_count_by_content_not_by_place(cache, tmp_path):
+    source = '#include "port.h"\n' + SOURCE.replace("ctx->user_port", "ctx->user_port + PORT_OFFSET")
+    first, second = tmp_path / "checkout-1", tmp_path / "checkout-2"
+    for directory in (first, second):
+        directory.mkdir()
+        (directory / "port.h").write_text("#define PORT_OFFSET 0\n")
+
+    def origin(directory):
+        loaded = objects.load(source, PROGRAMS, directory)
+        loaded.close()
+        return loaded.origin
+
+    assert [origin(first), origin(second)] == ["compiled", "cache"]  # same text, another place
+    (second / "port.h").write_text("#define PORT_OFFSET 1\n")
+    assert origin(second) == "compiled"  # a header changed: the cached code is not this code
 
 
 def test_the_datapath_captures_when_loaded_from_the_cache(cache):
