@@ -4,11 +4,10 @@ bcc compiles C at load time: seconds of CPU and clang's memory in every process 
 it produces is small: each program's instructions, which refer to maps by file descriptor, and
 each map's definition (with the BTF that typed maps such as socket storage need). The cache keeps
 exactly that, as JSON in /var/cache/accel (ACCEL_CACHE_DIR), under a key of everything the
-compilation depends on: the sources and headers (not where they lie), the flags, bcc's
-version, the running kernel. A later process
-(the next test, a CNI invocation, an agent after a restart) creates the maps, writes their new
-descriptors into the instructions and loads the programs without bcc; the verifier checks them as
-it checks any load. An entry that does not load (a kernel rebuilt under the same release) is
+compilation depends on: the sources and headers (their text, not where they lie), the flags,
+bcc's version, the running kernel. A later process (the next test, a CNI invocation, an agent
+after a restart) creates the maps, writes their new descriptors into the instructions and loads
+the programs without bcc; the verifier checks them as it checks any load. An entry that does not load (a kernel rebuilt under the same release) is
 compiled again and replaced.
 
 Compiling goes through the same path: bcc compiles and creates the maps, the record is read back
