@@ -53,8 +53,10 @@ def in_netns(netns: str, function, *args):
 
 
 def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = None,
-          uid: int | None = None, gid: int | None = None, **popen_kwargs) -> subprocess.Popen:
-    """subprocess.Popen, with the child placed in `cgroup` and `netns` and running as uid/gid."""
+          uid: int | None = None, gid: int | None = None, cpus: set[int] | None = None,
+          **popen_kwargs) -> subprocess.Popen:
+    """subprocess.Popen, with the child placed in `cgroup` and `netns`, running as uid/gid, and
+    pinned to `cpus` (inherited by everything it starts)."""
     procs_file = str(cgroup.path / "cgroup.procs") if cgroup else None
 
     def enter():
@@ -64,6 +66,8 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
                 procs.write(str(os.getpid()))
         if netns:
             setns(netns)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
         if gid is not None:
             os.setgroups([])
             os.setgid(gid)

@@ -14,7 +14,7 @@ from typing import Callable
 
 from .. import process
 from ..backends import get_backend
-from ..lab import Lab, LabPlan
+from ..lab import Lab, LabPlan, conntrack_entries
 from ..spec import CaptureSpec
 from .cases import Case
 
@@ -48,13 +48,6 @@ def observe(client: dict, events: list[dict]) -> dict:
         # getpeername() for a connected socket, recvfrom()'s source for sendto
         "app_peer": client.get("peername") or client.get("reply_from"),
     }
-
-
-def conntrack_entries(netns: str) -> int:
-    """Conntrack entries in this namespace now. Entries of closed TCP connections stay 120 s
-    (TIME_WAIT), UDP ones 30 s, so at the end of a run this counts what the run created."""
-    count = process.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], netns=netns)
-    return int(count.stdout) if count.returncode == 0 else 0
 
 
 def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,

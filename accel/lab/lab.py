@@ -70,6 +70,7 @@ class LabPlan:
     remote_udp_ports: tuple[int, ...] = ()
     service_addresses: tuple[str, ...] = ()  # answered by the remote pod, routed by the node
     sidecar: SidecarConfig | None = None
+    recording_agents: bool = True  # False: bare pods (pod, remote) for processes of one's own
 
 
 @dataclass
@@ -122,7 +123,8 @@ class Lab:
         self.cgroup = Cgroup(cgroup2_mount() / self.name)  # known before it exists, for destroy()
         self.cgroup.path.mkdir()
         self._build_network()
-        self._start_agents()
+        if self.plan.recording_agents:
+            self._start_agents()
 
     def destroy(self):
         """Remove everything the lab made; keeps going past failures and reports them at the end."""
@@ -182,7 +184,9 @@ class Lab:
             node.addr("add", index=bridge, address=NODE_V4, prefixlen=24)
             if plan.ipv6:
                 node.addr("add", index=bridge, address=NODE_V6, prefixlen=64, flags=IFA_F_NODAD)
-        for role, (ipv4, ipv6) in POD_ADDRESSES.items():
+        roles = POD_ADDRESSES if plan.recording_agents else ("pod", "remote")
+        for role in roles:
+            ipv4, ipv6 = POD_ADDRESSES[role]
             pod = Pod(role, self._namespace(f"{self.name}-{role}"), self.cgroup.child(role), ipv4,
                       ipv6 if plan.ipv6 else None, node_cgroup=self.cgroup)
             self._wire(pod)
@@ -191,12 +195,8 @@ class Lab:
             lo = ns.link_lookup(ifname="lo")[0]
             if plan.ipv6:  # Istio adds ::6, the IPv6 inbound passthrough source, to lo
                 ns.addr("add", index=lo, address="::6", prefixlen=128, flags=IFA_F_NODAD)
-        dns = self.pods["dns"]
-        with NetNS(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
-            eth0 = ns.link_lookup(ifname="eth0")[0]
-            ns.addr("add", index=eth0, address=OTHER_DNS[0], prefixlen=24)
-            if plan.ipv6:
-                ns.addr("add", index=eth0, address=OTHER_DNS[1], prefixlen=64, flags=IFA_F_NODAD)
+        if "dns" in self.pods:
+            self._add_other_dns(self.pods["dns"])
         remote = self.pods["remote"]
         with NetNS(remote.netns) as ns, NetNS(self.node) as node:
             lo = ns.link_lookup(ifname="lo")[0]
@@ -206,6 +206,13 @@ class Lab:
                         **({"flags": IFA_F_NODAD} if v6 else {}))
                 node.route("add", dst=f"{address}/{128 if v6 else 32}", gateway=remote.address(6 if v6 else 4),
                            family=10 if v6 else 2)
+
+    def _add_other_dns(self, dns: Pod):
+        with NetNS(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
+            eth0 = ns.link_lookup(ifname="eth0")[0]
+            ns.addr("add", index=eth0, address=OTHER_DNS[0], prefixlen=24)
+            if self.plan.ipv6:
+                ns.addr("add", index=eth0, address=OTHER_DNS[1], prefixlen=64, flags=IFA_F_NODAD)
 
     def _wire(self, pod: Pod):
         """A veth from the node's bridge to the pod's eth0, addresses and default routes."""
@@ -257,11 +264,11 @@ class Lab:
                                f"{agent.stderr.read().strip() or line.strip()}")
 
     def start(self, role: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
-              listens: tuple[int, ...] = ()) -> subprocess.Popen:
+              listens: tuple[int, ...] = (), cpus: set[int] | None = None) -> subprocess.Popen:
         """Another process in a pod (a real proxy, a server), removed with the lab; waits until
         it listens on `listens` (TCP ports)."""
         pod = self.pods[role]
-        started = process.spawn(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid,
+        started = process.spawn(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, cpus=cpus,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._agents.append(started)
 
@@ -305,6 +312,13 @@ class Lab:
         names = set(netns.listnetns())
         return bool(names & set(self._namespaces)) or (self.cgroup is not None and self.cgroup.exists()) \
             or self.workdir.exists()
+
+
+def conntrack_entries(netns: str) -> int:
+    """Conntrack entries in this namespace now. Entries of closed TCP connections stay 120 s
+    (TIME_WAIT), UDP ones 30 s, so at the end of a run this counts what the run created."""
+    count = process.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], netns=netns)
+    return int(count.stdout) if count.returncode == 0 else 0
 
 
 def _flags(flag: str, values) -> list[str]:
