@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import textwrap
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -225,6 +226,83 @@ def compare_command(backends, as_json, **spec_inputs):
     else:
         print_table(result, Console())
     sys.exit(0 if result.ok else 1)
+
+
+BENCH_EPILOG = (
+    "\b\nWhat it measures, in a lab on this node: a client pod (load generator and a HAProxy\n"
+    "  sidecar capturing outbound) and a server pod (nginx, one worker, and a HAProxy sidecar\n"
+    "  capturing inbound), both as uid 1337, `server s 0.0.0.0:0`. One pair per mode:\n"
+    "    none      client to server directly: the ceiling\n"
+    "    explicit  the client dials its sidecar itself, fixed servers, no capture: the floor\n"
+    "    iptables-nft, iptables-legacy, nftables, nftables-sets, ebpf: the stock istio-init\n"
+    "              spec applied to both pods by accel's own backends\n"
+    "\b\nWorkloads: keep-alive HTTP at 1 and 16 connections (wrk), a new connection per request\n"
+    "  at 16 (wrk, Connection: close) and closed-loop at 1 (connect+request p50/p99), a 16 MiB\n"
+    "  response (Mbit/s), conntrack entries left in the client pod; then rule scaling: new\n"
+    "  connections/s with 10, 1,000 and 10,000 excluded CIDRs in the spec.\n"
+    "\b\nMethod: pods pinned to one CPU, this runner to another; rounds interleave the modes,\n"
+    "  order rotated; figures are medians, ratios divide by explicit from the same rounds.\n"
+    "\b\nExamples:\n"
+    "  accel bench --quick                      # every figure in about 3 minutes\n"
+    "  accel bench --json run.json --plot run.png\n"
+    "  accel bench --modes explicit,iptables-nft,ebpf --rounds 9\n"
+)
+
+
+@main.command(epilog=BENCH_EPILOG)
+@click.option("--quick", is_flag=True, help="3 rounds of 1 s, scaling once: every figure in about 3 minutes.")
+@click.option("--rounds", type=click.IntRange(1, 100), help="Rounds of every workload in every mode [default: 5].")
+@click.option("--seconds", type=click.IntRange(1, 600), help="Length of each run [default: 5].")
+@click.option("--modes", metavar="LIST",
+              help="Comma list of modes [default: none,explicit,iptables-nft,iptables-legacy,nftables,ebpf].")
+@click.option("--scaling/--no-scaling", default=True, show_default=True, help="Run the rule-scaling series.")
+@click.option("--json", "json_file", metavar="FILE", help="Write the figures as JSON to FILE (- for stdout).")
+@click.option("--plot", "plot_file", metavar="FILE.png", help="Draw the ratios and scaling curves to FILE.png.")
+def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file):
+    """Benchmark capture: iptables, nftables and eBPF against an explicit proxy, on real traffic.
+
+    Prints a table of medians with each figure's ratio to the explicit proxy, the rule-scaling
+    table, and which of accel's targets this run met. Needs root.
+    """
+    from dataclasses import replace
+
+    from .backends import BackendError
+    from .bench.report import plot, print_report
+    from .bench.run import MODES, BenchConfig, run_bench
+
+    chosen = tuple(dict.fromkeys(split_list(modes))) if modes else MODES
+    try:
+        config = BenchConfig.quick(chosen) if quick else BenchConfig(modes=chosen)
+        config = replace(config, **{k: v for k, v in (("rounds", rounds), ("seconds", seconds)) if v is not None},
+                         **({} if scaling else {"scaling_rounds": 0}))
+    except ValueError as error:
+        raise SpecError("--modes", modes or "", str(error)) from None
+    if plot_file and not plot_file.endswith(".png"):
+        raise SpecError("--plot", plot_file, "must name a .png file")
+    if os.geteuid() != 0:
+        fail("accel bench needs root (it builds network namespaces, loads rules and BPF)", 1)
+    err = Console(stderr=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err, transient=True) as progress:
+        task = progress.add_task("building the modes' pods", total=config.measurements())
+
+        def step(description: str):
+            if not description.startswith(("building", "rule scaling: applying")):
+                progress.advance(task)
+            progress.update(task, description=description)
+
+        try:
+            document = run_bench(config, step)
+        except BackendError as error:
+            fail(str(error), 1)
+    if json_file == "-":
+        click.echo(json.dumps(document, indent=2))
+    else:
+        print_report(document, Console())
+        if json_file:
+            Path(json_file).write_text(json.dumps(document, indent=2) + "\n")
+    if plot_file:
+        plot(document, Path(plot_file))
 
 
 def spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf):

@@ -1,0 +1,142 @@
+"""The benchmark's document as a terminal table, a target check, and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .run import LOWER_IS_BETTER, REFERENCE
+
+ROWS = [  # figure, label, format
+    ("ka1_rps", "ka1 req/s", "{:,.0f}"),
+    ("ka16_rps", "ka16 req/s", "{:,.0f}"),
+    ("ka1_p50_us", "ka1 p50 µs", "{:,.0f}"),
+    ("ka1_p99_us", "ka1 p99 µs", "{:,.0f}"),
+    ("cps16", "cps16 conn/s", "{:,.0f}"),
+    ("crr1_p50_us", "crr1 p50 µs", "{:,.0f}"),
+    ("crr1_p99_us", "crr1 p99 µs", "{:,.0f}"),
+    ("bulk_mbps", "bulk Mbit/s", "{:,.0f}"),
+    ("conntrack_entries", "conntrack", "{:,.0f}"),
+]
+LEGEND = ("ka1/ka16: keep-alive HTTP over 1/16 connections; cps16: a new connection per request, 16 at "
+          "a time; crr1: one at a time, timed from connect to close; bulk: a 16 MiB response; conntrack: "
+          "entries cps16 left in the client pod. Under each figure, × explicit (green: better).")
+# What the project aims for (issue 5): (mode, figure, against, bound, at least?)
+TARGETS = [
+    ("ebpf", "cps16", REFERENCE, 0.97, True),
+    ("ebpf", "cps16", "iptables-nft", 1.15, True),
+    ("ebpf", "crr1_p50_us", REFERENCE, 1.03, False),
+    ("ebpf", "ka16_rps", REFERENCE, 0.97, True),
+    ("ebpf", "ka1_p50_us", REFERENCE, 1.03, False),
+]
+
+
+def _cell(document: dict, mode: str, figure: str, fmt: str) -> str:
+    value = document["modes"][mode].get(figure)
+    if value is None:
+        return "-"
+    ratio = document["ratios"][mode].get(figure)
+    if mode == REFERENCE or ratio is None:
+        return fmt.format(value)
+    better = ratio < 1 if figure in LOWER_IS_BETTER else ratio > 1
+    colour = "green" if better else "red" if abs(ratio - 1) > 0.03 else "default"
+    return f"{fmt.format(value)}\n[{colour}]{ratio:.2f}×[/{colour}]"
+
+
+def print_report(document: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    env = document["env"]
+    table = Table(title="accel bench: medians, and × the explicit proxy (the floor for any capture)",
+                  title_justify="left", show_lines=True, pad_edge=False)
+    modes = list(document["modes"])
+    table.add_column("")
+    for mode in modes:
+        errors = document["modes"][mode].get("errors")
+        table.add_column(mode.replace("-", "-\n", 1) + (f"\n[red]{errors} errors[/red]" if errors else ""),
+                         justify="right")
+    for figure, label, fmt in ROWS:
+        table.add_row(label, *(_cell(document, mode, figure, fmt) for mode in modes))
+    console.print(table)
+    console.print(f"[dim]{LEGEND}[/dim]")
+
+    if document["scaling"]:
+        sizes = list(next(iter(document["scaling"].values())))
+        scaling = Table(title="rule scaling: new connections/s with N excluded CIDRs (none match), and × its own "
+                              f"rate at N={sizes[0]}", title_justify="left")
+        scaling.add_column("mode")
+        for size in sizes:
+            scaling.add_column(f"N={int(size):,}", justify="right")
+        scaling.add_column("install at the largest N", justify="right")
+        for mode, by_size in document["scaling"].items():
+            first = by_size[sizes[0]]
+            cells = [f"{by_size[s]:,.0f}" + ("" if s == sizes[0] or not first else f" ({by_size[s] / first:.2f}×)")
+                     for s in sizes]
+            install = document["scaling_install_seconds"].get(mode, {}).get(sizes[-1])
+            scaling.add_row(mode, *cells, "-" if install is None else f"{install:.2f} s")
+        console.print(scaling)
+
+    for line in target_lines(document):
+        console.print(line)
+    tools = env["tools"]
+    console.print(f"[dim]{env['kernel']}, {env['cpus']} CPUs ({env['cpu_model']}); pods on CPU "
+                  f"{env['pinning']['pods']}, runner on {env['pinning']['runner']}; {env['rounds']} rounds of "
+                  f"{env['seconds_per_run']} s, mode order rotated; {tools['haproxy']}; {tools['nginx']}; "
+                  f"{tools['wrk']}; {tools['iptables']}; {tools['nft']}.[/dim]")
+
+
+def target_lines(document: dict) -> list[str]:
+    """Each target this run can judge, met or missed, with the measured ratio."""
+    lines = []
+    for mode, figure, against, bound, at_least in TARGETS:
+        modes = document["modes"]
+        if mode not in modes or against not in modes:
+            continue
+        value, reference = modes[mode].get(figure), modes[against].get(figure)
+        if not value or not reference:
+            continue
+        ratio = value / reference
+        met = ratio >= bound if at_least else ratio <= bound
+        sign = "≥" if at_least else "≤"
+        mark = "[green]met[/green]" if met else "[red]missed[/red]"
+        lines.append(f"target {mode} {figure} {sign} {bound}× {against}: {ratio:.2f}× {mark}")
+    return lines
+
+
+def plot(document: dict, path: Path) -> None:
+    """Ratios to the explicit proxy per mode, and the rule-scaling curves, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = [("ka1_rps", "keep-alive req/s, 1 conn"), ("ka16_rps", "keep-alive req/s, 16 conn"),
+               ("cps16", "new conn/s, 16"), ("crr1_p50_us", "connect+req p50 (lower is better)"),
+               ("bulk_mbps", "bulk Mbit/s")]
+    modes = [m for m in document["modes"] if m != "none"]
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    width = 0.8 / len(modes)
+    for index, mode in enumerate(modes):
+        values = [document["ratios"][mode].get(f) or 0 for f, _ in figures]
+        bars.bar([i + index * width for i in range(len(figures))], values, width, label=mode)
+    bars.axhline(1.0, color="black", linewidth=0.8)
+    bars.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(figures))])
+    bars.set_xticklabels([label for _, label in figures], rotation=15, ha="right", fontsize=8)
+    bars.set_ylabel("× explicit proxy")
+    bars.set_title("Each mode against the explicit proxy (the floor)")
+    bars.legend(fontsize=8)
+    for mode, by_size in document["scaling"].items():
+        sizes = [int(s) for s in by_size]
+        curves.plot(sizes, list(by_size.values()), marker="o", label=mode)
+    curves.set_xscale("log")
+    curves.set_ylim(bottom=0)
+    curves.set_xlabel("excluded CIDRs in the spec (none match)")
+    curves.set_ylabel("new connections/s, 16 at a time")
+    curves.set_title("Rule scaling")
+    curves.legend(fontsize=8)
+    env = document["env"]
+    fig.suptitle(f"accel bench: {env['kernel']}, {env['cpus']} CPUs, medians of {env['rounds']} rounds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

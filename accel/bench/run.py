@@ -1,0 +1,207 @@
+"""accel bench: every mode in a world of its own, the same workloads, rounds interleaved.
+
+Method (see docs/benchmarks.md): the pods' processes (load generator, sidecars, server) share one
+CPU and this runner keeps to another, so a figure is close to the CPU cost of one request or
+connection on that path; the VM's idle wake-ups would otherwise dominate. Each round runs every
+workload in every mode, the mode order rotated from round to round; a figure is the median over
+rounds, and each ratio divides it by the explicit-proxy median from the same rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .. import inputs
+from ..netns import unique_name
+from ..spec import CaptureSpec
+from .mesh import DIRECT_MODES, Mesh
+from .workloads import WORKLOADS, Tools, run_workload
+
+MODES = ("none", "explicit", "iptables-nft", "iptables-legacy", "nftables", "ebpf")
+MODE_CHOICES = (*MODES, "iptables", "nftables-sets")
+REFERENCE = "explicit"
+SCALING_SIZES = (10, 1000, 10000)
+SCALING_RANGE = ipaddress.ip_network("100.64.0.0/10")  # shared address space: never the server
+FIGURES = ("ka1_rps", "ka16_rps", "ka1_p50_us", "ka1_p99_us", "cps16", "crr1_p50_us", "crr1_p99_us", "bulk_mbps",
+           "conntrack_entries")
+LOWER_IS_BETTER = {"ka1_p50_us", "ka1_p99_us", "crr1_p50_us", "crr1_p99_us", "conntrack_entries"}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    modes: tuple[str, ...] = MODES
+    rounds: int = 5
+    seconds: int = 5
+    scaling_rounds: int = 5
+    scaling_sizes: tuple[int, ...] = SCALING_SIZES
+    workloads: tuple[str, ...] = WORKLOADS
+
+    @classmethod
+    def quick(cls, modes: tuple[str, ...] = MODES) -> BenchConfig:
+        """Every figure in about three minutes: fewer, shorter rounds."""
+        return cls(modes=modes, rounds=3, seconds=1, scaling_rounds=1)
+
+    def __post_init__(self):
+        unknown = [m for m in self.modes if m not in MODE_CHOICES]
+        if unknown:
+            raise ValueError(f"unknown mode {unknown[0]!r} (expected {', '.join(MODE_CHOICES)})")
+        if REFERENCE not in self.modes:
+            raise ValueError(f"modes must include {REFERENCE} (every ratio divides by it)")
+        if self.rounds < 1 or self.seconds < 1 or self.scaling_rounds < 0:
+            raise ValueError("rounds and seconds must be at least 1 (scaling rounds at least 0)")
+
+    @property
+    def capture_modes(self) -> tuple[str, ...]:
+        return tuple(m for m in self.modes if m not in DIRECT_MODES)
+
+    def measurements(self) -> int:
+        main = self.rounds * len(self.workloads) * len(self.modes)
+        return main + self.scaling_rounds * len(self.scaling_sizes) * (len(self.capture_modes) + 1)
+
+
+@dataclass
+class Samples:
+    """Every measured value, by mode and figure, in round order."""
+
+    values: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, mode: str, figures: dict[str, float], errors: int = 0) -> None:
+        for name, value in figures.items():
+            self.values.setdefault(mode, {}).setdefault(name, []).append(value)
+        self.errors[mode] = self.errors.get(mode, 0) + errors
+
+    def median(self, mode: str, figure: str) -> float | None:
+        values = self.values.get(mode, {}).get(figure)
+        return statistics.median(values) if values else None
+
+
+def stock_spec() -> CaptureSpec:
+    return inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS), {})
+
+
+def with_excluded_cidrs(spec_args: list[str], count: int) -> CaptureSpec:
+    """The stock spec plus `count` excluded /24s that never match the server."""
+    subnets = SCALING_RANGE.subnets(new_prefix=24)
+    cidrs = [str(next(subnets)) for _ in range(count)]
+    return inputs.from_istio_args([*spec_args, "-x", ",".join(cidrs)], {})
+
+
+def rotated(modes: tuple[str, ...], round_index: int) -> list[str]:
+    shift = round_index % len(modes)
+    return list(modes[shift:] + modes[:shift])
+
+
+def environment(config: BenchConfig, cpus: dict) -> dict:
+    def version(argv, pattern):
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "absent"
+        found = re.search(pattern, result.stdout + result.stderr)
+        return found.group(0) if found else "unknown"
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": model,
+            "pinning": cpus, "rounds": config.rounds, "seconds_per_run": config.seconds,
+            "scaling_rounds": config.scaling_rounds,
+            "tools": {"haproxy": version(["haproxy", "-v"], r"HAProxy version \S+"),
+                      "nginx": version(["nginx", "-v"], r"nginx/\S+"),
+                      "wrk": version(["wrk", "-v"], r"wrk \S+"),
+                      "iptables": version(["iptables", "--version"], r"iptables v\S+ \(\S+\)"),
+                      "nft": version(["nft", "--version"], r"nftables v\S+"),
+                      "python": platform.python_version()}}
+
+
+def _pinning() -> tuple[set[int] | None, set[int] | None]:
+    """(the pods' CPU, the runner's CPU): separate when there are two or more."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    return {available[-1]}, {available[0]}
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
+    """Build every mode's world, measure, and return the report document (see accel bench --help)."""
+    progress = progress or (lambda description: None)
+    pods_cpu, runner_cpu = _pinning()
+    spec_args = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
+    spec = stock_spec()
+    previous_affinity = os.sched_getaffinity(0)
+    workdir = Path("/tmp") / unique_name("accel-bench")
+    samples, scaling, install = Samples(), Samples(), {}
+    try:
+        tools = Tools.build(workdir)
+        if runner_cpu:
+            os.sched_setaffinity(0, runner_cpu)
+        with contextlib.ExitStack() as stack:
+            meshes = {}
+            for mode in config.modes:
+                progress(f"building {mode}")
+                meshes[mode] = stack.enter_context(Mesh(mode, spec, tools.bulk_file, pods_cpu))
+                meshes[mode].check_path()
+            for mode in config.modes:  # warm caches, neighbour entries and the sidecars
+                run_workload(meshes[mode], tools, "ka16", 1)
+            for round_index in range(config.rounds):
+                for workload in config.workloads:
+                    for mode in rotated(config.modes, round_index):
+                        progress(f"round {round_index + 1}/{config.rounds}: {workload} {mode}")
+                        run = run_workload(meshes[mode], tools, workload, config.seconds)
+                        samples.add(mode, run["figures"], run["errors"])
+                        samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"]})
+            scaled = (REFERENCE, *config.capture_modes)
+            for size in config.scaling_sizes if config.scaling_rounds else ():
+                sized = with_excluded_cidrs(spec_args, size)
+                for mode in config.capture_modes:
+                    progress(f"rule scaling: applying {size} excluded CIDRs, {mode}")
+                    started = time.perf_counter()
+                    meshes[mode].apply(sized)
+                    install.setdefault(mode, {})[str(size)] = round(time.perf_counter() - started, 3)
+                    meshes[mode].check_path()
+                for round_index in range(config.scaling_rounds):
+                    for mode in rotated(scaled, round_index):
+                        progress(f"rule scaling: {size} excluded CIDRs, round {round_index + 1}: {mode}")
+                        run = run_workload(meshes[mode], tools, "cps16", config.seconds)
+                        scaling.add(mode, {str(size): run["figures"]["cps16"]}, run["errors"])
+    finally:
+        os.sched_setaffinity(0, previous_affinity)
+        shutil.rmtree(workdir, ignore_errors=True)
+    cpus = {"pods": sorted(pods_cpu) if pods_cpu else "unpinned",
+            "runner": sorted(runner_cpu) if runner_cpu else "unpinned"}
+    return report(config, samples, scaling, install, environment(config, cpus))
+
+
+def report(config: BenchConfig, samples: Samples, scaling: Samples, install: dict, env: dict) -> dict:
+    modes, ratios = {}, {}
+    for mode in config.modes:
+        figures = {name: samples.median(mode, name) for name in FIGURES if name != "conntrack_entries"}
+        # the figure people ask about: entries left by connection-per-request traffic
+        figures["conntrack_entries"] = samples.median(mode, "conntrack_cps16")
+        figures["conntrack_by_workload"] = {w: samples.median(mode, f"conntrack_{w}") for w in config.workloads}
+        figures["crr1_cps"] = samples.median(mode, "crr1_cps")
+        figures["errors"] = samples.errors.get(mode, 0)
+        modes[mode] = figures
+    for mode in config.modes:
+        ratios[mode] = {name: _ratio(modes[mode].get(name), modes[REFERENCE].get(name)) for name in FIGURES}
+    scaled = {mode: {size: scaling.median(mode, size) for size in map(str, config.scaling_sizes)}
+              for mode in (REFERENCE, *config.capture_modes) if mode in scaling.values}
+    return {"env": env, "modes": modes, "ratios": ratios, "scaling": scaled,
+            "scaling_install_seconds": install, "samples": samples.values, "scaling_samples": scaling.values}
+
+
+def _ratio(value, reference):
+    if value is None or not reference:
+        return None
+    return round(value / reference, 4)
