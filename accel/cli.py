@@ -136,15 +136,20 @@ def spec_options(command):
               help="iptables: Istio's exact iptables-restore input (IPv4 block, then IPv6). "
                    "nftables: Istio's native nftables transaction (nft -f). ebpf: the programs "
                    "the eBPF backend attaches and the map entries that configure this pod.")
+@click.option("--nft-sets", is_flag=True,
+              help="With nftables: put CIDR and port lists in named interval sets, one rule each "
+                   "(beyond Istio; a new connection's cost no longer grows with the lists).")
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: backend, spec, warnings and the rules.")
-def render(backend, as_json, **spec_inputs):
+def render(backend, nft_sets, as_json, **spec_inputs):
     """Print the capture rules for a pod: what the backend would apply, without applying it.
 
     The iptables rendering is byte-for-byte what istio-iptables feeds iptables-restore; the
     nftables rendering is what istio-iptables --native-nftables applies; the ebpf rendering is
     the dry run of the eBPF backend: its programs and the map entries for this pod.
     """
+    if nft_sets and backend != "nftables":
+        raise SpecError("--nft-sets", backend, "only applies to --backend nftables")
     spec, warnings = spec_from_inputs(**spec_inputs)
     for note in warnings:
         click.echo(f"accel: warning: {note}", err=True)
@@ -159,7 +164,7 @@ def render(backend, as_json, **spec_inputs):
         except UnsupportedSpec as error:
             fail(f"the ebpf backend cannot capture this spec exactly: {error}; the nftables backend can")
     else:
-        text, families = render_nftables(spec), {}
+        text, families = render_nftables(spec, sets=nft_sets), {}
     if as_json:
         document = {"backend": backend, "spec": inputs.to_istio_config(spec), "warnings": warnings,
                     "text": text, **families}
@@ -175,8 +180,9 @@ COMPARE_EPILOG = (
     "  listeners each request reached and what the sidecar and servers saw, removes the\n"
     "  capture, and compares each outcome with the reference (the first iptables backend).\n"
     "\n\b\nBackends: iptables (variant chosen as istio-iptables does), iptables-nft,\n"
-    "  iptables-legacy, nftables, ebpf (socket hooks and sk_lookup: no NAT, no\n"
-    "  conntrack), none (no capture: the control, expected to differ).\n"
+    "  iptables-legacy, nftables, nftables-sets (its CIDR and port lists in sets),\n"
+    "  ebpf (socket hooks and sk_lookup: no NAT, no conntrack), none (no capture: the\n"
+    "  control, expected to differ).\n"
     "\n\b\nExit status: 0 every backend but none agrees on every case; 1 one differs (or a\n"
     "  backend failed); 2 bad input. Needs root.\n"
     "\n\b\nExamples:\n"
@@ -254,7 +260,8 @@ BENCH_EPILOG = (
 @click.option("--rounds", type=click.IntRange(1, 100), help="Rounds of every workload in every mode [default: 5].")
 @click.option("--seconds", type=click.IntRange(1, 600), help="Length of each run [default: 5].")
 @click.option("--modes", metavar="LIST",
-              help="Comma list of modes [default: none,explicit,iptables-nft,iptables-legacy,nftables,ebpf].")
+              help="Comma list of modes [default: none,explicit,iptables-nft,iptables-legacy,nftables,"
+                   "nftables-sets,ebpf]; also iptables (the variant istio-iptables would pick).")
 @click.option("--scaling/--no-scaling", default=True, show_default=True, help="Run the rule-scaling series.")
 @click.option("--json", "json_file", metavar="FILE", help="Write the figures as JSON to FILE (- for stdout).")
 @click.option("--plot", "plot_file", metavar="FILE.png", help="Draw the ratios and scaling curves to FILE.png.")

@@ -6,18 +6,20 @@ from .iptables import IptablesBackend
 from .nftables import NftablesBackend
 from .none import NoneBackend
 
-BACKEND_NAMES = ("iptables", "iptables-nft", "iptables-legacy", "nftables", "ebpf", "none")
+BACKEND_NAMES = ("iptables", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "none")
 
 
 def get_backend(name: str) -> Backend:
     """A fresh backend by name: iptables (variant chosen as istio-iptables does), iptables-nft,
-    iptables-legacy, nftables, ebpf, none."""
+    iptables-legacy, nftables, nftables-sets (CIDR and port lists in sets), ebpf, none."""
     if name == "iptables":
         return IptablesBackend()
     if name.startswith("iptables-") and name[len("iptables-"):] in ("nft", "legacy"):
         return IptablesBackend(name[len("iptables-"):])
     if name == "nftables":
         return NftablesBackend()
+    if name == "nftables-sets":
+        return NftablesBackend(sets=True)
     if name == "ebpf":
         return EbpfBackend()
     if name == "none":

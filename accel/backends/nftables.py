@@ -20,18 +20,23 @@ _TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
 
 
 class NftablesBackend(Backend):
-    name = "nftables"
+    """Istio's native nftables rule set; with `sets`, its CIDR and port lists as named sets."""
 
-    def __init__(self):
+    def __init__(self, sets: bool = False):
+        self.sets = sets
+        self.name = "nftables-sets" if sets else "nftables"
         self._applied: dict[str, tuple[list[str], CaptureSpec]] = {}
 
     def describe(self, target: Target) -> str:
+        if self.sets:
+            return ("Istio's nftables rule set with its CIDR and port lists as named interval sets (beyond "
+                    "Istio), applied as one libnftables transaction")
         return "Istio's native nftables rule set, applied as one libnftables transaction"
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
         if target.netns in self._applied:
             raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
-        transaction = render_nftables(spec)
+        transaction = render_nftables(spec, sets=self.sets)
         tables = _TABLE.findall(transaction)
         clash = sorted({f"inet {t}" for t in tables} & tables_in(target.netns))
         if clash:

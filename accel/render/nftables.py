@@ -103,9 +103,21 @@ class _Rule:
 
 
 class _Builder:
-    def __init__(self, spec: CaptureSpec):
+    def __init__(self, spec: CaptureSpec, sets: bool = False):
         self.ipv6 = spec.enable_ipv6
+        self.use_sets = sets
         self.rules: list[_Rule] = []
+        self.sets: dict[tuple[str, str], tuple[str, list[str]]] = {}  # (table, name) -> (type, elements)
+
+    def match_any(self, table: str, name: str, selector: str, set_type: str, elements: list[str]) -> list[str]:
+        """Matches for `selector` being any of `elements`: one per element, as Istio writes them,
+        or with sets, one match against a named set (a lookup, whatever its size)."""
+        if not elements:
+            return []
+        if not self.use_sets:
+            return [f"{selector} {element}" for element in elements]
+        self.sets[(table, name)] = (set_type, list(dict.fromkeys(elements)))
+        return [f"{selector} @{name}"]
 
     def add(self, table, chain, match, action, *, index=None):
         self.rules.append(_Rule(table, chain, match, action, index))
@@ -129,6 +141,13 @@ class _Builder:
             for chain, base in chains:
                 if chain in used:
                     out.append(f"add chain inet {table} {chain}" + (f" {{ {base} ; }}" if base else ""))
+            for (set_table, name), (set_type, elements) in self.sets.items():
+                if set_table != table:
+                    continue
+                # Intervals (CIDRs) may overlap in a spec: auto-merge folds them as nft requires.
+                flags = " flags interval ; auto-merge ;" if set_type.endswith("_addr") else ""
+                out += [f"add set inet {table} {name} {{ type {set_type} ;{flags} }}", f"flush set inet {table} {name}",
+                        f"add element inet {table} {name} {{ {', '.join(elements)} }}"]
             count: dict[str, int] = {}
             for rule in rules:
                 # iptables' "-I CHAIN 1" is index 0 here, but nft can only insert before an
@@ -142,8 +161,10 @@ class _Builder:
         return "".join(line + "\n" for line in out)
 
 
-def render_nftables(spec: CaptureSpec) -> str:
-    b = _Builder(spec)
+def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
+    """Istio's nftables transaction; with `sets`, beyond Istio, CIDR and port lists become named
+    sets matched in one rule each, so the cost of a new connection does not grow with them."""
+    b = _Builder(spec, sets)
     dns = spec.dns_capture
     tunnel = str(spec.inbound_tunnel_port)
     mark = str(spec.inbound_tproxy_mark)
@@ -172,9 +193,15 @@ def render_nftables(spec: CaptureSpec) -> str:
     _inbound(b, spec, lo4)
 
     b.add(NAT, OUTPUT_BASE, "", f"jump {OUTPUT}")
-    for port in spec.outbound_ports_exclude:
-        b.add(NAT, OUTPUT, f"tcp dport {port}", "return")
-        b.add(NAT, OUTPUT, f"udp dport {port}", "return")
+    excluded_ports = [str(p) for p in spec.outbound_ports_exclude]
+    if b.use_sets:  # both returns: the order of tcp and udp among them does not matter
+        for proto in ("tcp", "udp"):
+            for match in b.match_any(NAT, "outbound-ports-exclude", f"{proto} dport", "inet_service", excluded_ports):
+                b.add(NAT, OUTPUT, match, "return")
+    else:
+        for port in excluded_ports:
+            b.add(NAT, OUTPUT, f"tcp dport {port}", "return")
+            b.add(NAT, OUTPUT, f"udp dport {port}", "return")
     b.add(NAT, OUTPUT, "oifname lo ip saddr 127.0.0.6/32", "return")
     b.add6(NAT, OUTPUT, "oifname lo ip6 saddr ::6/128", "return")
 
@@ -201,12 +228,16 @@ def render_nftables(spec: CaptureSpec) -> str:
 
     b.add(NAT, OUTPUT, f"ip daddr {lo4}", "return")
     b.add6(NAT, OUTPUT, "ip6 daddr ::1/128", "return")
-    for cidr in spec.outbound_exclude(4):
-        b.add(NAT, OUTPUT, f"ip daddr {cidr_text(cidr)}", "return")
-    for cidr in spec.outbound_exclude(6):
-        b.add6(NAT, OUTPUT, f"ip6 daddr {cidr_text(cidr)}", "return")
-    for port in spec.outbound_ports_include:
-        b.add(NAT, OUTPUT, f"tcp dport {port}", f"jump {REDIRECT}")
+    for match in b.match_any(NAT, "outbound-exclude-v4", "ip daddr", "ipv4_addr",
+                             [cidr_text(c) for c in spec.outbound_exclude(4)]):
+        b.add(NAT, OUTPUT, match, "return")
+    if b.ipv6:
+        for match in b.match_any(NAT, "outbound-exclude-v6", "ip6 daddr", "ipv6_addr",
+                                 [cidr_text(c) for c in spec.outbound_exclude(6)]):
+            b.add6(NAT, OUTPUT, match, "return")
+    for match in b.match_any(NAT, "outbound-ports-include", "tcp dport", "inet_service",
+                             [str(p) for p in spec.outbound_ports_include]):
+        b.add(NAT, OUTPUT, match, f"jump {REDIRECT}")
     if spec.outbound_ip_ranges_include == WILDCARD:
         # One family-less jump: unlike iptables, this also captures IPv6 on a pod without IPv6.
         b.add(NAT, OUTPUT, "", f"jump {REDIRECT}")
@@ -214,11 +245,14 @@ def render_nftables(spec: CaptureSpec) -> str:
             b.add(NAT, PREROUTING, f"iifname {nic}", f"jump {REDIRECT}", index=0)
     else:
         for version, add, keyword in ((4, b.add, "ip"), (6, b.add6, "ip6")):
-            for cidr in spec.outbound_include(version):
+            if version == 6 and not b.ipv6:
+                continue
+            cidrs = [cidr_text(c) for c in spec.outbound_include(version)]
+            for match in b.match_any(NAT, f"outbound-include-v{version}", f"{keyword} daddr",
+                                     f"ipv{version}_addr", cidrs):
                 for nic in virtual:
-                    add(NAT, PREROUTING, f"iifname {nic} {keyword} daddr {cidr_text(cidr)}", f"jump {REDIRECT}",
-                        index=0)
-                add(NAT, OUTPUT, f"{keyword} daddr {cidr_text(cidr)}", f"jump {REDIRECT}")
+                    add(NAT, PREROUTING, f"iifname {nic} {match}", f"jump {REDIRECT}", index=0)
+                add(NAT, OUTPUT, match, f"jump {REDIRECT}")
 
     if spec.tproxy:
         b.add(MANGLE, PREROUTING, f"meta l4proto tcp mark {mark}", "ct mark set mark")
@@ -255,21 +289,24 @@ def _inbound(b: _Builder, spec: CaptureSpec, lo4: str):
         table = NAT
     b.add(table, PREROUTING, "meta l4proto tcp", f"jump {INBOUND}")
     if spec.inbound_ports_include == WILDCARD:
-        for excluded in spec.inbound_ports_exclude:
-            b.add(table, INBOUND, f"meta l4proto tcp tcp dport {excluded}", "return")
+        for match in b.match_any(table, "inbound-ports-exclude", "tcp dport", "inet_service",
+                                 [str(p) for p in spec.inbound_ports_exclude]):
+            b.add(table, INBOUND, f"meta l4proto tcp {match}", "return")
         if spec.tproxy:
             b.add(MANGLE, INBOUND, "meta l4proto tcp ct state related,established", f"jump {DIVERT}")
             b.add(MANGLE, INBOUND, "meta l4proto tcp", f"jump {TPROXY_CHAIN}")
         else:
             b.add(NAT, INBOUND, "meta l4proto tcp", f"jump {IN_REDIRECT}")
         return
-    for included in spec.inbound_ports_include:
+    # With a set, TPROXY's per-port pairs become one pair: the ports are disjoint, so each
+    # packet meets the same verdict.
+    for match in b.match_any(table, "inbound-ports-include", "tcp dport", "inet_service",
+                             [str(p) for p in spec.inbound_ports_include]):
         if spec.tproxy:
-            b.add(MANGLE, INBOUND, f"meta l4proto tcp ct state related,established tcp dport {included}",
-                  f"jump {DIVERT}")
-            b.add(MANGLE, INBOUND, f"meta l4proto tcp tcp dport {included}", f"jump {TPROXY_CHAIN}")
+            b.add(MANGLE, INBOUND, f"meta l4proto tcp ct state related,established {match}", f"jump {DIVERT}")
+            b.add(MANGLE, INBOUND, f"meta l4proto tcp {match}", f"jump {TPROXY_CHAIN}")
         else:
-            b.add(NAT, INBOUND, f"meta l4proto tcp tcp dport {included}", f"jump {IN_REDIRECT}")
+            b.add(NAT, INBOUND, f"meta l4proto tcp {match}", f"jump {IN_REDIRECT}")
 
 
 def _dns(b: _Builder, spec: CaptureSpec):

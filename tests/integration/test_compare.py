@@ -84,8 +84,9 @@ def first_hop(comparison, backend, case):
 
 def test_istio_init_default():
     spec = inputs.from_istio_args(DEFAULT, {})
-    result = compare(spec, ["iptables", "nftables", "ebpf", "none"])
-    assert result.mismatches("nftables") == 0 and result.mismatches("ebpf") == 0
+    result = compare(spec, ["iptables", "nftables", "nftables-sets", "ebpf", "none"])
+    for backend in ("nftables", "nftables-sets", "ebpf"):
+        assert result.mismatches(backend) == 0, backend
     captured = {c.name for c in result.cases if (first_hop(result, "iptables", c.name) or "").startswith("sidecar")}
     assert {"outbound-service", "inbound-app-port", "proxy-to-app-over-lo", "dns-tcp"} <= captured
     # the control: everything captured under iptables reaches its server directly instead
@@ -112,10 +113,10 @@ def test_istio_init_default():
 def test_nftables_and_ebpf_agree_for_each_option(name):
     args, env, ipv6, expected = SPECS[name]
     spec = inputs.from_istio_args(args, env, enable_ipv6=ipv6)
-    result = compare(spec, ["iptables", "nftables", "ebpf"])
+    result = compare(spec, ["iptables", "nftables", "nftables-sets", "ebpf"])
     observed = {case: first_hop(result, "iptables", case) for case in expected}
     assert observed == expected
-    for backend in ("nftables", "ebpf"):
+    for backend in ("nftables", "nftables-sets", "ebpf"):
         disagreements = {c.name: (result.runs[backend].outcomes[c.name], result.runs["iptables"].outcomes[c.name])
                          for c in result.cases if not result.agrees(backend, c)}
         assert not disagreements, backend

@@ -41,10 +41,11 @@ def test_iptables_restore_test_accepts(case, variant):
             assert result.returncode == 0, f"{argv[0]}: {result.stderr}"
 
 
+@pytest.mark.parametrize("sets", [False, True], ids=["rules", "sets"])
 @pytest.mark.parametrize("case", NFT_CASES, ids=[c.id for c in NFT_CASES])
-def test_nft_check_accepts(case):
+def test_nft_check_accepts(case, sets):
     with scratch() as ns:
-        result = ns.run(["nft", "-c", "-f", "-"], input=render_nftables(case.spec), check=False)
+        result = ns.run(["nft", "-c", "-f", "-"], input=render_nftables(case.spec, sets=sets), check=False)
         assert result.returncode == 0, result.stderr
 
 
@@ -138,6 +139,7 @@ def test_any_spec_renders_rules_the_kernel_accepts(check_namespace, spec):
         for argv, text in restore_commands(rules, variant, "--test"):
             result = ns.run(argv, input=text, check=False)
             assert result.returncode == 0, f"{argv[0]}: {result.stderr}\n{text}"
-    nft = render_nftables(spec)
-    result = ns.run(["nft", "-c", "-f", "-"], input=nft, check=False)
-    assert result.returncode == 0, f"{result.stderr}\n{nft}"
+    for sets in (False, True):
+        nft = render_nftables(spec, sets=sets)
+        result = ns.run(["nft", "-c", "-f", "-"], input=nft, check=False)
+        assert result.returncode == 0, f"{result.stderr}\n{nft}"
