@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import itertools
 import os
 import platform
 import re
@@ -28,8 +29,8 @@ from ..spec import CaptureSpec
 from .mesh import DIRECT_MODES, Mesh
 from .workloads import WORKLOADS, Tools, run_workload
 
-MODES = ("none", "explicit", "iptables-nft", "iptables-legacy", "nftables", "ebpf")
-MODE_CHOICES = (*MODES, "iptables", "nftables-sets")
+MODES = ("none", "explicit", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf")
+MODE_CHOICES = (*MODES, "iptables")
 REFERENCE = "explicit"
 SCALING_SIZES = (10, 1000, 10000)
 SCALING_RANGE = ipaddress.ip_network("100.64.0.0/10")  # shared address space: never the server
@@ -92,9 +93,9 @@ def stock_spec() -> CaptureSpec:
 
 
 def with_excluded_cidrs(spec_args: list[str], count: int) -> CaptureSpec:
-    """The stock spec plus `count` excluded /24s that never match the server."""
-    subnets = SCALING_RANGE.subnets(new_prefix=24)
-    cidrs = [str(next(subnets)) for _ in range(count)]
+    """The stock spec plus `count` excluded /26s that never match the server. Every other /26,
+    so that no two are adjacent: an interval set cannot merge them into a few ranges."""
+    cidrs = [str(net) for net in itertools.islice(SCALING_RANGE.subnets(new_prefix=26), 0, 2 * count, 2)]
     return inputs.from_istio_args([*spec_args, "-x", ",".join(cidrs)], {})
 
 
