@@ -80,5 +80,6 @@ class EbpfBackend(Backend):
                 "links": sorted(datapath.links), "sk_lookup": handle.sk_lookup_link is not None,
                 "inbound_listeners": sorted({2: "ipv4", 10: "ipv6"}[f] for f in handle.listeners),
                 "origins_in_flight": datapath.origins_in_flight(),
+                "prefix_entries": datapath.prefix_entries(target.netns),
                 "programs_from": datapath.compiled.objects.origin,
                 "programs_cache": str(datapath.compiled.objects.cache_file)}

@@ -20,12 +20,14 @@ anything is measured, that traffic really takes the path the mode claims.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from pathlib import Path
 
 from .. import process
 from ..backends import get_backend
+from ..backends.libnft import nft
 from ..lab import POD_ADDRESSES, Lab, LabPlan, conntrack_entries
 from ..spec import CaptureSpec
 
@@ -175,7 +177,24 @@ class Mesh:
     def conntrack_entries(self) -> int:
         return conntrack_entries(self.lab.pods[CLIENT].netns)
 
-    # -- proof of path ------------------------------------------------------------------------
+    # -- proof of path and of rule size -------------------------------------------------------
+
+    def capture_entries(self) -> int:
+        """What the kernel holds for the capture in the client pod, read back from it: iptables
+        rules, nftables rules plus set elements, or the pod's entries in the eBPF prefix trie."""
+        pod = self.lab.pods[CLIENT]
+        if self.backend is None:
+            return 0
+        if self.backend.name.startswith("iptables"):
+            variant = self.backend.status(pod)["variant"]
+            saved = process.run([f"iptables-{variant}-save", "-t", "nat"], netns=pod.netns).stdout
+            return sum(line.startswith("-A ") for line in saved.splitlines())
+        if self.backend.name.startswith("nftables"):
+            ruleset = json.loads(nft(pod.netns, "list ruleset", json_output=True) or '{"nftables": []}')
+            rules = sum("rule" in item for item in ruleset["nftables"])
+            elements = sum(len(item["set"].get("elem", [])) for item in ruleset["nftables"] if "set" in item)
+            return rules + elements
+        return self.backend.status(pod)["prefix_entries"]
 
     def stats_socket(self, role: str) -> Path:
         return self.lab.workdir / "haproxy" / f"{role}.sock"

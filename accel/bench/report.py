@@ -62,28 +62,63 @@ def print_report(document: dict, console: Console | None = None) -> None:
     console.print(f"[dim]{LEGEND}[/dim]")
 
     if document["scaling"]:
+        ratios = document["scaling_ratios"]
         sizes = list(next(iter(document["scaling"].values())))
-        scaling = Table(title="rule scaling: new connections/s with N excluded CIDRs (none match), and × its own "
-                              f"rate at N={sizes[0]}", title_justify="left")
+        first, last = sizes[0], sizes[-1]
+        scaling = Table(title="rule scaling: new connections/s with N excluded CIDRs (none match), and × explicit "
+                              "at the same N", title_justify="left", pad_edge=False)
         scaling.add_column("mode")
         for size in sizes:
             scaling.add_column(f"N={int(size):,}", justify="right")
-        scaling.add_column("install at the largest N", justify="right")
+        scaling.add_column(f"N={int(last):,}\nvs N={int(first):,}", justify="right")
+        scaling.add_column("kernel entries\nat the largest N", justify="right")
+        scaling.add_column("install", justify="right")
         for mode, by_size in document["scaling"].items():
-            first = by_size[sizes[0]]
-            cells = [f"{by_size[s]:,.0f}" + ("" if s == sizes[0] or not first else f" ({by_size[s] / first:.2f}×)")
-                     for s in sizes]
-            install = document["scaling_install_seconds"].get(mode, {}).get(sizes[-1])
-            scaling.add_row(mode, *cells, "-" if install is None else f"{install:.2f} s")
+            cells = [f"{by_size[s]:,.0f}" + (f" ({ratios[mode][s]:.2f}×)" if mode != REFERENCE and ratios[mode][s]
+                                              else "") for s in sizes]
+            keep = scaling_kept(document, mode)
+            entries = document["scaling_capture_entries"].get(mode, {}).get(last)
+            install = document["scaling_install_seconds"].get(mode, {}).get(last)
+            scaling.add_row(mode, *cells, "-" if keep is None or mode == REFERENCE else f"{keep:.2f}×",
+                            "-" if entries is None else f"{entries:,}",
+                            "-" if install is None else f"{install:.2f} s")
         console.print(scaling)
+        console.print(f"[dim]N={int(last):,} vs N={int(first):,}: the rate kept at the largest N, each measured "
+                      "against explicit in the same rounds (the VM's drift divided out). Kernel entries: rules, "
+                      "set elements or trie entries read back from the client pod.[/dim]")
 
-    for line in target_lines(document):
+    for line in path_lines(document) + target_lines(document):
         console.print(line)
     tools = env["tools"]
     console.print(f"[dim]{env['kernel']}, {env['cpus']} CPUs ({env['cpu_model']}); pods on CPU "
                   f"{env['pinning']['pods']}, runner on {env['pinning']['runner']}; {env['rounds']} rounds of "
                   f"{env['seconds_per_run']} s, mode order rotated; {tools['haproxy']}; {tools['nginx']}; "
                   f"{tools['wrk']}; {tools['iptables']}; {tools['nft']}.[/dim]")
+
+
+def path_lines(document: dict) -> list[str]:
+    """Whether every connection went through both sidecars (and none in mode none)."""
+    wrong = []
+    for mode, figures in document["modes"].items():
+        path = figures.get("path")
+        if not path:
+            continue
+        carried = min(path["sidecar_sessions"].values())
+        if (carried != 0) if mode == "none" else (carried < path["connections"]):
+            wrong.append(f"{mode} (sidecars {path['sidecar_sessions']}, connections {path['connections']})")
+    if wrong:
+        return [f"[red]path check failed: {'; '.join(wrong)}[/red]"]
+    return ["path check: in every mode but none, both sidecars carried every connection the clients made"]
+
+
+def scaling_kept(document: dict, mode: str) -> float | None:
+    """The rate a mode keeps at the largest N against the smallest, each × explicit at that N."""
+    by_size = document["scaling_ratios"].get(mode)
+    if not by_size:
+        return None
+    sizes = list(by_size)
+    first, last = by_size[sizes[0]], by_size[sizes[-1]]
+    return last / first if first and last else None
 
 
 def target_lines(document: dict) -> list[str]:
@@ -101,6 +136,11 @@ def target_lines(document: dict) -> list[str]:
         sign = "≥" if at_least else "≤"
         mark = "[green]met[/green]" if met else "[red]missed[/red]"
         lines.append(f"target {mode} {figure} {sign} {bound}× {against}: {ratio:.2f}× {mark}")
+    kept = scaling_kept(document, "ebpf")
+    if kept is not None:
+        mark = "[green]met[/green]" if kept >= 0.95 else "[red]missed[/red]"
+        lines.append(f"target ebpf keeps ≥ 0.95× its connection rate from the smallest to the largest N: "
+                     f"{kept:.2f}× {mark}")
     return lines
 
 

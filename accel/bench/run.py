@@ -142,7 +142,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     spec = stock_spec()
     previous_affinity = os.sched_getaffinity(0)
     workdir = Path("/tmp") / unique_name("accel-bench")
-    samples, scaling, install = Samples(), Samples(), {}
+    samples, scaling, install, entries, paths = Samples(), Samples(), {}, {}, {}
     try:
         tools = Tools.build(workdir)
         if runner_cpu:
@@ -155,13 +155,20 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                 meshes[mode].check_path()
             for mode in config.modes:  # warm caches, neighbour entries and the sidecars
                 run_workload(meshes[mode], tools, "ka16", 1)
+            sessions_before = {mode: meshes[mode].sidecar_sessions() for mode in config.modes}
             for round_index in range(config.rounds):
                 for workload in config.workloads:
                     for mode in rotated(config.modes, round_index):
                         progress(f"round {round_index + 1}/{config.rounds}: {workload} {mode}")
                         run = run_workload(meshes[mode], tools, workload, config.seconds)
                         samples.add(mode, run["figures"], run["errors"])
-                        samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"]})
+                        samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"],
+                                           "connections": run["connections"]})
+            for mode in config.modes:  # what the sidecars carried, against what the clients made
+                after = meshes[mode].sidecar_sessions()
+                paths[mode] = {"connections": sum(samples.values[mode]["connections"]),
+                               "sidecar_sessions": {role: after[role] - sessions_before[mode][role]
+                                                    for role in after}}
             scaled = (REFERENCE, *config.capture_modes)
             for size in config.scaling_sizes if config.scaling_rounds else ():
                 sized = with_excluded_cidrs(spec_args, size)
@@ -170,6 +177,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     started = time.perf_counter()
                     meshes[mode].apply(sized)
                     install.setdefault(mode, {})[str(size)] = round(time.perf_counter() - started, 3)
+                    entries.setdefault(mode, {})[str(size)] = meshes[mode].capture_entries()
                     meshes[mode].check_path()
                 for round_index in range(config.scaling_rounds):
                     for mode in rotated(scaled, round_index):
@@ -181,10 +189,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         shutil.rmtree(workdir, ignore_errors=True)
     cpus = {"pods": sorted(pods_cpu) if pods_cpu else "unpinned",
             "runner": sorted(runner_cpu) if runner_cpu else "unpinned"}
-    return report(config, samples, scaling, install, environment(config, cpus))
+    return report(config, samples, scaling, {"install_seconds": install, "capture_entries": entries},
+                  paths, environment(config, cpus))
 
 
-def report(config: BenchConfig, samples: Samples, scaling: Samples, install: dict, env: dict) -> dict:
+def report(config: BenchConfig, samples: Samples, scaling: Samples, applied: dict, paths: dict, env: dict) -> dict:
     modes, ratios = {}, {}
     for mode in config.modes:
         figures = {name: samples.median(mode, name) for name in FIGURES if name != "conntrack_entries"}
@@ -193,13 +202,20 @@ def report(config: BenchConfig, samples: Samples, scaling: Samples, install: dic
         figures["conntrack_by_workload"] = {w: samples.median(mode, f"conntrack_{w}") for w in config.workloads}
         figures["crr1_cps"] = samples.median(mode, "crr1_cps")
         figures["errors"] = samples.errors.get(mode, 0)
+        figures["path"] = paths.get(mode)
         modes[mode] = figures
     for mode in config.modes:
         ratios[mode] = {name: _ratio(modes[mode].get(name), modes[REFERENCE].get(name)) for name in FIGURES}
     scaled = {mode: {size: scaling.median(mode, size) for size in map(str, config.scaling_sizes)}
               for mode in (REFERENCE, *config.capture_modes) if mode in scaling.values}
-    return {"env": env, "modes": modes, "ratios": ratios, "scaling": scaled,
-            "scaling_install_seconds": install, "samples": samples.values, "scaling_samples": scaling.values}
+    # Against explicit at the same N, measured in the same rounds: what the rules cost, with the
+    # VM's drift over the series divided out.
+    scaling_ratios = {mode: {size: _ratio(value, scaled[REFERENCE][size]) for size, value in by_size.items()}
+                      for mode, by_size in scaled.items()} if REFERENCE in scaled else {}
+    return {"env": env, "modes": modes, "ratios": ratios, "scaling": scaled, "scaling_ratios": scaling_ratios,
+            "scaling_install_seconds": applied["install_seconds"],
+            "scaling_capture_entries": applied["capture_entries"],
+            "samples": samples.values, "scaling_samples": scaling.values}
 
 
 def _ratio(value, reference):

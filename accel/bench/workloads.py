@@ -85,7 +85,8 @@ def _wrk(mesh: Mesh, tools: Tools, seconds: float, connections: int, path: str =
 
 
 def run_workload(mesh: Mesh, tools: Tools, name: str, seconds: float) -> dict:
-    """One run: its figures, its errors, and the conntrack entries it left in the client pod."""
+    """One run: its figures, its errors, the connections it completed (at least), and the
+    conntrack entries it left in the client pod."""
     mesh.flush_conntrack()
     if name in ("ka1", "ka16"):
         connections = 1 if name == "ka1" else 16
@@ -96,15 +97,19 @@ def run_workload(mesh: Mesh, tools: Tools, name: str, seconds: float) -> dict:
     elif name == "cps16":
         run = _wrk(mesh, tools, seconds, 16, close=True)
         figures = {"cps16": run["requests"] / run["seconds"]}
+        connections = run["requests"]
     elif name == "crr1":
         address, port = mesh.target()
         run = _last_json(mesh.run_client([str(tools.crr), address, str(port), str(seconds)], timeout=seconds + 60),
                          "crr")
         figures = {"crr1_p50_us": run["p50_us"], "crr1_p99_us": run["p99_us"],
                    "crr1_cps": run["connections"] / run["seconds"]}
+        connections = run["connections"]
     elif name == "bulk":
         run = _wrk(mesh, tools, seconds, 1, path="/bulk")
         figures = {"bulk_mbps": run["bytes"] * 8 / run["seconds"] / 1e6}
+        connections = 1
     else:
         raise ValueError(f"unknown workload {name!r} (expected one of {', '.join(WORKLOADS)})")
-    return {"figures": figures, "errors": run["errors"] + run["non_2xx"], "conntrack_entries": mesh.conntrack_entries()}
+    return {"figures": figures, "errors": run["errors"] + run["non_2xx"], "connections": connections,
+            "conntrack_entries": mesh.conntrack_entries()}

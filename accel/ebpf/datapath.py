@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import struct
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,6 +220,13 @@ class Datapath:
                 os.close(fd)
             registered.append(family)
         return registered
+
+    def prefix_entries(self, netns: str) -> int:
+        """The pod's entries in the prefix trie, counted in the kernel's map."""
+        from .maps import PrefixKey
+
+        cookie = self.pods[netns].entries.netns.to_bytes(8, sys.byteorder)
+        return sum(bytes(key.netns) == cookie for key in libbpf.map_keys(self.compiled.maps["prefixes"], PrefixKey))
 
     def origins_in_flight(self) -> int:
         """Entries in the 4-tuple map: connections between apps and proxies right now."""
