@@ -43,6 +43,13 @@
 #define ACCEL_IN_CAPTURE     (1 << 7)  /* -b not empty */
 #define ACCEL_IN_ALL         (1 << 8)  /* -b '*' */
 #define ACCEL_TPROXY         (1 << 9)  /* inbound in TPROXY mode: the tunnel port is not exempt */
+/* Which lists are not empty: a connect() skips the lookups an empty list cannot answer. */
+#define ACCEL_HAS_OUT_PORTS_EXCLUDE (1 << 10)
+#define ACCEL_HAS_OUT_PORTS_INCLUDE (1 << 11)
+#define ACCEL_HAS_OUT_EXCLUDE       (1 << 12)  /* excluded CIDRs, either family */
+#define ACCEL_HAS_OUT_INCLUDE       (1 << 13)  /* included CIDRs, either family */
+#define ACCEL_HAS_GROUPS_EXCLUDE    (1 << 14)
+#define ACCEL_HAS_IN_PORTS_EXCLUDE  (1 << 15)
 
 struct accel_pod {
 	__u16 proxy_port;    /* -p, host byte order */
@@ -89,6 +96,10 @@ struct accel_group_key {
 #define PREFIX_EXCLUDE 2  /* -x */
 #define PREFIX_LOCAL   3  /* the pod's local routes: addresses whose traffic leaves by lo */
 #define PREFIX_DNS     4  /* resolv.conf's nameservers */
+/* In the kind byte: an IPv6 prefix. IPv4 addresses are kept IPv4-mapped, so without it an IPv6
+ * range such as ::/0 or ::ffff:0:0/96 would also cover IPv4 destinations, which ip6tables never
+ * sees. */
+#define PREFIX_V6      0x80
 #define PREFIX_KEY_BITS (64 + 8)  /* bits of netns and kind before the address */
 
 struct accel_prefix_key {

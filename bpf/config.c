@@ -11,13 +11,19 @@
 #ifndef ACCEL_CONFIG_C
 #define ACCEL_CONFIG_C
 
+/* The configuration of the pod whose network namespace has this cookie; NULL: not meshed. */
+static __always_inline struct accel_pod *pod_of(__u64 netns)
+{
+	return pods.lookup(&netns);
+}
+
 static __always_inline int has_prefix(__u64 netns, __u8 kind, const __u8 *addr)
 {
 	struct accel_prefix_key key = {};
 
 	key.prefixlen = PREFIX_KEY_BITS + 128;
 	__builtin_memcpy(key.netns, &netns, 8);
-	key.kind = kind;
+	key.kind = kind | (is_mapped(addr) ? 0 : PREFIX_V6);
 	__builtin_memcpy(key.addr, addr, 16);
 	return prefixes.lookup(&key) != NULL;
 }

@@ -66,18 +66,11 @@ static __always_inline void bind_pod_address(struct bpf_sock_addr *ctx, const st
 
 static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow *f, int socket_v6, int bound)
 {
-	__u64 netns = bpf_get_netns_cookie(ctx);
-	struct accel_pod *pod = pods.lookup(&netns);
+	__u64 netns;
+	struct accel_pod *pod;
+	int verdict = decide_for_caller(ctx, f, &netns, &pod);
 
-	if (!pod)
-		return 1;
-	__u64 ids = bpf_get_current_uid_gid();
-
-	f->uid = (__u32)ids;
-	f->gid = (__u32)(ids >> 32);
-	int verdict = decide(netns, pod, f);
-
-	if (verdict == VERDICT_PASS)
+	if (verdict == VERDICT_PASS || !pod)
 		return 1;
 	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
@@ -87,11 +80,10 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 	origin->port = bpf_htons(f->port);
 	origin->kind = verdict == VERDICT_INBOUND ? ORIGIN_INBOUND : verdict == VERDICT_DNS ? ORIGIN_DNS
 											     : ORIGIN_OUTBOUND;
-	int local = has_prefix(netns, PREFIX_LOCAL, f->dst);
 	__u8 addr[16];
-	__u16 port = proxy_address(pod, verdict, f, local, addr);
+	__u16 port = proxy_address(pod, verdict, f, f->local, addr);
 
-	if (verdict == VERDICT_DNS && !local && !bound)
+	if (verdict == VERDICT_DNS && !f->local && !bound)
 		bind_pod_address(ctx, pod, f->v4, socket_v6);
 	set_user_addr(ctx, addr, socket_v6);
 	ctx->user_port = bpf_htons(port);

@@ -23,6 +23,7 @@ struct accel_flow {
 	__u8 tcp;         /* TCP, else UDP */
 	__u8 v4;          /* an IPv4 flow (also through an IPv6 socket, mapped) */
 	__u8 passthrough; /* the socket is bound to 127.0.0.6 or ::6, the proxy's inbound source */
+	__u8 local;       /* filled by decide(): the destination is one of the pod's local addresses */
 	__u32 uid;
 	__u32 gid;
 };
@@ -49,16 +50,19 @@ static __always_inline int owner_rules(const struct accel_pod *pod, const struct
 	return -1;
 }
 
-static __always_inline int decide(__u64 netns, const struct accel_pod *pod, const struct accel_flow *f)
+static __always_inline int decide(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
 {
 	int verdict, i;
 
+	f->local = 0;
 	if (!f->v4 && !(pod->flags & ACCEL_IPV6))
 		return VERDICT_PASS;  /* no ip6tables rules at all for a pod without IPv6 */
 	/* -o: excluded ports, TCP and UDP */
-	if (has_port(netns, f->port, PORT_OUT_EXCLUDE))
+	if ((pod->flags & ACCEL_HAS_OUT_PORTS_EXCLUDE) && has_port(netns, f->port, PORT_OUT_EXCLUDE))
 		return VERDICT_PASS;
-	int local = has_prefix(netns, PREFIX_LOCAL, f->dst);
+	int local = is_loopback(f->dst) || has_prefix(netns, PREFIX_LOCAL, f->dst);
+
+	f->local = local;
 	/* -o lo -s 127.0.0.6/32 (::6/128): the proxy's inbound passthrough */
 	if (local && f->passthrough)
 		return VERDICT_PASS;
@@ -80,7 +84,7 @@ static __always_inline int decide(__u64 netns, const struct accel_pod *pod, cons
 	}
 	/* owner groups: capture only the included groups, or all but the excluded ones */
 	if (pod->flags & ACCEL_GROUPS_ALL) {
-		if (has_group(netns, f->gid, GROUP_EXCLUDE))
+		if ((pod->flags & ACCEL_HAS_GROUPS_EXCLUDE) && has_group(netns, f->gid, GROUP_EXCLUDE))
 			return VERDICT_PASS;
 	} else if (!has_group(netns, f->gid, GROUP_INCLUDE)) {
 		return VERDICT_PASS;
@@ -91,18 +95,33 @@ static __always_inline int decide(__u64 netns, const struct accel_pod *pod, cons
 		return VERDICT_DNS;
 	if (is_loopback_cidr(pod, f->dst))
 		return VERDICT_PASS;
-	if (has_prefix(netns, PREFIX_EXCLUDE, f->dst))
+	if ((pod->flags & ACCEL_HAS_OUT_EXCLUDE) && has_prefix(netns, PREFIX_EXCLUDE, f->dst))
 		return VERDICT_PASS;
 	/* ISTIO_REDIRECT only redirects TCP */
 	if (!f->tcp)
 		return VERDICT_PASS;
-	if (has_port(netns, f->port, PORT_OUT_INCLUDE))
+	if ((pod->flags & ACCEL_HAS_OUT_PORTS_INCLUDE) && has_port(netns, f->port, PORT_OUT_INCLUDE))
 		return VERDICT_OUTBOUND;
 	if (pod->flags & (f->v4 ? ACCEL_OUT_ALL_V4 : ACCEL_OUT_ALL_V6))
 		return VERDICT_OUTBOUND;
-	if (has_prefix(netns, PREFIX_INCLUDE, f->dst))
+	if ((pod->flags & ACCEL_HAS_OUT_INCLUDE) && has_prefix(netns, PREFIX_INCLUDE, f->dst))
 		return VERDICT_OUTBOUND;
 	return VERDICT_PASS;
+}
+
+/* The verdict for a socket of the calling process, and its pod (NULL: not meshed, PASS). */
+static __always_inline int decide_for_caller(void *ctx, struct accel_flow *f, __u64 *netns,
+					     struct accel_pod **pod)
+{
+	*netns = bpf_get_netns_cookie(ctx);
+	*pod = pod_of(*netns);
+	if (!*pod)
+		return VERDICT_PASS;
+	__u64 ids = bpf_get_current_uid_gid();
+
+	f->uid = (__u32)ids;
+	f->gid = (__u32)(ids >> 32);
+	return decide(*netns, *pod, f);
 }
 
 #endif /* ACCEL_DECIDE_H */

@@ -14,16 +14,10 @@
 
 static __always_inline int capture_datagram(struct bpf_sock_addr *ctx, struct accel_flow *f, int socket_v6)
 {
-	__u64 netns = bpf_get_netns_cookie(ctx);
-	struct accel_pod *pod = pods.lookup(&netns);
+	__u64 netns;
+	struct accel_pod *pod;
 
-	if (!pod)
-		return 1;
-	__u64 ids = bpf_get_current_uid_gid();
-
-	f->uid = (__u32)ids;
-	f->gid = (__u32)(ids >> 32);
-	if (decide(netns, pod, f) != VERDICT_DNS)
+	if (decide_for_caller(ctx, f, &netns, &pod) != VERDICT_DNS || !pod)
 		return 1;
 	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
@@ -32,7 +26,7 @@ static __always_inline int capture_datagram(struct bpf_sock_addr *ctx, struct ac
 	__builtin_memcpy(origin->addr, f->dst, 16);
 	origin->port = bpf_htons(f->port);
 	origin->kind = ORIGIN_DNS;
-	int local = has_prefix(netns, PREFIX_LOCAL, f->dst);
+	int local = f->local;
 
 	if (socket_v6) {
 		__u8 addr[16];

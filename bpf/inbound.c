@@ -52,7 +52,7 @@ int inbound(struct bpf_sk_lookup *ctx)
 	if (pod->flags & ACCEL_IN_ALL) {
 		if (!(pod->flags & ACCEL_TPROXY) && port == pod->tunnel_port)
 			return SK_PASS;
-		if (has_port(netns, port, PORT_IN_EXCLUDE))
+		if ((pod->flags & ACCEL_HAS_IN_PORTS_EXCLUDE) && has_port(netns, port, PORT_IN_EXCLUDE))
 			return SK_PASS;
 	} else if (!has_port(netns, port, PORT_IN_INCLUDE)) {
 		return SK_PASS;

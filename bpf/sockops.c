@@ -32,14 +32,20 @@ static __always_inline void tuple_of(struct bpf_sock_ops *skops, __u64 netns, st
 
 int sockops(struct bpf_sock_ops *skops)
 {
-	__u64 netns = bpf_get_netns_cookie(skops);
 	struct accel_tuple t = {};
-	struct bpf_sock *sk = skops->sk;
+	__u32 op = skops->op;
 
+	/* Most callbacks (RTT, window, ECN, established...) are not ours: leave at once. */
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return 1;
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
-	switch (skops->op) {
+	__u64 netns = bpf_get_netns_cookie(skops);
+
+	switch (op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
+		struct bpf_sock *sk = skops->sk;
+
 		if (!sk)
 			return 1;
 		struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, 0);

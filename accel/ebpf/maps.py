@@ -29,10 +29,18 @@ GROUPS_ALL = 1 << 6
 IN_CAPTURE = 1 << 7
 IN_ALL = 1 << 8
 TPROXY = 1 << 9
+# which lists are not empty (the programs skip lookups in empty ones)
+HAS_OUT_PORTS_EXCLUDE = 1 << 10
+HAS_OUT_PORTS_INCLUDE = 1 << 11
+HAS_OUT_EXCLUDE = 1 << 12
+HAS_OUT_INCLUDE = 1 << 13
+HAS_GROUPS_EXCLUDE = 1 << 14
+HAS_IN_PORTS_EXCLUDE = 1 << 15
 
 PORT_OUT_EXCLUDE, PORT_OUT_INCLUDE, PORT_IN_EXCLUDE, PORT_IN_INCLUDE = 1, 2, 3, 4
 GROUP_INCLUDE, GROUP_EXCLUDE = 1, 2
 PREFIX_INCLUDE, PREFIX_EXCLUDE, PREFIX_LOCAL, PREFIX_DNS = 1, 2, 3, 4
+PREFIX_V6 = 0x80  # in the kind byte: an IPv6 prefix never covers an IPv4(-mapped) address
 PREFIX_KEY_BITS = 64 + 8
 AF_INET, AF_INET6 = 2, 10
 
@@ -110,7 +118,8 @@ def _network_u32(address: ipaddress.IPv4Address) -> int:
 def _prefix(netns: int, kind: int, network) -> PrefixKey:
     bits = network.prefixlen + (96 if network.version == 4 else 0)
     return PrefixKey(prefixlen=PREFIX_KEY_BITS + bits, netns=(ctypes.c_uint8 * 8)(*netns.to_bytes(8, sys.byteorder)),
-                     kind=kind, addr=U8x16(*mapped(network.network_address)))
+                     kind=kind | (PREFIX_V6 if network.version == 6 else 0),
+                     addr=U8x16(*mapped(network.network_address)))
 
 
 @dataclass
@@ -163,6 +172,12 @@ def pod_entries(spec: CaptureSpec, netns: int, local_networks: list, pod_address
     flags |= IN_CAPTURE if spec.captures_inbound else 0
     flags |= IN_ALL if spec.inbound_ports_include == WILDCARD else 0
     flags |= TPROXY if spec.tproxy else 0
+    flags |= HAS_OUT_PORTS_EXCLUDE if spec.outbound_ports_exclude else 0
+    flags |= HAS_OUT_PORTS_INCLUDE if spec.outbound_ports_include else 0
+    flags |= HAS_OUT_EXCLUDE if spec.outbound_exclude(4) or spec.outbound_exclude(6) else 0
+    flags |= HAS_OUT_INCLUDE if any(spec.outbound_include(v) not in (WILDCARD, ()) for v in (4, 6)) else 0
+    flags |= HAS_GROUPS_EXCLUDE if spec.owner_groups_include == WILDCARD and spec.owner_groups_exclude else 0
+    flags |= HAS_IN_PORTS_EXCLUDE if spec.inbound_ports_include == WILDCARD and spec.inbound_ports_exclude else 0
     v4 = next((a for a in pod_addresses if a.version == 4), None)
     v6 = next((a for a in pod_addresses if a.version == 6), None)
     loopback = spec.host_ipv4_loopback_cidr.network

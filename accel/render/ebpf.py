@@ -33,7 +33,11 @@ PROGRAMS = [
 ]
 FLAG_NAMES = {maps.IPV6: "ipv6", maps.DNS: "dns", maps.DNS_ALL: "dns-all", maps.OUT_ALL_V4: "outbound-all-v4",
               maps.OUT_ALL_V6: "outbound-all-v6", maps.INCLUDE_LO: "include-lo", maps.GROUPS_ALL: "groups-all",
-              maps.IN_CAPTURE: "inbound-capture", maps.IN_ALL: "inbound-all", maps.TPROXY: "tproxy"}
+              maps.IN_CAPTURE: "inbound-capture", maps.IN_ALL: "inbound-all", maps.TPROXY: "tproxy",
+              maps.HAS_OUT_PORTS_EXCLUDE: "has-outbound-ports-exclude",
+              maps.HAS_OUT_PORTS_INCLUDE: "has-outbound-ports-include", maps.HAS_OUT_EXCLUDE: "has-outbound-exclude",
+              maps.HAS_OUT_INCLUDE: "has-outbound-include", maps.HAS_GROUPS_EXCLUDE: "has-groups-exclude",
+              maps.HAS_IN_PORTS_EXCLUDE: "has-inbound-ports-exclude"}
 PORT_KINDS = {maps.PORT_OUT_EXCLUDE: "outbound-exclude", maps.PORT_OUT_INCLUDE: "outbound-include",
               maps.PORT_IN_EXCLUDE: "inbound-exclude", maps.PORT_IN_INCLUDE: "inbound-include"}
 GROUP_KINDS = {maps.GROUP_INCLUDE: "include", maps.GROUP_EXCLUDE: "exclude"}
@@ -53,7 +57,7 @@ def _ip(raw: bytes) -> str:
 def _prefix(key: maps.PrefixKey) -> str:
     bits = key.prefixlen - maps.PREFIX_KEY_BITS
     address = ipaddress.IPv6Address(bytes(key.addr))
-    if address.ipv4_mapped is not None and bits >= 96:
+    if not key.kind & maps.PREFIX_V6:
         return str(ipaddress.ip_network(f"{address.ipv4_mapped}/{bits - 96}"))
     return str(ipaddress.ip_network(f"{address}/{bits}"))
 
@@ -77,7 +81,8 @@ def render_ebpf(spec: CaptureSpec) -> dict:
                      "host_loopback": str(ipaddress.ip_network(f"{_v4(pod.loopback_v4)}/{_v4(pod.loopback_v4_mask)}"))},
             "ports": [{"kind": PORT_KINDS[k.kind], "port": k.port} for k in entries.ports],
             "groups": [{"kind": GROUP_KINDS[k.kind], "gid": k.gid} for k in entries.groups],
-            "prefixes": [{"kind": PREFIX_KINDS[k.kind], "cidr": _prefix(k)} for k in entries.prefixes],
+            "prefixes": [{"kind": PREFIX_KINDS[k.kind & ~maps.PREFIX_V6], "cidr": _prefix(k)}
+                         for k in entries.prefixes],
         },
         "at_apply": AT_APPLY,
     }

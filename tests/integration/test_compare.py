@@ -55,6 +55,10 @@ SPECS = {
                              {}, True, {"outbound-excluded-cidr-v6": "remote tcp:8080",
                                         "inbound-app-port-v6": "sidecar inbound",
                                         "inbound-outside-include-v6": "pod tcp:9090"}),
+    # an IPv6 range never covers IPv4 destinations, not even ::/0 or IPv4-mapped ones
+    "ipv6-all-excluded": (["-i", "*", "-b", "*", "-x", "::/0"], {}, True,
+                          {"outbound-service": "sidecar outbound", "outbound-service-mapped": "sidecar outbound",
+                           "outbound-excluded-cidr-v6": "remote tcp:8080"}),
     "loopback-include": (["-i", "127.1.2.3/32"], {}, False,
                          {"outbound-service": "sidecar outbound", "outbound-outside-include": "remote tcp:8080"}),
 }

@@ -30,7 +30,7 @@ def test_stock_sidecar_entries():
     e = entries(spec)
     pod = e.pod
     assert (pod.proxy_port, pod.inbound_port, pod.tunnel_port, pod.dns_port) == (15001, 15006, 15008, 15053)
-    assert pod.flags == m.OUT_ALL_V4 | m.OUT_ALL_V6 | m.GROUPS_ALL | m.IN_CAPTURE | m.IN_ALL
+    assert pod.flags == m.OUT_ALL_V4 | m.OUT_ALL_V6 | m.GROUPS_ALL | m.IN_CAPTURE | m.IN_ALL | m.HAS_IN_PORTS_EXCLUDE
     assert (pod.n_uids, pod.uids[0], pod.n_gids, pod.gids[0]) == (1, 1337, 1, 1337)
     assert sorted((k.port, k.kind) for k in e.ports) == [(p, m.PORT_IN_EXCLUDE) for p in (15020, 15021, 15090)]
     assert all(k.netns == NETNS for k in e.ports)
@@ -38,7 +38,7 @@ def test_stock_sidecar_entries():
     assert ipaddress.IPv4Address(pod.pod_v4.to_bytes(4, "little")) == ipaddress.ip_address("198.18.0.10")
     assert ipaddress.IPv4Address(pod.loopback_v4.to_bytes(4, "little")) == ipaddress.ip_address("127.0.0.1")
     assert ipaddress.IPv4Address(pod.loopback_v4_mask.to_bytes(4, "little")) == ipaddress.ip_address("255.255.255.255")
-    assert {k.kind for k in e.prefixes} == {m.PREFIX_LOCAL}  # '*' needs no include prefixes
+    assert {k.kind & ~m.PREFIX_V6 for k in e.prefixes} == {m.PREFIX_LOCAL}  # '*' needs no include prefixes
     assert [bytes(a.addr) for a in e.addresses] == [m.mapped(a) for a in ADDRESSES]
 
 
@@ -50,8 +50,9 @@ def test_prefixes_count_netns_and_kind_bits_and_map_ipv4():
     for key in entries(spec).prefixes:
         by_kind.setdefault(key.kind, []).append((key.prefixlen, bytes(key.addr)))
     assert by_kind[m.PREFIX_INCLUDE] == [
-        (72 + 96 + 12, m.mapped(ipaddress.ip_address("10.96.0.0"))),  # host bits cleared, as the kernel does
-        (72 + 32, ipaddress.ip_address("2001:db8::").packed)]
+        (72 + 96 + 12, m.mapped(ipaddress.ip_address("10.96.0.0")))]  # host bits cleared, as the kernel does
+    # IPv6 prefixes carry their family in the kind: ::/0 must never cover IPv4-mapped addresses
+    assert by_kind[m.PREFIX_INCLUDE | m.PREFIX_V6] == [(72 + 32, ipaddress.ip_address("2001:db8::").packed)]
     assert by_kind[m.PREFIX_EXCLUDE] == [(72 + 96 + 16, m.mapped(ipaddress.ip_address("10.96.0.0")))]
     assert by_kind[m.PREFIX_DNS] == [(72 + 128, m.mapped(ipaddress.ip_address("10.96.0.10")))]
     assert bytes(entries(spec).prefixes[0].netns) == NETNS.to_bytes(8, "little")
@@ -62,9 +63,13 @@ def test_flags_follow_the_spec():
                        capture_all_dns=True, enable_ipv6=True, owner_groups_include=("2345",),
                        outbound_ip_ranges_include=parse_cidrs("127.1.2.3/32", "f"))
     e = entries(spec)
-    assert e.pod.flags == m.IPV6 | m.DNS | m.DNS_ALL | m.INCLUDE_LO | m.IN_CAPTURE | m.TPROXY
+    assert e.pod.flags == m.IPV6 | m.DNS | m.DNS_ALL | m.INCLUDE_LO | m.IN_CAPTURE | m.TPROXY | m.HAS_OUT_INCLUDE
     assert [(k.gid, k.kind) for k in e.groups] == [(2345, m.GROUP_INCLUDE)]
     assert [(k.port, k.kind) for k in e.ports] == [(8080, m.PORT_IN_INCLUDE)]
+    lists = CaptureSpec(outbound_ports_exclude=(9000,), outbound_ports_include=(5432,), owner_groups_exclude=("7",),
+                        outbound_ip_ranges_exclude=parse_cidrs("2001:db8::/32", "x"))
+    assert entries(lists).pod.flags & 0xFC00 == (m.HAS_OUT_PORTS_EXCLUDE | m.HAS_OUT_PORTS_INCLUDE | m.HAS_OUT_EXCLUDE
+                                                 | m.HAS_GROUPS_EXCLUDE)
     # --redirect-dns without servers is no DNS capture, as in istio-iptables
     assert not entries(CaptureSpec(redirect_dns=True)).pod.flags & m.DNS
 
