@@ -1,0 +1,97 @@
+"""accel bench --quick: every figure, each from a real run (sidecar sessions, kernel entries,
+conntrack), never a timing asserted."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from accel.bench.run import FIGURES, MODES, SCALING_SIZES
+from accel.cli import main
+
+pytestmark = pytest.mark.privileged
+
+LINEAR = ("iptables-nft", "iptables-legacy", "nftables")
+NETFILTER = (*LINEAR, "nftables-sets")
+CAPTURE = (*NETFILTER, "ebpf")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("bench")
+    result = CliRunner().invoke(main, ["bench", "--quick", "--json", str(directory / "bench.json"),
+                                       "--plot", str(directory / "bench.png")])
+    assert result.exit_code == 0, result.output
+    return result.stdout, json.loads((directory / "bench.json").read_text()), (directory / "bench.png").read_bytes()
+
+
+def test_every_figure_for_every_mode(quick):
+    _, document, _ = quick
+    assert list(document["modes"]) == list(MODES)
+    for mode, figures in document["modes"].items():
+        assert figures["errors"] == 0, mode
+        for name in FIGURES:
+            assert figures[name] is not None, (mode, name)
+        for name in ("ka1_rps", "ka16_rps", "cps16", "bulk_mbps", "crr1_p50_us", "ka1_p50_us"):
+            assert figures[name] > 0, (mode, name)
+        assert figures["crr1_p99_us"] >= figures["crr1_p50_us"] and figures["ka1_p99_us"] >= figures["ka1_p50_us"]
+        for name in FIGURES:
+            assert len(document["samples"][mode].get(name, document["samples"][mode].get("conntrack_cps16"))) == 3
+    assert all(value == 1 for value in document["ratios"]["explicit"].values() if value is not None)
+    assert document["ratios"]["none"]["cps16"] == pytest.approx(
+        document["modes"]["none"]["cps16"] / document["modes"]["explicit"]["cps16"], rel=1e-3)
+    env = document["env"]
+    assert env["kernel"] and env["cpus"] >= 1 and "HAProxy" in env["tools"]["haproxy"]
+
+
+def test_every_connection_went_through_both_sidecars(quick):
+    _, document, _ = quick
+    for mode, figures in document["modes"].items():
+        path = figures["path"]
+        assert path["connections"] > 1000, mode
+        carried = path["sidecar_sessions"]
+        if mode == "none":
+            assert carried == {"pod": 0, "remote": 0}
+        else:
+            assert min(carried.values()) >= path["connections"], mode
+
+
+def test_conntrack_entries_come_from_the_runs(quick):
+    _, document, _ = quick
+    modes = document["modes"]
+    for mode in NETFILTER:  # at least one entry per two connections of the cps16 run just made
+        assert modes[mode]["conntrack_entries"] >= modes[mode]["cps16"] * 0.5, mode
+        assert modes[mode]["conntrack_by_workload"]["ka16"] >= 16, mode
+    for mode in ("none", "explicit", "ebpf"):
+        assert modes[mode]["conntrack_entries"] == 0 and not any(modes[mode]["conntrack_by_workload"].values())
+
+
+def test_rule_scaling_installs_the_rules_it_claims(quick):
+    _, document, _ = quick
+    sizes = [str(n) for n in SCALING_SIZES]
+    assert list(document["scaling"]) == ["explicit", *CAPTURE]
+    for mode in CAPTURE:
+        assert all(document["scaling"][mode][size] > 0 for size in sizes)
+        entries = document["scaling_capture_entries"][mode]
+        assert entries["10"] < 100 and entries["10000"] >= 10000, (mode, entries)
+        assert document["scaling_ratios"][mode]["10000"] == pytest.approx(
+            document["scaling"][mode]["10000"] / document["scaling"]["explicit"]["10000"], rel=1e-3)
+
+
+def test_table_and_plot(quick):
+    output, _, png = quick
+    assert "accel bench: medians" in output and "rule scaling" in output
+    assert "path check: in every mode but none, both sidecars carried every connection" in output
+    assert "target ebpf cps16" in output
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--modes", "iptables,bogus"], "unknown mode 'bogus'"),
+    (["--modes", "none,ebpf"], "must include explicit"),
+    (["--plot", "out.svg"], "must name a .png file"),
+    (["--rounds", "0"], "0 is not in the range"),
+])
+def test_bad_options_change_nothing(argv, needle):
+    result = CliRunner().invoke(main, ["bench", *argv])
+    assert result.exit_code == 2 and needle in result.output
