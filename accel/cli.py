@@ -274,8 +274,11 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file):
     from dataclasses import replace
 
     from .backends import BackendError
-    from .bench.report import plot, print_report
+    from .bench.report import plot, print_report, progress_bar
+    from .bench.mesh import MeshError
     from .bench.run import MODES, BenchConfig, run_bench
+    from .bench.workloads import ToolError
+    from .lab import LabError
 
     chosen = tuple(dict.fromkeys(split_list(modes))) if modes else MODES
     try:
@@ -288,19 +291,10 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file):
         raise SpecError("--plot", plot_file, "must name a .png file")
     if os.geteuid() != 0:
         fail("accel bench needs root (it builds network namespaces, loads rules and BPF)", 1)
-    err = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err, transient=True) as progress:
-        task = progress.add_task("building the modes' pods", total=config.measurements())
-
-        def step(description: str):
-            if not description.startswith(("building", "rule scaling: applying")):
-                progress.advance(task)
-            progress.update(task, description=description)
-
+    with progress_bar(Console(stderr=True), config.measurements()) as step:
         try:
             document = run_bench(config, step)
-        except BackendError as error:
+        except (BackendError, LabError, MeshError, ToolError) as error:
             fail(str(error), 1)
     if json_file == "-":
         click.echo(json.dumps(document, indent=2))

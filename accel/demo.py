@@ -70,6 +70,8 @@ def run_demo(console: Console | None = None) -> None:
         result = compare(spec, backends, progress=lambda: progress.advance(task))
     print_table(result, console)
 
+    _bench_section(console)
+
 
 def _ebpf_section(spec, console: Console, verbatim) -> None:
     from .backends import get_backend
@@ -106,6 +108,21 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
 def _bpf_ids() -> set[tuple[str, int]]:
     return {(kind, item["id"]) for kind in ("prog", "map", "link")
             for item in json.loads(run(["bpftool", "-j", kind, "show"]).stdout or "[]")}
+
+
+def _bench_section(console: Console) -> None:
+    from .bench.report import print_report, progress_bar
+    from .bench.run import BenchConfig, run_bench
+
+    config = BenchConfig.quick()
+    console.rule("[bold]6. The cost: accel bench --quick")
+    console.print("A client pod and a server pod per mode, each with a HAProxy sidecar (uid 1337), nginx "
+                  "serving; the same workloads through each mode, rounds interleaved. Quick: "
+                  f"{config.rounds} rounds of {config.seconds} s, so expect noise of ±10%; "
+                  "docs/benchmarks.md has a full run.")
+    with progress_bar(console, config.measurements()) as step:
+        document = run_bench(config, step)
+    print_report(document, console)
 
 
 def _without_comments(text: str) -> str:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .run import LOWER_IS_BETTER, REFERENCE
@@ -43,6 +45,22 @@ def _cell(document: dict, mode: str, figure: str, fmt: str) -> str:
     better = ratio < 1 if figure in LOWER_IS_BETTER else ratio > 1
     colour = "green" if better else "red" if abs(ratio - 1) > 0.03 else "default"
     return f"{fmt.format(value)}\n[{colour}]{ratio:.2f}×[/{colour}]"
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, total: int):
+    """A progress bar for run_bench: yields its progress callback."""
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("building the modes' pods", total=total)
+
+        def step(what: str, measured: bool):
+            if measured:
+                progress.advance(task)
+            else:
+                progress.update(task, description=what)
+
+        yield step
 
 
 def print_report(document: dict, console: Console | None = None) -> None:

@@ -134,9 +134,10 @@ def _pinning() -> tuple[set[int] | None, set[int] | None]:
     return {available[-1]}, {available[0]}
 
 
-def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> dict:
-    """Build every mode's world, measure, and return the report document (see accel bench --help)."""
-    progress = progress or (lambda description: None)
+def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None) -> dict:
+    """Build every mode's world, measure, and return the report document (see accel bench --help).
+    progress(what, measured) is told what starts, and once more after each measurement."""
+    progress = progress or (lambda what, measured: None)
     pods_cpu, runner_cpu = _pinning()
     spec_args = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
     spec = stock_spec()
@@ -150,7 +151,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         with contextlib.ExitStack() as stack:
             meshes = {}
             for mode in config.modes:
-                progress(f"building {mode}")
+                progress(f"building {mode}", False)
                 meshes[mode] = stack.enter_context(Mesh(mode, spec, tools.bulk_file, pods_cpu))
                 meshes[mode].check_path()
             for mode in config.modes:  # warm caches, neighbour entries and the sidecars
@@ -159,8 +160,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             for round_index in range(config.rounds):
                 for workload in config.workloads:
                     for mode in rotated(config.modes, round_index):
-                        progress(f"round {round_index + 1}/{config.rounds}: {workload} {mode}")
+                        progress(f"round {round_index + 1}/{config.rounds}: {workload} {mode}", False)
                         run = run_workload(meshes[mode], tools, workload, config.seconds)
+                        progress("", True)
                         samples.add(mode, run["figures"], run["errors"])
                         samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"],
                                            "connections": run["connections"]})
@@ -173,7 +175,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             for size in config.scaling_sizes if config.scaling_rounds else ():
                 sized = with_excluded_cidrs(spec_args, size)
                 for mode in config.capture_modes:
-                    progress(f"rule scaling: applying {size} excluded CIDRs, {mode}")
+                    progress(f"rule scaling: applying {size} excluded CIDRs, {mode}", False)
                     started = time.perf_counter()
                     meshes[mode].apply(sized)
                     install.setdefault(mode, {})[str(size)] = round(time.perf_counter() - started, 3)
@@ -181,8 +183,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
                     meshes[mode].check_path()
                 for round_index in range(config.scaling_rounds):
                     for mode in rotated(scaled, round_index):
-                        progress(f"rule scaling: {size} excluded CIDRs, round {round_index + 1}: {mode}")
+                        progress(f"rule scaling: {size} excluded CIDRs, round {round_index + 1}: {mode}", False)
                         run = run_workload(meshes[mode], tools, "cps16", config.seconds)
+                        progress("", True)
                         scaling.add(mode, {str(size): run["figures"]["cps16"]}, run["errors"])
     finally:
         os.sched_setaffinity(0, previous_affinity)

@@ -12,7 +12,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import process
 from ..backends import get_backend
 from ..lab import Lab, LabPlan, conntrack_entries
 from ..spec import CaptureSpec

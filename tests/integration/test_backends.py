@@ -2,7 +2,7 @@
 
 import pytest
 
-from accel import inputs, process
+from accel import inputs
 from accel.backends import BackendError, get_backend
 from accel.netns import ScratchNetns
 from accel.render import render_iptables

@@ -34,6 +34,9 @@ def test_demo_reads_rules_back_from_the_kernel_and_leaves_nothing():
     # the comparison on real traffic
     assert "nftables, ebpf captured exactly what iptables captured" in " ".join(out.split())
     assert "outbound-service" in out and "proxy-out" in out
+    # the benchmark
+    assert "accel bench: medians" in out and "rule scaling" in out
+    assert "path check: in every mode but none" in " ".join(out.split())
     assert accel_namespaces() == before
 
 
