@@ -49,7 +49,19 @@ def _cell(document: dict, mode: str, figure: str, fmt: str) -> str:
 
 @contextlib.contextmanager
 def progress_bar(console: Console, total: int):
-    """A progress bar for run_bench: yields its progress callback."""
+    """A progress bar for run_bench: yields its progress callback. Without a terminal (a log, CI),
+    a line at each new phase instead."""
+    if not console.is_terminal:
+        done, phase = [0], [None]
+
+        def log(what: str, measured: bool):
+            done[0] += measured
+            if what and what.split(":")[0] != phase[0]:
+                phase[0] = what.split(":")[0]
+                console.print(f"accel bench: {phase[0]} ({done[0]}/{total} runs done)", highlight=False)
+
+        yield log
+        return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         task = progress.add_task("building the modes' pods", total=total)

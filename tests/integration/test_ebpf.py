@@ -210,3 +210,25 @@ def test_probe_finds_every_feature_and_can_fail():
     assert not _program(libbpf.PROG_CGROUP_SOCK_ADDR, 1000)[0]  # an attach type no kernel has
     assert not _map(libbpf.MAP_SK_STORAGE, 4, 4, 1)[0]  # socket storage without BTF types
     assert len(RETURN_1) == 16
+
+
+def test_a_local_route_for_a_whole_range_counts_as_local():
+    """AnyIP: `ip route add local 10.77.0.0/16 dev lo` makes a range local. The proxy's own
+    connection into it is hairpinned to its inbound listener under iptables (-o lo); the eBPF
+    datapath must look it up in its prefix trie, not only among single local addresses."""
+    plan = LabPlan(sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    outcomes = {}
+    with Lab(plan) as lab:
+        pod = lab.pods["pod"]
+        process.run(["ip", "route", "add", "local", "10.77.0.0/16", "dev", "lo"], netns=pod.netns).check_returncode()
+        for name in ("iptables", "ebpf", "none"):
+            backend = get_backend(name)
+            backend.apply(pod, STOCK)
+            try:
+                lab.client("pod", proto="tcp", dst="10.77.0.5", port=8080, token=name, uid=1337, gid=1337)
+                outcomes[name] = [e["agent"] for e in lab.events(name)]
+            finally:
+                backend.remove(pod)
+    assert outcomes["iptables"] == ["sidecar", "pod"]
+    assert outcomes["ebpf"] == outcomes["iptables"]
+    assert outcomes["none"] == ["pod"]
