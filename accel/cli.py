@@ -265,7 +265,8 @@ BENCH_EPILOG = (
 @click.option("--scaling/--no-scaling", default=True, show_default=True, help="Run the rule-scaling series.")
 @click.option("--json", "json_file", metavar="FILE", help="Write the figures as JSON to FILE (- for stdout).")
 @click.option("--plot", "plot_file", metavar="FILE.png", help="Draw the ratios and scaling curves to FILE.png.")
-def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file):
+@click.option("--markdown", "markdown_file", metavar="FILE", help="Write the tables as Markdown to FILE.")
+def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown_file):
     """Benchmark capture: iptables, nftables and eBPF against an explicit proxy, on real traffic.
 
     Prints a table of medians with each figure's ratio to the explicit proxy, the rule-scaling
@@ -274,7 +275,7 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file):
     from dataclasses import replace
 
     from .backends import BackendError
-    from .bench.report import plot, print_report, progress_bar
+    from .bench.report import markdown, plot, print_report, progress_bar
     from .bench.mesh import MeshError
     from .bench.run import MODES, BenchConfig, run_bench
     from .bench.workloads import ToolError
@@ -304,6 +305,8 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file):
             Path(json_file).write_text(json.dumps(document, indent=2) + "\n")
     if plot_file:
         plot(document, Path(plot_file))
+    if markdown_file:
+        Path(markdown_file).write_text(markdown(document))
 
 
 def spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf):

@@ -174,6 +174,35 @@ def target_lines(document: dict) -> list[str]:
     return lines
 
 
+def markdown(document: dict) -> str:
+    """The main and scaling tables as Markdown, for publishing a run."""
+    modes = list(document["modes"])
+    lines = ["| figure | " + " | ".join(modes) + " |", "|---|" + "---:|" * len(modes)]
+    for figure, label, fmt in ROWS:
+        cells = []
+        for mode in modes:
+            value, ratio = document["modes"][mode].get(figure), document["ratios"][mode].get(figure)
+            text = "-" if value is None else fmt.format(value)
+            cells.append(text if mode == REFERENCE or ratio is None else f"{text} ({ratio:.2f}×)")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if document["scaling"]:
+        sizes = list(next(iter(document["scaling"].values())))
+        lines += ["", "| mode | " + " | ".join(f"N={int(s):,}" for s in sizes)
+                  + f" | N={int(sizes[-1]):,} vs N={int(sizes[0]):,} | kernel entries | install |",
+                  "|---|" + "---:|" * (len(sizes) + 3)]
+        for mode, by_size in document["scaling"].items():
+            ratios = document["scaling_ratios"][mode]
+            cells = [f"{by_size[s]:,.0f}" + ("" if mode == REFERENCE else f" ({ratios[s]:.2f}×)") for s in sizes]
+            kept = scaling_kept(document, mode)
+            entries = document["scaling_capture_entries"].get(mode, {}).get(sizes[-1])
+            install = document["scaling_install_seconds"].get(mode, {}).get(sizes[-1])
+            lines.append(f"| {mode} | " + " | ".join(cells) + " | "
+                         + ("-" if mode == REFERENCE or kept is None else f"{kept:.2f}×") + " | "
+                         + ("-" if entries is None else f"{entries:,}") + " | "
+                         + ("-" if install is None else f"{install:.2f} s") + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(document: dict, path: Path) -> None:
     """Ratios to the explicit proxy per mode, and the rule-scaling curves, as one PNG."""
     import matplotlib
@@ -185,26 +214,30 @@ def plot(document: dict, path: Path) -> None:
                ("cps16", "new conn/s, 16"), ("crr1_p50_us", "connect+req p50 (lower is better)"),
                ("bulk_mbps", "bulk Mbit/s")]
     modes = [m for m in document["modes"] if m != "none"]
+    colours = {mode: f"C{index}" for index, mode in enumerate(modes)}  # one colour a mode, in both charts
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / len(modes)
     for index, mode in enumerate(modes):
         values = [document["ratios"][mode].get(f) or 0 for f, _ in figures]
-        bars.bar([i + index * width for i in range(len(figures))], values, width, label=mode)
+        bars.bar([i + index * width for i in range(len(figures))], values, width, label=mode, color=colours[mode])
     bars.axhline(1.0, color="black", linewidth=0.8)
     bars.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(figures))])
     bars.set_xticklabels([label for _, label in figures], rotation=15, ha="right", fontsize=8)
     bars.set_ylabel("× explicit proxy")
     bars.set_title("Each mode against the explicit proxy (the floor)")
-    bars.legend(fontsize=8)
-    for mode, by_size in document["scaling"].items():
+    bars.legend(loc="lower left", fontsize=7, ncol=3, framealpha=0.9)
+    for mode, by_size in document["scaling_ratios"].items():
+        if mode == REFERENCE:
+            continue
         sizes = [int(s) for s in by_size]
-        curves.plot(sizes, list(by_size.values()), marker="o", label=mode)
+        curves.plot(sizes, list(by_size.values()), marker="o", label=mode, color=colours.get(mode))
+    curves.axhline(1.0, color="black", linewidth=0.8)
     curves.set_xscale("log")
     curves.set_ylim(bottom=0)
     curves.set_xlabel("excluded CIDRs in the spec (none match)")
-    curves.set_ylabel("new connections/s, 16 at a time")
+    curves.set_ylabel("new connections/s, × explicit at the same N")
     curves.set_title("Rule scaling")
-    curves.legend(fontsize=8)
+    curves.legend(loc="lower left", fontsize=7, framealpha=0.9)
     env = document["env"]
     fig.suptitle(f"accel bench: {env['kernel']}, {env['cpus']} CPUs, medians of {env['rounds']} rounds", fontsize=10)
     fig.tight_layout()
