@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -79,7 +80,7 @@ def print_report(document: dict, console: Console | None = None) -> None:
     console = console or Console()
     env = document["env"]
     table = Table(title="accel bench: medians, and × the explicit proxy (the floor for any capture)",
-                  title_justify="left", show_lines=True, pad_edge=False)
+                  title_justify="left", show_lines=True, pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
     modes = list(document["modes"])
     table.add_column("")
     for mode in modes:
@@ -96,15 +97,16 @@ def print_report(document: dict, console: Console | None = None) -> None:
         sizes = list(next(iter(document["scaling"].values())))
         first, last = sizes[0], sizes[-1]
         scaling = Table(title="rule scaling: new connections/s with N excluded CIDRs (none match), and × explicit "
-                              "at the same N", title_justify="left", pad_edge=False)
+                              "at the same N", title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD,
+                        collapse_padding=True)
         scaling.add_column("mode")
         for size in sizes:
             scaling.add_column(f"N={int(size):,}", justify="right")
         scaling.add_column(f"N={int(last):,}\nvs N={int(first):,}", justify="right")
-        scaling.add_column("kernel entries\nat the largest N", justify="right")
+        scaling.add_column("kernel\nentries", justify="right")
         scaling.add_column("install", justify="right")
         for mode, by_size in document["scaling"].items():
-            cells = [f"{by_size[s]:,.0f}" + (f" ({ratios[mode][s]:.2f}×)" if mode != REFERENCE and ratios[mode][s]
+            cells = [f"{by_size[s]:,.0f}" + (f"\n{ratios[mode][s]:.2f}×" if mode != REFERENCE and ratios[mode][s]
                                               else "") for s in sizes]
             keep = scaling_kept(document, mode)
             entries = document["scaling_capture_entries"].get(mode, {}).get(last)
@@ -114,8 +116,8 @@ def print_report(document: dict, console: Console | None = None) -> None:
                             "-" if install is None else f"{install:.2f} s")
         console.print(scaling)
         console.print(f"[dim]N={int(last):,} vs N={int(first):,}: the rate kept at the largest N, each measured "
-                      "against explicit in the same rounds (the VM's drift divided out). Kernel entries: rules, "
-                      "set elements or trie entries read back from the client pod.[/dim]")
+                      "against explicit in the same rounds (the VM's drift divided out). Kernel entries (at the "
+                      "largest N): rules, set elements or trie entries read back from the client pod.[/dim]")
 
     for line in path_lines(document) + target_lines(document):
         console.print(line)

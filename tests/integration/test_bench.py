@@ -20,9 +20,10 @@ CAPTURE = (*NETFILTER, "ebpf")
 def quick(tmp_path_factory):
     directory = tmp_path_factory.mktemp("bench")
     result = CliRunner().invoke(main, ["bench", "--quick", "--json", str(directory / "bench.json"),
-                                       "--plot", str(directory / "bench.png")])
+                                       "--plot", str(directory / "bench.png"), "--markdown", str(directory / "bench.md")])
     assert result.exit_code == 0, result.output
-    return result.stdout, json.loads((directory / "bench.json").read_text()), (directory / "bench.png").read_bytes()
+    files = {name: (directory / f"bench.{name}").read_bytes() for name in ("png", "md")}
+    return result.stdout, json.loads((directory / "bench.json").read_text()), files
 
 
 def test_every_figure_for_every_mode(quick):
@@ -78,12 +79,16 @@ def test_rule_scaling_installs_the_rules_it_claims(quick):
             document["scaling"][mode]["10000"] / document["scaling"]["explicit"]["10000"], rel=1e-3)
 
 
-def test_table_and_plot(quick):
-    output, _, png = quick
+def test_table_plot_and_markdown(quick):
+    output, document, files = quick
     assert "accel bench: medians" in output and "rule scaling" in output
-    assert "path check: in every mode but none, both sidecars carried every connection" in output
+    assert "path check: in every mode but none, both sidecars carried every connection" in " ".join(output.split())
     assert "target ebpf cps16" in output
-    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    assert files["png"].startswith(b"\x89PNG") and len(files["png"]) > 20_000
+    markdown = files["md"].decode()
+    assert markdown.startswith("| figure | none | explicit |")
+    assert f"| cps16 conn/s | {document['modes']['none']['cps16']:,.0f} (" in markdown
+    assert "| ebpf | " in markdown and "N=10,000 vs N=10" in markdown
 
 
 @pytest.mark.parametrize("argv, needle", [
