@@ -1,8 +1,9 @@
 """What bcc's Python API lacks, from libbpf (Debian's libbpf1) through ctypes.
 
 bpf_link attachments (cgroup hooks and sk_lookup), raw map updates (bcc has no SOCKHASH
-table), program loads and probes for `accel probe`, and pidfd_getfd to borrow a proxy's
-listening socket. Errors come back as OSError with the kernel's errno.
+table), program loads and map creation (for the compiled-program cache and the probes), BTF,
+and pidfd_getfd to borrow a proxy's listening socket. Errors come back as OSError with the
+kernel's errno.
 """
 
 from __future__ import annotations
@@ -115,14 +116,6 @@ _lib.bpf_prog_load.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, c
 _lib.bpf_prog_load.restype = ctypes.c_int
 
 
-def prog_load(prog_type: int, instructions: bytes, attach_type: int = 0) -> int:
-    """Load raw BPF instructions (used by the probes); returns the program fd."""
-    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type)
-    buffer = ctypes.create_string_buffer(instructions, len(instructions))
-    return _check(_lib.bpf_prog_load(prog_type, b"accel_probe", b"Dual BSD/GPL", buffer, len(instructions) // 8,
-                                     ctypes.byref(opts)), "bpf_prog_load")
-
-
 _lib.bpf_map_create.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32,
                                 ctypes.c_void_p]
 _lib.bpf_map_create.restype = ctypes.c_int
@@ -133,12 +126,6 @@ class _MapCreateOpts(ctypes.Structure):  # the head of struct bpf_map_create_opt
                 ("btf_value_type_id", ctypes.c_uint32), ("btf_vmlinux_value_type_id", ctypes.c_uint32),
                 ("inner_map_fd", ctypes.c_uint32), ("map_flags", ctypes.c_uint32), ("map_extra", ctypes.c_uint64),
                 ("numa_node", ctypes.c_uint32), ("map_ifindex", ctypes.c_uint32)]
-
-
-def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, flags: int = 0) -> int:
-    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=flags)
-    return _check(_lib.bpf_map_create(map_type, b"accel_probe", key_size, value_size, max_entries,
-                                      ctypes.byref(opts)), "bpf_map_create")
 
 
 _lib.libbpf_probe_bpf_helper.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
@@ -213,8 +200,9 @@ def btf_load(data: bytes) -> int:
     return _check(_lib.bpf_btf_load(buffer, len(data), None), "bpf_btf_load")
 
 
-def map_create_named(name: str, info: dict, btf_fd: int = 0) -> int:
-    """A map like the one `info` (a MapInfo as a dict) describes, with BTF types from btf_fd."""
+def map_create(name: str, info: dict, btf_fd: int = 0) -> int:
+    """A map as `info` defines it (type, key_size, value_size, max_entries, map_flags, and for a
+    typed map the BTF key and value type ids, which come from btf_fd)."""
     opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=info["map_flags"])
     if info.get("btf_value_type_id"):
         opts.btf_fd, opts.btf_key_type_id = btf_fd, info["btf_key_type_id"]
@@ -223,9 +211,8 @@ def map_create_named(name: str, info: dict, btf_fd: int = 0) -> int:
                                       info["max_entries"], ctypes.byref(opts)), f"bpf_map_create({name})")
 
 
-def prog_load_named(name: str, prog_type: int, attach_type: int, instructions: bytes, license: str) -> int:
+def prog_load(name: str, prog_type: int, attach_type: int, instructions: bytes, license: str) -> int:
     """Load a program under its own name; a verifier refusal comes back with the verifier's log."""
-    log = ctypes.create_string_buffer(1 << 20)
     opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type, log_level=0)
     buffer = ctypes.create_string_buffer(instructions, len(instructions))
     fd = _lib.bpf_prog_load(prog_type, name.encode()[:15], license.encode(), buffer, len(instructions) // 8,
@@ -233,6 +220,7 @@ def prog_load_named(name: str, prog_type: int, attach_type: int, instructions: b
     if fd >= 0:
         return fd
     error = ctypes.get_errno()
+    log = ctypes.create_string_buffer(1 << 20)  # load again, only to hear why
     opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type, log_level=1,
                          log_size=len(log), log_buf=ctypes.cast(log, ctypes.c_char_p))
     _lib.bpf_prog_load(prog_type, name.encode()[:15], license.encode(), buffer, len(instructions) // 8,

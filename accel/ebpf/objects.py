@@ -175,14 +175,14 @@ def _instantiate(record: dict, origin: str, path: Path) -> Objects:
             btf_fds[btf_id] = libbpf.btf_load(base64.b64decode(blob))
             objects._fds.append(btf_fds[btf_id])
         for name, definition in record["maps"].items():
-            fd = libbpf.map_create_named(name, definition, btf_fds.get(definition["btf"], 0))
+            fd = libbpf.map_create(name, definition, btf_fds.get(definition["btf"], 0))
             objects._fds.append(fd)
             objects.maps[name] = {"fd": fd, **definition}
         for name, program in record["programs"].items():
             code = bytearray(base64.b64decode(program["instructions"]))
             for index, map_name in program["relocations"]:
                 struct.pack_into("<i", code, index * 8 + 4, objects.maps[map_name]["fd"])
-            fd = libbpf.prog_load_named(name, program["type"], program["attach"], bytes(code), record["license"])
+            fd = libbpf.prog_load(name, program["type"], program["attach"], bytes(code), record["license"])
             objects._fds.append(fd)
             objects.programs[name] = fd
         for fd in btf_fds.values():  # the maps hold their BTF now
@@ -234,9 +234,4 @@ def _write(path: Path, record: dict) -> None:
                 stale.unlink(missing_ok=True)
     except OSError:
         pass
-
-
-def sizes(objects: Objects, name: str) -> tuple[int, int]:
-    definition = objects.maps[name]
-    return definition["key_size"], definition["value_size"]
 

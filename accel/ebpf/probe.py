@@ -17,6 +17,7 @@ from . import libbpf
 
 RETURN_1 = bytes([0xB7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])  # r0 = 1; exit
 BPF_F_NO_PREALLOC = 1
+PROBE = "accel_probe"  # the name bpftool would show, for the instant a probe object exists
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,7 @@ class Feature:
 
 def _program(prog_type: int, attach_type: int = 0) -> tuple[bool, str]:
     try:
-        os.close(libbpf.prog_load(prog_type, RETURN_1, attach_type))
+        os.close(libbpf.prog_load(PROBE, prog_type, attach_type, RETURN_1, "Dual BSD/GPL"))
         return True, "loads"
     except OSError as error:
         return False, error.strerror
@@ -36,7 +37,8 @@ def _program(prog_type: int, attach_type: int = 0) -> tuple[bool, str]:
 
 def _map(map_type: int, key: int, value: int, flags: int = 0) -> tuple[bool, str]:
     try:
-        os.close(libbpf.map_create(map_type, key, value, 16, flags))
+        os.close(libbpf.map_create(PROBE, {"type": map_type, "key_size": key, "value_size": value,
+                                           "max_entries": 16, "map_flags": flags}))
         return True, "creates"
     except OSError as error:
         return False, error.strerror
@@ -57,7 +59,7 @@ def _socket_storage() -> tuple[bool, str]:
     except OSError as error:
         return False, f"BTF load: {error.strerror}"
     try:
-        os.close(libbpf.map_create_named("accel_probe", {
+        os.close(libbpf.map_create(PROBE, {
             "type": libbpf.MAP_SK_STORAGE, "key_size": 4, "value_size": 4, "max_entries": 0,
             "map_flags": BPF_F_NO_PREALLOC, "btf_key_type_id": 1, "btf_value_type_id": 1}, btf))
         return True, "creates"
