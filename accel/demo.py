@@ -8,8 +8,6 @@ compares, on real traffic, what each backend captures with what iptables capture
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 
 from rich.console import Console
@@ -75,12 +73,17 @@ def run_demo(console: Console | None = None) -> None:
 
 def _ebpf_section(spec, console: Console, verbatim) -> None:
     from .backends import get_backend
+    from .ebpf.inspect import bpf_objects, sk_lookup_links
     from .lab import Lab, LabPlan
     from .lab.lab import wait_for
 
     console.rule("[bold]4. eBPF: no rules, programs shared by every pod, and map entries for this one")
     verbatim(render_ebpf_text(spec))
-    before = _bpf_ids()
+    before = bpf_objects()
+
+    def left() -> int:  # objects that were not there before
+        return sum(len(objects - before[kind]) for kind, objects in bpf_objects().items())
+
     with Lab(LabPlan()) as lab:
         pod, backend = lab.pods["pod"], get_backend("ebpf")
         backend.apply(pod, spec)
@@ -89,25 +92,16 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
             cgroup = pod.node_cgroup.path
             console.rule(f"read back from the kernel: bpftool cgroup show {cgroup}", style="dim")
             verbatim(run(["bpftool", "cgroup", "show", str(cgroup)]).stdout)
-            links = json.loads(run(["bpftool", "-j", "link", "show"]).stdout or "[]")
-            inode = os.stat(f"/run/netns/{pod.netns}").st_ino
             console.rule(f"bpftool link show: sk_lookup in netns {pod.netns}", style="dim")
-            for link in links:
-                if link.get("attach_type") == "sk_lookup" and link.get("netns_ino") == inode:
-                    verbatim(f"link {link['id']}: program {link['prog_id']}, sk_lookup, netns_ino {inode}")
+            for link in sk_lookup_links(pod.netns):
+                verbatim(f"link {link['id']}: program {link['prog_id']}, sk_lookup, netns_ino {link['netns_ino']}")
         finally:
             backend.remove(pod)
     source = ("compiled by bcc, then cached" if status["programs_from"] == "compiled"
               else "loaded from the node's cache, without bcc")
-    wait_for(lambda: not _bpf_ids() - before, timeout=5)  # the kernel frees maps after an RCU grace period
-    left = _bpf_ids() - before
+    wait_for(lambda: left() == 0, timeout=5)  # the kernel frees maps after an RCU grace period
     console.print(f"[dim]Programs {source}: {status['programs_cache']}. After removal, BPF programs, maps and "
-                  f"links left: {len(left)}. Lab removed: {not lab.exists()}.[/dim]")
-
-
-def _bpf_ids() -> set[tuple[str, int]]:
-    return {(kind, item["id"]) for kind in ("prog", "map", "link")
-            for item in json.loads(run(["bpftool", "-j", kind, "show"]).stdout or "[]")}
+                  f"links left: {left()}. Lab removed: {not lab.exists()}.[/dim]")
 
 
 def _bench_section(console: Console) -> None:

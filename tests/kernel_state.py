@@ -41,26 +41,3 @@ def rule_state(netns: str | None) -> dict[str, str]:
 
 def host_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in process.run(["ip", "-o", "link"]).stdout.splitlines()}
-
-
-def bpf_objects() -> dict[str, set]:
-    """The BPF programs, maps and links in the kernel now, by id and name (bpftool)."""
-    import json
-
-    found = {}
-    for kind in ("prog", "map", "link"):
-        listing = json.loads(process.run(["bpftool", "-j", kind, "show"]).stdout or "[]")
-        found[kind] = {(item["id"], item.get("name", "")) for item in listing}
-    return found
-
-
-def sk_lookup_links(netns: str) -> list[int]:
-    """Ids of the sk_lookup links attached to a named network namespace (bpftool link show;
-    `bpftool net show` does not list sk_lookup)."""
-    import json
-    import os
-
-    inode = os.stat(f"/run/netns/{netns}").st_ino
-    listing = json.loads(process.run(["bpftool", "-j", "link", "show"]).stdout or "[]")
-    return [link["id"] for link in listing
-            if link.get("attach_type") == "sk_lookup" and link.get("netns_ino") == inode]

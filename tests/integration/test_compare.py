@@ -13,9 +13,10 @@ from accel import inputs
 from accel.backends import NoneBackend
 from accel.cli import main
 from accel.compare import compare
+from accel.ebpf.inspect import bpf_objects
 from accel.lab import leftovers
 from accel.lab.lab import wait_for
-from tests.kernel_state import bpf_objects, host_links, rule_state
+from tests.kernel_state import host_links, rule_state
 
 pytestmark = pytest.mark.privileged
 

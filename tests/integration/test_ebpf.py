@@ -9,10 +9,11 @@ import pytest
 from accel import inputs, process
 from accel.backends import BackendError, get_backend
 from accel.ebpf import libbpf
+from accel.ebpf.inspect import bpf_objects, sk_lookup_links
 from accel.ebpf.probe import RETURN_1, _map, _program, probe
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.lab.lab import wait_for
-from tests.kernel_state import bpf_objects, rule_state, sk_lookup_links
+from tests.kernel_state import rule_state
 
 pytestmark = pytest.mark.privileged
 
