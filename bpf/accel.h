@@ -178,6 +178,14 @@ BPF_HASH(pod_addresses, struct accel_address, __u64, ACCEL_MAX_PODS * 4);
 /* One 4-byte load of a context field: clang would merge neighbouring ones into an 8-byte load,
  * which the verifier refuses for these contexts. */
 #define CTX_U32(field) (*(volatile __u32 *)&(field))
+/* An IPv6 address held in a context as four 32-bit words, copied to 16 bytes at `out`, one
+ * 4-byte load a word (see CTX_U32). */
+#define LOAD_IP6(out, words)                                                                       \
+	do {                                                                                       \
+		__u32 _words[4] = {CTX_U32((words)[0]), CTX_U32((words)[1]), CTX_U32((words)[2]), \
+				   CTX_U32((words)[3])};                                            \
+		__builtin_memcpy((out), _words, 16);                                               \
+	} while (0)
 
 static __always_inline void map_v4(__u8 *out, __u32 ip4)
 {

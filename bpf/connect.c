@@ -70,7 +70,7 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 	struct accel_pod *pod;
 	int verdict = decide_for_caller(ctx, f, &netns, &pod);
 
-	if (verdict == VERDICT_PASS || !pod)
+	if (verdict == VERDICT_PASS || !pod)  /* !pod: PASS already; the verifier wants the test */
 		return 1;
 	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
@@ -111,23 +111,19 @@ int connect4(struct bpf_sock_addr *ctx)
 int connect6(struct bpf_sock_addr *ctx)
 {
 	struct accel_flow f = {.tcp = ctx->type == SOCK_STREAM};
-	__u32 w[4];
 
 	if (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM)
 		return 1;
-	w[0] = CTX_U32(ctx->user_ip6[0]);
-	w[1] = CTX_U32(ctx->user_ip6[1]);
-	w[2] = CTX_U32(ctx->user_ip6[2]);
-	w[3] = CTX_U32(ctx->user_ip6[3]);
-	__builtin_memcpy(f.dst, w, 16);
+	LOAD_IP6(f.dst, ctx->user_ip6);
 	f.v4 = is_mapped(f.dst);  /* an IPv4 peer through an IPv6 socket: IPv4 rules apply */
 	f.port = bpf_ntohs((__u16)ctx->user_port);
 	struct bpf_sock *sk = ctx->sk;
 
 	if (!sk)
 		return 1;
-	__u32 s[4] = {CTX_U32(sk->src_ip6[0]), CTX_U32(sk->src_ip6[1]), CTX_U32(sk->src_ip6[2]),
-		      CTX_U32(sk->src_ip6[3])};
+	__u32 s[4];
+
+	LOAD_IP6(s, sk->src_ip6);
 
 	if (f.v4)
 		f.passthrough = s[2] == bpf_htonl(0x0000ffff) && s[3] == bpf_htonl(0x7f000006);

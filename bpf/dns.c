@@ -17,7 +17,7 @@ static __always_inline int capture_datagram(struct bpf_sock_addr *ctx, struct ac
 	__u64 netns;
 	struct accel_pod *pod;
 
-	if (decide_for_caller(ctx, f, &netns, &pod) != VERDICT_DNS || !pod)
+	if (decide_for_caller(ctx, f, &netns, &pod) != VERDICT_DNS || !pod)  /* !pod: for the verifier */
 		return 1;
 	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
@@ -72,10 +72,8 @@ int sendmsg4(struct bpf_sock_addr *ctx)
 int sendmsg6(struct bpf_sock_addr *ctx)
 {
 	struct accel_flow f = {};
-	__u32 w[4] = {CTX_U32(ctx->user_ip6[0]), CTX_U32(ctx->user_ip6[1]), CTX_U32(ctx->user_ip6[2]),
-		      CTX_U32(ctx->user_ip6[3])};
 
-	__builtin_memcpy(f.dst, w, 16);
+	LOAD_IP6(f.dst, ctx->user_ip6);
 	f.v4 = is_mapped(f.dst);
 	f.port = bpf_ntohs((__u16)ctx->user_port);
 	return capture_datagram(ctx, &f, 1);
@@ -108,10 +106,8 @@ int recvmsg4(struct bpf_sock_addr *ctx)
 
 int recvmsg6(struct bpf_sock_addr *ctx)
 {
-	__u32 w[4] = {CTX_U32(ctx->user_ip6[0]), CTX_U32(ctx->user_ip6[1]), CTX_U32(ctx->user_ip6[2]),
-		      CTX_U32(ctx->user_ip6[3])};
 	__u8 source[16];
 
-	__builtin_memcpy(source, w, 16);
+	LOAD_IP6(source, ctx->user_ip6);
 	return original_source(ctx, source, 1);
 }

@@ -24,13 +24,8 @@ int inbound(struct bpf_sk_lookup *ctx)
 		map_v4(local.addr, ctx->local_ip4);
 		map_v4(remote, ctx->remote_ip4);
 	} else {
-		__u32 l[4] = {CTX_U32(ctx->local_ip6[0]), CTX_U32(ctx->local_ip6[1]), CTX_U32(ctx->local_ip6[2]),
-			      CTX_U32(ctx->local_ip6[3])};
-		__u32 r[4] = {CTX_U32(ctx->remote_ip6[0]), CTX_U32(ctx->remote_ip6[1]), CTX_U32(ctx->remote_ip6[2]),
-			      CTX_U32(ctx->remote_ip6[3])};
-
-		__builtin_memcpy(local.addr, l, 16);
-		__builtin_memcpy(remote, r, 16);
+		LOAD_IP6(local.addr, ctx->local_ip6);
+		LOAD_IP6(remote, ctx->remote_ip6);
 	}
 	__u64 *owner = pod_addresses.lookup(&local);
 

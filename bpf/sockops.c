@@ -18,13 +18,8 @@ static __always_inline void tuple_of(struct bpf_sock_ops *skops, __u64 netns, st
 		map_v4(t->local, skops->local_ip4);
 		map_v4(t->remote, skops->remote_ip4);
 	} else {
-		__u32 l[4] = {CTX_U32(skops->local_ip6[0]), CTX_U32(skops->local_ip6[1]),
-			      CTX_U32(skops->local_ip6[2]), CTX_U32(skops->local_ip6[3])};
-		__u32 r[4] = {CTX_U32(skops->remote_ip6[0]), CTX_U32(skops->remote_ip6[1]),
-			      CTX_U32(skops->remote_ip6[2]), CTX_U32(skops->remote_ip6[3])};
-
-		__builtin_memcpy(t->local, l, 16);
-		__builtin_memcpy(t->remote, r, 16);
+		LOAD_IP6(t->local, skops->local_ip6);
+		LOAD_IP6(t->remote, skops->remote_ip6);
 	}
 	t->local_port = skops->local_port;
 	t->remote_port = bpf_ntohl(skops->remote_port);

@@ -34,13 +34,8 @@ int getsockopt(struct bpf_sockopt *ctx)
 		map_v4(t.local, sk->dst_ip4);
 		map_v4(t.remote, sk->src_ip4);
 	} else {
-		__u32 d[4] = {CTX_U32(sk->dst_ip6[0]), CTX_U32(sk->dst_ip6[1]), CTX_U32(sk->dst_ip6[2]),
-			      CTX_U32(sk->dst_ip6[3])};
-		__u32 s[4] = {CTX_U32(sk->src_ip6[0]), CTX_U32(sk->src_ip6[1]), CTX_U32(sk->src_ip6[2]),
-			      CTX_U32(sk->src_ip6[3])};
-
-		__builtin_memcpy(t.local, d, 16);
-		__builtin_memcpy(t.remote, s, 16);
+		LOAD_IP6(t.local, sk->dst_ip6);
+		LOAD_IP6(t.remote, sk->src_ip6);
 	}
 	t.local_port = bpf_ntohs(sk->dst_port);
 	t.remote_port = sk->src_port;
