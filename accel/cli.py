@@ -356,9 +356,11 @@ def lab():
 @lab.command("cleanup")
 @click.option("--json", "as_json", is_flag=True, help="Print what was removed as JSON.")
 def lab_cleanup(as_json):
-    """Remove what a crashed lab left: its processes, namespaces, cgroups and files.
+    """Remove what a crashed run left: its processes, namespaces, cgroups and files.
 
-    Touches only objects whose names carry the lab's prefix (accel-lab-).
+    Touches only objects named by accel runs (accel-lab-, accel-bench-, accel-scratch-, then the
+    PID of the run) whose run is no longer alive: labs of live runs, on this machine or in other
+    sessions, are left alone.
     """
     from .lab import cleanup_leftovers
 

@@ -1,8 +1,10 @@
-"""Start processes inside a pod: its cgroup first, then its network namespace, then its uid/gid.
+"""Start processes inside a pod: its cgroup first, then its user namespace (for a pod that has one
+of its own), then its network namespace, then its uid/gid.
 
-The child joins the cgroup and the namespace itself, before exec, with setns(2) on
+The child joins the cgroup and the namespaces itself, before exec, with setns(2) on
 /run/netns/NAME, rather than through `ip netns exec`, which remounts /sys and so hides the
-cgroup mount. Credentials are dropped last, since the first two steps need root.
+cgroup mount. Credentials are dropped last, since the first steps need root; in a pod's user
+namespace they are the pod's ids (root there is the pod's root, not the node's).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+from . import userns as user_namespaces
 from .cgroup import Cgroup
 
 CLONE_NEWNET = 0x40000000
@@ -22,8 +25,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def setns(netns: str) -> None:
-    """Move the calling thread into network namespace /run/netns/<netns>."""
-    fd = os.open(Path("/run/netns") / netns, os.O_RDONLY | os.O_CLOEXEC)
+    """Move the calling thread into a network namespace, by name (/run/netns/NAME) or path."""
+    fd = os.open(user_namespaces.netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
     try:
         if _libc.setns(fd, CLONE_NEWNET) != 0:
             error = ctypes.get_errno()
@@ -54,16 +57,27 @@ def in_netns(netns: str, function, *args):
 
 def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = None,
           uid: int | None = None, gid: int | None = None, cpus: set[int] | None = None,
-          **popen_kwargs) -> subprocess.Popen:
+          userns: bool = False, **popen_kwargs) -> subprocess.Popen:
     """subprocess.Popen, with the child placed in `cgroup` and `netns`, running as uid/gid, and
-    pinned to `cpus` (inherited by everything it starts)."""
+    pinned to `cpus` (inherited by everything it starts). `userns`: also enter the user
+    namespace that owns `netns`, as the pod's own processes live there; uid/gid are then the
+    pod's ids, and default to the pod's root."""
     procs_file = str(cgroup.path / "cgroup.procs") if cgroup else None
+    owner = user_namespaces.owner_fd(netns) if userns and netns else None
+    if owner is not None and user_namespaces.is_own(owner):  # the pod shares the node's user namespace
+        os.close(owner)
+        owner = None
+    if owner is not None:
+        uid, gid = (0 if uid is None else uid), (0 if gid is None else gid)
+        popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), owner)
 
     def enter():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # the new program gets ordinary signals
         if procs_file:
             with open(procs_file, "w") as procs:
                 procs.write(str(os.getpid()))
+        if owner is not None:
+            user_namespaces.enter(owner)
         if netns:
             setns(netns)
         if cpus:
@@ -81,6 +95,8 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
         return subprocess.Popen(argv, preexec_fn=enter, **popen_kwargs)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if owner is not None:
+            os.close(owner)
 
 
 def run(argv: list[str], *, input: str | None = None, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:

@@ -10,9 +10,10 @@ namespace on first use and keeps it, empty, until the namespace ends.
 
 from __future__ import annotations
 
+import os
 import shlex
 
-from .. import process
+from .. import process, userns
 from ..render import IptablesRules, render_iptables
 from ..spec import CaptureSpec
 from . import tproxy
@@ -27,6 +28,14 @@ def _binary(variant: str, version: int, tool: str) -> str:
     return f"ip{'6' if version == 6 else ''}tables-{variant}-{tool}"
 
 
+def _run(argv: list[str], target: Target, input: str | None = None):
+    """An iptables tool in the pod's network namespace, and in its user namespace if it has one
+    (iptables-legacy's lock file then lives where the pod's root can create it)."""
+    inside = userns.owned_by_other(target.netns)
+    environment = {**os.environ, "XTABLES_LOCKFILE": "/tmp/accel-xtables-userns.lock"} if inside else None
+    return process.run(argv, input=input, netns=target.netns, userns=inside, env=environment)
+
+
 class IptablesBackend(Backend):
     def __init__(self, variant: str | None = None):
         if variant not in (None, *VARIANTS):
@@ -38,7 +47,7 @@ class IptablesBackend(Backend):
     def choose_variant(self, target: Target) -> tuple[str, str]:
         if self.variant:
             return self.variant, f"iptables-{self.variant}, as asked"
-        saved = process.run(["iptables-legacy-save"], netns=target.netns).stdout
+        saved = _run(["iptables-legacy-save"], target).stdout
         if any(line.startswith("-A") for line in saved.splitlines()):
             return "legacy", "iptables-legacy (legacy tables already hold rules, so istio-iptables would use them)"
         return "nft", "iptables-nft (no legacy rules here, so istio-iptables would use iptables-nft)"
@@ -59,8 +68,7 @@ class IptablesBackend(Backend):
         loaded = []
         try:
             for version, text, undo in rules.by_family():
-                result = process.run([_binary(variant, version, "restore"), "--noflush"], input=text,
-                                     netns=target.netns)
+                result = _run([_binary(variant, version, "restore"), "--noflush"], target, input=text)
                 if result.returncode != 0:
                     raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
                 loaded.append((version, undo))
@@ -97,7 +105,7 @@ class IptablesBackend(Backend):
 
     def _undo(self, target: Target, variant: str, version: int, undo: str) -> None:
         """Remove what was loaded: atomically if the rules are all there, else rule by rule."""
-        restore = process.run([_binary(variant, version, "restore"), "--noflush"], input=undo, netns=target.netns)
+        restore = _run([_binary(variant, version, "restore"), "--noflush"], target, input=undo)
         if restore.returncode == 0:
             return
         table = None
@@ -105,13 +113,12 @@ class IptablesBackend(Backend):
             if line.startswith("*"):
                 table = line[1:]
             elif line != "COMMIT":
-                process.run([f"ip{'6' if version == 6 else ''}tables-{variant}", "-t", table, *shlex.split(line)],
-                            netns=target.netns)
+                _run([f"ip{'6' if version == 6 else ''}tables-{variant}", "-t", table, *shlex.split(line)], target)
 
     def _istio_chains(self, target: Target, variant: str, ipv6: bool) -> list[str]:
         found = []
         for version in (4, 6) if ipv6 else (4,):
-            saved = process.run([_binary(variant, version, "save")], netns=target.netns).stdout
+            saved = _run([_binary(variant, version, "save")], target).stdout
             table = None
             for line in saved.splitlines():
                 if line.startswith("*"):
@@ -125,7 +132,7 @@ class IptablesBackend(Backend):
         variant = applied[0] if applied else self.choose_variant(target)[0]
         chains: dict[str, dict[str, int]] = {}
         for version in (4, 6):
-            saved = process.run([_binary(variant, version, "save")], netns=target.netns).stdout
+            saved = _run([_binary(variant, version, "save")], target).stdout
             table = None
             for line in saved.splitlines():
                 if line.startswith("*"):

@@ -1,18 +1,21 @@
 #!/usr/bin/env python3
 """The processes of a lab pod: recording servers, the sidecar, and the traffic client.
 
-Standard library only: the lab copies this file next to its event log and runs it with
+Standard library only: the lab copies this file into its work directory and runs it with
 /usr/bin/python3, also as the proxy uid, which cannot read the checkout or the venv.
 
 Every request carries a token (a TCP line, a UDP datagram, or the first label of a DNS name).
 Each server and sidecar listener that sees a token appends one JSON line to the event log, so
 the lab can tell, from real traffic, which listeners a request passed through and what each saw.
+The log is an inherited file descriptor (--log-fd): no one else can open it.
 
-  agent.py server  --name NAME --log FILE [--tcp PORT]... [--udp PORT]... [--dns PORT]...
-  agent.py sidecar --log FILE --outbound PORT --inbound PORT --dns PORT --upstream-dns ADDR
-                   --uid UID --gid GID [--transparent]
-  agent.py client  --proto tcp|udp|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR --port PORT
-                   --token TOKEN [--bind ADDR] [--timeout SECONDS]
+  agent.py server  --name NAME --log-fd FD [--tcp PORT]... [--udp PORT]... [--udplite PORT]...
+                   [--dns PORT]...
+  agent.py sidecar --log-fd FD --outbound PORT --inbound PORT --dns PORT --upstream-dns ADDR
+                   --uid UID --gid GID [--transparent] [--inbound-families 4,6]
+  agent.py client  --proto tcp|tcp-send-close|mptcp|udp|udplite|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR
+                   --port PORT --token TOKEN [--bind ADDR] [--first-dns ADDR]
+                   [--first-connect ADDR:PORT] [--timeout SECONDS]
   agent.py burst   --targets FILE [--concurrency N]     many TCP requests at once
   agent.py http    --name NAME --port PORT               an HTTP server that says what it saw
   agent.py http-get --url URL                            one HTTP GET, reported as JSON
@@ -22,6 +25,7 @@ import argparse
 import errno
 import json
 import os
+import select
 import socket
 import struct
 import sys
@@ -34,7 +38,12 @@ IPV6_TRANSPARENT = 75
 IP_PKTINFO = 8
 IPV6_RECVPKTINFO, IPV6_PKTINFO = 49, 50
 INBOUND_PASSTHROUGH_SOURCE = {socket.AF_INET: "127.0.0.6", socket.AF_INET6: "::6"}
+IPPROTO_MPTCP, IPPROTO_UDPLITE = 262, 136  # TCP to iptables' -p tcp; not UDP to its -p udp
 DNS_ANSWER = bytes([192, 0, 2, 53])  # the A record every lab DNS server answers
+# A token with this prefix asks the sidecar to read SO_ORIGINAL_DST only after the client has
+# closed its end: a proxy slow to accept must still learn where a closed connection was going.
+LATE = "late-"
+MAX_PROXIED = 200  # a sidecar whose own connections are captured again loops: stop it there
 
 
 def text(address):
@@ -43,20 +52,21 @@ def text(address):
 
 
 def original_dst(sock):
-    """SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6), or None when there is none."""
+    """SO_ORIGINAL_DST (IPv4) or IP6T_SO_ORIGINAL_DST (IPv6): (address, port), or the error's
+    name (ENOENT: no entry) as a string."""
     try:
         if sock.family == socket.AF_INET:
             raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
             return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack("!H", raw[2:4])[0]
         raw = sock.getsockopt(socket.IPPROTO_IPV6, SO_ORIGINAL_DST, 28)
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack("!H", raw[2:4])[0]
-    except OSError:
-        return None
+    except OSError as error:
+        return errno.errorcode.get(error.errno, str(error.errno))
 
 
 class EventLog:
-    def __init__(self, path, agent):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    def __init__(self, fd, agent):
+        self.fd = fd
         self.agent = agent
 
     def record(self, **fields):
@@ -65,8 +75,9 @@ class EventLog:
         os.write(self.fd, line.encode())
 
 
-def listen(family, kind, port, transparent=False, host=None):
-    sock = socket.socket(family, kind)
+def listen(family, kind, port, transparent=False, host=None, backlog=True, protocol=0):
+    """A bound socket, listening unless `backlog` is False (to listen later, as another user)."""
+    sock = socket.socket(family, kind, protocol)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if family == socket.AF_INET6:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -75,20 +86,21 @@ def listen(family, kind, port, transparent=False, host=None):
             sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_TRANSPARENT, 1)
-    if kind == socket.SOCK_DGRAM:  # to learn each datagram's destination, and answer from it
+    if kind == socket.SOCK_DGRAM and protocol == 0:  # to learn each datagram's destination, and answer from it
         if family == socket.AF_INET:
             sock.setsockopt(socket.SOL_IP, IP_PKTINFO, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
     sock.bind((host or ("0.0.0.0" if family == socket.AF_INET else "::"), port))
-    if kind == socket.SOCK_STREAM:
+    if kind == socket.SOCK_STREAM and backlog:
         sock.listen(128)
     return sock
 
 
-def listen_both(kind, port, transparent=False, hosts=(None, None)):
-    families = (socket.AF_INET, socket.AF_INET6)
-    return [listen(family, kind, port, transparent, host) for family, host in zip(families, hosts)]
+def listen_both(kind, port, transparent=False, hosts=(None, None), families=(4, 6), backlog=True, protocol=0):
+    pairs = zip((socket.AF_INET, socket.AF_INET6), hosts)
+    return [listen(family, kind, port, transparent, host, backlog, protocol)
+            for (family, host), version in zip(pairs, (4, 6)) if version in families]
 
 
 def receive(sock):
@@ -202,8 +214,16 @@ def dns_answer(query):
 
 # --- server --------------------------------------------------------------------------------
 
+def wait_for_close(conn, wait=3.0):
+    """Until the peer has shut its end (and a little more, for its close to complete)."""
+    poll = select.poll()
+    poll.register(conn, select.POLLRDHUP)
+    poll.poll(wait * 1000)
+    time.sleep(0.2)
+
+
 def run_server(args):
-    log = EventLog(args.log, args.name)
+    log = EventLog(args.log_fd, args.name)
 
     def tcp_handler(listener):
         def handle(conn, peer):
@@ -243,9 +263,19 @@ def run_server(args):
     for port in args.tcp:
         for sock in listen_both(socket.SOCK_STREAM, port):
             forever(accept_loop, sock, tcp_handler(f"tcp:{port}"))
+    def udplite_loop(sock, listener):
+        while True:
+            data, peer = sock.recvfrom(4096)
+            seen = {"listener": listener, "local": text(sock.getsockname()), "peer": text(peer)}
+            log.record(role="server", proto="udplite", token=data.decode(errors="replace").strip(), **seen)
+            sock.sendto(json.dumps({"agent": args.name, **seen}).encode(), peer)
+
     for port in args.udp:
         for sock in listen_both(socket.SOCK_DGRAM, port):
             forever(udp_loop, sock, f"udp:{port}")
+    for port in args.udplite:
+        for sock in listen_both(socket.SOCK_DGRAM, port, protocol=IPPROTO_UDPLITE):
+            forever(udplite_loop, sock, f"udplite:{port}")
     for port in args.dns:
         for sock in listen_both(socket.SOCK_DGRAM, port):
             forever(dns_udp_loop, sock, f"dns:{port}")
@@ -261,44 +291,63 @@ def run_sidecar(args):
     with SO_ORIGINAL_DST (or, under TPROXY, from its local address), forwards outbound traffic
     there, forwards inbound traffic from 127.0.0.6 (::6) as Envoy's inbound passthrough does, and
     answers DNS through its upstream resolver."""
-    log = EventLog(args.log, "sidecar")
-    # Only the TPROXY listener is made with privilege (IP_TRANSPARENT needs it). Every other
-    # socket is made as the proxy's uid/gid, as Istio's proxy and agent do: iptables' owner match
-    # (e.g. the DNS conntrack-zone rules) sees the credentials a socket was created with.
-    inbound = listen_both(socket.SOCK_STREAM, args.inbound, transparent=args.transparent)
+    log = EventLog(args.log_fd, "sidecar")
+    families = tuple(int(f) for f in args.inbound_families.split(","))
+    # Only the TPROXY listener is made with privilege (IP_TRANSPARENT needs it), and it starts
+    # listening as the proxy, as Envoy (uid 1337 with capabilities) does. Every other socket is
+    # made as the proxy's uid/gid, as Istio's proxy and agent do: iptables' owner match (e.g. the
+    # DNS conntrack-zone rules) sees the credentials a socket was created with.
+    transparent = listen_both(socket.SOCK_STREAM, args.inbound, True, families=families,
+                              backlog=False) if args.transparent else None
     os.setgroups([])
     os.setgid(args.gid)
     os.setuid(args.uid)
+    if transparent:
+        for sock in transparent:
+            sock.listen(128)
     loopback = ("127.0.0.1", "::1")  # where istio-agent's DNS proxy listens
     sockets = {
         "outbound": listen_both(socket.SOCK_STREAM, args.outbound),
-        "inbound": inbound,
+        "inbound": transparent or listen_both(socket.SOCK_STREAM, args.inbound, families=families),
         "dns-tcp": listen_both(socket.SOCK_STREAM, args.dns, hosts=loopback),
         "dns-udp": listen_both(socket.SOCK_DGRAM, args.dns, hosts=loopback),
     }
     own_ports = {args.outbound, args.inbound, args.dns}
     upstream = (args.upstream_dns, 53)  # the agent's resolver, whatever the app asked for
+    proxied = threading.BoundedSemaphore(MAX_PROXIED)
 
     def proxy_tcp(listener):
         def handle(conn, peer):
-            with conn:
-                conn.settimeout(5)
-                token = peek_token(conn)
-                local = conn.getsockname()
-                so_original = original_dst(conn)
-                # Envoy's original_dst: SO_ORIGINAL_DST when conntrack knows it, else (TPROXY) the
-                # local address, which then is the original destination.
-                original = so_original or local
-                log.record(role="sidecar", proto="tcp", listener=listener, token=token, local=text(local),
-                           peer=text(peer), original_dst=text(original),
-                           so_original_dst=text(so_original) if so_original else None)
-                target = upstream if listener == "dns" else original  # the DNS proxy asks its resolver
-                if listener != "dns" and target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1"):
-                    conn.sendall(json.dumps({"error": "no original destination"}).encode() + b"\n")
-                    return
-                bind = INBOUND_PASSTHROUGH_SOURCE[conn.family] if listener == "inbound" else None
-                relay(conn, target, bind)
+            if not proxied.acquire(blocking=False):
+                conn.close()
+                return
+            try:
+                with conn:
+                    serve(conn, peer, listener)
+            finally:
+                proxied.release()
         return handle
+
+    def serve(conn, peer, listener):
+        conn.settimeout(5)
+        token = peek_token(conn)
+        if token.startswith(LATE):
+            wait_for_close(conn)
+        local = conn.getsockname()
+        answer = original_dst(conn)
+        so_original = answer if isinstance(answer, tuple) else None
+        # Envoy's original_dst: SO_ORIGINAL_DST when conntrack knows it, else (TPROXY) the
+        # local address, which then is the original destination.
+        original = so_original or local
+        log.record(role="sidecar", proto="tcp", listener=listener, token=token, local=text(local),
+                   peer=text(peer), original_dst=text(original),
+                   so_original_dst=text(so_original) if so_original else f"error:{answer}")
+        target = upstream if listener == "dns" else original  # the DNS proxy asks its resolver
+        if listener != "dns" and target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1"):
+            conn.sendall(json.dumps({"error": "no original destination"}).encode() + b"\n")
+            return
+        bind = INBOUND_PASSTHROUGH_SOURCE[conn.family] if listener == "inbound" else None
+        relay(conn, target, bind)
 
     def relay(conn, target, bind):
         """Byte for byte in both directions, as Envoy's TCP proxy does."""
@@ -358,25 +407,45 @@ def run_client(args):
     family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
     target = (args.dst, args.port)
     result = {}
-    kind = socket.SOCK_STREAM if args.proto in ("tcp", "dns-tcp") else socket.SOCK_DGRAM
-    sock = socket.socket(family, kind)
+    kind = socket.SOCK_STREAM if args.proto in ("tcp", "tcp-send-close", "mptcp", "dns-tcp") else socket.SOCK_DGRAM
+    protocol = {"mptcp": IPPROTO_MPTCP, "udplite": IPPROTO_UDPLITE}.get(args.proto, 0)
+    sock = socket.socket(family, kind, protocol)
     sock.settimeout(args.timeout)
     try:
         if args.bind:
             sock.bind((args.bind, 0))
-        if args.proto == "dns-udp-sendto":  # an unconnected socket, destination per datagram
+        # The same socket used before, as a program reuses one: a DNS query sent with sendto, or a
+        # connect that fails; the request below must not inherit anything from it.
+        if args.first_dns:
+            sock.sendto(dns_query(args.token, 0x5150), (args.first_dns, 53))
+            result["first"] = "answered" if sock.recvfrom(2048)[0][:2] == b"\x51\x50" else "bad-answer"
+        if args.first_connect:
+            host, port = args.first_connect.rsplit(":", 1)
+            sock.settimeout(None)  # blocking: a failed non-blocking connect leaves the next one ECONNABORTED
+            try:
+                sock.connect((host.strip("[]"), int(port)))
+                result["first"] = "connected"
+            except OSError as error:
+                result["first"] = errno.errorcode.get(error.errno, str(error.errno))
+            sock.settimeout(args.timeout)
+        if args.proto == "tcp-send-close":  # send and close at once, before any reply
+            sock.connect(target)
+            result.update(sockname=text(sock.getsockname()), peername=text(sock.getpeername()))
+            sock.sendall(args.token.encode() + b"\n")
+            result["ok"] = True
+        elif args.proto == "dns-udp-sendto":  # an unconnected socket, destination per datagram
             sock.sendto(dns_query(args.token, 0x5151), target)
             answer, source = sock.recvfrom(2048)
             result.update(ok=answer[:2] == b"\x51\x51", reply_from=text(source))
         else:
             sock.connect(target)
             result.update(sockname=text(sock.getsockname()), peername=text(sock.getpeername()))
-            if args.proto == "tcp":
+            if args.proto in ("tcp", "mptcp"):
                 sock.sendall(args.token.encode() + b"\n")
                 reply = read_line(sock, 65536)
                 result["reply"] = json.loads(reply) if reply else None
                 result["ok"] = bool(result["reply"]) and "error" not in result["reply"]
-            elif args.proto == "udp":
+            elif args.proto in ("udp", "udplite"):
                 sock.send(args.token.encode())
                 result["reply"] = json.loads(sock.recv(2048))
                 result["ok"] = True
@@ -392,6 +461,8 @@ def run_client(args):
         result["result"] = "ok" if result.get("ok") else "bad-reply"
     except socket.timeout:
         result["result"] = "timeout"
+    except ConnectionRefusedError:
+        result["result"] = "refused"
     except ConnectionError as error:
         result["result"] = "reset" if error.errno else "closed"
     except OSError as error:
@@ -491,21 +562,26 @@ def main(argv=None):
     roles = parser.add_subparsers(dest="role", required=True)
     server = roles.add_parser("server")
     server.add_argument("--name", required=True)
-    server.add_argument("--log", required=True)
-    for option in ("--tcp", "--udp", "--dns"):
+    server.add_argument("--log-fd", type=int, required=True)
+    for option in ("--tcp", "--udp", "--udplite", "--dns"):
         server.add_argument(option, type=int, action="append", default=[])
     sidecar = roles.add_parser("sidecar")
-    sidecar.add_argument("--log", required=True)
+    sidecar.add_argument("--log-fd", type=int, required=True)
     for option in ("--outbound", "--inbound", "--dns", "--uid", "--gid"):
         sidecar.add_argument(option, type=int, required=True)
     sidecar.add_argument("--upstream-dns", required=True)
     sidecar.add_argument("--transparent", action="store_true")
+    sidecar.add_argument("--inbound-families", default="4,6")
     client = roles.add_parser("client")
-    client.add_argument("--proto", required=True, choices=["tcp", "udp", "dns-udp", "dns-udp-sendto", "dns-tcp"])
+    client.add_argument("--proto", required=True,
+                        choices=["tcp", "tcp-send-close", "mptcp", "udp", "udplite", "dns-udp", "dns-udp-sendto",
+                                 "dns-tcp"])
     client.add_argument("--dst", required=True)
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--token", required=True)
     client.add_argument("--bind")
+    client.add_argument("--first-dns")
+    client.add_argument("--first-connect")
     client.add_argument("--timeout", type=float, default=2.0)
     burst = roles.add_parser("burst")
     burst.add_argument("--targets", required=True)

@@ -3,6 +3,8 @@
     node namespace: bridge br0 198.18.0.1/24, 2001:db8:18::1/64, forwarding on,
                     routes to the service addresses via the remote pod
       |- pod     198.18.0.10   the pod under test: app servers, sidecar, captured by a backend
+      |- ...                   more pods under test if the plan asks (one in a user namespace
+      |                        of its own, one whose sidecar listens inbound on IPv6 only)
       |- remote  198.18.0.20   another node's pod: answers the service addresses and is an
       |                        inbound client
       '- dns     198.18.0.53   the pod's resolver (and 198.18.0.54, a DNS server the pod's
@@ -10,14 +12,19 @@
 
 Addresses come from benchmarking and documentation ranges, and the node namespace has no link
 out, so lab traffic cannot leave the machine even when capture fails. Every namespace, cgroup
-and file carries the lab's unique name and is removed on exit, on failure and on Ctrl-C.
+and file carries the lab's unique name (with the PID of the process that made it) and is removed
+on exit, on failure and on Ctrl-C; `accel lab cleanup` removes what a process that no longer
+exists left, never what a live run is using.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import pwd
 import grp
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +39,8 @@ from ..cgroup import Cgroup, cgroup2_mount
 from ..netns import unique_name
 
 LAB_PREFIX = "accel-lab"
+# Every prefix a run of accel names its objects with; the PID of the run follows the prefix.
+RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch")
 AGENT = Path(__file__).with_name("agent.py")
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
 PROXY_USER = "istio-proxy"
@@ -41,11 +50,18 @@ IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable 
 NODE_V4, NODE_V6 = "198.18.0.1", "2001:db8:18::1"
 POD_ADDRESSES = {
     "pod": ("198.18.0.10", "2001:db8:18::10"),
+    "userns-pod": ("198.18.0.11", "2001:db8:18::11"),
+    "v6-listener-pod": ("198.18.0.12", "2001:db8:18::12"),
     "remote": ("198.18.0.20", "2001:db8:18::20"),
     "dns": ("198.18.0.53", "2001:db8:18::53"),
 }
 OTHER_DNS = ("198.18.0.54", "2001:db8:18::54")  # a DNS server that is not the pod's resolver
 LAB_NETWORKS = ("198.18.0.0/24", "2001:db8:18::/64")
+# A pod in a user namespace of its own (Kubernetes' hostUsers: false): its ids 0-65535 are these
+# on the node, so its uid 1337 is 1001337 here.
+USERNS_BASE, USERNS_SIZE = 1_000_000, 65536
+CLONE_NEWUSER, CLONE_NEWNET, MS_BIND = 0x10000000, 0x40000000, 4096
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class LabError(RuntimeError):
@@ -63,6 +79,15 @@ class SidecarConfig:
 
 
 @dataclass(frozen=True)
+class MeshedPod:
+    """A pod under test: app servers on the plan's pod ports and, if the plan has one, a sidecar."""
+
+    role: str = "pod"
+    userns: bool = False  # a user namespace of its own: its ids are others on the node
+    inbound_families: tuple[int, ...] = (4, 6)  # the sidecar's inbound listeners
+
+
+@dataclass(frozen=True)
 class LabPlan:
     ipv6: bool = False
     pod_tcp_ports: tuple[int, ...] = (8080,)
@@ -71,6 +96,9 @@ class LabPlan:
     service_addresses: tuple[str, ...] = ()  # answered by the remote pod, routed by the node
     sidecar: SidecarConfig | None = None
     recording_agents: bool = True  # False: bare pods (pod, remote) for processes of one's own
+    meshed: tuple[MeshedPod, ...] = (MeshedPod(),)
+    pod_local_addresses: tuple[str, ...] = ()  # more addresses on the pod's lo (CIDRs)
+    pod_dns_ports: tuple[int, ...] = ()  # DNS servers in the pods under test
 
 
 @dataclass
@@ -81,6 +109,7 @@ class Pod:
     ipv4: str
     ipv6: str | None
     node_cgroup: Cgroup | None = None  # the cgroup above every pod: where node-wide BPF attaches
+    userns: bool = False  # processes of the pod live in the user namespace owning its netns
 
     def address(self, version: int) -> str:
         return self.ipv4 if version == 4 else self.ipv6
@@ -97,6 +126,7 @@ class Lab:
         self.workdir = Path("/tmp") / self.name
         self.log = self.workdir / "events.jsonl"
         self.cgroup: Cgroup | None = None
+        self._log_fd: int | None = None  # the agents append to it; only the lab can open the file
         self._namespaces: list[str] = []
         self._agents: list[subprocess.Popen] = []
 
@@ -116,10 +146,10 @@ class Lab:
     def build(self):
         ensure_proxy_user()
         self.workdir.mkdir(mode=0o755)
-        self.workdir.chmod(0o755)
+        self.workdir.chmod(0o755)  # the agent, run as the proxy uid, must read agent.py
         shutil.copy(AGENT, self.workdir / "agent.py")
-        self.log.touch()
-        self.log.chmod(0o666)  # the sidecar writes it as the proxy uid
+        (self.workdir / "agent.py").chmod(0o644)
+        self._log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self.cgroup = Cgroup(cgroup2_mount() / self.name)  # known before it exists, for destroy()
         self.cgroup.path.mkdir()
         self._build_network()
@@ -138,6 +168,9 @@ class Lab:
             except subprocess.TimeoutExpired:
                 agent.kill()
                 agent.wait()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
         if self.cgroup is not None:
             try:
                 self.cgroup.remove()  # also kills anything our agents left behind
@@ -157,9 +190,12 @@ class Lab:
 
     # -- network ----------------------------------------------------------------------------
 
-    def _namespace(self, name: str) -> str:
+    def _namespace(self, name: str, userns: bool = False) -> str:
         self._namespaces.append(name)  # first, so that destroy() also covers an interrupted create
-        process.run(["ip", "netns", "add", name]).check_returncode()
+        if userns:
+            _add_netns_with_userns(name)
+        else:
+            process.run(["ip", "netns", "add", name]).check_returncode()
         with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         settings = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
@@ -184,17 +220,25 @@ class Lab:
             node.addr("add", index=bridge, address=NODE_V4, prefixlen=24)
             if plan.ipv6:
                 node.addr("add", index=bridge, address=NODE_V6, prefixlen=64, flags=IFA_F_NODAD)
-        roles = POD_ADDRESSES if plan.recording_agents else ("pod", "remote")
+        meshed = {pod.role: pod for pod in plan.meshed}
+        roles = [*meshed, "remote", *(["dns"] if plan.recording_agents else [])]
         for role in roles:
             ipv4, ipv6 = POD_ADDRESSES[role]
-            pod = Pod(role, self._namespace(f"{self.name}-{role}"), self.cgroup.child(role), ipv4,
-                      ipv6 if plan.ipv6 else None, node_cgroup=self.cgroup)
+            userns = role in meshed and meshed[role].userns
+            pod = Pod(role, self._namespace(f"{self.name}-{role}", userns), self.cgroup.child(role), ipv4,
+                      ipv6 if plan.ipv6 else None, node_cgroup=self.cgroup, userns=userns)
             self._wire(pod)
             self.pods[role] = pod
-        with NetNS(self.pods["pod"].netns) as ns:
-            lo = ns.link_lookup(ifname="lo")[0]
-            if plan.ipv6:  # Istio adds ::6, the IPv6 inbound passthrough source, to lo
-                ns.addr("add", index=lo, address="::6", prefixlen=128, flags=IFA_F_NODAD)
+        for role in meshed:
+            with NetNS(self.pods[role].netns) as ns:
+                lo = ns.link_lookup(ifname="lo")[0]
+                if plan.ipv6:  # Istio adds ::6, the IPv6 inbound passthrough source, to lo
+                    ns.addr("add", index=lo, address="::6", prefixlen=128, flags=IFA_F_NODAD)
+                if role == "pod":
+                    for cidr in plan.pod_local_addresses:
+                        address, length = cidr.split("/")
+                        ns.addr("add", index=lo, address=address, prefixlen=int(length),
+                                **({"flags": IFA_F_NODAD} if ":" in address else {}))
         if "dns" in self.pods:
             self._add_other_dns(self.pods["dns"])
         remote = self.pods["remote"]
@@ -216,9 +260,10 @@ class Lab:
 
     def _wire(self, pod: Pod):
         """A veth from the node's bridge to the pod's eth0, addresses and default routes."""
+        name = f"v-{pod.role}"[:15]  # IFNAMSIZ; the roles differ in their first 13 characters
         with NetNS(self.node) as node:
-            node.link("add", ifname=f"v-{pod.role}", kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod.netns})
-            veth = node.link_lookup(ifname=f"v-{pod.role}")[0]
+            node.link("add", ifname=name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod.netns})
+            veth = node.link_lookup(ifname=name)[0]
             node.link("set", index=veth, master=node.link_lookup(ifname="br0")[0], state="up")
         with NetNS(pod.netns) as ns:
             eth0 = ns.link_lookup(ifname="eth0")[0]
@@ -235,27 +280,32 @@ class Lab:
         return [PYTHON, "-I", "-S", str(self.workdir / "agent.py"), *args]
 
     def _start(self, pod: Pod, *args: str):
-        agent = process.spawn(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup,
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        agent = process.spawn(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, userns=pod.userns,
+                              pass_fds=(self._log_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
         self._agents.append(agent)
         return agent
 
     def _start_agents(self):
-        plan, log = self.plan, str(self.log)
+        plan, log = self.plan, str(self._log_fd)
         started = [
-            self._start(self.pods["pod"], "server", "--name", "pod", "--log", log,
-                        *_flags("--tcp", plan.pod_tcp_ports)),
-            self._start(self.pods["remote"], "server", "--name", "remote", "--log", log,
+            self._start(self.pods["remote"], "server", "--name", "remote", "--log-fd", log,
                         *_flags("--tcp", plan.remote_tcp_ports), *_flags("--udp", plan.remote_udp_ports)),
-            self._start(self.pods["dns"], "server", "--name", "dns", "--log", log, "--dns", "53"),
+            self._start(self.pods["dns"], "server", "--name", "dns", "--log-fd", log, "--dns", "53",
+                        "--udplite", "53"),
         ]
-        if plan.sidecar:
-            car = plan.sidecar
-            started.append(self._start(
-                self.pods["pod"], "sidecar", "--log", log, "--outbound", str(car.outbound_port),
-                "--inbound", str(car.inbound_port), "--dns", str(car.dns_port), "--uid", str(car.uid),
-                "--gid", str(car.gid), "--upstream-dns", POD_ADDRESSES["dns"][0],
-                *(["--transparent"] if car.transparent else [])))
+        for meshed in plan.meshed:
+            pod = self.pods[meshed.role]
+            started.append(self._start(pod, "server", "--name", meshed.role, "--log-fd", log,
+                                       *_flags("--tcp", plan.pod_tcp_ports), *_flags("--dns", plan.pod_dns_ports)))
+            if plan.sidecar:
+                car = plan.sidecar
+                started.append(self._start(
+                    pod, "sidecar", "--log-fd", log, "--outbound", str(car.outbound_port),
+                    "--inbound", str(car.inbound_port), "--dns", str(car.dns_port), "--uid", str(car.uid),
+                    "--gid", str(car.gid), "--upstream-dns", POD_ADDRESSES["dns"][0],
+                    "--inbound-families", ",".join(map(str, meshed.inbound_families)),
+                    *(["--transparent"] if car.transparent else [])))
         for agent in started:
             line = agent.stdout.readline()
             if line.strip() != "ready":
@@ -269,7 +319,8 @@ class Lab:
         it listens on `listens` (TCP ports)."""
         pod = self.pods[role]
         started = process.spawn(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, cpus=cpus,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                userns=pod.userns, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
         self._agents.append(started)
 
         def listening():
@@ -285,18 +336,21 @@ class Lab:
         """Run an agent role (burst, http-get, ...) in a pod to completion; its standard output."""
         pod = self.pods[role]
         result = process.run(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid,
-                             timeout=timeout)
+                             userns=pod.userns, timeout=timeout)
         if result.returncode != 0:
             raise LabError(f"agent {args[0]} in {role} failed: {result.stderr.strip()[-500:]}")
         return result.stdout
 
     def client(self, role: str, *, proto: str, dst: str, port: int, token: str, uid: int, gid: int,
-               bind: str | None = None, timeout: float = 2.0) -> dict:
-        """Run one request from a pod, as uid/gid; returns what the client saw."""
+               bind: str | None = None, first: tuple[str, str] | None = None, timeout: float = 2.0) -> dict:
+        """Run one request from a pod, as uid/gid; returns what the client saw. `first`: what the
+        same socket does before, ("dns", server) or ("connect", "addr:port")."""
         pod = self.pods[role]
         argv = self._agent_command("client", "--proto", proto, "--dst", dst, "--port", str(port),
-                                   "--token", token, "--timeout", str(timeout), *(["--bind", bind] if bind else []))
-        result = process.run(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, timeout=timeout + 10)
+                                   "--token", token, "--timeout", str(timeout), *(["--bind", bind] if bind else []),
+                                   *([f"--first-{first[0]}", first[1]] if first else []))
+        result = process.run(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, userns=pod.userns,
+                             timeout=timeout + 10)
         if result.returncode != 0:
             return {"result": f"client-failed:{result.stderr.strip()[-200:]}"}
         return json.loads(result.stdout)
@@ -316,9 +370,12 @@ class Lab:
 
 def conntrack_entries(netns: str) -> int:
     """Conntrack entries in this namespace now. Entries of closed TCP connections stay 120 s
-    (TIME_WAIT), UDP ones 30 s, so at the end of a run this counts what the run created."""
-    count = process.run(["cat", "/proc/sys/net/netfilter/nf_conntrack_count"], netns=netns)
-    return int(count.stdout) if count.returncode == 0 else 0
+    (TIME_WAIT), UDP ones 30 s, so at the end of a run this counts what the run created. A count
+    that cannot be read is an error: reporting 0 would make any backend look conntrack-free."""
+    try:  # /proc/sys/net shows the namespace of the thread that opens it
+        return int(process.in_netns(netns, Path("/proc/sys/net/netfilter/nf_conntrack_count").read_text))
+    except (OSError, ValueError) as error:
+        raise LabError(f"cannot read the conntrack count in {netns} (is nf_conntrack loaded?): {error}") from None
 
 
 def _flags(flag: str, values) -> list[str]:
@@ -344,19 +401,44 @@ def ensure_proxy_user():
                        capture_output=True)
 
 
-def leftovers(prefix: str = LAB_PREFIX) -> dict[str, list[str]]:
-    """Objects a crashed lab may have left: only those carrying the lab's name prefix."""
+def _owner(name: str) -> int | None:
+    """The PID in an accel object's name (PREFIX-PID-RANDOM...), if it has one."""
+    for prefix in RUN_PREFIXES:
+        match = re.match(rf"{re.escape(prefix)}-(\d+)-", name)
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def leftovers(pid: int | None = None) -> dict[str, list[str]]:
+    """Network namespaces, cgroups and directories that accel runs made: those of process `pid`
+    (a test checking what its own run left), or else those whose process no longer exists (what
+    a crashed run left). Objects of live runs are never listed: other runs may share the machine."""
+    def mine(name: str) -> bool:
+        owner = _owner(name)
+        return owner is not None and (owner == pid if pid is not None else not _alive(owner))
+
     root = cgroup2_mount()
     return {
-        "namespaces": sorted(n for n in netns.listnetns() if n.startswith(prefix + "-")),
-        "cgroups": sorted(str(p) for p in root.glob(prefix + "-*") if p.is_dir()),
-        "directories": sorted(str(p) for p in Path("/tmp").glob(prefix + "-*") if p.is_dir()),
+        "namespaces": sorted(n for n in netns.listnetns() if mine(n)),
+        "cgroups": sorted(str(p) for p in root.iterdir() if p.is_dir() and mine(p.name)),
+        "directories": sorted(str(p) for p in Path("/tmp").iterdir() if p.is_dir() and mine(p.name)),
     }
 
 
-def cleanup_leftovers(prefix: str = LAB_PREFIX) -> dict[str, list[str]]:
-    """Remove what leftovers() finds: processes in the lab's cgroups first, then the rest."""
-    found = leftovers(prefix)
+def cleanup_leftovers() -> dict[str, list[str]]:
+    """Remove what dead runs left (leftovers()): processes in their cgroups first, then the rest."""
+    found = leftovers()
     for path in found["cgroups"]:
         Cgroup(Path(path)).remove()
     for name in found["namespaces"]:
@@ -364,6 +446,30 @@ def cleanup_leftovers(prefix: str = LAB_PREFIX) -> dict[str, list[str]]:
     for path in found["directories"]:
         shutil.rmtree(path, ignore_errors=True)
     return found
+
+
+def _add_netns_with_userns(name: str) -> None:
+    """A network namespace named `name` (in /run/netns, as `ip netns add` makes them) owned by a
+    new user namespace mapping ids 0-65535 to USERNS_BASE onwards. A short-lived child makes
+    both; the bind mount keeps the network namespace, which keeps its user namespace."""
+    def unshare():
+        if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+
+    Path("/run/netns").mkdir(exist_ok=True)
+    child = subprocess.Popen(["sleep", "60"], preexec_fn=unshare)
+    try:
+        for file in ("uid_map", "gid_map"):
+            Path(f"/proc/{child.pid}/{file}").write_text(f"0 {USERNS_BASE} {USERNS_SIZE}\n")
+        target = Path("/run/netns") / name
+        target.touch(mode=0o444, exist_ok=False)
+        if _libc.mount(f"/proc/{child.pid}/ns/net".encode(), str(target).encode(), None, MS_BIND, None) != 0:
+            error = ctypes.get_errno()
+            target.unlink()
+            raise OSError(error, f"bind-mounting the network namespace of a new user namespace: {os.strerror(error)}")
+    finally:
+        child.kill()
+        child.wait()
 
 
 def wait_for(condition, timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -1,6 +1,8 @@
 """The lab: pods that really talk, and nothing of them left afterwards, whatever happens."""
 
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -9,12 +11,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from accel import userns
 from accel.cli import main
-from accel.lab import Lab, LabPlan, SidecarConfig, leftovers
+from accel.lab import Lab, LabError, LabPlan, MeshedPod, SidecarConfig, conntrack_entries, leftovers
 from tests.kernel_state import host_links, rule_state
 
 pytestmark = pytest.mark.privileged
 
+NOTHING = {"namespaces": [], "cgroups": [], "directories": []}
 PLAN = LabPlan(ipv6=True, service_addresses=("203.0.113.10", "2001:db8:5e::10"), remote_udp_ports=(9999,),
                sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
 TOP = Path(__file__).resolve().parents[2]
@@ -48,11 +52,15 @@ def test_pods_talk_and_the_lab_leaves_nothing():
         sidecar = lab._agents[-1]
         assert Path(f"/proc/{sidecar.pid}/status").read_text().count("1337") >= 2  # uid and gid
         assert lab.events("t-203.0.113.10")[0]["agent"] == "remote"
+        # the event log is the lab's alone: the agents append through a descriptor they inherit
+        log = lab.log.stat()
+        assert (log.st_uid, stat.S_IMODE(log.st_mode)) == (0, 0o600)
         namespaces = set(lab._namespaces)
+        assert set(leftovers(os.getpid())["namespaces"]) == namespaces
+        assert not namespaces & set(leftovers()["namespaces"])  # a live run's objects are not leftovers
     assert not lab.exists()
     assert not any(alive(pid) for pid in pids)
-    assert not namespaces & set(leftovers()["namespaces"])
-    assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+    assert leftovers(os.getpid()) == NOTHING
     assert rule_state(None) == host_rules and host_links() == links
 
 
@@ -64,13 +72,35 @@ def test_a_failure_inside_the_lab_still_removes_everything():
     assert not lab.exists() and not any(alive(pid) for pid in pids)
 
 
+def test_a_pod_in_a_user_namespace_of_its_own():
+    """hostUsers: false: the pod's processes run in its user namespace, uid 1337 inside is
+    another uid on the node, and the pod's root is not the node's."""
+    plan = LabPlan(meshed=(MeshedPod("pod"), MeshedPod("userns-pod", userns=True)),
+                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337), service_addresses=("203.0.113.10",))
+    with Lab(plan) as lab:
+        pod = lab.pods["userns-pod"]
+        assert userns.owned_by_other(pod.netns) and not userns.owned_by_other(lab.pods["pod"].netns)
+        assert userns.id_map(pod.netns).uid(1337) == 1_001_337 and userns.id_map(pod.netns).gid(0) == 1_000_000
+        sidecar = next(a for a in lab._agents if "sidecar" in a.args and a.pid in pod.cgroup.pids())
+        uids = next(line for line in Path(f"/proc/{sidecar.pid}/status").read_text().splitlines()
+                    if line.startswith("Uid:"))
+        assert uids.split()[1:] == ["1001337"] * 4
+        seen = lab.client("userns-pod", proto="tcp", dst="203.0.113.10", port=8080, token="u", uid=1000, gid=1000)
+        assert seen["result"] == "ok" and seen["reply"]["peer"].startswith("198.18.0.11:")
+
+
+def test_a_conntrack_count_that_cannot_be_read_is_an_error():
+    with pytest.raises(LabError, match="cannot read the conntrack count in accel-lab-no-such-netns"):
+        conntrack_entries("accel-lab-no-such-netns")
+
+
 def test_a_lab_that_cannot_start_leaves_nothing():
     # The sidecar cannot bind a port the app server already holds: the build fails and cleans up.
     plan = LabPlan(pod_tcp_ports=(8080, 15001), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
     with pytest.raises(Exception):
         with Lab(plan):
             pass
-    assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+    assert leftovers(os.getpid()) == NOTHING
 
 
 def test_lab_cleanup_removes_what_a_killed_run_left():
@@ -82,6 +112,11 @@ def test_lab_cleanup_removes_what_a_killed_run_left():
     crashed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         name, *pids = crashed.stdout.readline().split()
+        # while its run lives, the lab is nobody's leftover: cleanup leaves it alone
+        assert not any(n.startswith(name) for n in leftovers()["namespaces"])
+        CliRunner().invoke(main, ["lab", "cleanup"])
+        assert any(n.startswith(name) for n in leftovers(crashed.pid)["namespaces"])
+        assert all(alive(int(pid)) for pid in pids)
         crashed.send_signal(signal.SIGKILL)  # no finalizer runs
         crashed.wait()
         left = leftovers()
@@ -90,9 +125,8 @@ def test_lab_cleanup_removes_what_a_killed_run_left():
         result = CliRunner().invoke(main, ["lab", "cleanup"])
         assert result.exit_code == 0, result.output
         assert f"removed namespace: {name}-pod" in result.stdout
-        assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+        assert leftovers(crashed.pid) == NOTHING
         assert not any(alive(int(pid)) for pid in pids)
-        assert CliRunner().invoke(main, ["lab", "cleanup"]).stdout.strip() == "nothing to clean up"
     finally:
         if crashed.poll() is None:
             crashed.kill()
@@ -102,13 +136,13 @@ def test_sigterm_during_compare_removes_the_lab():
     compare_run = subprocess.Popen([str(TOP / ".venv/bin/accel"), "compare", "--", "-i", "*", "-b", "*"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        assert wait_until(lambda: leftovers()["namespaces"]), "no lab appeared"
+        assert wait_until(lambda: leftovers(compare_run.pid)["namespaces"]), "no lab appeared"
         compare_run.send_signal(signal.SIGTERM)
         assert compare_run.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         if compare_run.poll() is None:
             compare_run.kill()
-    assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+    assert leftovers(compare_run.pid) == NOTHING
 
 
 def wait_until(condition, timeout=20.0):
