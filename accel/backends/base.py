@@ -36,3 +36,8 @@ class Backend(ABC):
     @abstractmethod
     def status(self, target: Target) -> dict:
         """What this backend has in the pod now, read from the kernel."""
+
+    def synced(self, target: Target) -> bool:
+        """Whether capture already reflects the pod's namespace as it is now (its addresses and
+        routes). Rules are evaluated against the namespace on every packet: always true for them."""
+        return True

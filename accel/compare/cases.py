@@ -12,7 +12,7 @@ import grp
 import ipaddress
 from dataclasses import dataclass
 
-from ..lab import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, SidecarConfig
+from ..lab import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, MeshedPod, SidecarConfig
 from ..spec import WILDCARD, CaptureSpec
 
 APP_PORT = 8080  # the app's port in every pod
@@ -25,7 +25,13 @@ SERVICE_CANDIDATES = {
     6: ("2001:db8:5e::10", "2001:db8:5f::10", "fd00:5e::10"),
 }
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
+UNSPECIFIED = {4: "0.0.0.0", 6: "::"}
 PASSTHROUGH_SOURCE = {4: "127.0.0.6", 6: "::6"}
+# An address the pod gets after capture is applied (on lo): local from then on, as for iptables.
+ADDED_AFTER_APPLY = "198.18.0.14"
+# An address the pod has when capture is applied and loses after: remote from then on (the remote
+# pod answers it).
+REMOVED_AFTER_APPLY = "203.0.113.77"
 _LAB = [ipaddress.ip_network(n) for n in LAB_NETWORKS]
 
 
@@ -33,13 +39,16 @@ _LAB = [ipaddress.ip_network(n) for n in LAB_NETWORKS]
 class Case:
     name: str
     description: str
-    client: str  # the pod the request starts in: "pod" (under test) or "remote"
-    proto: str  # tcp, udp, dns-udp (connected socket), dns-udp-sendto, dns-tcp
+    client: str  # the pod the request starts in: a pod under test ("pod", ...) or "remote"
+    proto: str  # tcp, tcp-send-close, udp, dns-udp (connected socket), dns-udp-sendto, dns-tcp
     dst: str
     port: int
     uid: int
     gid: int
     bind: str | None = None
+    first: tuple[str, str] | None = None  # what the client's socket does before: ("dns", server)
+    late: bool = False  # the sidecar asks SO_ORIGINAL_DST only after the client has closed
+    setup: tuple[tuple[str, ...], ...] = ()  # commands run in the client's pod just before
 
 
 def _address(version: int, role: str) -> str:
@@ -67,6 +76,11 @@ def _hosts(cidr) -> list[ipaddress._BaseAddress]:
 
 def _excluded(spec: CaptureSpec, version: int, address) -> bool:
     return any(address in c.network for c in spec.outbound_exclude(version))
+
+
+def _captured_by_cidr(spec: CaptureSpec, version: int, address) -> bool:
+    include = spec.outbound_include(version)
+    return (include == WILDCARD or any(address in c.network for c in include)) and not _excluded(spec, version, address)
 
 
 def service_address(spec: CaptureSpec, version: int) -> str | None:
@@ -127,8 +141,8 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
     sidecar_ports = {spec.proxy_port, spec.inbound_capture_port, SIDECAR_DNS_PORT}
     cases: list[Case] = []
 
-    def add(name, description, dst, port, *, client="pod", proto="tcp", uid=app, gid=app, bind=None):
-        cases.append(Case(name, description, client, proto, dst, port, uid, gid, bind))
+    def add(name, description, dst, port, *, client="pod", proto="tcp", uid=app, gid=app, bind=None, **more):
+        cases.append(Case(name, description, client, proto, dst, port, uid, gid, bind, **more))
 
     versions = (4, 6) if spec.enable_ipv6 else (4,)
     for version in versions:
@@ -219,7 +233,68 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
             add("dns-tcp-mapped", "DNS over TCP to the IPv4-mapped resolver (IPv6 socket)",
                 f"::ffff:{resolver}", 53, proto="dns-tcp")
 
+        # What only a real proxy's view shows (issue: the datapath must never misroute):
+        if service:
+            add(f"outbound-send-close{v}", "app to a service: sends its request and closes at once", service,
+                APP_PORT, proto="tcp-send-close")
+            if first:
+                add("outbound-send-close-late", "app sends and closes before the proxy asks for the original "
+                    "destination", service, APP_PORT, proto="tcp-send-close", late=True)
+        add(f"outbound-unspecified{v}", f"app to {UNSPECIFIED[version]} (the kernel connects it to itself)",
+            UNSPECIFIED[version], APP_PORT)
+        add(f"app-dials-proxy-port{v}", f"app to {loopback}:{spec.proxy_port}, the proxy itself (never redirected)",
+            loopback, spec.proxy_port)
+        if spec.dns_capture and spec.capture_all_dns:
+            add(f"dns-udp-sendto-from-passthrough{v}", f"DNS over UDP from {PASSTHROUGH_SOURCE[version]} to the pod's "
+                "own address (lo, from the inbound passthrough source)", pod_ip, 53, proto="dns-udp-sendto",
+                bind=PASSTHROUGH_SOURCE[version])
+        if first:
+            add("outbound-unspecified-mapped", "app, through an IPv6 socket, to ::ffff:0.0.0.0", "::ffff:0.0.0.0",
+                APP_PORT)
+            add("proxy-to-unspecified", "the proxy uid to 0.0.0.0", "0.0.0.0", APP_PORT, uid=proxy_uid, gid=proxy_gid)
+            setup = (("ip", "address", "add", f"{ADDED_AFTER_APPLY}/32", "dev", "lo"),)
+            add("outbound-address-added-after-apply", "app to an address the pod got after capture was applied",
+                ADDED_AFTER_APPLY, APP_PORT, setup=setup)
+            add("proxy-to-address-added-after-apply", "the proxy uid to that address", ADDED_AFTER_APPLY, APP_PORT,
+                uid=proxy_uid, gid=proxy_gid)
+            if _captured_by_cidr(spec, 4, ipaddress.ip_address(REMOVED_AFTER_APPLY)):
+                add("outbound-address-removed-after-apply", "app to an address the pod lost after capture was "
+                    "applied (now the remote pod's)", REMOVED_AFTER_APPLY, APP_PORT,
+                    setup=(("ip", "address", "del", f"{REMOVED_AFTER_APPLY}/32", "dev", "lo"),))
+            if spec.dns_capture:
+                add("udp-after-dns", f"app sends a DNS query, then connects the same UDP socket to port {UDP_PORT}",
+                    udp_target, UDP_PORT, proto="udp", first=("dns", resolver))
+                add("udplite-to-53", "app to the resolver's port 53 over UDP-Lite (not UDP to the rules)", resolver, 53,
+                    proto="udplite")
+
+
+    if spec.captures_inbound and not spec.tproxy and _captures_inbound_port(spec, APP_PORT):
+        # REDIRECT to a port nobody listens on is refused; TPROXY without a listener drops instead
+        add("inbound-ipv6-only-listener", "remote pod over IPv4 to a pod whose proxy listens inbound on IPv6 only",
+            _address(4, "v6-listener-pod"), APP_PORT, client="remote")
+    # a pod in a user namespace of its own (hostUsers: false): its uid 1337 is another uid on the node
+    for case in [c for c in cases if c.name in USERNS_CASES]:
+        cases.append(_in_userns_pod(case))
     return cases, _plan(spec, cases, sidecar_ports)
+
+
+# The cases repeated for a pod in a user namespace of its own.
+USERNS_CASES = ("outbound-service", "outbound-as-proxy-uid-1337", "outbound-as-proxy-gid-1337", "outbound-own-pod-ip",
+                "proxy-to-app-over-lo", "inbound-passthrough-source", "inbound-app-port", "dns-tcp",
+                "outbound-excluded-cidr", "outbound-included-owner-group")
+
+
+def _in_userns_pod(case: Case) -> Case:
+    moved = {POD_ADDRESSES["pod"][i]: POD_ADDRESSES["userns-pod"][i] for i in (0, 1)}
+    return Case(f"userns-{case.name}", f"in a pod with its own user namespace: {case.description}",
+                "userns-pod" if case.client == "pod" else case.client, case.proto, moved.get(case.dst, case.dst),
+                case.port, case.uid, case.gid, case.bind, case.first, case.late, case.setup)
+
+
+def _captures_inbound_port(spec: CaptureSpec, port: int) -> bool:
+    if spec.inbound_ports_include == WILDCARD:
+        return port not in spec.inbound_ports_exclude
+    return port in spec.inbound_ports_include
 
 
 def _unmapped(text: str):
@@ -230,19 +305,24 @@ def _unmapped(text: str):
 
 def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabPlan:
     pod_ports, remote_ports, services = {APP_PORT, OTHER_APP_PORT}, {APP_PORT}, set()
-    pod_addresses = {ipaddress.ip_address(_address(v, "pod")) for v in (4, 6)}
+    meshed = {"pod"} | {c.client for c in cases if c.client != "remote"} | \
+        {role for c in cases if c.client == "remote" for role in MESHED_ROLES if c.dst in POD_ADDRESSES[role]}
+    pod_addresses = {ipaddress.ip_address(a) for role in meshed for a in POD_ADDRESSES[role]}
+    pod_addresses.add(ipaddress.ip_address(ADDED_AFTER_APPLY))
     for case in cases:
-        if case.proto != "tcp":
+        if case.proto not in ("tcp", "tcp-send-close"):
             continue
         address = _unmapped(case.dst)
-        if case.client == "remote" or address.is_loopback:
+        if case.client == "remote" or address.is_loopback or address.is_unspecified:
             pod_ports.add(case.port)
         elif address not in pod_addresses:
             remote_ports.add(case.port)
     for case in cases:
         address = _unmapped(case.dst)
-        if case.client == "pod" and not address.is_loopback and not any(address in lab for lab in _LAB):
+        if case.client != "remote" and not (address.is_loopback or address.is_unspecified) \
+                and not any(address in lab for lab in _LAB):
             services.add(str(address))
+    removed = any(c.name == "outbound-address-removed-after-apply" for c in cases)
     return LabPlan(
         ipv6=spec.enable_ipv6,
         pod_tcp_ports=tuple(sorted(pod_ports - sidecar_ports)),
@@ -251,4 +331,12 @@ def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabP
         service_addresses=tuple(sorted(services)),
         sidecar=SidecarConfig(spec.proxy_port, spec.inbound_capture_port, SIDECAR_DNS_PORT,
                               spec.proxy_uids[0], spec.proxy_gids[0], transparent=spec.tproxy),
+        meshed=tuple(MESHED_ROLES[role] for role in MESHED_ROLES if role in meshed),
+        pod_local_addresses=(f"{REMOVED_AFTER_APPLY}/32",) if removed else (),
+        pod_dns_ports=(53,) if any(c.name.startswith("dns-udp-sendto-from-passthrough") for c in cases) else (),
     )
+
+
+# The pods under test a comparison may use, by role.
+MESHED_ROLES = {"pod": MeshedPod("pod"), "userns-pod": MeshedPod("userns-pod", userns=True),
+                "v6-listener-pod": MeshedPod("v6-listener-pod", inbound_families=(6,))}

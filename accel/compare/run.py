@@ -1,21 +1,27 @@
 """Run the cases through each backend in a fresh lab, and record what happened.
 
 An outcome is what the traffic showed: the client's result and the address it saw, the
-listeners the request passed through in order, the original destination and peer the sidecar
-saw, and what the final server saw. Ephemeral ports are dropped, everything else is kept, so
-two backends agree on a case exactly when the same traffic went the same way.
+listeners the request passed through in order, what the sidecar got from SO_ORIGINAL_DST (the
+raw answer, or the error), the peer the sidecar saw, and what the final server saw. Ephemeral
+ports are dropped, everything else is kept, so two backends agree on a case exactly when the
+same traffic went the same way and the proxy was told the same.
 """
 
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .. import process
 from ..backends import get_backend
-from ..lab import Lab, LabPlan, conntrack_entries
+from ..lab import Lab, LabError, LabPlan, conntrack_entries
+from ..lab.lab import wait_for
 from ..spec import CaptureSpec
 from .cases import Case
+
+SETTLE = 4.0  # seconds a case's traffic may take to reach its last hop after the client is done
 
 
 @dataclass
@@ -40,32 +46,60 @@ def observe(client: dict, events: list[dict]) -> dict:
     return {
         "result": client.get("result"),
         "path": [f"{e['agent']} {e['listener']}" for e in events],
-        "original_dst": sidecar.get("original_dst") if sidecar else None,
+        # what the proxy was told, exactly: an address, or the error (error:ENOENT)
+        "so_original_dst": sidecar.get("so_original_dst") if sidecar else None,
         "proxy_peer": _host(sidecar["peer"]) if sidecar else None,
         "server_local": server["local"] if server else None,
         "server_peer": _host(server["peer"]) if server else None,
         # getpeername() for a connected socket, recvfrom()'s source for sendto
         "app_peer": client.get("peername") or client.get("reply_from"),
+        **({"first": client["first"]} if "first" in client else {}),
     }
+
+
+def _events(lab: Lab, case: Case, token: str) -> list[dict]:
+    """The case's events; for a client that closed without waiting for a reply, once its traffic
+    has reached a server or stopped at the sidecar for a while."""
+    if case.proto != "tcp-send-close":
+        return lab.events(token)
+    deadline = time.monotonic() + SETTLE
+    while time.monotonic() < deadline:
+        events = lab.events(token)
+        if any(e["role"] == "server" for e in events):
+            return events
+        time.sleep(0.05)
+    return lab.events(token)
 
 
 def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,
                 progress: Callable[[], None] | None = None) -> BackendRun:
     backend = get_backend(name)
     with Lab(plan) as lab:
-        pod = lab.pods["pod"]
-        run = BackendRun(name, backend.describe(pod))
-        before = conntrack_entries(pod.netns)
-        backend.apply(pod, spec)
+        pods = [lab.pods[meshed.role] for meshed in plan.meshed]
+        run = BackendRun(name, backend.describe(pods[0]))
+        before = sum(conntrack_entries(pod.netns) for pod in pods)
+        applied = []
         try:
+            for pod in pods:
+                backend.apply(pod, spec)
+                applied.append(pod)
             for number, case in enumerate(cases):
-                token = f"c{number}-{secrets.token_hex(3)}"  # also a valid DNS label
+                token = f"{'late-' if case.late else ''}c{number}-{secrets.token_hex(3)}"  # a valid DNS label
+                if case.setup:
+                    pod = lab.pods[case.client]
+                    for argv in case.setup:
+                        result = process.run(list(argv), netns=pod.netns)
+                        if result.returncode != 0:
+                            raise LabError(f"{case.name}: {' '.join(argv)}: {result.stderr.strip()}")
+                    if not wait_for(lambda: backend.synced(pod), timeout=2):
+                        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s")
                 client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
-                                    uid=case.uid, gid=case.gid, bind=case.bind)
-                run.outcomes[case.name] = observe(client, lab.events(token))
+                                    uid=case.uid, gid=case.gid, bind=case.bind, first=case.first)
+                run.outcomes[case.name] = observe(client, _events(lab, case, token))
                 if progress:
                     progress()
-            run.conntrack_entries = conntrack_entries(pod.netns) - before
+            run.conntrack_entries = sum(conntrack_entries(pod.netns) for pod in pods) - before
         finally:
-            backend.remove(pod)
+            for pod in reversed(applied):
+                backend.remove(pod)
     return run

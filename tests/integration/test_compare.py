@@ -5,6 +5,7 @@ never come from a lab in which nothing is captured.
 """
 
 import json
+import os
 
 import pytest
 from click.testing import CliRunner
@@ -51,7 +52,13 @@ SPECS = {
     "ipv6": (DEFAULT + ["--redirect-dns"], {}, True,
              {"outbound-service-v6": "sidecar outbound", "inbound-app-port-v6": "sidecar inbound",
               "proxy-to-app-over-lo-v6": "sidecar inbound", "inbound-passthrough-source-v6": "pod tcp:8080",
-              "dns-udp-v6": "sidecar dns", "outbound-own-pod-ip-v6": "pod tcp:8080"}),
+              "dns-udp-v6": "sidecar dns", "outbound-own-pod-ip-v6": "pod tcp:8080",
+              "outbound-unspecified-v6": "pod tcp:8080", "udp-after-dns": "sidecar dns",
+              "udplite-to-53": "dns udplite:53"}),
+    # the passthrough source exempts DNS to the pod's own address (sendmsg4/6)
+    "ipv6-dns-all": (DEFAULT + ["--redirect-dns", "--capture-all-dns"], {}, True,
+                     {"dns-udp-sendto-from-passthrough": "pod dns:53", "dns-udp-sendto-from-passthrough-v6": "pod dns:53",
+                      "dns-udp-v6": "sidecar dns"}),
     "tproxy-ipv6-excluded": (["-m", "TPROXY", "-i", "*", "-b", "8080", "-x", "2001:db8:5e::/48,198.51.100.0/24"],
                              {}, True, {"outbound-excluded-cidr-v6": "remote tcp:8080",
                                         "inbound-app-port-v6": "sidecar inbound",
@@ -71,7 +78,7 @@ def nothing_left_behind():
     BPF program, map or link that was not there before."""
     host_rules, links, bpf = rule_state(None), host_links(), bpf_objects()
     yield
-    assert leftovers() == {"namespaces": [], "cgroups": [], "directories": []}
+    assert leftovers(os.getpid()) == {"namespaces": [], "cgroups": [], "directories": []}
     assert rule_state(None) == host_rules
     assert host_links() == links
 
@@ -94,12 +101,26 @@ def test_istio_init_default():
         assert result.mismatches(backend) == 0, backend
     captured = {c.name for c in result.cases if (first_hop(result, "iptables", c.name) or "").startswith("sidecar")}
     assert {"outbound-service", "inbound-app-port", "proxy-to-app-over-lo", "dns-tcp"} <= captured
-    # the control: everything captured under iptables reaches its server directly instead
+    # the control: everything captured under iptables reaches its server directly instead, and the
+    # inbound connection iptables refuses (its proxy listens on IPv6 only) reaches the app
     differs = {c.name for c in result.cases if not result.agrees("none", c)}
-    assert differs == captured
+    assert differs == captured | {"inbound-ipv6-only-listener"}
     assert result.ok  # none is allowed to differ
     ref = result.runs["iptables"].outcomes
-    assert ref["outbound-service"]["original_dst"] == "203.0.113.10:8080"
+    assert ref["outbound-service"]["so_original_dst"] == "203.0.113.10:8080"
+    # the cases that only a proxy's view shows, as the reference sees them
+    assert ref["outbound-send-close-late"]["so_original_dst"] == "203.0.113.10:8080"
+    assert ref["outbound-send-close-late"]["path"] == ["sidecar outbound", "remote tcp:8080"]
+    assert ref["app-dials-proxy-port"]["so_original_dst"] == "127.0.0.1:15001"  # its own, not an error
+    for name in ("outbound-unspecified", "outbound-unspecified-mapped", "proxy-to-unspecified",
+                 "outbound-address-added-after-apply"):
+        assert ref[name]["path"] == ["pod tcp:8080"], name
+    assert first_hop(result, "iptables", "proxy-to-address-added-after-apply") == "sidecar inbound"
+    assert first_hop(result, "iptables", "outbound-address-removed-after-apply") == "sidecar outbound"
+    assert ref["inbound-ipv6-only-listener"]["result"] == "refused"
+    assert first_hop(result, "iptables", "userns-outbound-service") == "sidecar outbound"
+    assert first_hop(result, "iptables", "userns-outbound-as-proxy-uid-1337") == "remote tcp:8080"
+    assert ref["userns-outbound-service"]["proxy_peer"] == "198.18.0.11"
     assert ref["outbound-service"]["app_peer"] == "203.0.113.10:8080"  # getpeername: the original destination
     assert ref["inbound-app-port"]["proxy_peer"] == "198.18.0.20"  # the client's source, seen by the proxy
     assert ref["inbound-app-port"]["server_peer"] == "127.0.0.6"  # delivered by the proxy's passthrough
