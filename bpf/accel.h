@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * accel: what the eBPF capture programs share. Structs here are mirrored, field for field,
- * by accel/ebpf/maps.py; change both together.
+ * accel: what the eBPF capture programs share. Structs and #defines here are mirrored, field for
+ * field, by accel/ebpf/maps.py; change both together (the loader checks the mirrors against the
+ * compiled object's BTF and refuses to run if they drifted apart).
  *
- * Every meshed pod is a network namespace. Its capture configuration (the CaptureSpec, as
- * data) lives in maps keyed by the namespace's cookie, so one set of programs attached at one
- * cgroup serves every pod of a node, and adding a pod is a map update. A namespace without an
+ * Every meshed pod is a network namespace. Its capture configuration (the CaptureSpec, as data)
+ * is an entry in `pods` keyed by the namespace's cookie, plus list entries (ports, groups,
+ * prefixes) keyed by the configuration's id. One set of programs attached at one cgroup serves
+ * every pod of a node, adding a pod is a map update, and changing a pod's spec is one update of
+ * its `pods` entry to a configuration whose lists are already in place. A namespace without an
  * entry is not meshed: every program lets its traffic through untouched.
  *
  * Addresses are kept as 16 bytes, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), so that an IPv6
@@ -17,20 +20,30 @@
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/in.h>
 #include <uapi/linux/in6.h>
+#include <uapi/linux/errno.h>
 #include <linux/socket.h>
 #include <net/sock.h>
 
 /* The licence the kernel sees (bcc emits it): GPL-compatible, as the helpers used require. */
 #define BPF_LICENSE Dual BSD/GPL
 
-#define ACCEL_MAX_IDS 8           /* proxy uids and gids per pod */
-#define ACCEL_MAX_PODS 4096
-#define ACCEL_MAX_PORTS 65536     /* (pod, port, kind) entries, all pods */
-#define ACCEL_MAX_PREFIXES 131072 /* (pod, kind, CIDR) entries, all pods */
-#define ACCEL_MAX_ORIGINS 65536   /* connections between an app and its proxy, in flight */
+/* What a cgroup socket hook answers the kernel. */
+#define SYS_PROCEED 1  /* let the call go on (with whatever the program rewrote) */
+#define SYS_REJECT  0  /* fail the call: EPERM, or the error set with bpf_set_retval() */
 
-#define SO_ORIGINAL_DST 80        /* also IP6T_SO_ORIGINAL_DST */
+#define ACCEL_MAX_IDS 8            /* proxy uids and gids per pod */
+#define ACCEL_MAX_PODS 4096
+#define ACCEL_MAX_PORTS 65536      /* (configuration, port, kind) entries, all pods */
+#define ACCEL_MAX_PREFIXES 131072  /* (configuration or netns, kind, CIDR) entries, all pods */
+/* Redirected connections between an app and its proxy whose handshake is in flight, node-wide:
+ * a record lives in `handoffs` only from the app's SYN until the proxy's side of the connection
+ * exists, then moves into that socket's storage. */
+#define ACCEL_MAX_HANDOFFS 65536
+#define ACCEL_MAX_LOST 4096        /* handoffs that could not be recorded, remembered for ENOENT */
+
+#define SO_ORIGINAL_DST 80         /* also IP6T_SO_ORIGINAL_DST */
 #define ACCEL_PAGE_SIZE 4096
+#define IPPROTO_MPTCP_ 262         /* IPPROTO_MPTCP: headers older than the kernel may lack it */
 
 /* accel_pod.flags */
 #define ACCEL_IPV6           (1 << 0)  /* the pod has IPv6: istio-iptables writes ip6tables rules */
@@ -52,6 +65,7 @@
 #define ACCEL_HAS_IN_PORTS_EXCLUDE  (1 << 15)
 
 struct accel_pod {
+	__u64 config;        /* this configuration's id: the key of its list entries */
 	__u16 proxy_port;    /* -p, host byte order */
 	__u16 inbound_port;  /* -z */
 	__u16 tunnel_port;   /* -e */
@@ -59,69 +73,88 @@ struct accel_pod {
 	__u32 flags;
 	__u32 loopback_v4;       /* ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR, network byte order */
 	__u32 loopback_v4_mask;  /* its netmask, network byte order */
-	__u32 pod_v4;            /* the pod's IPv4 address (network order), 0 if none */
-	__u8 pod_v6[16];         /* the pod's IPv6 address, zero if none */
+	/* The proxy's uids and gids as the node sees them (bpf_get_current_uid_gid()): the pod's
+	 * ids mapped through its network namespace's user namespace, as iptables' owner match maps
+	 * them. An id the user namespace does not map is 0xffffffff and matches no one. */
 	__u32 uids[ACCEL_MAX_IDS];
 	__u32 gids[ACCEL_MAX_IDS];
 	__u8 n_uids;
 	__u8 n_gids;
-	__u8 pad[6];
+	__u8 pad[2];
 };
 
-/* ports: (pod, port, kind) is present or not */
+/* ports: (configuration, port, kind) is present or not */
 #define PORT_OUT_EXCLUDE 1  /* -o */
 #define PORT_OUT_INCLUDE 2  /* -q */
 #define PORT_IN_EXCLUDE  3  /* -d */
 #define PORT_IN_INCLUDE  4  /* -b list */
 
 struct accel_port_key {
-	__u64 netns;
+	__u64 config;
 	__u16 port;  /* host byte order */
 	__u16 kind;
 	__u32 pad;
 };
 
-/* owner groups: (pod, gid, kind) is present or not */
+/* owner groups: (configuration, gid as the node sees it, kind) is present or not */
 #define GROUP_INCLUDE 1
 #define GROUP_EXCLUDE 2
 
 struct accel_group_key {
-	__u64 netns;
+	__u64 config;
 	__u32 gid;
 	__u32 kind;
 };
 
-/* prefixes, one LPM trie: (pod, kind, address/len) */
+/* prefixes, one LPM trie: (owner, kind, address/len). The owner is the configuration's id for
+ * the spec's lists, and the netns cookie for PREFIX_LOCAL, a fact of the namespace that is
+ * followed as it changes and outlives spec changes. */
 #define PREFIX_INCLUDE 1  /* -i */
 #define PREFIX_EXCLUDE 2  /* -x */
-#define PREFIX_LOCAL   3  /* the pod's local routes: addresses whose traffic leaves by lo */
+#define PREFIX_LOCAL   3  /* the pod's local routes: destinations its traffic reaches over lo */
 #define PREFIX_DNS     4  /* resolv.conf's nameservers */
 /* In the kind byte: an IPv6 prefix. IPv4 addresses are kept IPv4-mapped, so without it an IPv6
  * range such as ::/0 or ::ffff:0:0/96 would also cover IPv4 destinations, which ip6tables never
  * sees. */
 #define PREFIX_V6      0x80
-#define PREFIX_KEY_BITS (64 + 8)  /* bits of netns and kind before the address */
+#define PREFIX_KEY_BITS (64 + 8)  /* bits of owner and kind before the address */
 
 struct accel_prefix_key {
 	__u32 prefixlen;
-	__u8 netns[8];
+	__u8 owner[8];
 	__u8 kind;
 	__u8 addr[16];
 } __attribute__((packed));
 
-/* What a captured socket was really going to. */
+/* The pod's own addresses, by netns cookie: the source a redirected connection keeps, as
+ * REDIRECT keeps the source routing chose. Followed as they change. */
+#define SOURCE_HAS_V4 (1 << 0)
+#define SOURCE_HAS_V6 (1 << 1)
+
+struct accel_sources {
+	__u32 v4;     /* network byte order */
+	__u32 flags;
+	__u8 v6[16];
+};
+
+/* What a socket was really going to, kept in its socket storage. */
 #define ORIGIN_OUTBOUND 1
 #define ORIGIN_INBOUND  2  /* the proxy's own hairpin to its pod, sent to the inbound listener */
 #define ORIGIN_DNS      3
+#define ORIGIN_LOST     4  /* redirected, but the record never reached the proxy's side */
+/* Whose socket it is. */
+#define ROLE_APP   1  /* the connecting side, redirected at connect() or sendmsg() */
+#define ROLE_PROXY 2  /* the proxy's accepted side of an app's redirected connection */
 
 struct accel_origin {
 	__u8 addr[16];  /* mapped for IPv4 */
 	__u16 port;     /* network byte order, as in a sockaddr */
 	__u8 kind;
-	__u8 pad[5];
+	__u8 role;
+	__u8 pad[4];
 };
 
-/* A connection from the app's side: local (app) and remote (proxy) address and port. */
+/* A connection as the app's side sees it: local (app) and remote (proxy) address and port. */
 struct accel_tuple {
 	__u64 netns;
 	__u8 local[16];
@@ -138,15 +171,34 @@ struct accel_listener_key {
 	__u32 pad;
 };
 
+/* What the programs did, per pod (netns cookie) and per CPU; userspace sums the CPUs. */
+struct accel_counters {
+	__u64 outbound;          /* connects redirected to the outbound listener */
+	__u64 inbound;           /* inbound connections steered to the inbound listener, and the proxy's hairpins */
+	__u64 dns;               /* DNS (UDP datagrams, connected UDP, TCP) redirected to the DNS proxy */
+	__u64 passed;            /* connects and datagrams decided and left alone */
+	__u64 refused;           /* captured inbound that no proxy listener could take: refused, as REDIRECT would */
+	__u64 no_memory;         /* captured, but no memory for the socket's record: the call failed (fail closed) */
+	__u64 handoff_failed;    /* a redirected connection's record could not be handed to the proxy's side */
+	__u64 lost;              /* SO_ORIGINAL_DST for a connection whose record was lost: answered ENOENT */
+	__u64 foreign_listener;  /* a socket not of the proxy's uids/gids listened on the inbound port: ignored */
+};
+
 BPF_HASH(pods, __u64, struct accel_pod, ACCEL_MAX_PODS);
 BPF_HASH(ports, struct accel_port_key, __u8, ACCEL_MAX_PORTS);
 BPF_HASH(groups, struct accel_group_key, __u8, ACCEL_MAX_PODS * 16);
 BPF_LPM_TRIE(prefixes, struct accel_prefix_key, __u8, ACCEL_MAX_PREFIXES);
-/* The app's socket carries its original destination, and frees it when it goes. */
+BPF_HASH(sources, __u64, struct accel_sources, ACCEL_MAX_PODS);
+BPF_PERCPU_HASH(counters, __u64, struct accel_counters, ACCEL_MAX_PODS);
+/* Each redirected socket carries its original destination, and frees it when it goes: the app's
+ * socket (getpeername, DNS answers) and the proxy's accepted socket (SO_ORIGINAL_DST). */
 BPF_SK_STORAGE(socket_origins, struct accel_origin);
-/* The same, by 4-tuple, for the proxy's accepted socket to find. LRU bounds it if a close is
- * ever missed; sockops deletes each entry when its connection closes. */
-BPF_TABLE("lru_hash", struct accel_tuple, struct accel_origin, tuple_origins, ACCEL_MAX_ORIGINS);
+/* From the app's SYN until the proxy's side exists (sockops): by 4-tuple, the only thing both
+ * sides know. A plain hash, never evicting: a record is either handed over, deleted when the
+ * app's socket closes before the handshake completed, or refused (counted, and then remembered
+ * in `lost` so that the proxy hears ENOENT rather than a made-up destination). */
+BPF_HASH(handoffs, struct accel_tuple, struct accel_origin, ACCEL_MAX_HANDOFFS);
+BPF_TABLE("lru_hash", struct accel_tuple, __u8, lost, ACCEL_MAX_LOST);
 /* The proxy's inbound listeners. Declared by hand: bcc's BPF_SOCKHASH has sock_hash_update()
  * (sockops needs it) but no lookup() (sk_lookup needs it); this is bcc's generic table layout
  * with the one extra method, and bcc rewrites both. */
@@ -166,12 +218,6 @@ struct listeners_table_t {
 __attribute__((section("maps/sockhash"))) struct listeners_table_t listeners = {
 	.flags = 0, .max_entries = ACCEL_MAX_PODS * 2};
 BPF_ANNOTATE_KV_PAIR(listeners, struct accel_listener_key, int);
-/* sk_lookup cannot ask for its namespace's cookie: it finds the pod by the address a
- * connection is for. Pod addresses are unique on a node. */
-struct accel_address {
-	__u8 addr[16];
-};
-BPF_HASH(pod_addresses, struct accel_address, __u64, ACCEL_MAX_PODS * 4);
 
 /* ---- helpers --------------------------------------------------------------------------- */
 
@@ -213,26 +259,35 @@ static __always_inline __u32 v4_of(const __u8 *a)
 	return ip4;
 }
 
+/* An IPv6 address, word by word: is it `last` in the final word and zero elsewhere (::, ::1, ::6). */
+static __always_inline int is_v6_low(const __u8 *a, __u32 last)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, a, 16);
+	return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(last);
+}
+
+/* 0.0.0.0, ::ffff:0.0.0.0 or :: : the kernel connects such a socket to itself (see connect.c). */
+static __always_inline int is_unspecified(const __u8 *a)
+{
+	return is_mapped(a) ? v4_of(a) == 0 : is_v6_low(a, 0);
+}
+
 /* The destination istio-iptables never captures: 127.0.0.1/32 (or the configured loopback
  * CIDR) and ::1/128. */
 static __always_inline int is_loopback_cidr(const struct accel_pod *pod, const __u8 *addr)
 {
 	if (is_mapped(addr))
 		return (v4_of(addr) & pod->loopback_v4_mask) == pod->loopback_v4;
-	__u32 w[4];
-
-	__builtin_memcpy(w, addr, 16);
-	return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
+	return is_v6_low(addr, 1);
 }
 
 static __always_inline int is_loopback(const __u8 *addr)
 {
 	if (is_mapped(addr))
 		return (v4_of(addr) & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
-	__u32 w[4];
-
-	__builtin_memcpy(w, addr, 16);
-	return w[0] == 0 && w[1] == 0 && w[2] == 0 && w[3] == bpf_htonl(1);
+	return is_v6_low(addr, 1);
 }
 
 static __always_inline void loopback_of(__u8 *out, int v4)
@@ -245,21 +300,28 @@ static __always_inline void loopback_of(__u8 *out, int v4)
 	}
 }
 
-/* Hand an address back to a sock_addr hook's caller: user_ip6 (IPv4 as mapped) on an IPv6
- * socket, else user_ip4. Four 32-bit stores: the context takes no wider ones. */
-static __always_inline void set_user_addr(struct bpf_sock_addr *ctx, const __u8 *addr, int socket_v6)
-{
-	if (socket_v6) {
-		__u32 w[4];
+/* Make clang forget what it knows of a context pointer: it may otherwise keep ctx + offset in a
+ * register and store through it, which the verifier refuses for context pointers. */
+#define CTX_BARRIER(ctx) asm volatile("" : "+r"(ctx))
 
-		__builtin_memcpy(w, addr, 16);
+/* Hand an address and port (network order) back to a sock_addr hook's caller: user_ip6 (IPv4 as
+ * mapped) on an IPv6 socket, else user_ip4. Four 32-bit stores: the context takes no wider ones. */
+static __always_inline void set_user_address(struct bpf_sock_addr *ctx, const __u8 *addr, __u16 port, int socket_v6)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, addr, 16);
+	CTX_BARRIER(ctx);
+	if (socket_v6) {
 		ctx->user_ip6[0] = w[0];
 		ctx->user_ip6[1] = w[1];
 		ctx->user_ip6[2] = w[2];
 		ctx->user_ip6[3] = w[3];
 	} else {
-		ctx->user_ip4 = v4_of(addr);
+		ctx->user_ip4 = w[3];
 	}
+	CTX_BARRIER(ctx);
+	ctx->user_port = port;
 }
 
 #endif /* ACCEL_H */

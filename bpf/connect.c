@@ -10,12 +10,14 @@
  * address the iptables rules would have left: the pod's address for a remote destination, the
  * local address itself for a local one (the proxy's hairpin), loopback for loopback. The
  * original destination is kept with the socket for getsockopt(SO_ORIGINAL_DST) and
- * getpeername().
+ * getpeername(). A connect that is not captured clears what an earlier connect of the same
+ * socket left, and a capture that cannot keep its record fails the connect rather than letting
+ * the connection out uncaptured.
  */
 
 /* Where the proxy is reached for this verdict; returns the port (host order) and fills addr. */
-static __always_inline __u16 proxy_address(const struct accel_pod *pod, int verdict, const struct accel_flow *f,
-					   int local, __u8 *addr)
+static __always_inline __u16 proxy_address(__u64 netns, const struct accel_pod *pod, int verdict,
+					   const struct accel_flow *f, __u8 *addr)
 {
 	if (verdict == VERDICT_INBOUND) {  /* the destination is local: keep it, change the port */
 		__builtin_memcpy(addr, f->dst, 16);
@@ -25,14 +27,16 @@ static __always_inline __u16 proxy_address(const struct accel_pod *pod, int verd
 		loopback_of(addr, f->v4);
 		return pod->dns_port;
 	}
+	struct accel_sources *sources = sources_of(netns);
+
 	if (is_loopback(f->dst)) {
 		loopback_of(addr, f->v4);
-	} else if (local) {
+	} else if (f->local) {
 		__builtin_memcpy(addr, f->dst, 16);
-	} else if (f->v4 && pod->pod_v4) {
-		map_v4(addr, pod->pod_v4);
-	} else if (!f->v4 && (pod->pod_v6[0] | pod->pod_v6[15])) {
-		__builtin_memcpy(addr, pod->pod_v6, 16);
+	} else if (f->v4 && sources && (sources->flags & SOURCE_HAS_V4)) {
+		map_v4(addr, sources->v4);
+	} else if (!f->v4 && sources && (sources->flags & SOURCE_HAS_V6)) {
+		__builtin_memcpy(addr, sources->v6, 16);
 	} else {
 		loopback_of(addr, f->v4);
 	}
@@ -41,24 +45,27 @@ static __always_inline __u16 proxy_address(const struct accel_pod *pod, int verd
 
 /* bind() to the pod's address, when the destination is not local and nothing is bound: the
  * source iptables' REDIRECT would have kept while the destination becomes loopback. */
-static __always_inline void bind_pod_address(struct bpf_sock_addr *ctx, const struct accel_pod *pod, int v4,
-					     int socket_v6)
+static __always_inline void bind_pod_address(struct bpf_sock_addr *ctx, __u64 netns, int v4, int socket_v6)
 {
+	struct accel_sources *sources = sources_of(netns);
+
+	if (!sources)
+		return;
 	if (socket_v6) {
 		struct sockaddr_in6 sa = {.sin6_family = AF_INET6};
 
 		if (v4) {
-			if (!pod->pod_v4)
+			if (!(sources->flags & SOURCE_HAS_V4))
 				return;
-			map_v4((__u8 *)&sa.sin6_addr, pod->pod_v4);
+			map_v4((__u8 *)&sa.sin6_addr, sources->v4);
 		} else {
-			if (!(pod->pod_v6[0] | pod->pod_v6[15]))
+			if (!(sources->flags & SOURCE_HAS_V6))
 				return;
-			__builtin_memcpy(&sa.sin6_addr, pod->pod_v6, 16);
+			__builtin_memcpy(&sa.sin6_addr, sources->v6, 16);
 		}
 		bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
-	} else if (pod->pod_v4) {
-		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = pod->pod_v4};
+	} else if (sources->flags & SOURCE_HAS_V4) {
+		struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = sources->v4};
 
 		bpf_bind(ctx, (struct sockaddr *)&sa, sizeof(sa));
 	}
@@ -70,64 +77,99 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 	struct accel_pod *pod;
 	int verdict = decide_for_caller(ctx, f, &netns, &pod);
 
-	if (verdict == VERDICT_PASS || !pod)  /* !pod: PASS already; the verifier wants the test */
-		return 1;
+	if (!pod)
+		return SYS_PROCEED;
+	if (verdict == VERDICT_PASS) {
+		/* The socket connects again (TCP after a failed connect, UDP at any time): what an
+		 * earlier, captured connect recorded is not this connection's. */
+		socket_origins.sk_storage_delete(ctx->sk);
+		COUNT(netns, passed);
+		return SYS_PROCEED;
+	}
 	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
-	if (!origin)
-		return 1;  /* no memory for the record: better uncaptured than unanswerable */
+	if (!origin) {
+		/* Without the record the proxy could not route the connection: fail closed. */
+		COUNT(netns, no_memory);
+		bpf_set_retval(-ENOBUFS);
+		return SYS_REJECT;
+	}
 	__builtin_memcpy(origin->addr, f->dst, 16);
 	origin->port = bpf_htons(f->port);
-	origin->kind = verdict == VERDICT_INBOUND ? ORIGIN_INBOUND : verdict == VERDICT_DNS ? ORIGIN_DNS
-											     : ORIGIN_OUTBOUND;
+	origin->role = ROLE_APP;
 	__u8 addr[16];
-	__u16 port = proxy_address(pod, verdict, f, f->local, addr);
+	__u16 port = proxy_address(netns, pod, verdict, f, addr);
 
-	if (verdict == VERDICT_DNS && !f->local && !bound)
-		bind_pod_address(ctx, pod, f->v4, socket_v6);
-	set_user_addr(ctx, addr, socket_v6);
-	ctx->user_port = bpf_htons(port);
-	return 1;
+	if (verdict == VERDICT_INBOUND) {
+		origin->kind = ORIGIN_INBOUND;
+		COUNT(netns, inbound);
+	} else if (verdict == VERDICT_DNS) {
+		origin->kind = ORIGIN_DNS;
+		COUNT(netns, dns);
+		if (!f->local && !bound)
+			bind_pod_address(ctx, netns, f->v4, socket_v6);
+	} else {
+		origin->kind = ORIGIN_OUTBOUND;
+		COUNT(netns, outbound);
+	}
+	set_user_address(ctx, addr, bpf_htons(port), socket_v6);
+	return SYS_PROCEED;
+}
+
+/* TCP (and MPTCP, whose subflows are TCP to iptables' -p tcp) or UDP: the protocols the rules
+ * name. SCTP, UDP-Lite, ping sockets and the rest are not ours. */
+static __always_inline int ours(struct bpf_sock_addr *ctx, struct accel_flow *f)
+{
+	__u32 protocol = ctx->protocol;
+
+	f->tcp = protocol == IPPROTO_TCP || protocol == IPPROTO_MPTCP_;
+	return f->tcp || protocol == IPPROTO_UDP;
 }
 
 int connect4(struct bpf_sock_addr *ctx)
 {
-	struct accel_flow f = {.tcp = ctx->type == SOCK_STREAM, .v4 = 1};
-
-	if (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM)
-		return 1;
-	map_v4(f.dst, ctx->user_ip4);
-	f.port = bpf_ntohs((__u16)ctx->user_port);
+	struct accel_flow f = {.v4 = 1};
 	struct bpf_sock *sk = ctx->sk;
 
-	if (!sk)
-		return 1;
+	if (!sk || !ours(ctx, &f))
+		return SYS_PROCEED;
 	__u32 src = sk->src_ip4;
+	__u32 dst = ctx->user_ip4;
 
+	/* connect(0.0.0.0): the kernel connects to the socket's own address, or to 127.0.0.1
+	 * (ip_route_output_key_hash_rcu), over lo */
+	if (dst == 0) {
+		dst = src ? src : bpf_htonl(0x7f000001);
+		f.self = 1;
+	}
+	map_v4(f.dst, dst);
+	f.port = bpf_ntohs((__u16)ctx->user_port);
 	f.passthrough = src == bpf_htonl(0x7f000006);
 	return capture(ctx, &f, 0, src != 0);
 }
 
 int connect6(struct bpf_sock_addr *ctx)
 {
-	struct accel_flow f = {.tcp = ctx->type == SOCK_STREAM};
-
-	if (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM)
-		return 1;
-	LOAD_IP6(f.dst, ctx->user_ip6);
-	f.v4 = is_mapped(f.dst);  /* an IPv4 peer through an IPv6 socket: IPv4 rules apply */
-	f.port = bpf_ntohs((__u16)ctx->user_port);
+	struct accel_flow f = {};
 	struct bpf_sock *sk = ctx->sk;
 
-	if (!sk)
-		return 1;
-	__u32 s[4];
+	if (!sk || !ours(ctx, &f))
+		return SYS_PROCEED;
+	__u8 src[16];
 
-	LOAD_IP6(s, sk->src_ip6);
-
-	if (f.v4)
-		f.passthrough = s[2] == bpf_htonl(0x0000ffff) && s[3] == bpf_htonl(0x7f000006);
-	else
-		f.passthrough = s[0] == 0 && s[1] == 0 && s[2] == 0 && s[3] == bpf_htonl(6);
-	return capture(ctx, &f, 1, (s[0] | s[1] | s[2] | s[3]) != 0);
+	LOAD_IP6(f.dst, ctx->user_ip6);
+	LOAD_IP6(src, sk->src_ip6);
+	if (is_unspecified(f.dst)) {
+		f.self = 1;
+		/* tcp_v6_connect, __ip6_datagram_connect: :: is ::1, or 127.0.0.1 for a socket bound to
+		 * an IPv4-mapped address; ::ffff:0.0.0.0 is connect(0.0.0.0) on the IPv4 path */
+		if (is_mapped(f.dst) && is_mapped(src) && v4_of(src))
+			__builtin_memcpy(f.dst, src, 16);
+		else
+			loopback_of(f.dst, is_mapped(f.dst) || is_mapped(src));
+	}
+	f.v4 = is_mapped(f.dst);  /* an IPv4 peer through an IPv6 socket: IPv4 rules apply */
+	f.port = bpf_ntohs((__u16)ctx->user_port);
+	f.passthrough = f.v4 ? is_mapped(src) && v4_of(src) == bpf_htonl(0x7f000006) : is_v6_low(src, 6);
+	return capture(ctx, &f, 1, !is_v6_low(src, 0));
 }

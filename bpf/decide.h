@@ -4,8 +4,12 @@
  * chain (research/istio-capture.md, section 4), rule by rule and in the same order, so that
  * the first rule that matches decides, exactly as it does in the kernel's chain walk.
  *
- * "-o lo" (the packet leaves by the loopback device) becomes "the destination is one of the
- * pod's local addresses": those are what the pod's local routing table sends to lo.
+ * "-o lo" (the packet leaves by the loopback device) becomes "the destination is local": in
+ * 127.0.0.0/8 or ::1, in the pod's local routing table (its addresses and local routes, followed
+ * as they change), or unspecified (the kernel then connects the socket to itself).
+ *
+ * Owner rules compare the caller's ids with the pod's proxy ids as the node sees them, i.e.
+ * mapped through the pod's user namespace, as iptables' owner match does.
  */
 #ifndef ACCEL_DECIDE_H
 #define ACCEL_DECIDE_H
@@ -23,8 +27,9 @@ struct accel_flow {
 	__u8 tcp;         /* TCP, else UDP */
 	__u8 v4;          /* an IPv4 flow (also through an IPv6 socket, mapped) */
 	__u8 passthrough; /* the socket is bound to 127.0.0.6 or ::6, the proxy's inbound source */
-	__u8 local;       /* filled by decide(): the destination is one of the pod's local addresses */
-	__u32 uid;
+	__u8 self;        /* the destination was unspecified: the kernel connects the socket to itself */
+	__u8 local;       /* filled by decide(): the destination is reached over lo */
+	__u32 uid;        /* the caller's, as the node sees them */
 	__u32 gid;
 };
 
@@ -58,9 +63,9 @@ static __always_inline int decide(__u64 netns, const struct accel_pod *pod, stru
 	if (!f->v4 && !(pod->flags & ACCEL_IPV6))
 		return VERDICT_PASS;  /* no ip6tables rules at all for a pod without IPv6 */
 	/* -o: excluded ports, TCP and UDP */
-	if ((pod->flags & ACCEL_HAS_OUT_PORTS_EXCLUDE) && has_port(netns, f->port, PORT_OUT_EXCLUDE))
+	if ((pod->flags & ACCEL_HAS_OUT_PORTS_EXCLUDE) && has_port(pod->config, f->port, PORT_OUT_EXCLUDE))
 		return VERDICT_PASS;
-	int local = is_loopback(f->dst) || has_prefix(netns, PREFIX_LOCAL, f->dst);
+	int local = f->self || is_loopback(f->dst) || has_prefix(netns, PREFIX_LOCAL, f->dst);
 
 	f->local = local;
 	/* -o lo -s 127.0.0.6/32 (::6/128): the proxy's inbound passthrough */
@@ -84,27 +89,27 @@ static __always_inline int decide(__u64 netns, const struct accel_pod *pod, stru
 	}
 	/* owner groups: capture only the included groups, or all but the excluded ones */
 	if (pod->flags & ACCEL_GROUPS_ALL) {
-		if ((pod->flags & ACCEL_HAS_GROUPS_EXCLUDE) && has_group(netns, f->gid, GROUP_EXCLUDE))
+		if ((pod->flags & ACCEL_HAS_GROUPS_EXCLUDE) && has_group(pod->config, f->gid, GROUP_EXCLUDE))
 			return VERDICT_PASS;
-	} else if (!has_group(netns, f->gid, GROUP_INCLUDE)) {
+	} else if (!has_group(pod->config, f->gid, GROUP_INCLUDE)) {
 		return VERDICT_PASS;
 	}
 	/* DNS, TCP and UDP, to resolv.conf's servers or to any server */
 	if ((pod->flags & ACCEL_DNS) && f->port == DNS_PORT &&
-	    ((pod->flags & ACCEL_DNS_ALL) || has_prefix(netns, PREFIX_DNS, f->dst)))
+	    ((pod->flags & ACCEL_DNS_ALL) || has_prefix(pod->config, PREFIX_DNS, f->dst)))
 		return VERDICT_DNS;
 	if (is_loopback_cidr(pod, f->dst))
 		return VERDICT_PASS;
-	if ((pod->flags & ACCEL_HAS_OUT_EXCLUDE) && has_prefix(netns, PREFIX_EXCLUDE, f->dst))
+	if ((pod->flags & ACCEL_HAS_OUT_EXCLUDE) && has_prefix(pod->config, PREFIX_EXCLUDE, f->dst))
 		return VERDICT_PASS;
 	/* ISTIO_REDIRECT only redirects TCP */
 	if (!f->tcp)
 		return VERDICT_PASS;
-	if ((pod->flags & ACCEL_HAS_OUT_PORTS_INCLUDE) && has_port(netns, f->port, PORT_OUT_INCLUDE))
+	if ((pod->flags & ACCEL_HAS_OUT_PORTS_INCLUDE) && has_port(pod->config, f->port, PORT_OUT_INCLUDE))
 		return VERDICT_OUTBOUND;
 	if (pod->flags & (f->v4 ? ACCEL_OUT_ALL_V4 : ACCEL_OUT_ALL_V6))
 		return VERDICT_OUTBOUND;
-	if ((pod->flags & ACCEL_HAS_OUT_INCLUDE) && has_prefix(netns, PREFIX_INCLUDE, f->dst))
+	if ((pod->flags & ACCEL_HAS_OUT_INCLUDE) && has_prefix(pod->config, PREFIX_INCLUDE, f->dst))
 		return VERDICT_OUTBOUND;
 	return VERDICT_PASS;
 }

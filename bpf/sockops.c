@@ -2,72 +2,168 @@
 
 #include "accel.h"
 /*
- * sockops: the bookkeeping between the app's socket and the proxy's.
+ * sockops: hand a redirected connection's original destination from the app's socket to the
+ * proxy's, and register the proxy's inbound listener.
  *
- * TCP_CONNECT_CB  a captured socket now has its 4-tuple: file its original destination under
- *                 it, where getsockopt on the proxy's accepted socket will look.
- * STATE_CB        that connection closed: forget the entry.
- * TCP_LISTEN_CB   a socket of a meshed pod listens on the inbound capture port: it is the
- *                 proxy's inbound listener, the socket sk_lookup steers inbound traffic to.
+ * TCP_CONNECT_CB         a redirected socket now has its 4-tuple: file its record in `handoffs`
+ *                        (or, if that fails, in `lost`), and watch the socket's state.
+ * PASSIVE_ESTABLISHED_CB the proxy's side of the connection exists (before the proxy accepts
+ *                        it): move the record into that socket's storage, where it lives as
+ *                        long as the proxy's socket and nothing can evict it. The app may close
+ *                        at once, even before the proxy accepts.
+ * STATE_CB               the app's socket closed before the handshake completed: drop its
+ *                        record.
+ * TCP_LISTEN_CB          a socket of the proxy's uids/gids listens on the inbound capture port:
+ *                        it is the listener sk_lookup steers inbound connections to.
  */
 
-static __always_inline void tuple_of(struct bpf_sock_ops *skops, __u64 netns, struct accel_tuple *t)
+/* The connection's 4-tuple as the app's side sees it; `passive`: skops is the proxy's side. */
+static __always_inline void app_tuple(struct bpf_sock_ops *skops, __u64 netns, int passive, struct accel_tuple *t)
 {
-	t->netns = netns;
+	__u8 local[16], remote[16];
+
 	if (skops->family == AF_INET) {
-		map_v4(t->local, skops->local_ip4);
-		map_v4(t->remote, skops->remote_ip4);
+		map_v4(local, skops->local_ip4);
+		map_v4(remote, skops->remote_ip4);
 	} else {
-		LOAD_IP6(t->local, skops->local_ip6);
-		LOAD_IP6(t->remote, skops->remote_ip6);
+		LOAD_IP6(local, skops->local_ip6);
+		LOAD_IP6(remote, skops->remote_ip6);
 	}
-	t->local_port = skops->local_port;
-	t->remote_port = bpf_ntohl(skops->remote_port);
+	__u16 local_port = skops->local_port;
+	__u16 remote_port = bpf_ntohl(skops->remote_port);
+
+	t->netns = netns;
+	if (passive) {
+		__builtin_memcpy(t->local, remote, 16);
+		__builtin_memcpy(t->remote, local, 16);
+		t->local_port = remote_port;
+		t->remote_port = local_port;
+	} else {
+		__builtin_memcpy(t->local, local, 16);
+		__builtin_memcpy(t->remote, remote, 16);
+		t->local_port = local_port;
+		t->remote_port = remote_port;
+	}
+}
+
+static __always_inline int is_proxy(const struct accel_pod *pod, __u32 uid, __u32 gid)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < ACCEL_MAX_IDS; i++) {
+		if ((i < pod->n_uids && uid == pod->uids[i]) || (i < pod->n_gids && gid == pod->gids[i]))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void on_connect(struct bpf_sock_ops *skops, __u64 netns)
+{
+	struct bpf_sock *sk = skops->sk;
+	struct accel_tuple t = {};
+	__u8 marked = 1;
+
+	if (!sk)
+		return;
+	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, 0);
+
+	if (!origin || origin->role != ROLE_APP)
+		return;
+	app_tuple(skops, netns, 0, &t);
+	if (handoffs.update(&t, origin) != 0) {
+		COUNT(netns, handoff_failed);
+		lost.update(&t, &marked);  /* an LRU: this always finds room */
+	}
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+static __always_inline void on_passive_established(struct bpf_sock_ops *skops, __u64 netns)
+{
+	struct accel_pod *pod = pod_of(netns);
+	struct bpf_sock *sk = skops->sk;
+	struct accel_tuple t = {};
+	__u8 marked = 1;
+
+	if (!pod || !sk)
+		return;
+	__u16 port = skops->local_port;
+
+	if (port != pod->proxy_port && port != pod->inbound_port && port != pod->dns_port)
+		return;
+	app_tuple(skops, netns, 1, &t);
+	struct accel_origin *record = handoffs.lookup(&t);
+	struct accel_origin moved = {};
+
+	if (record) {
+		moved = *record;
+		handoffs.delete(&t);
+	} else if (lost.lookup(&t)) {
+		moved.kind = ORIGIN_LOST;
+		lost.delete(&t);
+	} else {
+		return;  /* not a redirected connection: someone dialled the proxy's port itself */
+	}
+	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!origin) {
+		COUNT(netns, no_memory);
+		lost.update(&t, &marked);  /* getsockopt finds it there: ENOENT, never a made-up answer */
+		return;
+	}
+	*origin = moved;
+	origin->role = ROLE_PROXY;
+}
+
+static __always_inline void on_listen(struct bpf_sock_ops *skops, __u64 netns)
+{
+	struct accel_pod *pod = pod_of(netns);
+
+	if (!pod || !(pod->flags & ACCEL_IN_CAPTURE) || skops->local_port != pod->inbound_port)
+		return;
+	/* listen() runs in the listening process: only the proxy's sockets may take captured
+	 * inbound traffic, never an app's that happens to use the port */
+	__u64 ids = bpf_get_current_uid_gid();
+
+	if (!is_proxy(pod, (__u32)ids, (__u32)(ids >> 32))) {
+		COUNT(netns, foreign_listener);
+		return;
+	}
+	struct accel_listener_key key = {.netns = netns, .family = skops->family};
+
+	listeners.sock_hash_update(skops, &key, BPF_ANY);
 }
 
 int sockops(struct bpf_sock_ops *skops)
 {
-	struct accel_tuple t = {};
 	__u32 op = skops->op;
 
-	/* Most callbacks (RTT, window, ECN, established...) are not ours: leave at once. */
-	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB)
+	/* Most callbacks (RTT, window, ECN, active established...) are not ours: leave at once. */
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB)
 		return 1;
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
 	__u64 netns = bpf_get_netns_cookie(skops);
 
 	switch (op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB: {
-		struct bpf_sock *sk = skops->sk;
-
-		if (!sk)
-			return 1;
-		struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, 0);
-
-		if (!origin)
-			return 1;
-		tuple_of(skops, netns, &t);
-		tuple_origins.update(&t, origin);
-		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
-		return 1;
-	}
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(skops, netns);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive_established(skops, netns);
+		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[1] == BPF_TCP_CLOSE) {
-			tuple_of(skops, netns, &t);
-			tuple_origins.delete(&t);
-		}
-		return 1;
-	case BPF_SOCK_OPS_TCP_LISTEN_CB: {
-		struct accel_pod *pod = pods.lookup(&netns);
+			struct accel_tuple t = {};
 
-		if (pod && (pod->flags & ACCEL_IN_CAPTURE) && skops->local_port == pod->inbound_port) {
-			struct accel_listener_key key = {.netns = netns, .family = skops->family};
-
-			listeners.sock_hash_update(skops, &key, BPF_ANY);
+			app_tuple(skops, netns, 0, &t);
+			handoffs.delete(&t);  /* usually gone already: moved to the proxy's side */
 		}
-		return 1;
-	}
+		break;
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		on_listen(skops, netns);
+		break;
 	}
 	return 1;
 }

@@ -33,8 +33,8 @@ class EbpfBackend(Backend):
                 "getsockopt, getpeername, sockops) and sk_lookup in the pod's namespace; no NAT, no conntrack")
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
-        if target.netns in self._pods:
-            raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
+        """Capture the pod as `spec` says; if it is captured already, switch it to `spec` in one
+        step (every connect decides by the old spec or the new, never by a mixture or by none)."""
         try:
             check_supported(spec)
         except UnsupportedSpec as error:
@@ -46,6 +46,12 @@ class EbpfBackend(Backend):
                                "; ".join(f"{f.name} ({f.detail})" for f in missing))
         from ..ebpf.datapath import Datapath, DatapathError  # bcc is only needed from here on
 
+        if target.netns in self._pods:
+            try:
+                self._pods[target.netns].update_pod(target.netns, spec)
+            except (DatapathError, UnsupportedSpec, OSError) as error:
+                raise BackendError(f"{self.name}: {error}") from error
+            return
         cgroup = self._cgroup_for(target)
         datapath = self._datapaths.get(str(cgroup.path))
         try:
@@ -71,6 +77,12 @@ class EbpfBackend(Backend):
             datapath.close()
             self._datapaths.pop(str(datapath.cgroup.path), None)
 
+    def synced(self, target: Target) -> bool:
+        """Whether what the datapath knows of the pod's namespace (its local routes and addresses)
+        is what the namespace holds now: a change is followed within a netlink round trip."""
+        datapath = self._pods.get(target.netns)
+        return datapath is None or datapath.synced(target.netns)
+
     def status(self, target: Target) -> dict:
         datapath = self._pods.get(target.netns)
         if datapath is None:
@@ -79,7 +91,8 @@ class EbpfBackend(Backend):
         return {"backend": self.name, "applied": True, "cgroup": str(datapath.cgroup.path),
                 "links": sorted(datapath.links), "sk_lookup": handle.sk_lookup_link is not None,
                 "inbound_listeners": sorted({2: "ipv4", 10: "ipv6"}[f] for f in handle.listeners),
-                "origins_in_flight": datapath.origins_in_flight(),
+                "handoffs_in_flight": datapath.handoffs_in_flight(),
+                "counters": datapath.counters(target.netns),
                 "prefix_entries": datapath.prefix_entries(target.netns),
                 "programs_from": datapath.compiled.objects.origin,
                 "programs_cache": str(datapath.compiled.objects.cache_file)}

@@ -35,7 +35,11 @@ MAP_LPM_TRIE = 11
 MAP_SOCKHASH = 18
 MAP_SK_STORAGE = 24
 # enum bpf_func_id
+FUNC_GET_CURRENT_UID_GID = 15
+FUNC_SK_STORAGE_GET, FUNC_SK_STORAGE_DELETE = 107, 108
 FUNC_GET_NETNS_COOKIE = 122
+FUNC_SK_ASSIGN = 124
+FUNC_SET_RETVAL = 187
 BPF_ANY = 0
 SYS_PIDFD_GETFD = 438
 
@@ -128,15 +132,6 @@ class _MapCreateOpts(ctypes.Structure):  # the head of struct bpf_map_create_opt
                 ("numa_node", ctypes.c_uint32), ("map_ifindex", ctypes.c_uint32)]
 
 
-_lib.libbpf_probe_bpf_helper.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-_lib.libbpf_probe_bpf_helper.restype = ctypes.c_int
-
-
-def probe_helper(prog_type: int, helper: int) -> bool:
-    """Whether programs of this type may call this helper, as the kernel's verifier says."""
-    return _lib.libbpf_probe_bpf_helper(prog_type, helper, None) == 1
-
-
 def pidfd_getfd(pid: int, fd: int) -> int:
     """A copy, in this process, of another process's file descriptor (pidfd_getfd(2), Linux 5.6)."""
     pidfd = os.pidfd_open(pid)
@@ -227,3 +222,11 @@ def prog_load(name: str, prog_type: int, attach_type: int, instructions: bytes, 
                        ctypes.byref(opts))
     tail = log.value.decode(errors="replace").strip().splitlines()[-3:]
     raise OSError(error, f"loading {name}: {os.strerror(error)}" + (f": {' / '.join(tail)}" if tail else ""))
+
+
+_lib.libbpf_num_possible_cpus.restype = ctypes.c_int
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds for each key."""
+    return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")

@@ -1,8 +1,10 @@
-"""The eBPF datapath's maps as Python sees them: ctypes mirrors of bpf/accel.h, and a CaptureSpec
-turned into the entries that configure one pod. Pure: no kernel needed, so unit-tested.
+"""The eBPF datapath's maps as Python sees them: ctypes mirrors of bpf/accel.h, and what configures
+one pod: its spec as entries keyed by a configuration id, and the facts of its network namespace
+(local routes, source addresses) keyed by the namespace's cookie. Pure: no kernel needed, so
+unit-tested.
 
-The mirrors must match bpf/accel.h field for field; the datapath checks their sizes against the
-compiled program's maps when it loads.
+The mirrors must match bpf/accel.h field for field; the datapath checks them, member by member,
+against the compiled object's BTF when it loads.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import ctypes
 import grp
 import ipaddress
+import secrets
 import sys
 from dataclasses import dataclass, field
 
 from ..spec import WILDCARD, CaptureSpec
+from ..userns import UNMAPPED_ID, IdMap
 
 MAX_IDS = 8
 DNS_PROXY_PORT = 15053
@@ -42,37 +46,46 @@ GROUP_INCLUDE, GROUP_EXCLUDE = 1, 2
 PREFIX_INCLUDE, PREFIX_EXCLUDE, PREFIX_LOCAL, PREFIX_DNS = 1, 2, 3, 4
 PREFIX_V6 = 0x80  # in the kind byte: an IPv6 prefix never covers an IPv4(-mapped) address
 PREFIX_KEY_BITS = 64 + 8
+SOURCE_HAS_V4, SOURCE_HAS_V6 = 1 << 0, 1 << 1
+ORIGIN_OUTBOUND, ORIGIN_INBOUND, ORIGIN_DNS, ORIGIN_LOST = 1, 2, 3, 4
+ROLE_APP, ROLE_PROXY = 1, 2
 AF_INET, AF_INET6 = 2, 10
+# bpf/inbound.c's placeholder for the pod's netns cookie, replaced in each pod's copy
+POD_NETNS_PLACEHOLDER = 0x6163636C6E65746E
 
 U8x16 = ctypes.c_uint8 * 16
 
 
 class Pod(ctypes.Structure):
-    _fields_ = [("proxy_port", ctypes.c_uint16), ("inbound_port", ctypes.c_uint16),
+    _fields_ = [("config", ctypes.c_uint64), ("proxy_port", ctypes.c_uint16), ("inbound_port", ctypes.c_uint16),
                 ("tunnel_port", ctypes.c_uint16), ("dns_port", ctypes.c_uint16), ("flags", ctypes.c_uint32),
                 ("loopback_v4", ctypes.c_uint32), ("loopback_v4_mask", ctypes.c_uint32),
-                ("pod_v4", ctypes.c_uint32), ("pod_v6", U8x16), ("uids", ctypes.c_uint32 * MAX_IDS),
-                ("gids", ctypes.c_uint32 * MAX_IDS), ("n_uids", ctypes.c_uint8), ("n_gids", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 6)]
+                ("uids", ctypes.c_uint32 * MAX_IDS), ("gids", ctypes.c_uint32 * MAX_IDS), ("n_uids", ctypes.c_uint8),
+                ("n_gids", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2)]
 
 
 class PortKey(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint16),
+    _fields_ = [("config", ctypes.c_uint64), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint16),
                 ("pad", ctypes.c_uint32)]
 
 
 class GroupKey(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("gid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
+    _fields_ = [("config", ctypes.c_uint64), ("gid", ctypes.c_uint32), ("kind", ctypes.c_uint32)]
 
 
 class PrefixKey(ctypes.Structure):
     _pack_ = 1
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("netns", ctypes.c_uint8 * 8), ("kind", ctypes.c_uint8),
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("owner", ctypes.c_uint8 * 8), ("kind", ctypes.c_uint8),
                 ("addr", U8x16)]
 
 
+class Sources(ctypes.Structure):
+    _fields_ = [("v4", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("v6", U8x16)]
+
+
 class Origin(ctypes.Structure):
-    _fields_ = [("addr", U8x16), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 5)]
+    _fields_ = [("addr", U8x16), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint8), ("role", ctypes.c_uint8),
+                ("pad", ctypes.c_uint8 * 4)]
 
 
 class Tuple(ctypes.Structure):
@@ -84,18 +97,28 @@ class ListenerKey(ctypes.Structure):
     _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
-class Address(ctypes.Structure):
-    _fields_ = [("addr", U8x16)]
+# What the programs count per pod and per CPU (bpf/accel.h explains each).
+COUNTERS = ("outbound", "inbound", "dns", "passed", "refused", "no_memory", "handoff_failed", "lost",
+            "foreign_listener")
 
 
-# map name -> (key type, value type): what the datapath checks against the compiled maps
+class Counters(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in COUNTERS]
+
+
+# map name -> (key type, value type), checked against the compiled object's BTF. socket_origins
+# is keyed by a socket (an fd from userspace), so only its value is a mirror; the per-CPU
+# `counters` hold one value per CPU.
 MIRRORS = {
     "pods": (ctypes.c_uint64, Pod),
     "ports": (PortKey, ctypes.c_uint8),
     "groups": (GroupKey, ctypes.c_uint8),
     "prefixes": (PrefixKey, ctypes.c_uint8),
-    "tuple_origins": (Tuple, Origin),
-    "pod_addresses": (Address, ctypes.c_uint64),
+    "sources": (ctypes.c_uint64, Sources),
+    "counters": (ctypes.c_uint64, Counters),
+    "socket_origins": (ctypes.c_int, Origin),
+    "handoffs": (Tuple, Origin),
+    "lost": (Tuple, ctypes.c_uint8),
 }
 
 
@@ -115,23 +138,38 @@ def _network_u32(address: ipaddress.IPv4Address) -> int:
     return int.from_bytes(address.packed, sys.byteorder)
 
 
-def _prefix(netns: int, kind: int, network) -> PrefixKey:
+def _prefix(owner: int, kind: int, network) -> PrefixKey:
     bits = network.prefixlen + (96 if network.version == 4 else 0)
-    return PrefixKey(prefixlen=PREFIX_KEY_BITS + bits, netns=(ctypes.c_uint8 * 8)(*netns.to_bytes(8, sys.byteorder)),
+    return PrefixKey(prefixlen=PREFIX_KEY_BITS + bits, owner=(ctypes.c_uint8 * 8)(*owner.to_bytes(8, sys.byteorder)),
                      kind=kind | (PREFIX_V6 if network.version == 6 else 0),
                      addr=U8x16(*mapped(network.network_address)))
 
 
+def new_config_id() -> int:
+    """A node-unique id for one configuration of one pod: its list entries carry it, so a spec
+    change writes the new lists beside the old and swaps the pod's entry in one update."""
+    return secrets.randbits(63) | 1 << 62  # never 0, and never a small netns cookie
+
+
 @dataclass
 class PodEntries:
-    """Everything that configures one pod: the entry in `pods`, and its list entries."""
+    """The spec of one pod: its entry in `pods`, and its list entries."""
 
-    netns: int
+    config: int
     pod: Pod
     ports: list[PortKey] = field(default_factory=list)
     groups: list[GroupKey] = field(default_factory=list)
     prefixes: list[PrefixKey] = field(default_factory=list)
-    addresses: list[Address] = field(default_factory=list)  # the pod's own, for sk_lookup
+
+
+@dataclass
+class NamespaceEntries:
+    """The facts of a pod's network namespace, keyed by its cookie: its local routes (what it
+    reaches over lo) and the addresses a redirected connection takes its source from."""
+
+    netns: int
+    local: list[PrefixKey]
+    sources: Sources
 
 
 def check_supported(spec: CaptureSpec) -> None:
@@ -158,8 +196,9 @@ def _gid(group: str) -> int:
         raise UnsupportedSpec(f"owner group {group!r} does not exist on this node") from None
 
 
-def pod_entries(spec: CaptureSpec, netns: int, local_networks: list, pod_addresses: list) -> PodEntries:
-    """The map entries for a pod: its spec, its local routes (what leaves by lo), its addresses."""
+def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap()) -> PodEntries:
+    """The map entries of a spec, under configuration id `config`, with the proxy's and the
+    owner groups' ids mapped as the pod's user namespace maps them (`ids`)."""
     check_supported(spec)
     flags = 0
     flags |= IPV6 if spec.enable_ipv6 else 0
@@ -178,20 +217,17 @@ def pod_entries(spec: CaptureSpec, netns: int, local_networks: list, pod_address
     flags |= HAS_OUT_INCLUDE if any(spec.outbound_include(v) not in (WILDCARD, ()) for v in (4, 6)) else 0
     flags |= HAS_GROUPS_EXCLUDE if spec.owner_groups_include == WILDCARD and spec.owner_groups_exclude else 0
     flags |= HAS_IN_PORTS_EXCLUDE if spec.inbound_ports_include == WILDCARD and spec.inbound_ports_exclude else 0
-    v4 = next((a for a in pod_addresses if a.version == 4), None)
-    v6 = next((a for a in pod_addresses if a.version == 6), None)
     loopback = spec.host_ipv4_loopback_cidr.network
-    pod = Pod(proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
+    pod = Pod(config=config, proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
               tunnel_port=spec.inbound_tunnel_port, dns_port=DNS_PROXY_PORT, flags=flags,
               loopback_v4=_network_u32(loopback.network_address), loopback_v4_mask=_network_u32(loopback.netmask),
-              pod_v4=_network_u32(v4) if v4 else 0, pod_v6=U8x16(*(v6.packed if v6 else bytes(16))),
               n_uids=len(spec.proxy_uids), n_gids=len(spec.proxy_gids))
-    pod.uids[:len(spec.proxy_uids)] = spec.proxy_uids
-    pod.gids[:len(spec.proxy_gids)] = spec.proxy_gids
-    entries = PodEntries(netns, pod)
+    pod.uids[:len(spec.proxy_uids)] = [ids.uid(u) for u in spec.proxy_uids]
+    pod.gids[:len(spec.proxy_gids)] = [ids.gid(g) for g in spec.proxy_gids]
+    entries = PodEntries(config, pod)
 
     def ports(values, kind):
-        entries.ports += [PortKey(netns=netns, port=p, kind=kind) for p in dict.fromkeys(values)]
+        entries.ports += [PortKey(config=config, port=p, kind=kind) for p in dict.fromkeys(values)]
 
     ports(spec.outbound_ports_exclude, PORT_OUT_EXCLUDE)
     ports(spec.outbound_ports_include, PORT_OUT_INCLUDE)
@@ -200,16 +236,26 @@ def pod_entries(spec: CaptureSpec, netns: int, local_networks: list, pod_address
     else:
         ports(spec.inbound_ports_include, PORT_IN_INCLUDE)
     if spec.owner_groups_include == WILDCARD:
-        entries.groups += [GroupKey(netns=netns, gid=_gid(g), kind=GROUP_EXCLUDE) for g in spec.owner_groups_exclude]
+        groups, kind = spec.owner_groups_exclude, GROUP_EXCLUDE
     else:
-        entries.groups += [GroupKey(netns=netns, gid=_gid(g), kind=GROUP_INCLUDE) for g in spec.owner_groups_include]
+        groups, kind = spec.owner_groups_include, GROUP_INCLUDE
+    entries.groups += [GroupKey(config=config, gid=ids.gid(_gid(g)), kind=kind) for g in groups]
     for version in (4, 6):
         include = spec.outbound_include(version)
         if include != WILDCARD:
-            entries.prefixes += [_prefix(netns, PREFIX_INCLUDE, c.network) for c in include]
-        entries.prefixes += [_prefix(netns, PREFIX_EXCLUDE, c.network) for c in spec.outbound_exclude(version)]
+            entries.prefixes += [_prefix(config, PREFIX_INCLUDE, c.network) for c in include]
+        entries.prefixes += [_prefix(config, PREFIX_EXCLUDE, c.network) for c in spec.outbound_exclude(version)]
     for server in spec.dns_servers_v4 + spec.dns_servers_v6:
-        entries.prefixes.append(_prefix(netns, PREFIX_DNS, ipaddress.ip_network(server)))
-    entries.prefixes += [_prefix(netns, PREFIX_LOCAL, ipaddress.ip_network(n)) for n in local_networks]
-    entries.addresses = [Address(addr=U8x16(*mapped(a))) for a in pod_addresses]
+        entries.prefixes.append(_prefix(config, PREFIX_DNS, ipaddress.ip_network(server)))
     return entries
+
+
+def namespace_entries(netns: int, local_networks: list[str], addresses: list) -> NamespaceEntries:
+    """The entries of a namespace's facts: its local routes, and its first IPv4 and IPv6 address
+    (the source a redirected connection keeps)."""
+    v4 = next((a for a in addresses if a.version == 4), None)
+    v6 = next((a for a in addresses if a.version == 6), None)
+    sources = Sources(v4=_network_u32(v4) if v4 else 0, v6=U8x16(*(v6.packed if v6 else bytes(16))),
+                      flags=(SOURCE_HAS_V4 if v4 else 0) | (SOURCE_HAS_V6 if v6 else 0))
+    local = [_prefix(netns, PREFIX_LOCAL, ipaddress.ip_network(n, strict=False)) for n in local_networks]
+    return NamespaceEntries(netns, local, sources)

@@ -51,13 +51,34 @@ class Objects:
     maps: dict[str, dict]  # name -> {"fd": ..., and its definition}
     origin: str  # "compiled" or "cache"
     cache_file: Path
+    btf: dict[str, bytes] = field(default_factory=dict)  # the maps' BTF blobs, by the label in their definition
     _fds: list[int] = field(default_factory=list)
+    _code: dict[str, tuple[int, int, bytes, str]] = field(default_factory=dict)  # relocated, for copy()
 
     def map_fd(self, name: str) -> int:
         try:
             return self.maps[name]["fd"]
         except KeyError:
             raise ObjectsError(f"no map {name} in the compiled datapath") from None
+
+    def copy(self, name: str, constants: dict[int, int]) -> int:
+        """Another instance of a program, each 64-bit constant (ld_imm64) of `constants` replaced by
+        its value: for what a program cannot ask the kernel (sk_lookup, its netns cookie). The
+        caller owns the returned fd."""
+        prog_type, attach_type, code, license = self._code[name]
+        code, found = bytearray(code), set()
+        for index, opcode, source, low in _instructions(bytes(code)):
+            if opcode != BPF_LD_IMM64 or source != 0 or (index + 1) * 8 >= len(code):
+                continue
+            value = (low & 0xFFFFFFFF) | struct.unpack_from("<i", code, (index + 1) * 8 + 4)[0] << 32 & (2**64 - 1)
+            if value in constants:
+                replacement = constants[value]
+                struct.pack_into("<I", code, index * 8 + 4, replacement & 0xFFFFFFFF)
+                struct.pack_into("<I", code, (index + 1) * 8 + 4, replacement >> 32)
+                found.add(value)
+        if found != set(constants):
+            raise ObjectsError(f"{name}: no constant {', '.join(hex(c) for c in set(constants) - found)} to replace")
+        return libbpf.prog_load(name, prog_type, attach_type, bytes(code), license)
 
     def close(self) -> None:
         for fd in reversed(self._fds):
@@ -172,7 +193,8 @@ def _instantiate(record: dict, origin: str, path: Path) -> Objects:
     try:
         btf_fds = {}
         for btf_id, blob in record["btf"].items():
-            btf_fds[btf_id] = libbpf.btf_load(base64.b64decode(blob))
+            objects.btf[btf_id] = base64.b64decode(blob)
+            btf_fds[btf_id] = libbpf.btf_load(objects.btf[btf_id])
             objects._fds.append(btf_fds[btf_id])
         for name, definition in record["maps"].items():
             fd = libbpf.map_create(name, definition, btf_fds.get(definition["btf"], 0))
@@ -185,6 +207,7 @@ def _instantiate(record: dict, origin: str, path: Path) -> Objects:
             fd = libbpf.prog_load(name, program["type"], program["attach"], bytes(code), record["license"])
             objects._fds.append(fd)
             objects.programs[name] = fd
+            objects._code[name] = (program["type"], program["attach"], bytes(code), record["license"])
         for fd in btf_fds.values():  # the maps hold their BTF now
             os.close(fd)
             objects._fds.remove(fd)

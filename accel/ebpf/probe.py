@@ -1,8 +1,8 @@
 """What the kernel offers the eBPF datapath, found by trying each thing, never from version strings.
 
 Each probe loads a two-instruction program with the hook's expected attach type, creates a map of
-the type (socket storage with a one-type BTF of its own), or asks the verifier whether a program
-type may call a helper. Nothing is attached.
+the type (socket storage with a one-type BTF of its own), or loads a program that calls a helper
+and hears whether the verifier knows the helper for that program type. Nothing is attached.
 """
 
 from __future__ import annotations
@@ -69,8 +69,21 @@ def _socket_storage() -> tuple[bool, str]:
         os.close(btf)
 
 
-def _helper(prog_types: dict[str, int], helper: int) -> tuple[bool, str]:
-    missing = [name for name, prog_type in prog_types.items() if not libbpf.probe_helper(prog_type, helper)]
+def _calls(prog_type: int, attach_type: int, helper: int) -> bool:
+    """Whether a program of this type (and attach type) may call the helper: load one that calls
+    it with zeroed arguments. The verifier refuses an unknown or forbidden helper by name; any
+    other refusal (an argument it does not like) means the call itself is allowed."""
+    code = b"".join(struct.pack("<BBhi", 0xB7, register, 0, 0) for register in (2, 3, 4, 5))  # r2..r5 = 0
+    code += struct.pack("<BBhi", 0x85, 0, 0, helper) + RETURN_1  # call helper; r0 = 1; exit
+    try:
+        os.close(libbpf.prog_load(PROBE, prog_type, attach_type, code, "Dual BSD/GPL"))
+        return True
+    except OSError as error:
+        return not any(words in str(error) for words in ("unknown func", "cannot use helper", "invalid func"))
+
+
+def _helper(prog_types: dict[str, tuple[int, int]], helper: int) -> tuple[bool, str]:
+    missing = [name for name, (prog_type, attach) in prog_types.items() if not _calls(prog_type, attach, helper)]
     if missing:
         return False, f"not callable from {', '.join(missing)}"
     return True, f"callable from {', '.join(prog_types)}"
@@ -99,6 +112,9 @@ def _pidfd_getfd() -> tuple[bool, str]:
 def probe() -> list[Feature]:
     """Every kernel feature the eBPF backend needs, with whether this kernel has it."""
     sock_addr = libbpf.PROG_CGROUP_SOCK_ADDR
+    connect = (sock_addr, libbpf.ATTACH_INET4_CONNECT)
+    sockops = (libbpf.PROG_SOCK_OPS, libbpf.ATTACH_CGROUP_SOCK_OPS)
+    sockopt = (libbpf.PROG_CGROUP_SOCKOPT, libbpf.ATTACH_CGROUP_GETSOCKOPT)
     checks = {
         "bpf syscall": lambda: _map(libbpf.MAP_HASH, 4, 4),
         "cgroup v2 mount": _cgroup2,
@@ -116,9 +132,17 @@ def probe() -> list[Feature]:
         "sockhash map": lambda: _map(libbpf.MAP_SOCKHASH, 16, 4),
         "LRU hash map": lambda: _map(libbpf.MAP_LRU_HASH, 8, 8),
         "socket storage map": _socket_storage,
-        "netns cookie helper": lambda: _helper({"sock_addr": sock_addr, "sockops": libbpf.PROG_SOCK_OPS,
-                                                "sockopt": libbpf.PROG_CGROUP_SOCKOPT},
+        "netns cookie helper": lambda: _helper({"sock_addr": connect, "sockops": sockops, "sockopt": sockopt},
                                                libbpf.FUNC_GET_NETNS_COOKIE),
+        "caller's uid/gid in sockops (who listens)": lambda: _helper({"sock_addr": connect, "sockops": sockops},
+                                                                      libbpf.FUNC_GET_CURRENT_UID_GID),
+        "socket storage helpers": lambda: _all(_helper({"sock_addr": connect, "sockops": sockops, "sockopt": sockopt},
+                                                       libbpf.FUNC_SK_STORAGE_GET),
+                                               _helper({"sock_addr": connect}, libbpf.FUNC_SK_STORAGE_DELETE)),
+        "error returns from hooks (bpf_set_retval)": lambda: _helper({"sock_addr": connect, "sockopt": sockopt},
+                                                                      libbpf.FUNC_SET_RETVAL),
+        "sk_assign in sk_lookup": lambda: _helper({"sk_lookup": (libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP)},
+                                                  libbpf.FUNC_SK_ASSIGN),
         "BTF": _btf,
         "pidfd_getfd": _pidfd_getfd,
     }
@@ -127,7 +151,7 @@ def probe() -> list[Feature]:
 
 def _all(*results: tuple[bool, str]) -> tuple[bool, str]:
     failed = [detail for ok, detail in results if not ok]
-    return (False, "; ".join(failed)) if failed else (True, "loads")
+    return (False, "; ".join(failed)) if failed else (True, "; ".join(dict.fromkeys(d for _, d in results)))
 
 
 def missing() -> list[Feature]:

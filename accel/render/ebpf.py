@@ -27,9 +27,9 @@ PROGRAMS = [
     ("getpeername6", "cgroup/getpeername6", "node cgroup", "the same for IPv6 sockets"),
     ("getsockopt", "cgroup/getsockopt", "node cgroup", "SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for the proxy; "
      "every other call passes through"),
-    ("sockops", "sockops", "node cgroup", "pairs proxy and app sockets by 4-tuple; registers the proxy's "
-     "inbound listener"),
-    ("inbound", "sk_lookup", "pod's netns", "inbound TCP -> the proxy's inbound listener, no NAT"),
+    ("sockops", "sockops", "node cgroup", "hands a redirected connection's record from the app's socket to "
+     "the proxy's; registers the proxy's inbound listener"),
+    ("inbound", "sk_lookup", "pod's netns", "inbound TCP -> the proxy's inbound listener, no NAT (a copy per pod)"),
 ]
 FLAG_NAMES = {maps.IPV6: "ipv6", maps.DNS: "dns", maps.DNS_ALL: "dns-all", maps.OUT_ALL_V4: "outbound-all-v4",
               maps.OUT_ALL_V6: "outbound-all-v6", maps.INCLUDE_LO: "include-lo", maps.GROUPS_ALL: "groups-all",
@@ -43,9 +43,13 @@ PORT_KINDS = {maps.PORT_OUT_EXCLUDE: "outbound-exclude", maps.PORT_OUT_INCLUDE: 
 GROUP_KINDS = {maps.GROUP_INCLUDE: "include", maps.GROUP_EXCLUDE: "exclude"}
 PREFIX_KINDS = {maps.PREFIX_INCLUDE: "outbound-include", maps.PREFIX_EXCLUDE: "outbound-exclude",
                 maps.PREFIX_LOCAL: "local", maps.PREFIX_DNS: "dns-server"}
-AT_APPLY = ["netns cookie: the key of every entry (SO_NETNS_COOKIE, read inside the pod)",
-            "pods.pod_v4/pod_v6 and pod_addresses: the pod's addresses (ip addr)",
-            "prefixes kind local: the pod's local routes, what it reaches over lo (ip route show table local)",
+AT_APPLY = ["netns cookie: the key of the pod's entry, its sources, counters and local routes (SO_NETNS_COOKIE, "
+            "read inside the pod)",
+            "configuration id: the key of the list entries below, new for each apply, so a spec change swaps in one "
+            "update",
+            "proxy uids/gids and owner groups: mapped through the pod's user namespace, if it has one of its own",
+            "sources: the address the pod's traffic to a remote destination takes (routing's answer), followed",
+            "prefixes kind local: the pod's local routes, what it reaches over lo (table local), followed",
             "listeners: the proxy's inbound listening sockets (registered at apply, and by sockops on listen)"]
 
 
@@ -69,7 +73,7 @@ def _v4(value: int) -> str:
 def render_ebpf(spec: CaptureSpec) -> dict:
     """The programs and the decoded map entries for a pod with this spec (UnsupportedSpec if the
     eBPF backend refuses it)."""
-    entries = maps.pod_entries(spec, 0, [], [])
+    entries = maps.pod_entries(spec, 0)
     pod = entries.pod
     return {
         "programs": [{"name": n, "hook": h, "attached_at": a, "does": d} for n, h, a, d in PROGRAMS],

@@ -1,5 +1,6 @@
 """The per-node cache of compiled programs: what it saves, and that it cannot be fooled."""
 
+import ctypes
 import json
 import os
 import stat
@@ -106,6 +107,23 @@ def test_headers_count_by_content_not_by_place(cache, tmp_path):
     assert [origin(first), origin(second)] == ["compiled", "cache"]  # same text, another place
     (second / "port.h").write_text("#define PORT_OFFSET 1\n")
     assert origin(second) == "compiled"  # a header changed: the cached code is not this code
+
+
+def test_the_mirrors_are_checked_member_by_member_against_the_compiled_btf(monkeypatch):
+    """A mirror whose members sit at other offsets than the compiler chose is refused by name,
+    even when its size is right."""
+    from accel.ebpf import datapath, maps
+
+    class Drifted(ctypes.Structure):  # Origin with kind and port swapped: same size, other layout
+        _fields_ = [("addr", maps.U8x16), ("kind", ctypes.c_uint8), ("role", ctypes.c_uint8),
+                    ("port", ctypes.c_uint16), ("pad", ctypes.c_uint8 * 4)]
+
+    assert ctypes.sizeof(Drifted) == ctypes.sizeof(maps.Origin)
+    monkeypatch.setitem(datapath.MIRRORS, "handoffs", (maps.Tuple, Drifted))
+    with pytest.raises(datapath.DatapathError, match="map handoffs value: member kind: offset 18 in the BPF "
+                                                      "object, 16 in the mirror"):
+        datapath._Compiled.acquire()
+    assert datapath._Compiled._instance is None
 
 
 def test_the_datapath_captures_when_loaded_from_the_cache(cache):

@@ -1,4 +1,4 @@
-"""A CaptureSpec as the eBPF datapath's map entries (pure: no kernel)."""
+"""A CaptureSpec as the eBPF datapath's map entries, and a namespace's facts (pure: no kernel)."""
 
 import ctypes
 import ipaddress
@@ -8,20 +8,22 @@ import pytest
 from accel import inputs
 from accel.ebpf import maps as m
 from accel.spec import CaptureSpec, parse_cidrs
+from accel.userns import UNMAPPED_ID, IdMap
 
-NETNS = 0x1122334455667788
+CONFIG = 0x4122334455667788
+NETNS = 0x1234
 LOCAL = ["127.0.0.0/8", "127.0.0.1/32", "198.18.0.10/32", "::1/128", "2001:db8:18::10/128"]
-ADDRESSES = [ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("2001:db8:18::10")]
+SOURCES = [ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("2001:db8:18::10")]
 
 
-def entries(spec):
-    return m.pod_entries(spec, NETNS, LOCAL, ADDRESSES)
+def entries(spec, ids=IdMap()):
+    return m.pod_entries(spec, CONFIG, ids)
 
 
-def test_struct_layouts_match_accel_h():
-    # bpf/accel.h's sizes; the datapath also checks them against the compiled maps at load time
-    sizes = {m.Pod: 112, m.PortKey: 16, m.GroupKey: 16, m.PrefixKey: 29, m.Origin: 24, m.Tuple: 48,
-             m.ListenerKey: 16, m.Address: 16}
+def test_struct_sizes_match_accel_h():
+    # bpf/accel.h's sizes; the datapath also checks every member's offset against the compiled BTF
+    sizes = {m.Pod: 96, m.PortKey: 16, m.GroupKey: 16, m.PrefixKey: 29, m.Origin: 24, m.Tuple: 48,
+             m.ListenerKey: 16, m.Sources: 24, m.Counters: 8 * len(m.COUNTERS)}
     assert {t: ctypes.sizeof(t) for t in sizes} == sizes
 
 
@@ -29,20 +31,31 @@ def test_stock_sidecar_entries():
     spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS), {})
     e = entries(spec)
     pod = e.pod
+    assert pod.config == CONFIG and e.config == CONFIG
     assert (pod.proxy_port, pod.inbound_port, pod.tunnel_port, pod.dns_port) == (15001, 15006, 15008, 15053)
     assert pod.flags == m.OUT_ALL_V4 | m.OUT_ALL_V6 | m.GROUPS_ALL | m.IN_CAPTURE | m.IN_ALL | m.HAS_IN_PORTS_EXCLUDE
     assert (pod.n_uids, pod.uids[0], pod.n_gids, pod.gids[0]) == (1, 1337, 1, 1337)
     assert sorted((k.port, k.kind) for k in e.ports) == [(p, m.PORT_IN_EXCLUDE) for p in (15020, 15021, 15090)]
-    assert all(k.netns == NETNS for k in e.ports)
-    assert bytes(pod.pod_v6) == ipaddress.ip_address("2001:db8:18::10").packed
-    assert ipaddress.IPv4Address(pod.pod_v4.to_bytes(4, "little")) == ipaddress.ip_address("198.18.0.10")
+    assert all(k.config == CONFIG for k in e.ports)
     assert ipaddress.IPv4Address(pod.loopback_v4.to_bytes(4, "little")) == ipaddress.ip_address("127.0.0.1")
     assert ipaddress.IPv4Address(pod.loopback_v4_mask.to_bytes(4, "little")) == ipaddress.ip_address("255.255.255.255")
-    assert {k.kind & ~m.PREFIX_V6 for k in e.prefixes} == {m.PREFIX_LOCAL}  # '*' needs no include prefixes
-    assert [bytes(a.addr) for a in e.addresses] == [m.mapped(a) for a in ADDRESSES]
+    assert e.prefixes == []  # '*' needs no include prefixes; local routes are the namespace's, not the spec's
 
 
-def test_prefixes_count_netns_and_kind_bits_and_map_ipv4():
+def test_namespace_entries_key_local_routes_by_the_netns_and_flag_each_source():
+    facts = m.namespace_entries(NETNS, LOCAL, SOURCES)
+    assert {key.kind & ~m.PREFIX_V6 for key in facts.local} == {m.PREFIX_LOCAL}
+    assert all(bytes(key.owner) == NETNS.to_bytes(8, "little") for key in facts.local)
+    assert facts.sources.flags == m.SOURCE_HAS_V4 | m.SOURCE_HAS_V6
+    assert ipaddress.IPv4Address(facts.sources.v4.to_bytes(4, "little")) == SOURCES[0]
+    assert bytes(facts.sources.v6) == SOURCES[1].packed
+    # an IPv6 address whose first and last bytes are zero is still an address (not "none")
+    odd = ipaddress.ip_address("::1:2:3:0")
+    assert m.namespace_entries(NETNS, [], [odd]).sources.flags == m.SOURCE_HAS_V6
+    assert m.namespace_entries(NETNS, [], []).sources.flags == 0
+
+
+def test_prefixes_count_owner_and_kind_bits_and_map_ipv4():
     spec = CaptureSpec(outbound_ip_ranges_include=parse_cidrs("10.96.0.1/12,2001:db8::/32", "f"),
                        outbound_ip_ranges_exclude=parse_cidrs("10.96.0.0/16", "f"), redirect_dns=True,
                        dns_servers_v4=("10.96.0.10",))
@@ -55,7 +68,7 @@ def test_prefixes_count_netns_and_kind_bits_and_map_ipv4():
     assert by_kind[m.PREFIX_INCLUDE | m.PREFIX_V6] == [(72 + 32, ipaddress.ip_address("2001:db8::").packed)]
     assert by_kind[m.PREFIX_EXCLUDE] == [(72 + 96 + 16, m.mapped(ipaddress.ip_address("10.96.0.0")))]
     assert by_kind[m.PREFIX_DNS] == [(72 + 128, m.mapped(ipaddress.ip_address("10.96.0.10")))]
-    assert bytes(entries(spec).prefixes[0].netns) == NETNS.to_bytes(8, "little")
+    assert bytes(entries(spec).prefixes[0].owner) == CONFIG.to_bytes(8, "little")
 
 
 def test_flags_follow_the_spec():
@@ -72,6 +85,23 @@ def test_flags_follow_the_spec():
                                                  | m.HAS_GROUPS_EXCLUDE)
     # --redirect-dns without servers is no DNS capture, as in istio-iptables
     assert not entries(CaptureSpec(redirect_dns=True)).pod.flags & m.DNS
+
+
+def test_ids_are_mapped_through_the_pods_user_namespace():
+    """hostUsers: false: the pod's 1337 is 1001337 on the node; iptables' owner match maps the
+    same way (through the user namespace owning the network namespace)."""
+    ids = IdMap(uids=((0, 1_000_000, 65536),), gids=((0, 2_000_000, 65536),))
+    spec = CaptureSpec(proxy_uids=(1337, 70000), proxy_gids=(1337,), owner_groups_include=("2345",))
+    e = entries(spec, ids)
+    assert list(e.pod.uids[:2]) == [1_001_337, UNMAPPED_ID]  # 70000 is not mapped: it matches no one
+    assert list(e.pod.gids[:1]) == [2_001_337]
+    assert [k.gid for k in e.groups] == [2_002_345]
+    assert IdMap().uid(1337) == 1337 and IdMap().gid(0) == 0
+
+
+def test_each_configuration_gets_its_own_id():
+    ids = {m.new_config_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(i >= 1 << 62 for i in ids)  # never a small netns cookie
 
 
 @pytest.mark.parametrize("change, needle", [
