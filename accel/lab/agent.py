@@ -13,7 +13,7 @@ The log is an inherited file descriptor (--log-fd): no one else can open it.
                    [--dns PORT]...
   agent.py sidecar --log-fd FD --outbound PORT --inbound PORT --dns PORT --upstream-dns ADDR
                    --uid UID --gid GID [--transparent] [--inbound-families 4,6]
-  agent.py client  --proto tcp|tcp-send-close|mptcp|udp|udplite|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR
+  agent.py client  --proto tcp|tcp-send-close|mptcp|udp|udplite|ping|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR
                    --port PORT --token TOKEN [--bind ADDR] [--first-dns ADDR]
                    [--first-connect ADDR:PORT] [--timeout SECONDS]
   agent.py burst   --targets FILE [--concurrency N]     many TCP requests at once
@@ -408,7 +408,7 @@ def run_client(args):
     target = (args.dst, args.port)
     result = {}
     kind = socket.SOCK_STREAM if args.proto in ("tcp", "tcp-send-close", "mptcp", "dns-tcp") else socket.SOCK_DGRAM
-    protocol = {"mptcp": IPPROTO_MPTCP, "udplite": IPPROTO_UDPLITE}.get(args.proto, 0)
+    protocol = {"mptcp": IPPROTO_MPTCP, "udplite": IPPROTO_UDPLITE, "ping": socket.IPPROTO_ICMP}.get(args.proto, 0)
     sock = socket.socket(family, kind, protocol)
     sock.settimeout(args.timeout)
     try:
@@ -445,6 +445,10 @@ def run_client(args):
                 reply = read_line(sock, 65536)
                 result["reply"] = json.loads(reply) if reply else None
                 result["ok"] = bool(result["reply"]) and "error" not in result["reply"]
+            elif args.proto == "ping":  # an unprivileged ICMP echo socket: the kernel fills id and checksum
+                sock.send(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + args.token.encode())
+                reply, source = sock.recvfrom(2048)
+                result.update(ok=reply[0] == 0, reply_from=source[0])
             elif args.proto in ("udp", "udplite"):
                 sock.send(args.token.encode())
                 result["reply"] = json.loads(sock.recv(2048))
@@ -574,8 +578,8 @@ def main(argv=None):
     sidecar.add_argument("--inbound-families", default="4,6")
     client = roles.add_parser("client")
     client.add_argument("--proto", required=True,
-                        choices=["tcp", "tcp-send-close", "mptcp", "udp", "udplite", "dns-udp", "dns-udp-sendto",
-                                 "dns-tcp"])
+                        choices=["tcp", "tcp-send-close", "mptcp", "udp", "udplite", "ping", "dns-udp",
+                                 "dns-udp-sendto", "dns-tcp"])
     client.add_argument("--dst", required=True)
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--token", required=True)

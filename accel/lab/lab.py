@@ -199,6 +199,7 @@ class Lab:
         with NetNS(name) as ns:
             ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
         settings = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
+                    "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
                     # no duplicate address detection: link-local addresses are usable at once
                     "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
         for key, value in settings.items():

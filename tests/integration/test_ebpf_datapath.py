@@ -188,6 +188,21 @@ def test_no_memory_for_a_record_fails_the_connect_and_never_lets_it_out_uncaptur
 
 
 @pytest.mark.parametrize("backend_name", ["iptables", "ebpf"])
+def test_a_ping_socket_to_port_53_is_not_dns(backend_name):
+    """An ICMP echo socket connected to a DNS server's port 53 is not UDP: DNS capture leaves it
+    alone (the connect hooks run for ping sockets too), and the echo comes back from the server."""
+    spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS) + ["--redirect-dns", "--capture-all-dns"], {})
+    with Lab(LabPlan(sidecar=SIDECAR)) as lab:
+        backend, pod = get_backend(backend_name), lab.pods["pod"]
+        backend.apply(pod, spec)
+        try:
+            seen = lab.client("pod", proto="ping", dst="198.18.0.53", port=53, token="ping", uid=APP, gid=APP)
+        finally:
+            backend.remove(pod)
+    assert seen["result"] == "ok" and seen["reply_from"] == "198.18.0.53"
+
+
+@pytest.mark.parametrize("backend_name", ["iptables", "ebpf"])
 def test_mptcp_is_captured_as_tcp(backend_name):
     """MPTCP's subflows are TCP to iptables' -p tcp, so they are captured; the eBPF hooks see the
     subflow's connect. (One known difference: getpeername() on the MPTCP socket itself shows the
