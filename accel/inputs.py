@@ -16,6 +16,7 @@ import pwd
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from . import constants as c
 from . import spec as s
 from .spec import CaptureSpec, SpecError
 
@@ -85,16 +86,16 @@ def _ignored_bool(text, label):
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("ProxyPort", "proxy_port", ("--envoy-port", "-p"), (), "15001", s.parse_port,
+    Field("ProxyPort", "proxy_port", ("--envoy-port", "-p"), (), str(c.PROXY_PORT), s.parse_port,
           "port outbound TCP is redirected to"),
     Field("InboundCapturePort", "inbound_capture_port", ("--inbound-capture-port", "-z"),
-          ("INBOUND_CAPTURE_PORT",), "15006", s.parse_port,
+          ("INBOUND_CAPTURE_PORT",), str(c.INBOUND_CAPTURE_PORT), s.parse_port,
           "port inbound TCP (and the proxy's own hairpin) is redirected to"),
     Field("InboundTunnelPort", "inbound_tunnel_port", ("--inbound-tunnel-port", "-e"),
-          ("INBOUND_TUNNEL_PORT",), "15008", s.parse_port,
+          ("INBOUND_TUNNEL_PORT",), str(c.INBOUND_TUNNEL_PORT), s.parse_port,
           "HBONE tunnel port: never captured inbound"),
     Field("ProxyUID", "proxy_uids", ("--proxy-uid", "-u"), ("PROXY_UID",),
-          "uid of $ENVOY_USER (istio-proxy), else 1337", _uids,
+          f"uid of $ENVOY_USER ({c.PROXY_USER}), else {c.PROXY_UID}", _uids,
           "comma list of uids whose traffic is never captured outbound"),
     Field("ProxyGID", "proxy_gids", ("--proxy-gid", "-g"), ("PROXY_GID",), "the uid list", _gids,
           "comma list of gids whose traffic is never captured outbound"),
@@ -102,10 +103,10 @@ FIELDS: tuple[Field, ...] = (
           ("--istio-inbound-interception-mode", "-m"), ("ISTIO_INBOUND_INTERCEPTION_MODE",),
           "REDIRECT", s.parse_mode, "REDIRECT (nat) or TPROXY (mangle, source kept)"),
     Field("InboundTProxyMark", "inbound_tproxy_mark", ("--istio-inbound-tproxy-mark", "-t"),
-          ("ISTIO_INBOUND_TPROXY_MARK",), "1337", _mark, "packet mark used by TPROXY mode"),
+          ("ISTIO_INBOUND_TPROXY_MARK",), str(c.TPROXY_MARK), _mark, "packet mark used by TPROXY mode"),
     Field("InboundTProxyRouteTable", "inbound_tproxy_route_table",
           ("--istio-inbound-tproxy-route-table", "-r"), ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",),
-          "133", _table, "policy-routing table used by TPROXY mode"),
+          str(c.TPROXY_ROUTE_TABLE), _table, "policy-routing table used by TPROXY mode"),
     Field("InboundPortsInclude", "inbound_ports_include", ("--istio-inbound-ports", "-b"),
           ("ISTIO_INBOUND_PORTS",), "'' (none)", _ports_or_all,
           "inbound ports to capture: comma list, '*' for all, '' for none"),
@@ -179,8 +180,7 @@ LOG_FLAGS = {"--log_as_json": True, "--log_caller": False, "--log_output_level":
              "--log_rotate_max_size": False, "--log_stacktrace_level": False, "--log_target": False}
 
 # The stock sidecar: istio-init's arguments as Istio's injector writes them (no DNS capture).
-ISTIO_INIT_DEFAULT_ARGS = ("-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT",
-                           "-i", "*", "-x", "", "-b", "*", "-d", "15090,15021,15020")
+ISTIO_INIT_DEFAULT_ARGS = c.ISTIO_INIT_DEFAULT_ARGS
 
 # Fields with no flag: detected by istio-iptables on the node. Settable in --istio-config files.
 DETECTED = ("EnableIPv6", "DNSServersV4", "DNSServersV6")
@@ -195,12 +195,12 @@ def flag_label(field: Field) -> str:
     return field.env[0]
 
 
-def default_proxy_uid(user: str = "istio-proxy") -> str:
+def default_proxy_uid(user: str = c.PROXY_USER) -> str:
     """istio-iptables' default -u: the uid of user $ENVOY_USER (istio-proxy), else 1337."""
     try:
         return str(pwd.getpwnam(user).pw_uid)
     except KeyError:
-        return "1337"
+        return str(c.PROXY_UID)
 
 
 # ---------------------------------------------------------------------------
@@ -419,9 +419,10 @@ ANNOTATIONS = {
     "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT", _cni_mode),
     "includeIPCidrs": Annotation("traffic.sidecar.istio.io/includeOutboundIPRanges", "*", _cidrs_or_all),
     "excludeIPCidrs": Annotation("traffic.sidecar.istio.io/excludeOutboundIPRanges", "", _cidrs),
-    "excludeInboundPorts": Annotation("traffic.sidecar.istio.io/excludeInboundPorts", "15020", _ports),
+    "excludeInboundPorts": Annotation("traffic.sidecar.istio.io/excludeInboundPorts", str(c.MERGED_METRICS_PORT), _ports),
     "includeInboundPorts": Annotation("traffic.sidecar.istio.io/includeInboundPorts", "*", _ports_or_all),
-    "excludeOutboundPorts": Annotation("traffic.sidecar.istio.io/excludeOutboundPorts", "15020", _ports),
+    "excludeOutboundPorts": Annotation("traffic.sidecar.istio.io/excludeOutboundPorts", str(c.MERGED_METRICS_PORT),
+                                       _ports),
     "includeOutboundPorts": Annotation("traffic.sidecar.istio.io/includeOutboundPorts", "", _ports),
     "excludeInterfaces": Annotation("traffic.sidecar.istio.io/excludeInterfaces", "", s.parse_interfaces),
     "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "", s.parse_interfaces),
@@ -430,7 +431,7 @@ ANNOTATIONS = {
 }
 STATUS_ANNOTATION = "sidecar.istio.io/status"
 # The sidecar always answers on these; istio-cni never captures them inbound.
-CNI_EXCLUDED_INBOUND = (15020, 15021, 15090)
+CNI_EXCLUDED_INBOUND = (c.MERGED_METRICS_PORT, c.HEALTH_PORT, c.ENVOY_METRICS_PORT)
 ANNOTATION_FILE_KEYS = ("annotations", "proxy_env", "proxy_runAsUser", "proxy_runAsGroup", "pod_ips")
 
 
@@ -476,8 +477,8 @@ def from_annotations(document: Mapping[str, object]) -> AnnotatedPod:
     dual_stack = _env_bool(proxy_env, "ISTIO_DUAL_STACK")
     kwargs = dict(
         inbound_interception_mode=value("redirectMode"),
-        proxy_uids=(uid or 1337,),
-        proxy_gids=(gid or 1337,),
+        proxy_uids=(uid or c.PROXY_UID,),
+        proxy_gids=(gid or c.PROXY_GID,),
         outbound_ip_ranges_include=value("includeIPCidrs"),
         outbound_ip_ranges_exclude=value("excludeIPCidrs"),
         inbound_ports_include=value("includeInboundPorts"),

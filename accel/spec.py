@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, Union
 
+from . import constants as c
+
 WILDCARD = "*"
 Wildcard = Literal["*"]
 Cidr = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
@@ -225,14 +227,14 @@ class CaptureSpec:
     outbound CIDR capture (only the owner and loopback rules), proxy uid/gid 1337.
     """
 
-    proxy_port: int = 15001  # -p: outbound TCP is redirected here
-    inbound_capture_port: int = 15006  # -z: inbound TCP (and the proxy's own hairpin) goes here
-    inbound_tunnel_port: int = 15008  # -e: HBONE tunnel port, never captured inbound
-    proxy_uids: tuple[int, ...] = (1337,)  # -u: traffic of these uids is never captured outbound
-    proxy_gids: tuple[int, ...] = (1337,)  # -g: same for these gids
+    proxy_port: int = c.PROXY_PORT  # -p: outbound TCP is redirected here
+    inbound_capture_port: int = c.INBOUND_CAPTURE_PORT  # -z: inbound TCP (and the proxy's own hairpin) goes here
+    inbound_tunnel_port: int = c.INBOUND_TUNNEL_PORT  # -e: HBONE tunnel port, never captured inbound
+    proxy_uids: tuple[int, ...] = (c.PROXY_UID,)  # -u: traffic of these uids is never captured outbound
+    proxy_gids: tuple[int, ...] = (c.PROXY_GID,)  # -g: same for these gids
     inbound_interception_mode: str = REDIRECT  # -m: REDIRECT (nat) or TPROXY (mangle)
-    inbound_tproxy_mark: int = 1337  # -t
-    inbound_tproxy_route_table: int = 133  # -r
+    inbound_tproxy_mark: int = c.TPROXY_MARK  # -t
+    inbound_tproxy_route_table: int = c.TPROXY_ROUTE_TABLE  # -r
     inbound_ports_include: tuple[int, ...] | Wildcard = ()  # -b: () = no inbound capture
     inbound_ports_exclude: tuple[int, ...] = ()  # -d: only used with -b '*'
     outbound_ports_include: tuple[int, ...] = ()  # -q: captured whatever the destination
@@ -249,7 +251,7 @@ class CaptureSpec:
     dns_servers_v6: tuple[str, ...] = ()
     drop_invalid: bool = False  # --drop-invalid
     enable_ipv6: bool = False  # detected by istio-iptables from the pod's addresses
-    host_ipv4_loopback_cidr: ipaddress.IPv4Interface = ipaddress.IPv4Interface("127.0.0.1/32")
+    host_ipv4_loopback_cidr: ipaddress.IPv4Interface = ipaddress.IPv4Interface(c.HOST_IPV4_LOOPBACK_CIDR)
 
     def __post_init__(self):
         self._validate()

@@ -25,15 +25,15 @@ import os
 import socket
 from pathlib import Path
 
-from .. import process
+from .. import constants, process
 from ..backends import get_backend
 from ..backends.libnft import nft
 from ..lab import POD_ADDRESSES, Lab, LabPlan, conntrack_entries
 from ..spec import CaptureSpec
 
 SERVER_PORT = 8080
-OUTBOUND_PORT, INBOUND_PORT = 15001, 15006
-PROXY_UID = 1337
+OUTBOUND_PORT, INBOUND_PORT = constants.PROXY_PORT, constants.INBOUND_CAPTURE_PORT
+PROXY_UID = constants.PROXY_UID
 APP_UID = 1000
 CLIENT, SERVER = "pod", "remote"  # the lab's pod under test is the client, its remote pod the server
 SERVER_ADDRESS = POD_ADDRESSES[SERVER][0]
@@ -132,7 +132,7 @@ class Mesh:
         sidecars = {
             CLIENT: ("outbound", OUTBOUND_PORT, f"{SERVER_ADDRESS}:{INBOUND_PORT}" if explicit else "0.0.0.0:0"),
             SERVER: ("inbound", INBOUND_PORT,
-                     (f"{SERVER_ADDRESS}:{SERVER_PORT}" if explicit else "0.0.0.0:0") + " source 127.0.0.6"),
+                     (f"{SERVER_ADDRESS}:{SERVER_PORT}" if explicit else "0.0.0.0:0") + f" source {constants.INBOUND_PASSTHROUGH_SOURCE[4]}"),
         }
         for role, (frontend, port, server) in sidecars.items():
             config = work / f"haproxy-{role}.cfg"

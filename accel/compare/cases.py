@@ -12,13 +12,13 @@ import grp
 import ipaddress
 from dataclasses import dataclass
 
+from .. import constants
 from ..lab import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, MeshedPod, SidecarConfig
 from ..spec import WILDCARD, CaptureSpec
 
 APP_PORT = 8080  # the app's port in every pod
 OTHER_APP_PORT = 9090  # a second app port in the pod under test
 UDP_PORT = 9999  # a UDP service that is not DNS
-SIDECAR_DNS_PORT = 15053  # istio-agent's DNS proxy; fixed in Istio
 # Destinations for "a service address", tried in order within whatever the spec includes.
 SERVICE_CANDIDATES = {
     4: ("203.0.113.10", "198.51.100.10", "192.0.2.10", "10.96.0.10", "100.64.0.10", "172.16.0.10"),
@@ -26,7 +26,6 @@ SERVICE_CANDIDATES = {
 }
 LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 UNSPECIFIED = {4: "0.0.0.0", 6: "::"}
-PASSTHROUGH_SOURCE = {4: "127.0.0.6", 6: "::6"}
 # An address the pod gets after capture is applied (on lo): local from then on, as for iptables.
 ADDED_AFTER_APPLY = "198.18.0.14"
 # An address the pod has when capture is applied and loses after: remote from then on (the remote
@@ -138,7 +137,7 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
     """The cases for this spec, and the lab they need (ports, routed service addresses)."""
     app = app_identity(spec)
     proxy_uid, proxy_gid = spec.proxy_uids[0], spec.proxy_gids[0]
-    sidecar_ports = {spec.proxy_port, spec.inbound_capture_port, SIDECAR_DNS_PORT}
+    sidecar_ports = {spec.proxy_port, spec.inbound_capture_port, constants.DNS_PROXY_PORT}
     cases: list[Case] = []
 
     def add(name, description, dst, port, *, client="pod", proto="tcp", uid=app, gid=app, bind=None, **more):
@@ -192,8 +191,8 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
         add(f"outbound-own-pod-ip{v}", "app to its own pod address (over lo)", pod_ip, APP_PORT)
         add(f"proxy-to-app-over-lo{v}", "the proxy uid to the pod address (inbound delivery)", pod_ip,
             APP_PORT, uid=proxy_uid, gid=proxy_gid)
-        add(f"inbound-passthrough-source{v}", f"the proxy uid from {PASSTHROUGH_SOURCE[version]} to the pod",
-            pod_ip, APP_PORT, uid=proxy_uid, gid=proxy_gid, bind=PASSTHROUGH_SOURCE[version])
+        add(f"inbound-passthrough-source{v}", f"the proxy uid from {constants.INBOUND_PASSTHROUGH_SOURCE[version]} to the pod",
+            pod_ip, APP_PORT, uid=proxy_uid, gid=proxy_gid, bind=constants.INBOUND_PASSTHROUGH_SOURCE[version])
 
         add(f"inbound-app-port{v}", "remote pod to an app port", pod_ip, APP_PORT, client="remote")
         for port in spec.inbound_ports_exclude[:5] if first else spec.inbound_ports_exclude[:1]:
@@ -245,9 +244,9 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
         add(f"app-dials-proxy-port{v}", f"app to {loopback}:{spec.proxy_port}, the proxy itself (never redirected)",
             loopback, spec.proxy_port)
         if spec.dns_capture and spec.capture_all_dns:
-            add(f"dns-udp-sendto-from-passthrough{v}", f"DNS over UDP from {PASSTHROUGH_SOURCE[version]} to the pod's "
+            add(f"dns-udp-sendto-from-passthrough{v}", f"DNS over UDP from {constants.INBOUND_PASSTHROUGH_SOURCE[version]} to the pod's "
                 "own address (lo, from the inbound passthrough source)", pod_ip, 53, proto="dns-udp-sendto",
-                bind=PASSTHROUGH_SOURCE[version])
+                bind=constants.INBOUND_PASSTHROUGH_SOURCE[version])
         if first:
             add("outbound-unspecified-mapped", "app, through an IPv6 socket, to ::ffff:0.0.0.0", "::ffff:0.0.0.0",
                 APP_PORT)
@@ -329,7 +328,7 @@ def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabP
         remote_tcp_ports=tuple(sorted(remote_ports)),
         remote_udp_ports=(UDP_PORT,),
         service_addresses=tuple(sorted(services)),
-        sidecar=SidecarConfig(spec.proxy_port, spec.inbound_capture_port, SIDECAR_DNS_PORT,
+        sidecar=SidecarConfig(spec.proxy_port, spec.inbound_capture_port, constants.DNS_PROXY_PORT,
                               spec.proxy_uids[0], spec.proxy_gids[0], transparent=spec.tproxy),
         meshed=tuple(MESHED_ROLES[role] for role in MESHED_ROLES if role in meshed),
         pod_local_addresses=(f"{REMOVED_AFTER_APPLY}/32",) if removed else (),

@@ -16,11 +16,11 @@ import secrets
 import sys
 from dataclasses import dataclass, field
 
+from .. import constants
 from ..spec import WILDCARD, CaptureSpec
 from ..userns import UNMAPPED_ID, IdMap
 
 MAX_IDS = 8
-DNS_PROXY_PORT = 15053
 
 # accel_pod.flags
 IPV6 = 1 << 0
@@ -219,7 +219,7 @@ def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap()) -> PodEntr
     flags |= HAS_IN_PORTS_EXCLUDE if spec.inbound_ports_include == WILDCARD and spec.inbound_ports_exclude else 0
     loopback = spec.host_ipv4_loopback_cidr.network
     pod = Pod(config=config, proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
-              tunnel_port=spec.inbound_tunnel_port, dns_port=DNS_PROXY_PORT, flags=flags,
+              tunnel_port=spec.inbound_tunnel_port, dns_port=constants.DNS_PROXY_PORT, flags=flags,
               loopback_v4=_network_u32(loopback.network_address), loopback_v4_mask=_network_u32(loopback.netmask),
               n_uids=len(spec.proxy_uids), n_gids=len(spec.proxy_gids))
     pod.uids[:len(spec.proxy_uids)] = [ids.uid(u) for u in spec.proxy_uids]

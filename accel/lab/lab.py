@@ -35,6 +35,7 @@ from pathlib import Path
 from pyroute2 import NetNS, netns
 
 from .. import process
+from ..constants import PROXY_GID, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
 from ..netns import unique_name
 
@@ -43,8 +44,6 @@ LAB_PREFIX = "accel-lab"
 RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch")
 AGENT = Path(__file__).with_name("agent.py")
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
-PROXY_USER = "istio-proxy"
-PROXY_ID = 1337
 IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
 
 NODE_V4, NODE_V6 = "198.18.0.1", "2001:db8:18::1"
@@ -390,14 +389,14 @@ def sysctl(namespace: str, key: str, value: str):
 def ensure_proxy_user():
     """The sidecar's identity, as in Istio's images: user and group istio-proxy, 1337."""
     try:
-        grp.getgrgid(PROXY_ID)
+        grp.getgrgid(PROXY_GID)
     except KeyError:
-        subprocess.run(["groupadd", "--system", "--gid", str(PROXY_ID), PROXY_USER], check=True,
+        subprocess.run(["groupadd", "--system", "--gid", str(PROXY_GID), PROXY_USER], check=True,
                        capture_output=True)
     try:
-        pwd.getpwuid(PROXY_ID)
+        pwd.getpwuid(PROXY_UID)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--uid", str(PROXY_ID), "--gid", str(PROXY_ID),
+        subprocess.run(["useradd", "--system", "--uid", str(PROXY_UID), "--gid", str(PROXY_GID),
                         "--no-create-home", "--shell", "/usr/sbin/nologin", PROXY_USER], check=True,
                        capture_output=True)
 

@@ -12,25 +12,9 @@ from __future__ import annotations
 import ipaddress
 
 from ..ebpf import maps
+from ..ebpf.programs import PROGRAMS
 from ..spec import CaptureSpec
 
-# program -> (hook, where it is attached, what it does)
-PROGRAMS = [
-    ("connect4", "cgroup/connect4", "node cgroup", "TCP connect -> proxy outbound port (DNS over TCP -> DNS port)"),
-    ("connect6", "cgroup/connect6", "node cgroup", "the same for IPv6 sockets, IPv4-mapped addresses as IPv4"),
-    ("sendmsg4", "cgroup/sendmsg4", "node cgroup", "DNS over UDP -> DNS port"),
-    ("sendmsg6", "cgroup/sendmsg6", "node cgroup", "the same for IPv6 sockets"),
-    ("recvmsg4", "cgroup/recvmsg4", "node cgroup", "DNS replies appear to come from the server asked"),
-    ("recvmsg6", "cgroup/recvmsg6", "node cgroup", "the same for IPv6 sockets"),
-    ("getpeername4", "cgroup/getpeername4", "node cgroup", "the app's getpeername() returns the original "
-     "destination"),
-    ("getpeername6", "cgroup/getpeername6", "node cgroup", "the same for IPv6 sockets"),
-    ("getsockopt", "cgroup/getsockopt", "node cgroup", "SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for the proxy; "
-     "every other call passes through"),
-    ("sockops", "sockops", "node cgroup", "hands a redirected connection's record from the app's socket to "
-     "the proxy's; registers the proxy's inbound listener"),
-    ("inbound", "sk_lookup", "pod's netns", "inbound TCP -> the proxy's inbound listener, no NAT (a copy per pod)"),
-]
 FLAG_NAMES = {maps.IPV6: "ipv6", maps.DNS: "dns", maps.DNS_ALL: "dns-all", maps.OUT_ALL_V4: "outbound-all-v4",
               maps.OUT_ALL_V6: "outbound-all-v6", maps.INCLUDE_LO: "include-lo", maps.GROUPS_ALL: "groups-all",
               maps.IN_CAPTURE: "inbound-capture", maps.IN_ALL: "inbound-all", maps.TPROXY: "tproxy",
@@ -76,7 +60,7 @@ def render_ebpf(spec: CaptureSpec) -> dict:
     entries = maps.pod_entries(spec, 0)
     pod = entries.pod
     return {
-        "programs": [{"name": n, "hook": h, "attached_at": a, "does": d} for n, h, a, d in PROGRAMS],
+        "programs": [{"name": p.name, "hook": p.hook, "attached_at": p.attached_at, "does": p.does} for p in PROGRAMS],
         "maps": {
             "pods": {"proxy_port": pod.proxy_port, "inbound_port": pod.inbound_port,
                      "tunnel_port": pod.tunnel_port, "dns_port": pod.dns_port,

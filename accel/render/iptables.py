@@ -10,21 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .. import constants as c
 from ..spec import WILDCARD, CaptureSpec, cidr_text
 
 NAT, MANGLE, RAW = "nat", "mangle", "raw"
-INBOUND = "ISTIO_INBOUND"
-REDIRECT = "ISTIO_REDIRECT"  # outbound -> proxy port
-IN_REDIRECT = "ISTIO_IN_REDIRECT"  # -> inbound capture port
-OUTPUT = "ISTIO_OUTPUT"
-OUTPUT_DNS = "ISTIO_OUTPUT_DNS"
-DIVERT = "ISTIO_DIVERT"
-TPROXY_CHAIN = "ISTIO_TPROXY"
-DROP = "ISTIO_DROP"
-
-DNS_PORT = "53"
-DNS_PROXY_PORT = "15053"  # the istio-agent DNS listener; fixed in Istio
-OUTBOUND_MARK = "1338"  # marks the proxy's own hairpin in TPROXY mode; fixed in Istio
+INBOUND, REDIRECT, IN_REDIRECT = c.CHAIN_INBOUND, c.CHAIN_REDIRECT, c.CHAIN_IN_REDIRECT
+OUTPUT, OUTPUT_DNS, DIVERT, TPROXY_CHAIN, DROP = (c.CHAIN_OUTPUT, c.CHAIN_OUTPUT_DNS, c.CHAIN_DIVERT, c.CHAIN_TPROXY,
+                                                  c.CHAIN_DROP)
+# as the rules' text spells them
+DNS_PORT, DNS_PROXY_PORT, OUTBOUND_MARK = str(c.DNS_PORT), str(c.DNS_PROXY_PORT), str(c.OUTBOUND_MARK)
 
 # Never declared with -N: the kernel's chains and the standard targets.
 _NOT_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", "RETURN", "ACCEPT",
@@ -129,9 +123,9 @@ class _Builder:
     """
 
     def __init__(self, spec: CaptureSpec):
-        self.families = [_Restore(Family(4, cidr_text(spec.host_ipv4_loopback_cidr), "127.0.0.6/32"))]
+        self.families = [_Restore(Family(4, cidr_text(spec.host_ipv4_loopback_cidr), f"{c.INBOUND_PASSTHROUGH_SOURCE[4]}/32"))]
         if spec.enable_ipv6:
-            self.families.append(_Restore(Family(6, "::1/128", "::6/128")))
+            self.families.append(_Restore(Family(6, "::1/128", f"{c.INBOUND_PASSTHROUGH_SOURCE[6]}/128")))
 
     def add(self, table, chain, *words, only: int | None = None, position: int | None = None):
         for restore in self.families:

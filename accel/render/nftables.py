@@ -11,21 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .. import constants as c
 from ..spec import WILDCARD, CaptureSpec, SpecError, cidr_text
 
-NAT, MANGLE, RAW = "istio-proxy-nat", "istio-proxy-mangle", "istio-proxy-raw"
+NAT, MANGLE, RAW = c.NFT_TABLE_NAT, c.NFT_TABLE_MANGLE, c.NFT_TABLE_RAW
 PREROUTING, OUTPUT_BASE = "prerouting", "output"
-INBOUND = "istio-inbound"
-REDIRECT = "istio-redirect"
-IN_REDIRECT = "istio-in-redirect"
-OUTPUT = "istio-output"
-OUTPUT_DNS = "istio-output-dns"
-DIVERT = "istio-divert"
-TPROXY_CHAIN = "istio-tproxy"
-DROP = "istio-drop"
-
-DNS_PROXY_PORT = "15053"
-OUTBOUND_MARK = "1338"
+INBOUND, REDIRECT, IN_REDIRECT = c.NFT_CHAIN_INBOUND, c.NFT_CHAIN_REDIRECT, c.NFT_CHAIN_IN_REDIRECT
+OUTPUT, OUTPUT_DNS, DIVERT, TPROXY_CHAIN, DROP = (c.NFT_CHAIN_OUTPUT, c.NFT_CHAIN_OUTPUT_DNS, c.NFT_CHAIN_DIVERT,
+                                                  c.NFT_CHAIN_TPROXY, c.NFT_CHAIN_DROP)
+DNS_PROXY_PORT, OUTBOUND_MARK = str(c.DNS_PROXY_PORT), str(c.OUTBOUND_MARK)
+PASSTHROUGH_V4, PASSTHROUGH_V6 = f"{c.INBOUND_PASSTHROUGH_SOURCE[4]}/32", f"{c.INBOUND_PASSTHROUGH_SOURCE[6]}/128"
 
 # Tables in transaction order; chains in declaration order, base chains with their hook.
 # Priorities are numeric: nft 1.0.6 rejects the name "dstnat" on an output hook.
@@ -202,8 +197,8 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
         for port in excluded_ports:
             b.add(NAT, OUTPUT, f"tcp dport {port}", "return")
             b.add(NAT, OUTPUT, f"udp dport {port}", "return")
-    b.add(NAT, OUTPUT, "oifname lo ip saddr 127.0.0.6/32", "return")
-    b.add6(NAT, OUTPUT, "oifname lo ip6 saddr ::6/128", "return")
+    b.add(NAT, OUTPUT, f"oifname lo ip saddr {PASSTHROUGH_V4}", "return")
+    b.add6(NAT, OUTPUT, f"oifname lo ip6 saddr {PASSTHROUGH_V6}", "return")
 
     for owner, ids in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
         for number in ids:
@@ -265,8 +260,8 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
                        f"meta mark set {OUTBOUND_MARK}")
         b.add(MANGLE, OUTPUT_BASE, f"meta l4proto tcp ct mark {mark}", "meta mark set ct mark")
         b.add(MANGLE, INBOUND, f"meta l4proto tcp mark {mark}", "return", index=0)
-        b.add(MANGLE, INBOUND, "iifname lo meta l4proto tcp ip saddr 127.0.0.6/32", "return", index=1)
-        b.add6(MANGLE, INBOUND, "iifname lo meta l4proto tcp ip6 saddr ::6/128", "return", index=1)
+        b.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp ip saddr {PASSTHROUGH_V4}", "return", index=1)
+        b.add6(MANGLE, INBOUND, f"iifname lo meta l4proto tcp ip6 saddr {PASSTHROUGH_V6}", "return", index=1)
         b.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp mark != {OUTBOUND_MARK}", "return", index=2)
 
     return b.transaction()
