@@ -25,6 +25,7 @@ from ..process import in_netns
 from ..spec import CaptureSpec
 from . import btf, libbpf, objects
 from .follow import Follower, NamespaceFacts
+from .programs import CGROUP_PROGRAMS, PROGRAMS, SK_LOOKUP
 from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, MIRRORS, POD_NETNS_PLACEHOLDER, Counters, ListenerKey,
                    NamespaceEntries, PodEntries, PrefixKey, Tuple, namespace_entries, new_config_id, pod_entries)
 
@@ -32,20 +33,6 @@ BPF_DIR = Path(os.environ.get("ACCEL_BPF_DIR", Path(__file__).resolve().parents[
 # The compilation unit, in order: the map readers first (bcc rewrites map access only in the
 # main source), then one file per hook family.
 SOURCES = ("lookups.c", "connect.c", "sockops.c", "sockopt.c", "peername.c", "inbound.c", "dns.c")
-# program -> (program type, attach type)
-CGROUP_PROGRAMS = {
-    "connect4": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_INET4_CONNECT),
-    "connect6": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_INET6_CONNECT),
-    "sendmsg4": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_UDP4_SENDMSG),
-    "sendmsg6": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_UDP6_SENDMSG),
-    "recvmsg4": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_UDP4_RECVMSG),
-    "recvmsg6": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_UDP6_RECVMSG),
-    "getpeername4": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_INET4_GETPEERNAME),
-    "getpeername6": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_INET6_GETPEERNAME),
-    "getsockopt": (libbpf.PROG_CGROUP_SOCKOPT, libbpf.ATTACH_CGROUP_GETSOCKOPT),
-    "sockops": (libbpf.PROG_SOCK_OPS, libbpf.ATTACH_CGROUP_SOCK_OPS),
-}
-SK_LOOKUP_PROGRAM = "inbound"
 SO_NETNS_COOKIE = 71
 TCP_LISTEN = 0x0A
 
@@ -67,7 +54,7 @@ class _Compiled:
     _users = 0
 
     def __init__(self):
-        programs = {**CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM: (libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP)}
+        programs = {p.name: (p.prog_type, p.attach_type) for p in PROGRAMS}
         try:
             self.objects = objects.load(source_text(), programs, BPF_DIR, ("-Wno-unused-function",))
         except objects.ObjectsError as error:
@@ -139,8 +126,9 @@ class Datapath:
         try:
             fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                for name, (_, attach) in CGROUP_PROGRAMS.items():
-                    self.links[name] = libbpf.link_create(self.compiled.programs[name], fd, attach)
+                for program in CGROUP_PROGRAMS:
+                    self.links[program.name] = libbpf.link_create(self.compiled.programs[program.name], fd,
+                                                                  program.attach_type)
             finally:
                 os.close(fd)
         except BaseException:
@@ -265,11 +253,11 @@ class Datapath:
         return self.pods[netns].follower.synced()
 
     def _attach_sk_lookup(self, netns: str, cookie: int) -> int:
-        program = self.compiled.objects.copy(SK_LOOKUP_PROGRAM, {POD_NETNS_PLACEHOLDER: cookie})
+        program = self.compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})
         try:
             fd = os.open(userns.netns_path(netns), os.O_RDONLY)
             try:
-                return libbpf.link_create(program, fd, libbpf.ATTACH_SK_LOOKUP)
+                return libbpf.link_create(program, fd, SK_LOOKUP.attach_type)
             finally:
                 os.close(fd)
         finally:

@@ -15,19 +15,7 @@ import os
 _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
 _libc = ctypes.CDLL(None, use_errno=True)
 
-# enum bpf_prog_type
-PROG_SOCK_OPS = 13
-PROG_CGROUP_SOCK_ADDR = 18
-PROG_CGROUP_SOCKOPT = 25
-PROG_SK_LOOKUP = 30
-# enum bpf_attach_type
-ATTACH_CGROUP_SOCK_OPS = 3
-ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT = 10, 11
-ATTACH_UDP4_SENDMSG, ATTACH_UDP6_SENDMSG = 14, 15
-ATTACH_UDP4_RECVMSG, ATTACH_UDP6_RECVMSG = 19, 20
-ATTACH_CGROUP_GETSOCKOPT = 21
-ATTACH_INET4_GETPEERNAME, ATTACH_INET6_GETPEERNAME = 29, 30
-ATTACH_SK_LOOKUP = 36
+# (program and attach types: accel/ebpf/programs.py)
 # enum bpf_map_type
 MAP_HASH = 1
 MAP_LRU_HASH = 9

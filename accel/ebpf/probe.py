@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..cgroup import CgroupError, cgroup2_mount
-from . import libbpf
+from . import libbpf, programs
 
 RETURN_1 = bytes([0xB7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0])  # r0 = 1; exit
 BPF_F_NO_PREALLOC = 1
@@ -111,23 +111,23 @@ def _pidfd_getfd() -> tuple[bool, str]:
 
 def probe() -> list[Feature]:
     """Every kernel feature the eBPF backend needs, with whether this kernel has it."""
-    sock_addr = libbpf.PROG_CGROUP_SOCK_ADDR
-    connect = (sock_addr, libbpf.ATTACH_INET4_CONNECT)
-    sockops = (libbpf.PROG_SOCK_OPS, libbpf.ATTACH_CGROUP_SOCK_OPS)
-    sockopt = (libbpf.PROG_CGROUP_SOCKOPT, libbpf.ATTACH_CGROUP_GETSOCKOPT)
+    sock_addr = programs.PROG_CGROUP_SOCK_ADDR
+    connect = (sock_addr, programs.ATTACH_INET4_CONNECT)
+    sockops = (programs.PROG_SOCK_OPS, programs.ATTACH_CGROUP_SOCK_OPS)
+    sockopt = (programs.PROG_CGROUP_SOCKOPT, programs.ATTACH_CGROUP_GETSOCKOPT)
     checks = {
         "bpf syscall": lambda: _map(libbpf.MAP_HASH, 4, 4),
         "cgroup v2 mount": _cgroup2,
-        "cgroup connect4/6 hooks": lambda: _all(_program(sock_addr, libbpf.ATTACH_INET4_CONNECT),
-                                                 _program(sock_addr, libbpf.ATTACH_INET6_CONNECT)),
+        "cgroup connect4/6 hooks": lambda: _all(_program(sock_addr, programs.ATTACH_INET4_CONNECT),
+                                                 _program(sock_addr, programs.ATTACH_INET6_CONNECT)),
         "cgroup sendmsg/recvmsg hooks": lambda: _all(*(_program(sock_addr, a) for a in (
-            libbpf.ATTACH_UDP4_SENDMSG, libbpf.ATTACH_UDP6_SENDMSG, libbpf.ATTACH_UDP4_RECVMSG,
-            libbpf.ATTACH_UDP6_RECVMSG))),
-        "cgroup getsockopt hook": lambda: _program(libbpf.PROG_CGROUP_SOCKOPT, libbpf.ATTACH_CGROUP_GETSOCKOPT),
-        "cgroup getpeername hooks": lambda: _all(_program(sock_addr, libbpf.ATTACH_INET4_GETPEERNAME),
-                                                  _program(sock_addr, libbpf.ATTACH_INET6_GETPEERNAME)),
-        "sockops": lambda: _program(libbpf.PROG_SOCK_OPS),
-        "sk_lookup": lambda: _program(libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP),
+            programs.ATTACH_UDP4_SENDMSG, programs.ATTACH_UDP6_SENDMSG, programs.ATTACH_UDP4_RECVMSG,
+            programs.ATTACH_UDP6_RECVMSG))),
+        "cgroup getsockopt hook": lambda: _program(programs.PROG_CGROUP_SOCKOPT, programs.ATTACH_CGROUP_GETSOCKOPT),
+        "cgroup getpeername hooks": lambda: _all(_program(sock_addr, programs.ATTACH_INET4_GETPEERNAME),
+                                                  _program(sock_addr, programs.ATTACH_INET6_GETPEERNAME)),
+        "sockops": lambda: _program(programs.PROG_SOCK_OPS),
+        "sk_lookup": lambda: _program(programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP),
         "LPM trie map": lambda: _map(libbpf.MAP_LPM_TRIE, 8, 1, BPF_F_NO_PREALLOC),
         "sockhash map": lambda: _map(libbpf.MAP_SOCKHASH, 16, 4),
         "LRU hash map": lambda: _map(libbpf.MAP_LRU_HASH, 8, 8),
@@ -141,7 +141,7 @@ def probe() -> list[Feature]:
                                                _helper({"sock_addr": connect}, libbpf.FUNC_SK_STORAGE_DELETE)),
         "error returns from hooks (bpf_set_retval)": lambda: _helper({"sock_addr": connect, "sockopt": sockopt},
                                                                       libbpf.FUNC_SET_RETVAL),
-        "sk_assign in sk_lookup": lambda: _helper({"sk_lookup": (libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP)},
+        "sk_assign in sk_lookup": lambda: _helper({"sk_lookup": (programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP)},
                                                   libbpf.FUNC_SK_ASSIGN),
         "BTF": _btf,
         "pidfd_getfd": _pidfd_getfd,

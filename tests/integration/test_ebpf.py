@@ -8,7 +8,7 @@ import pytest
 
 from accel import inputs, process
 from accel.backends import BackendError, get_backend
-from accel.ebpf import libbpf
+from accel.ebpf import libbpf, programs
 from accel.ebpf.inspect import bpf_objects, sk_lookup_links
 from accel.ebpf.probe import _calls, _map, _program, probe
 from accel.lab import Lab, LabPlan, SidecarConfig
@@ -215,11 +215,11 @@ def test_refuses_what_socket_hooks_cannot_reproduce(args, needle):
 
 def test_probe_finds_every_feature_and_can_fail():
     assert all(feature.ok for feature in probe()), [f for f in probe() if not f.ok]
-    assert not _program(libbpf.PROG_CGROUP_SOCK_ADDR, 1000)[0]  # an attach type no kernel has
+    assert not _program(programs.PROG_CGROUP_SOCK_ADDR, 1000)[0]  # an attach type no kernel has
     assert not _map(libbpf.MAP_SK_STORAGE, 4, 4, 1)[0]  # socket storage without BTF types
     # sk_lookup programs cannot ask for their namespace's cookie (hence a program copy per pod)
-    assert not _calls(libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP, libbpf.FUNC_GET_NETNS_COOKIE)
-    assert _calls(libbpf.PROG_SK_LOOKUP, libbpf.ATTACH_SK_LOOKUP, libbpf.FUNC_SK_ASSIGN)
+    assert not _calls(programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP, libbpf.FUNC_GET_NETNS_COOKIE)
+    assert _calls(programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP, libbpf.FUNC_SK_ASSIGN)
 
 
 def test_a_local_route_for_a_whole_range_counts_as_local():

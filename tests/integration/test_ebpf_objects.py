@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from accel.ebpf import libbpf, objects
+from accel.ebpf import libbpf, objects, programs
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.backends import get_backend
 from accel import inputs
@@ -29,7 +29,7 @@ int tiny(struct bpf_sock_addr *ctx) {
     return 1;
 }
 """
-PROGRAMS = {"tiny": (libbpf.PROG_CGROUP_SOCK_ADDR, libbpf.ATTACH_INET4_CONNECT)}
+PROGRAMS = {"tiny": (programs.PROG_CGROUP_SOCK_ADDR, programs.ATTACH_INET4_CONNECT)}
 
 
 @pytest.fixture

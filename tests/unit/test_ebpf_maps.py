@@ -114,3 +114,38 @@ def test_each_configuration_gets_its_own_id():
 def test_what_socket_hooks_cannot_do_is_refused_by_name(change, needle):
     with pytest.raises(m.UnsupportedSpec, match=needle):
         entries(CaptureSpec().replace(**change))
+
+
+def _defines(path):
+    """The numeric #defines of a C header: name -> value ((1 << n), hex and sums evaluated)."""
+    import re
+    from pathlib import Path
+
+    found = {}
+    for name, value in re.findall(r"^#define\s+(\w+)\s+([^/\n]+?)\s*(?:/\*.*)?$", Path(path).read_text(), re.M):
+        if re.fullmatch(r"[\d\s()<+x0-9a-fA-F]+", value):
+            found[name] = eval(value, {})  # only digits, shifts and sums reach here
+    return found
+
+
+def test_accel_h_defines_match_maps_py():
+    """bpf/accel.h and accel/ebpf/maps.py name the same flags and kinds with the same values;
+    the structs are checked against the compiled BTF when the datapath loads."""
+    from pathlib import Path
+
+    header = _defines(Path(__file__).resolve().parents[2] / "bpf" / "accel.h")
+    pairs = {f"ACCEL_{name}": name for name in ("IPV6", "DNS", "DNS_ALL", "OUT_ALL_V4", "OUT_ALL_V6", "INCLUDE_LO",
+                                                 "GROUPS_ALL", "IN_CAPTURE", "IN_ALL", "TPROXY", "HAS_OUT_PORTS_EXCLUDE",
+                                                 "HAS_OUT_PORTS_INCLUDE", "HAS_OUT_EXCLUDE", "HAS_OUT_INCLUDE",
+                                                 "HAS_GROUPS_EXCLUDE", "HAS_IN_PORTS_EXCLUDE")}
+    pairs.update({name: name for name in ("PORT_OUT_EXCLUDE", "PORT_OUT_INCLUDE", "PORT_IN_EXCLUDE", "PORT_IN_INCLUDE",
+                                          "GROUP_INCLUDE", "GROUP_EXCLUDE", "PREFIX_INCLUDE", "PREFIX_EXCLUDE",
+                                          "PREFIX_LOCAL", "PREFIX_DNS", "PREFIX_V6", "PREFIX_KEY_BITS",
+                                          "SOURCE_HAS_V4", "SOURCE_HAS_V6", "ORIGIN_OUTBOUND", "ORIGIN_INBOUND",
+                                          "ORIGIN_DNS", "ORIGIN_LOST", "ROLE_APP", "ROLE_PROXY")})
+    pairs["ACCEL_MAX_IDS"] = "MAX_IDS"
+    assert {c: header.get(c) for c in pairs} == {c: getattr(m, p) for c, p in pairs.items()}
+    # every flag bit of accel.h has its Python name
+    flags = {name for name in header if name.startswith("ACCEL_") and not name.startswith("ACCEL_MAX")
+             and name not in ("ACCEL_PAGE_SIZE",)}
+    assert flags <= set(pairs)

@@ -8,7 +8,7 @@ from hypothesis import given
 
 from accel import inputs
 from accel.cli import main
-from accel.ebpf.datapath import CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM
+from accel.ebpf.datapath import BPF_DIR, SOURCES
 from accel.render import render_ebpf, render_text
 from accel.spec import WILDCARD
 from tests.strategies import capture_specs
@@ -16,9 +16,14 @@ from tests.strategies import capture_specs
 STOCK = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS), {})
 
 
-def test_lists_every_program_the_datapath_loads():
+def test_lists_every_program_in_bpf():
+    """The program table (which the loader attaches from) names exactly the entry points in bpf/."""
+    import re
+
+    entry_points = {name for source in SOURCES
+                    for name in re.findall(r"^int (\w+)\(struct bpf_\w+ \*\w+\)$", (BPF_DIR / source).read_text(), re.M)}
     names = [p["name"] for p in render_ebpf(STOCK)["programs"]]
-    assert sorted(names) == sorted([*CGROUP_PROGRAMS, SK_LOOKUP_PROGRAM])
+    assert len(entry_points) == 11 and sorted(names) == sorted(entry_points)
 
 
 def test_stock_sidecar():
