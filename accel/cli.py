@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import inputs
 from .inputs import FIELDS
 from .render import RENDERERS, render_ebpf, render_ebpf_text, render_iptables, render_nftables
-from .spec import SpecError, parse_dns_server, split_list
+from .inputs import spec_from_inputs
+from .spec import SpecError, split_list
 
 EXIT_BAD_INPUT = 2
 
@@ -307,32 +308,6 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown
         plot(document, Path(plot_file))
     if markdown_file:
         Path(markdown_file).write_text(markdown(document))
-
-
-def spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf):
-    """One CaptureSpec from whichever input was given, plus warnings about ignored options."""
-    given = [name for name, value in (("istio-iptables arguments", istio_args),
-                                      ("--istio-config", istio_config),
-                                      ("--annotations", annotations)) if value]
-    if len(given) > 1:
-        raise SpecError("input", ", ".join(given), "give only one of them")
-    warnings: list[str] = []
-    servers = None
-    if dns_servers is not None:
-        servers = [parse_dns_server(text, "--dns-servers") for text in split_list(dns_servers)]
-    if istio_config or annotations:
-        if istio_config:
-            spec = inputs.from_istio_config(inputs.load_json(istio_config, "--istio-config"))
-        else:
-            pod = inputs.from_annotations(inputs.load_json(annotations, "--annotations"))
-            spec, warnings = pod.spec, list(pod.warnings)
-        if servers is not None:
-            spec = spec.replace(**inputs.split_dns_servers(servers))
-    else:
-        spec = inputs.from_istio_args(istio_args, os.environ, dns_servers=servers, resolv_conf=resolv_conf)
-    if ipv6 is not None:
-        spec = spec.replace(enable_ipv6=ipv6)
-    return spec, warnings + spec.warnings()
 
 
 @main.command()

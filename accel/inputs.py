@@ -12,6 +12,7 @@ One table, FIELDS, describes every option; the --help text is generated from it.
 from __future__ import annotations
 
 import json
+import os
 import pwd
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -541,3 +542,33 @@ def load_json(path: str, label: str) -> object:
         raise SpecError(label, path, f"cannot read file: {error.strerror}") from None
     except json.JSONDecodeError as error:
         raise SpecError(label, path, f"not valid JSON: {error.msg} at line {error.lineno}") from None
+
+
+# ---------------------------------------------------------------------------
+# One spec from whichever input a command was given
+
+
+def spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf):
+    """One CaptureSpec from whichever input was given, plus warnings about ignored options."""
+    given = [name for name, value in (("istio-iptables arguments", istio_args),
+                                      ("--istio-config", istio_config),
+                                      ("--annotations", annotations)) if value]
+    if len(given) > 1:
+        raise SpecError("input", ", ".join(given), "give only one of them")
+    warnings: list[str] = []
+    servers = None
+    if dns_servers is not None:
+        servers = [s.parse_dns_server(text, "--dns-servers") for text in s.split_list(dns_servers)]
+    if istio_config or annotations:
+        if istio_config:
+            spec = from_istio_config(load_json(istio_config, "--istio-config"))
+        else:
+            pod = from_annotations(load_json(annotations, "--annotations"))
+            spec, warnings = pod.spec, list(pod.warnings)
+        if servers is not None:
+            spec = spec.replace(**split_dns_servers(servers))
+    else:
+        spec = from_istio_args(istio_args, os.environ, dns_servers=servers, resolv_conf=resolv_conf)
+    if ipv6 is not None:
+        spec = spec.replace(enable_ipv6=ipv6)
+    return spec, warnings + spec.warnings()

@@ -173,18 +173,27 @@ class NamespaceEntries:
 
 
 def check_supported(spec: CaptureSpec) -> None:
-    """Refuse what socket-level hooks cannot reproduce exactly, naming it."""
+    """Refuse what socket-level hooks cannot reproduce exactly, naming every such option at once."""
+    problems = []
     if spec.exclude_interfaces:
-        raise UnsupportedSpec("-c/--istio-exclude-interfaces: a connect() hook cannot see the interface a "
-                              "packet will leave by")
+        problems.append("-c/--istio-exclude-interfaces: a connect() hook cannot see the interface a packet will "
+                        "leave by")
     if spec.kube_virt_interfaces:
-        raise UnsupportedSpec("-k/--kube-virt-interfaces: traffic forwarded from a VM interface never passes a "
-                              "socket hook")
+        problems.append("-k/--kube-virt-interfaces: traffic forwarded from a VM interface never passes a socket hook")
     if spec.drop_invalid:
-        raise UnsupportedSpec("--drop-invalid: there is no conntrack state to call invalid without conntrack")
+        problems.append("--drop-invalid: there is no conntrack state to call invalid without conntrack")
     for name, ids in (("-u/--proxy-uid", spec.proxy_uids), ("-g/--proxy-gid", spec.proxy_gids)):
         if len(ids) > MAX_IDS:
-            raise UnsupportedSpec(f"{name}: at most {MAX_IDS} ids ({len(ids)} given)")
+            problems.append(f"{name}: at most {MAX_IDS} ids ({len(ids)} given)")
+    for groups in (spec.owner_groups_include, spec.owner_groups_exclude):
+        if groups != WILDCARD:
+            for group in groups:
+                try:
+                    _gid(group)
+                except UnsupportedSpec as error:
+                    problems.append(str(error))
+    if problems:
+        raise UnsupportedSpec("; ".join(problems))
 
 
 def _gid(group: str) -> int:

@@ -149,3 +149,12 @@ def test_accel_h_defines_match_maps_py():
     flags = {name for name in header if name.startswith("ACCEL_") and not name.startswith("ACCEL_MAX")
              and name not in ("ACCEL_PAGE_SIZE",)}
     assert flags <= set(pairs)
+
+
+def test_every_refusal_is_named_at_once():
+    spec = CaptureSpec(exclude_interfaces=("eth1",), kube_virt_interfaces=("eth2",), drop_invalid=True,
+                       owner_groups_include=("no-such-group-accel",))
+    with pytest.raises(m.UnsupportedSpec) as refused:
+        entries(spec)
+    for needle in ("--istio-exclude-interfaces", "--kube-virt-interfaces", "--drop-invalid", "no-such-group-accel"):
+        assert needle in str(refused.value)
