@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
@@ -11,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .run import LOWER_IS_BETTER, REFERENCE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 ROWS = [  # figure, label, format
     ("ka1_rps", "ka1 req/s", "{:,.0f}"),
@@ -36,23 +40,41 @@ TARGETS = [
 ]
 
 
-def _figure(document: dict, mode: str, figure: str, fmt: str) -> tuple[str, float | None]:
-    """A main-table cell: the value as text, and its ratio to explicit (None for explicit)."""
+Spread = tuple[float, float] | None
+
+
+def _figure(document: dict, mode: str, figure: str, fmt: str) -> tuple[str, float | None, Spread]:
+    """A main-table cell: the value as text, its ratio to explicit (None for explicit) and that
+    ratio's range over the rounds."""
     value = document["modes"][mode].get(figure)
+    ratio = None if mode == REFERENCE else document["ratios"][mode].get(figure)
     if value is None:
-        return "-", None
-    return fmt.format(value), None if mode == REFERENCE else document["ratios"][mode].get(figure)
+        return "-", None, None
+    return fmt.format(value), ratio, None if ratio is None else ratio_range(document, mode, figure)
+
+
+def ratio_range(document: dict, mode: str, figure: str, samples: str = "samples") -> Spread:
+    """The lowest and highest ratio to explicit over the rounds, each round's value divided by
+    explicit's from the same round (rounds interleave the modes, so a round's drift divides out).
+    The median ratio lies between them. None for explicit itself, or with fewer than two rounds."""
+    if mode == REFERENCE:
+        return None
+    by_mode = document[samples]
+    values, references = by_mode.get(mode, {}).get(figure), by_mode.get(REFERENCE, {}).get(figure)
+    ratios = [value / reference for value, reference in zip(values or (), references or ()) if reference]
+    return (min(ratios), max(ratios)) if len(ratios) > 1 else None
 
 
 def _scaling_rows(document: dict) -> tuple[list[str], list[tuple]]:
-    """The scaling table: its sizes, and per mode (mode, [(rate, ratio to explicit)] per size,
+    """The scaling table: its sizes, and per mode (mode, [(rate, ratio to explicit, its range)] per size,
     rate kept from the smallest to the largest N, kernel entries and install time at the
     largest N), as text; a ratio is None for explicit."""
     sizes = list(next(iter(document["scaling"].values())))
     rows = []
     for mode, by_size in document["scaling"].items():
         ratios = document["scaling_ratios"][mode]
-        rates = [(f"{by_size[s]:,.0f}", None if mode == REFERENCE else ratios[s]) for s in sizes]
+        rates = [(f"{by_size[s]:,.0f}", None if mode == REFERENCE else ratios[s],
+                  ratio_range(document, mode, s, "scaling_samples")) for s in sizes]
         kept = scaling_kept(document, mode)
         entries = document["scaling_capture_entries"].get(mode, {}).get(sizes[-1])
         install = document["scaling_install_seconds"].get(mode, {}).get(sizes[-1])
@@ -71,8 +93,14 @@ def _coloured(text: str, ratio: float | None, lower_is_better: bool = False) -> 
     return f"{text}\n[{colour}]{ratio:.2f}×[/{colour}]"
 
 
-def _bracketed(text: str, ratio: float | None) -> str:
-    return text if ratio is None else f"{text} ({ratio:.2f}×)"
+def _bracketed(text: str, ratio: float | None, spread: Spread) -> str:
+    if ratio is None:
+        return text
+    return f"{text} ({ratio:.2f}×{f', {_range(spread)}' if spread else ''})"
+
+
+def _range(spread: tuple[float, float]) -> str:
+    return f"{spread[0]:.2f}–{spread[1]:.2f}"
 
 
 @contextlib.contextmanager
@@ -115,7 +143,8 @@ def print_report(document: dict, console: Console | None = None) -> None:
         table.add_column(mode.replace("-", "-\n", 1) + (f"\n[red]{errors} errors[/red]" if errors else ""),
                          justify="right")
     for figure, label, fmt in ROWS:
-        table.add_row(label, *(_coloured(*_figure(document, mode, figure, fmt), figure in LOWER_IS_BETTER)
+        # without the ratios' spread: seven modes leave no room for it in 80 columns (Markdown and the plot show it)
+        table.add_row(label, *(_coloured(*_figure(document, mode, figure, fmt)[:2], figure in LOWER_IS_BETTER)
                                for mode in modes))
     console.print(table)
     console.print(f"[dim]{LEGEND}[/dim]")
@@ -134,12 +163,14 @@ def print_report(document: dict, console: Console | None = None) -> None:
         scaling.add_column("install", justify="right")
         for mode, rates, kept, entries, install in rows:
             # no colour here: every capture mode sits below explicit; the trend is the point
-            scaling.add_row(mode, *(text if ratio is None else f"{text}\n{ratio:.2f}×" for text, ratio in rates),
-                            kept, entries, install)
+            scaling.add_row(mode, *(text if ratio is None else f"{text}\n{ratio:.2f}×"
+                                    + (f"\n[dim]{_range(spread)}[/dim]" if spread else "")
+                                    for text, ratio, spread in rates), kept, entries, install)
         console.print(scaling)
         console.print(f"[dim]N={int(last):,} vs N={int(first):,}: the rate kept at the largest N, each measured "
-                      "against explicit in the same rounds (the VM's drift divided out). Kernel entries (at the "
-                      "largest N): rules, set elements or trie entries read back from the client pod.[/dim]")
+                      "against explicit in the same rounds (the VM's drift divided out). Under a ratio, its lowest "
+                      "and highest round. Kernel entries (at the largest N): rules, set elements or trie entries "
+                      "read back from the client pod.[/dim]")
 
     for line in path_lines(document) + target_lines(document):
         console.print(line)
@@ -205,6 +236,8 @@ def markdown(document: dict) -> str:
     for figure, label, fmt in ROWS:
         lines.append(f"| {label} | " + " | ".join(_bracketed(*_figure(document, mode, figure, fmt)) for mode in modes)
                      + " |")
+    lines += ["", "In brackets: × explicit and, over two rounds or more, its lowest and highest round (each round "
+              "against explicit in the same round)."]
     if document["scaling"]:
         sizes, rows = _scaling_rows(document)
         lines += ["", "| mode | " + " | ".join(f"N={int(s):,}" for s in sizes)
@@ -216,43 +249,66 @@ def markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(document: dict, path: Path) -> None:
-    """Ratios to the explicit proxy per mode, and the rule-scaling curves, as one PNG."""
-    import matplotlib
+PLOTTED = [("ka1_rps", "keep-alive req/s, 1 conn"), ("ka16_rps", "keep-alive req/s, 16 conn"),
+           ("cps16", "new conn/s, 16"), ("crr1_p50_us", "connect+req p50 (lower is better)"),
+           ("bulk_mbps", "bulk Mbit/s")]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figures = [("ka1_rps", "keep-alive req/s, 1 conn"), ("ka16_rps", "keep-alive req/s, 16 conn"),
-               ("cps16", "new conn/s, 16"), ("crr1_p50_us", "connect+req p50 (lower is better)"),
-               ("bulk_mbps", "bulk Mbit/s")]
+def _error_bars(ratios: list[float | None], spreads: list[Spread]) -> list[list[float]]:
+    """matplotlib's yerr: how far each bar's range reaches below and above it (never negative:
+    the document's ratios are rounded)."""
+    pairs = [(max(ratio - spread[0], 0), max(spread[1] - ratio, 0)) if ratio is not None and spread else (0, 0)
+             for ratio, spread in zip(ratios, spreads)]
+    return [[below for below, _ in pairs], [above for _, above in pairs]]
+
+
+def plot_figure(document: dict) -> Figure:
+    """The plot as a matplotlib Figure: each mode's ratios to the explicit proxy and, when the run
+    measured rule scaling, the scaling curves beside them; error bars span the rounds."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no backend to choose
+
     modes = [m for m in document["modes"] if m != "none"]
+    scaled = [m for m in document["scaling_ratios"] if m != REFERENCE]
     colours = {mode: f"C{index}" for index, mode in enumerate(modes)}  # one colour a mode, in both charts
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig = Figure(figsize=(14, 5.5) if scaled else (9, 5.5))
+    if scaled:
+        bars, curves = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+    else:
+        bars = fig.subplots()
     width = 0.8 / len(modes)
     for index, mode in enumerate(modes):
-        values = [document["ratios"][mode].get(f) or 0 for f, _ in figures]
-        bars.bar([i + index * width for i in range(len(figures))], values, width, label=mode, color=colours[mode])
+        ratios = [document["ratios"][mode].get(f) for f, _ in PLOTTED]
+        spreads = [ratio_range(document, mode, f) for f, _ in PLOTTED]
+        bars.bar([i + index * width for i in range(len(PLOTTED))], [r or 0 for r in ratios], width, label=mode,
+                 color=colours[mode], yerr=_error_bars(ratios, spreads), capsize=2, error_kw={"elinewidth": 0.8})
     bars.axhline(1.0, color="black", linewidth=0.8)
-    bars.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(figures))])
-    bars.set_xticklabels([label for _, label in figures], rotation=15, ha="right", fontsize=8)
+    bars.set_xticks([i + width * (len(modes) - 1) / 2 for i in range(len(PLOTTED))])
+    bars.set_xticklabels([label for _, label in PLOTTED], rotation=15, ha="right", fontsize=8)
     bars.set_ylabel("× explicit proxy")
     bars.set_title("Each mode against the explicit proxy (the floor)")
     bars.legend(loc="lower left", fontsize=7, ncol=3, framealpha=0.9)
-    for mode, by_size in document["scaling_ratios"].items():
-        if mode == REFERENCE:
-            continue
-        sizes = [int(s) for s in by_size]
-        curves.plot(sizes, list(by_size.values()), marker="o", label=mode, color=colours.get(mode))
-    curves.axhline(1.0, color="black", linewidth=0.8)
-    curves.set_xscale("log")
-    curves.set_ylim(bottom=0)
-    curves.set_xlabel("excluded CIDRs in the spec (none match)")
-    curves.set_ylabel("new connections/s, × explicit at the same N")
-    curves.set_title("Rule scaling")
-    curves.legend(loc="lower left", fontsize=7, framealpha=0.9)
+    if scaled:
+        for index, mode in enumerate(scaled):
+            by_size = {size: r for size, r in document["scaling_ratios"][mode].items() if r is not None}
+            spreads = [ratio_range(document, mode, size, "scaling_samples") for size in by_size]
+            dodge = 1.08 ** (index - (len(scaled) - 1) / 2)  # apart at each N, so no error bar hides another
+            curves.errorbar([int(s) * dodge for s in by_size], list(by_size.values()),
+                            _error_bars(list(by_size.values()), spreads), marker="o", capsize=3, label=mode,
+                            color=colours.get(mode))
+        curves.axhline(1.0, color="black", linewidth=0.8)
+        curves.set_xscale("log")
+        curves.set_ylim(bottom=0)
+        curves.set_xlabel("excluded CIDRs in the spec (none match)")
+        curves.set_ylabel("new connections/s, × explicit at the same N")
+        curves.set_title("Rule scaling")
+        curves.legend(loc="lower left", fontsize=7, framealpha=0.9)
     env = document["env"]
-    fig.suptitle(f"accel bench: {env['kernel']}, {env['cpus']} CPUs, medians of {env['rounds']} rounds", fontsize=10)
+    fig.suptitle(f"accel bench: {env['kernel']}, {env['cpus']} CPUs, medians of {env['rounds']} rounds "
+                 "(error bars: the lowest and highest round)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot(document: dict, path: Path) -> None:
+    """plot_figure(document) as a PNG."""
+    plot_figure(document).savefig(path, dpi=110)
