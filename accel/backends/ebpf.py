@@ -56,7 +56,7 @@ class EbpfBackend(Backend):
         datapath = self._datapaths.get(str(cgroup.path))
         try:
             if datapath is None:
-                datapath = self._datapaths[str(cgroup.path)] = Datapath(cgroup)
+                datapath = self._datapaths[str(cgroup.path)] = Datapath.attach(cgroup)
             datapath.add_pod(target.netns, spec)
         except (DatapathError, UnsupportedSpec, OSError) as error:
             self._release_if_idle(datapath)

@@ -26,13 +26,16 @@ from ..spec import CaptureSpec
 from . import btf, libbpf, objects
 from .follow import Follower, NamespaceFacts
 from .programs import CGROUP_PROGRAMS, PROGRAMS, SK_LOOKUP
-from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, MIRRORS, POD_NETNS_PLACEHOLDER, Counters, ListenerKey,
-                   NamespaceEntries, PodEntries, PrefixKey, Tuple, namespace_entries, new_config_id, pod_entries)
+from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
+                   Counters, GroupKey, ListenerKey, Pod, Sources, NamespaceEntries, PodEntries, PortKey, PrefixKey, Tuple,
+                   namespace_entries, new_config_id, pod_entries)
 
-BPF_DIR = Path(os.environ.get("ACCEL_BPF_DIR", Path(__file__).resolve().parents[2] / "bpf"))
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 # The compilation unit, in order: the map readers first (bcc rewrites map access only in the
 # main source), then one file per hook family.
 SOURCES = ("lookups.c", "connect.c", "sockops.c", "sockopt.c", "peername.c", "inbound.c", "dns.c")
+PROGRAM_TYPES = {p.name: (p.prog_type, p.attach_type) for p in PROGRAMS}
+CFLAGS = ("-Wno-unused-function",)
 SO_NETNS_COOKIE = 71
 TCP_LISTEN = 0x0A
 
@@ -41,33 +44,50 @@ class DatapathError(RuntimeError):
     pass
 
 
+def bpf_dir() -> Path:
+    """Where the C sources are: bpf/ of this checkout, or ACCEL_BPF_DIR (another version of them)."""
+    return Path(os.environ.get("ACCEL_BPF_DIR", BPF_DIR))
+
+
 def source_text() -> str:
-    return "".join((BPF_DIR / name).read_text() for name in SOURCES)
+    return "".join((bpf_dir() / name).read_text() for name in SOURCES)
 
 
-class _Compiled:
-    """The programs and maps, shared by the process's datapaths; compiled once per node (see
-    objects.py) and loaded once per process."""
+class Compiled:
+    """One load of the programs and maps (see objects.py), its ctypes mirrors checked."""
 
-    _lock = threading.Lock()
-    _instance: _Compiled | None = None
-    _users = 0
-
-    def __init__(self):
-        programs = {p.name: (p.prog_type, p.attach_type) for p in PROGRAMS}
+    def __init__(self, loaded: objects.Objects):
+        self.objects = loaded
         try:
-            self.objects = objects.load(source_text(), programs, BPF_DIR, ("-Wno-unused-function",))
+            self.programs = loaded.programs
+            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "listeners")}
+            self._check_mirrors()
+        except BaseException:
+            loaded.close()
+            raise
+
+    @classmethod
+    def load(cls, adopt: objects.Adopt | None = None) -> Compiled:
+        """From bpf/ (the node's cache, else bcc); `adopt` may hand in existing maps."""
+        try:
+            return cls(objects.load(source_text(), PROGRAM_TYPES, bpf_dir(), CFLAGS, adopt))
         except objects.ObjectsError as error:
             raise DatapathError(str(error)) from error
         except OSError as error:
             raise DatapathError(f"loading the datapath: {error}") from error
+
+    @classmethod
+    def from_record(cls, path: Path, adopt: objects.Adopt, load_programs: bool = True) -> Compiled:
+        """From a record saved by save_record() (a node's own copy), on existing maps."""
         try:
-            self.programs = self.objects.programs
-            self.maps = {name: self.objects.map_fd(name) for name in (*MIRRORS, "listeners")}
-            self._check_mirrors()
-        except BaseException:
-            self.objects.close()
-            raise
+            return cls(objects.load_record(path, adopt, load_programs))
+        except objects.ObjectsError as error:
+            raise DatapathError(str(error)) from error
+        except OSError as error:
+            raise DatapathError(f"loading the datapath from {path}: {error}") from error
+
+    def close(self) -> None:
+        self.objects.close()
 
     def _check_mirrors(self):
         """accel/ebpf/maps.py mirrors bpf/accel.h: refuse to run if they drifted apart, member by
@@ -86,54 +106,70 @@ class _Compiled:
         if problems:
             raise DatapathError("bpf/accel.h and accel/ebpf/maps.py differ: " + "; ".join(problems))
 
+
+class _Shared:
+    """The process's one Compiled for labs: the datapaths of several labs share programs and maps
+    (pods are keyed by their namespace's cookie), released with the last of them."""
+
+    lock = threading.Lock()
+    compiled: Compiled | None = None
+    users = 0
+
     @classmethod
-    def acquire(cls) -> _Compiled:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            cls._users += 1
-            return cls._instance
+    def acquire(cls) -> Compiled:
+        with cls.lock:
+            if cls.compiled is None:
+                cls.compiled = Compiled.load()
+            cls.users += 1
+            return cls.compiled
 
     @classmethod
     def release(cls) -> None:
-        with cls._lock:
-            cls._users -= 1
-            if cls._users == 0 and cls._instance is not None:
-                cls._instance.objects.close()
-                cls._instance = None
+        with cls.lock:
+            cls.users -= 1
+            if cls.users == 0 and cls.compiled is not None:
+                cls.compiled.close()
+                cls.compiled = None
 
 
 @dataclass
 class PodHandle:
+    """A meshed pod as the datapath knows it: enough to change or remove it, also from another
+    process (cookie, config id, netns and the pin of its sk_lookup link are all a node records)."""
+
     netns: str
     cookie: int
-    entries: PodEntries
-    namespace: NamespaceEntries
-    follower: Follower
+    config: int
+    namespace: NamespaceEntries | None = None
+    follower: Follower | None = None
     sk_lookup_link: int | None = None
+    pin: Path | None = None  # where its sk_lookup link is pinned, on a node
     listeners: list[int] = field(default_factory=list)  # address families registered
+    pod: object | None = None  # its entry in `pods` (a maps.Pod), once written
 
 
 class Datapath:
-    """The programs attached at one cgroup (a node's, or a lab's), serving every pod below it."""
+    """Programs and maps (`compiled`) and the links that attach them at one cgroup (a node's, or a
+    lab's), serving every pod below it. A lab's datapath attaches its own links and lives as long
+    as the process; a node's is opened from its pins by each short-lived accel command."""
 
-    def __init__(self, cgroup: Cgroup):
-        self.cgroup = cgroup
-        self.compiled = _Compiled.acquire()
-        self.links: dict[str, int] = {}
+    def __init__(self, compiled: Compiled, links: dict[str, int] | None = None, cgroup: Cgroup | None = None,
+                 release=None):
+        self.compiled, self.cgroup, self._release = compiled, cgroup, release
+        self.links: dict[str, int] = links or {}
         self.pods: dict[str, PodHandle] = {}
         self._lock = threading.Lock()  # the followers write beside the caller
+
+    @classmethod
+    def attach(cls, cgroup: Cgroup) -> Datapath:
+        """The process's shared programs, attached at `cgroup` with links of this datapath's own."""
+        datapath = cls(_Shared.acquire(), cgroup=cgroup, release=_Shared.release)
         try:
-            fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                for program in CGROUP_PROGRAMS:
-                    self.links[program.name] = libbpf.link_create(self.compiled.programs[program.name], fd,
-                                                                  program.attach_type)
-            finally:
-                os.close(fd)
+            datapath.links = attach_links(datapath.compiled, cgroup.path)
         except BaseException:
-            self.close()
+            datapath.close()
             raise
+        return datapath
 
     def close(self) -> None:
         """Detach everything (pods first), and release the programs if no one else uses them."""
@@ -142,84 +178,120 @@ class Datapath:
         for fd in self.links.values():
             os.close(fd)
         self.links.clear()
-        if self.compiled is not None:
-            self.compiled = None
-            _Compiled.release()
+        if self._release is not None:
+            self._release()
+            self._release = None
 
     # -- pods -------------------------------------------------------------------------------
 
-    def add_pod(self, netns: str, spec: CaptureSpec) -> PodHandle:
+    def add_pod(self, netns: str, spec: CaptureSpec, *, follow: bool = True, pin: Path | None = None,
+                config: int | None = None) -> PodHandle:
         """Mesh the pod in network namespace `netns` (a name in /run/netns or a path). Everything
         is written before the pod's entry in `pods`, whose write makes it meshed in one step; the
-        sk_lookup link passes everything until then. Undone entirely if a step fails."""
+        sk_lookup link passes everything until then. Undone entirely if a step fails. `follow`:
+        keep its local routes and addresses in step from a thread of this process; `pin`: pin
+        its sk_lookup link there (a node's pod outlives this process); `config`: the id of its
+        lists (a node records it before writing them, to find them again if this process dies)."""
         if netns in self.pods:
             raise DatapathError(f"{netns} is already meshed by this datapath")
-        cookie = in_netns(netns, _netns_cookie)
-        entries = pod_entries(spec, new_config_id(), userns.id_map(netns))
+        cookie = netns_cookie(netns)
+        entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns))
         follower = Follower(netns, lambda facts: self._follow(netns, facts))
-        handle = PodHandle(netns, cookie, entries, namespace_entries(cookie, list(follower.facts.local),
-                                                                     list(follower.facts.sources)), follower)
+        handle = PodHandle(netns, cookie, entries.config, pin=pin)
+        handle.namespace = namespace_entries(cookie, list(follower.facts.local), list(follower.facts.sources))
         self.pods[netns] = handle
         maps = self.compiled.maps
         try:
-            self._write_namespace(None, handle.namespace)
+            self.write_namespace(None, handle.namespace)
             libbpf.map_update(maps["counters"], ctypes.c_uint64(cookie), (Counters * libbpf.possible_cpus())())
-            self._write_spec(entries)
+            self.write_spec(entries)
             handle.sk_lookup_link = self._attach_sk_lookup(netns, cookie)
+            if pin is not None:
+                libbpf.obj_pin(handle.sk_lookup_link, str(pin))
+            handle.pod = entries.pod
             handle.listeners = self.register_listeners(netns)  # those listening already: no refusal window
-            libbpf.map_update(maps["pods"], ctypes.c_uint64(cookie), entries.pod)  # now it is meshed
+            self.write_pod(cookie, entries.pod)  # now it is meshed
             handle.listeners = self.register_listeners(netns)  # and any that began listening meanwhile
-            follower.start()
+            if follow:
+                handle.follower = follower
+                follower.start()
+            else:
+                follower.stop()
         except BaseException:
+            if handle.follower is None:
+                follower.stop()
             self.remove_pod(netns)
             raise
         return handle
 
-    def update_pod(self, netns: str, spec: CaptureSpec) -> None:
+    def adopt_pod(self, netns: str, cookie: int, config: int, pin: Path | None) -> PodHandle:
+        """A pod another process meshed (a node's), to change or remove from this one."""
+        handle = self.pods[netns] = PodHandle(netns, cookie, config, pin=pin)
+        pod = libbpf.map_lookup(self.compiled.maps["pods"], ctypes.c_uint64(cookie), Pod)
+        handle.pod = pod if pod is not None and pod.config == config else None
+        return handle
+
+    def update_pod(self, netns: str, spec: CaptureSpec, config: int | None = None) -> None:
         """Change a meshed pod's spec in one step: the new configuration's lists are written beside
         the old ones, then one update of the pod's entry switches every program to them."""
         handle = self.pods[netns]
-        entries = pod_entries(spec, new_config_id(), userns.id_map(netns))
+        entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns))
         try:
-            self._write_spec(entries)
-            libbpf.map_update(self.compiled.maps["pods"], ctypes.c_uint64(handle.cookie), entries.pod)
+            self.write_spec(entries)
+            self.write_pod(handle.cookie, entries.pod)
         except BaseException:
-            self._delete_spec(entries)
+            self._delete_config(entries.config)
             raise
-        old, handle.entries = handle.entries, entries
-        self._delete_spec(old)
+        old, handle.config, handle.pod = handle.config, entries.config, entries.pod
+        self._delete_config(old)
         handle.listeners = self.register_listeners(netns)
 
     def remove_pod(self, netns: str) -> None:
-        """Unmesh the pod in one step (its entry in `pods` goes first), then clear the rest."""
+        """Unmesh the pod in one step (its entry in `pods` goes first), then clear the rest: its
+        lists (by configuration id), its namespace's facts and counters (by cookie), its
+        listeners and its sk_lookup link (and pin)."""
         handle = self.pods.pop(netns, None)
         if handle is None:
             return
         maps = self.compiled.maps
         libbpf.map_delete(maps["pods"], ctypes.c_uint64(handle.cookie))
-        handle.follower.stop()
+        if handle.follower is not None:
+            handle.follower.stop()
         if handle.sk_lookup_link is not None:
             os.close(handle.sk_lookup_link)
+        if handle.pin is not None:
+            handle.pin.unlink(missing_ok=True)  # the last reference: the link detaches
         for family in (AF_INET, AF_INET6):
             libbpf.map_delete(maps["listeners"], ListenerKey(netns=handle.cookie, family=family))
-        self._delete_spec(handle.entries)
+        self._delete_config(handle.config)
         with self._lock:
-            self._delete_namespace(handle.namespace)
+            self._delete_namespace(handle.cookie)
         libbpf.map_delete(maps["counters"], ctypes.c_uint64(handle.cookie))
 
-    def _write_spec(self, entries: PodEntries) -> None:
+    def write_spec(self, entries: PodEntries) -> None:
         maps, present = self.compiled.maps, ctypes.c_uint8(1)
         for name, keys in (("ports", entries.ports), ("groups", entries.groups), ("prefixes", entries.prefixes)):
             for key in keys:
                 libbpf.map_update(maps[name], key, present)
 
-    def _delete_spec(self, entries: PodEntries) -> None:
-        maps = self.compiled.maps
-        for name, keys in (("ports", entries.ports), ("groups", entries.groups), ("prefixes", entries.prefixes)):
-            for key in keys:
-                libbpf.map_delete(maps[name], key)
+    def write_pod(self, cookie: int, pod) -> None:
+        libbpf.map_update(self.compiled.maps["pods"], ctypes.c_uint64(cookie), pod)
 
-    def _write_namespace(self, old: NamespaceEntries | None, new: NamespaceEntries) -> None:
+    def _delete_config(self, config: int) -> None:
+        """Every list entry of a configuration, found in the maps themselves: also those of a pod
+        added by a process that died half-way."""
+        maps, owner = self.compiled.maps, config.to_bytes(8, sys.byteorder)
+        for key in libbpf.map_keys(maps["ports"], PortKey):
+            if key.config == config:
+                libbpf.map_delete(maps["ports"], key)
+        for key in libbpf.map_keys(maps["groups"], GroupKey):
+            if key.config == config:
+                libbpf.map_delete(maps["groups"], key)
+        for key in libbpf.map_keys(maps["prefixes"], PrefixKey):
+            if bytes(key.owner) == owner and key.kind & ~PREFIX_V6 != PREFIX_LOCAL:
+                libbpf.map_delete(maps["prefixes"], key)
+
+    def write_namespace(self, old: NamespaceEntries | None, new: NamespaceEntries) -> None:
         """New local routes first, then the sources, then what is gone: a destination that stays
         local is local throughout."""
         maps, present = self.compiled.maps, ctypes.c_uint8(1)
@@ -233,10 +305,20 @@ class Datapath:
             if raw not in after:
                 libbpf.map_delete(maps["prefixes"], key)
 
-    def _delete_namespace(self, entries: NamespaceEntries) -> None:
-        for key in entries.local:
-            libbpf.map_delete(self.compiled.maps["prefixes"], key)
-        libbpf.map_delete(self.compiled.maps["sources"], ctypes.c_uint64(entries.netns))
+    def namespace_in_maps(self, cookie: int) -> NamespaceEntries:
+        """The facts of a pod's namespace as the maps hold them now (written by any process)."""
+        maps, owner = self.compiled.maps, cookie.to_bytes(8, sys.byteorder)
+        local = [key for key in libbpf.map_keys(maps["prefixes"], PrefixKey)
+                 if bytes(key.owner) == owner and key.kind & ~PREFIX_V6 == PREFIX_LOCAL]
+        sources = libbpf.map_lookup(maps["sources"], ctypes.c_uint64(cookie), Sources) or Sources()
+        return NamespaceEntries(cookie, local, sources)
+
+    def _delete_namespace(self, cookie: int) -> None:
+        maps, owner = self.compiled.maps, cookie.to_bytes(8, sys.byteorder)
+        for key in libbpf.map_keys(maps["prefixes"], PrefixKey):
+            if bytes(key.owner) == owner and key.kind & ~PREFIX_V6 == PREFIX_LOCAL:
+                libbpf.map_delete(maps["prefixes"], key)
+        libbpf.map_delete(maps["sources"], ctypes.c_uint64(cookie))
 
     def _follow(self, netns: str, facts: NamespaceFacts) -> None:
         """A follower saw the namespace change: rewrite its facts."""
@@ -244,13 +326,17 @@ class Datapath:
             handle = self.pods.get(netns)
             if handle is None:
                 return
-            entries = namespace_entries(handle.cookie, list(facts.local), list(facts.sources))
-            self._write_namespace(handle.namespace, entries)
-            handle.namespace = entries
+            self.write_facts(handle, facts)
+
+    def write_facts(self, handle: PodHandle, facts: NamespaceFacts) -> None:
+        entries = namespace_entries(handle.cookie, list(facts.local), list(facts.sources))
+        self.write_namespace(handle.namespace, entries)
+        handle.namespace = entries
 
     def synced(self, netns: str) -> bool:
         """Whether the pod's namespace facts in the maps are the namespace's facts now."""
-        return self.pods[netns].follower.synced()
+        follower = self.pods[netns].follower
+        return follower is not None and follower.synced()
 
     def _attach_sk_lookup(self, netns: str, cookie: int) -> int:
         program = self.compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})
@@ -268,8 +354,8 @@ class Datapath:
         inbound port held by a process of the proxy's uids or gids, the test sockops applies when a
         socket starts listening later."""
         handle = self.pods[netns]
-        pod = handle.entries.pod
-        if not pod.flags & IN_CAPTURE:
+        pod = handle.pod
+        if pod is None or not pod.flags & IN_CAPTURE:
             return []
         uids, gids = set(pod.uids[:pod.n_uids]), set(pod.gids[:pod.n_gids])
         registered = []
@@ -291,13 +377,11 @@ class Datapath:
 
     def counters(self, netns: str) -> dict[str, int]:
         """The pod's counters, summed over the CPUs."""
-        per_cpu = libbpf.map_lookup(self.compiled.maps["counters"], ctypes.c_uint64(self.pods[netns].cookie),
-                                    Counters * libbpf.possible_cpus())
-        return {name: sum(getattr(cpu, name) for cpu in per_cpu) if per_cpu else 0 for name in COUNTERS}
+        return read_counters(self.compiled.maps["counters"], self.pods[netns].cookie)
 
     def prefix_entries(self, netns: str) -> int:
         """The pod's spec entries in the prefix trie, counted in the kernel's map."""
-        owner = self.pods[netns].entries.config.to_bytes(8, sys.byteorder)
+        owner = self.pods[netns].config.to_bytes(8, sys.byteorder)
         return sum(bytes(key.owner) == owner for key in libbpf.map_keys(self.compiled.maps["prefixes"], PrefixKey))
 
     def handoffs_in_flight(self) -> int:
@@ -305,11 +389,36 @@ class Datapath:
         return len(libbpf.map_keys(self.compiled.maps["handoffs"], Tuple))
 
 
+def attach_links(compiled: Compiled, cgroup: Path) -> dict[str, int]:
+    """A link from each cgroup program to the cgroup (closing a link's last reference detaches)."""
+    links: dict[str, int] = {}
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for program in CGROUP_PROGRAMS:
+            links[program.name] = libbpf.link_create(compiled.programs[program.name], fd, program.attach_type)
+    except BaseException:
+        for link in links.values():
+            os.close(link)
+        raise
+    finally:
+        os.close(fd)
+    return links
+
+
+def read_counters(counters_map: int, cookie: int) -> dict[str, int]:
+    """A pod's counters, summed over the CPUs (zeros if it has none)."""
+    per_cpu = libbpf.map_lookup(counters_map, ctypes.c_uint64(cookie), Counters * libbpf.possible_cpus())
+    return {name: sum(getattr(cpu, name) for cpu in per_cpu) if per_cpu else 0 for name in COUNTERS}
+
 
 # -- facts about a pod's namespace, read from inside it ---------------------------------------
 
+def netns_cookie(netns: str) -> int:
+    """The cookie of a network namespace, as bpf_get_netns_cookie() gives it."""
+    return in_netns(netns, _netns_cookie)
+
+
 def _netns_cookie() -> int:
-    """The cookie of the calling thread's network namespace, as bpf_get_netns_cookie() gives it."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         return struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
 

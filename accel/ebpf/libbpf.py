@@ -218,3 +218,81 @@ _lib.libbpf_num_possible_cpus.restype = ctypes.c_int
 def possible_cpus() -> int:
     """How many values a per-CPU map holds for each key."""
     return _check(_lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+# -- pins and links: what a datapath that outlives its process needs ------------------------------
+
+_lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
+_lib.bpf_obj_pin.restype = ctypes.c_int
+_lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
+_lib.bpf_obj_get.restype = ctypes.c_int
+_lib.bpf_link_update.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+_lib.bpf_link_update.restype = ctypes.c_int
+_lib.bpf_link_detach.argtypes = [ctypes.c_int]
+_lib.bpf_link_detach.restype = ctypes.c_int
+
+
+def obj_pin(fd: int, path: str) -> None:
+    """Pin a program, map or link in bpffs: it lives on after every descriptor is closed."""
+    _check(_lib.bpf_obj_pin(fd, path.encode()), f"pinning {path}")
+
+
+def obj_get(path: str) -> int:
+    """A descriptor of a pinned object."""
+    return _check(_lib.bpf_obj_get(path.encode()), f"opening the pin {path}")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    """Swap the program behind a link in one step (BPF_LINK_UPDATE): no moment without one."""
+    _check(_lib.bpf_link_update(link_fd, prog_fd, None), "bpf_link_update")
+
+
+def link_detach(link_fd: int) -> None:
+    """Detach a link's program now, even while pins or descriptors still hold the link."""
+    _check(_lib.bpf_link_detach(link_fd), "bpf_link_detach")
+
+
+class ProgInfo(ctypes.Structure):  # the head of struct bpf_prog_info
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("tag", ctypes.c_uint8 * 8),
+                ("jited_prog_len", ctypes.c_uint32), ("xlated_prog_len", ctypes.c_uint32),
+                ("jited_prog_insns", ctypes.c_uint64), ("xlated_prog_insns", ctypes.c_uint64),
+                ("load_time", ctypes.c_uint64), ("created_by_uid", ctypes.c_uint32),
+                ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16)]
+
+
+class LinkInfo(ctypes.Structure):  # the head of struct bpf_link_info, with its cgroup/netns union
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("prog_id", ctypes.c_uint32),
+                ("pad", ctypes.c_uint32), ("target_id", ctypes.c_uint64), ("attach_type", ctypes.c_uint32),
+                ("union_pad", ctypes.c_uint8 * 60)]
+
+
+def prog_info(prog_fd: int) -> ProgInfo:
+    info = ProgInfo()
+    _info(prog_fd, info)
+    return info
+
+
+def link_info(link_fd: int) -> LinkInfo:
+    """id, program id, and for a cgroup link the cgroup id (for netns links the netns inode)."""
+    info = LinkInfo()
+    _info(link_fd, info)
+    return info
+
+
+_lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
+_lib.bpf_prog_get_fd_by_id.restype = ctypes.c_int
+
+
+def prog_get_fd_by_id(prog_id: int) -> int:
+    return _check(_lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
+
+
+def map_count(map_fd: int, key_size: int) -> int:
+    """How many keys a map holds (walked with get_next_key; any key type)."""
+    count, previous, key = 0, None, ctypes.create_string_buffer(key_size)
+    following = ctypes.create_string_buffer(key_size)
+    while _lib.bpf_map_get_next_key(map_fd, previous, following) == 0:
+        count += 1
+        ctypes.memmove(key, following, key_size)
+        previous = key
+    return count

@@ -27,8 +27,9 @@ import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from . import libbpf
+from . import btf, libbpf
 
 FORMAT = 1
 BPF_LD_IMM64 = 0x18
@@ -52,6 +53,7 @@ class Objects:
     origin: str  # "compiled" or "cache"
     cache_file: Path
     btf: dict[str, bytes] = field(default_factory=dict)  # the maps' BTF blobs, by the label in their definition
+    record: dict | None = None  # what they were made from
     _fds: list[int] = field(default_factory=list)
     _code: dict[str, tuple[int, int, bytes, str]] = field(default_factory=dict)  # relocated, for copy()
 
@@ -86,25 +88,75 @@ class Objects:
         self._fds.clear()
 
 
+# Given a map's name and layout (see layout()), the descriptor of an existing map to use instead of
+# creating one (a pinned map kept across an upgrade), or None.
+Adopt = Callable[[str, dict], "int | None"]
+
+
 def load(source: str, programs: dict[str, tuple[int, int]], include_dir: Path | None = None,
-         cflags: tuple[str, ...] = ()) -> Objects:
+         cflags: tuple[str, ...] = (), adopt: Adopt | None = None) -> Objects:
     """The programs (name -> (program type, attach type)) of `source`, whose #includes come
     from `include_dir`: from the node's cache when it holds this compilation, else compiled by
-    bcc and then cached."""
+    bcc and then cached. `adopt` may hand in existing maps: the programs then use those."""
     headers = {p.name: p.read_text() for p in sorted(include_dir.glob("*.h"))} if include_dir else {}
     key = _cache_key(source, headers, list(cflags), programs)
     path = cache_dir() / f"datapath-{key[:24]}.json"
     record = _read(path, key)
     if record is not None:
         try:
-            return _instantiate(record, "cache", path)
+            return _instantiate(record, "cache", path, adopt)
         except OSError:
             pass  # the kernel refuses what it once took: compile afresh and replace the entry
     flags = [*([f"-I{include_dir}"] if include_dir else []), *cflags]
     record = _compile(source, flags, programs, key)
-    objects = _instantiate(record, "compiled", path)
+    objects = _instantiate(record, "compiled", path, adopt)
     _write(path, record)
     return objects
+
+
+def load_record(path: Path, adopt: Adopt | None = None, load_programs: bool = True) -> Objects:
+    """The objects of a record saved with save_record() (a node keeps its own copy, so that its
+    pods can be changed whatever happens to the cache). Without `load_programs`, only the maps
+    are opened and the programs kept for copy(): what changing a pod needs."""
+    try:
+        if not _trusted(path):
+            raise ObjectsError(f"{path} could have been written by someone else: not loading it")
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ObjectsError(f"reading the datapath record {path}: {error}") from None
+    return _instantiate(record, "record", path, adopt, load_programs)
+
+
+def save_record(objects: Objects, path: Path) -> None:
+    """Keep a copy of the record the objects came from (written atomically, 0600)."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".datapath-")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(objects.record, handle)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def layout(definition: dict, btf_blob: bytes | None) -> dict:
+    """What must not change for a map's entries to keep their meaning: its kind, sizes, capacity,
+    flags, and its key's and value's members (name, offset, size) as the compiler laid them out."""
+    shape = {k: definition[k] for k in ("type", "key_size", "value_size", "max_entries", "map_flags")}
+    if btf_blob and definition.get("btf_value_type_id"):
+        types = btf.Btf(btf_blob)
+        shape["key"] = [list(m) for m in btf.layout(types, definition["btf_key_type_id"])]
+        shape["value"] = [list(m) for m in btf.layout(types, definition["btf_value_type_id"])]
+    return shape
+
+
+def layout_of_map(map_fd: int) -> dict:
+    """layout() of a map the kernel holds (e.g. a pinned one), from its info and its BTF."""
+    info = libbpf.map_info(map_fd)
+    definition = {"type": info.type, "key_size": info.key_size, "value_size": info.value_size,
+                  "max_entries": info.max_entries, "map_flags": info.map_flags,
+                  "btf_key_type_id": info.btf_key_type_id, "btf_value_type_id": info.btf_value_type_id}
+    return layout(definition, libbpf.btf_data(info.btf_id) if info.btf_id else None)
 
 
 def _cache_key(source: str, headers: dict[str, str], cflags: list[str], programs: dict) -> str:
@@ -188,8 +240,9 @@ def _unbind_maps(code: bytes, by_fd: dict[int, str], program: str) -> tuple[byte
 
 # -- loading a record ----------------------------------------------------------------------------
 
-def _instantiate(record: dict, origin: str, path: Path) -> Objects:
-    objects = Objects({}, {}, origin, path)
+def _instantiate(record: dict, origin: str, path: Path, adopt: Adopt | None = None,
+                 load_programs: bool = True) -> Objects:
+    objects = Objects({}, {}, origin, path, record=record)
     try:
         btf_fds = {}
         for btf_id, blob in record["btf"].items():
@@ -197,17 +250,20 @@ def _instantiate(record: dict, origin: str, path: Path) -> Objects:
             btf_fds[btf_id] = libbpf.btf_load(objects.btf[btf_id])
             objects._fds.append(btf_fds[btf_id])
         for name, definition in record["maps"].items():
-            fd = libbpf.map_create(name, definition, btf_fds.get(definition["btf"], 0))
+            given = adopt(name, layout(definition, objects.btf.get(definition["btf"] or ""))) if adopt else None
+            fd = os.dup(given) if given is not None else libbpf.map_create(name, definition,
+                                                                           btf_fds.get(definition["btf"], 0))
             objects._fds.append(fd)
-            objects.maps[name] = {"fd": fd, **definition}
+            objects.maps[name] = {"fd": fd, "adopted": given is not None, **definition}
         for name, program in record["programs"].items():
             code = bytearray(base64.b64decode(program["instructions"]))
             for index, map_name in program["relocations"]:
                 struct.pack_into("<i", code, index * 8 + 4, objects.maps[map_name]["fd"])
-            fd = libbpf.prog_load(name, program["type"], program["attach"], bytes(code), record["license"])
-            objects._fds.append(fd)
-            objects.programs[name] = fd
             objects._code[name] = (program["type"], program["attach"], bytes(code), record["license"])
+            if load_programs:
+                fd = libbpf.prog_load(name, program["type"], program["attach"], bytes(code), record["license"])
+                objects._fds.append(fd)
+                objects.programs[name] = fd
         for fd in btf_fds.values():  # the maps hold their BTF now
             os.close(fd)
             objects._fds.remove(fd)
