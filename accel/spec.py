@@ -5,6 +5,11 @@ semantics istio-iptables gives it (see ../shared/research/istio-capture.md). The
 three ways in (istio-iptables argv/env, Istio's config JSON, pod annotations) are
 in accel.inputs and all end in this class; the renderers read only this class.
 
+The parsers below only turn text into values (a port number, a CIDR, an address); every rule
+on the values (ranges, names, families, how options combine) is checked once, by CaptureSpec,
+whichever way the spec came in. An input names CaptureSpec's errors as its user wrote the
+field (SpecError.relabel).
+
 Values are typed (ports are ints, CIDRs are ipaddress interfaces) but keep the
 order and the exact text the user gave where Istio's output depends on it: a
 non-canonical CIDR such as 10.96.0.1/24 is rendered as written, as Istio does.
@@ -16,7 +21,7 @@ import dataclasses
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal, Mapping, Union
 
 from . import constants as c
 
@@ -30,21 +35,33 @@ TPROXY = "TPROXY"
 # istio-iptables limits the include list because it becomes one rule with N matches.
 MAX_OWNER_GROUPS_INCLUDE = 64
 MAX_ID = 2**32 - 2  # (uid_t)-1 is "no id"
+MAX_U32 = 2**32 - 1
 IFNAMSIZ = 16
+# The options where '*' means all; istio-iptables refuses -x '*', and the others would put '*' in a rule.
+_TAKE_WILDCARD = ("inbound_ports_include", "outbound_ip_ranges_include", "owner_groups_include")
 
 
 class SpecError(ValueError):
     """Bad input. Names the field as the user wrote it (flag, Go field or annotation)."""
 
-    def __init__(self, field: str, value: object, reason: str):
+    def __init__(self, field: str, value: object, reason: str, related: tuple[str, ...] = ()):
         self.field = field
         self.value = value
         self.reason = reason
+        self.related = related  # the other fields the reason names, by the same kind of name as field
         super().__init__(f"{field}: {reason} (got {value!r})")
+
+    def relabel(self, labels: Mapping[str, str]) -> SpecError:
+        """The same error with its fields named by labels (CaptureSpec raises attribute names)."""
+        reason = self.reason
+        for name in self.related:
+            reason = reason.replace(name, labels.get(name, name))
+        return SpecError(labels.get(self.field, self.field), self.value, reason,
+                         tuple(labels.get(name, name) for name in self.related))
 
 
 # ---------------------------------------------------------------------------
-# Value parsers. Each takes the label of the field it parses, for the error.
+# Parsers: text to values. Each takes the label of the field it parses, for the error.
 
 
 def split_list(text: str) -> list[str]:
@@ -52,14 +69,9 @@ def split_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def parse_port(text: str | int, field: str) -> int:
-    value = str(text).strip()
-    if not value.isdigit():
-        raise SpecError(field, text, "not a port number")
-    port = int(value)
-    if not 1 <= port <= 65535:
-        raise SpecError(field, text, "port out of range 1-65535")
-    return port
+def _decimal(text: str) -> bool:
+    """ASCII digits only, as Go's strconv wants (str.isdigit() also takes '¹' and '٣')."""
+    return text.isascii() and text.isdigit()
 
 
 def _list(text: str, field: str, parse_item, wildcard: bool, what: str):
@@ -71,32 +83,33 @@ def _list(text: str, field: str, parse_item, wildcard: bool, what: str):
     return tuple(parse_item(item, field) for item in split_list(text))
 
 
+def parse_port(text: str | int, field: str) -> int:
+    value = str(text).strip()
+    if not _decimal(value):
+        raise SpecError(field, text, "not a port number")
+    return int(value)
+
+
 def parse_ports(text: str, field: str, *, wildcard: bool = False) -> tuple[int, ...] | Wildcard:
     return _list(text, field, parse_port, wildcard, "ports")
 
 
 def parse_id(text: str | int, field: str, what: str) -> int:
     value = str(text).strip()
-    if not value.isdigit():
+    if not _decimal(value):
         raise SpecError(field, text, f"not a numeric {what}")
-    number = int(value)
-    if number > MAX_ID:
-        raise SpecError(field, text, f"{what} out of range 0-{MAX_ID}")
-    return number
+    return int(value)
 
 
 def parse_ids(text: str, field: str, what: str) -> tuple[int, ...]:
-    ids = tuple(parse_id(item, field, what) for item in split_list(text))
-    if not ids:
-        raise SpecError(field, text, f"at least one {what} is required")
-    return ids
+    return tuple(parse_id(item, field, what) for item in split_list(text))
 
 
 def parse_cidr(text: str, field: str) -> Cidr:
     value = text.strip()
     address_text, slash, bits = value.partition("/")
     # Go's netip.ParsePrefix, which Istio uses, wants addr/bits with decimal bits and no zone.
-    if not slash or not bits.isdigit() or "%" in address_text:
+    if not slash or not _decimal(bits) or "%" in address_text:
         raise SpecError(field, text, "not a CIDR (expected address/prefix-length, e.g. 10.0.0.0/8)")
     try:
         address = ipaddress.ip_address(address_text)
@@ -118,39 +131,15 @@ def parse_address(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IP
         raise SpecError(field, text, "not an IP address") from None
 
 
-def parse_dns_server(text: str, field: str) -> str:
-    """A nameserver address, kept as written: Istio puts resolv.conf's text into its rules."""
-    parse_address(text, field)
-    return text.strip()
-
-
-_BAD_IFNAME = re.compile(r"[/:\s]")
-
-
-def parse_interface(text: str, field: str) -> str:
-    # The kernel's dev_valid_name(): 1-15 bytes, not "." or "..", no '/', ':' or whitespace.
-    name = text.strip()
-    if not name or len(name.encode()) >= IFNAMSIZ or name in (".", "..") or _BAD_IFNAME.search(name):
-        raise SpecError(field, text, "not a valid interface name (1-15 characters, no '/', ':' or spaces)")
-    return name
-
-
 def parse_interfaces(text: str, field: str) -> tuple[str, ...]:
-    return tuple(parse_interface(item, field) for item in split_list(text))
-
-
-_GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+    return tuple(split_list(text))
 
 
 def parse_group(text: str, field: str) -> str:
-    """A group name or numeric GID; iptables and nft resolve names when the rules load."""
+    """A group name or numeric GID (leading zeros dropped); iptables and nft resolve names when the
+    rules load."""
     group = text.strip()
-    if group.isdigit():
-        parse_id(group, field, "gid")
-        return str(int(group))
-    if not _GROUP_NAME.match(group):
-        raise SpecError(field, text, "not a group name or numeric gid")
-    return group
+    return str(int(group)) if _decimal(group) else group
 
 
 def parse_groups(text: str, field: str, *, wildcard: bool = False) -> tuple[str, ...] | Wildcard:
@@ -158,20 +147,14 @@ def parse_groups(text: str, field: str, *, wildcard: bool = False) -> tuple[str,
 
 
 def parse_mode(text: str, field: str) -> str:
-    # istio-iptables silently treats anything but exactly TPROXY as REDIRECT; a typo such as
-    # "tproxy" would then capture differently from what was asked, so accel refuses it.
-    value = text.strip()
-    if value in ("", REDIRECT):
-        return REDIRECT
-    if value == TPROXY:
-        return TPROXY
-    raise SpecError(field, text, "unknown interception mode (expected REDIRECT or TPROXY)")
+    """An empty mode is REDIRECT: istio-iptables' -m defaults to "", which it treats as REDIRECT."""
+    return text.strip() or REDIRECT
 
 
-def parse_uint32(text: str | int, field: str, what: str, minimum: int = 0) -> int:
+def parse_uint32(text: str | int, field: str, what: str) -> int:
     value = str(text).strip()
-    if not value.isdigit() or not minimum <= int(value) <= 2**32 - 1:
-        raise SpecError(field, text, f"not a {what} ({minimum}-{2**32 - 1})")
+    if not _decimal(value):
+        raise SpecError(field, text, f"not a numeric {what}")
     return int(value)
 
 
@@ -191,25 +174,20 @@ def parse_bool(text: str | bool, field: str) -> bool:
     raise SpecError(field, text, "not a boolean (true/false/1/0)")
 
 
-def parse_loopback_cidr(text: str, field: str) -> ipaddress.IPv4Interface:
-    cidr = parse_cidr(text, field)
-    if cidr.version != 4 or not cidr.ip.is_loopback:
-        raise SpecError(field, text, "must be an IPv4 loopback CIDR (127.0.0.0/8)")
-    if not 8 <= cidr.network.prefixlen <= 32:
-        raise SpecError(field, text, "prefix length must be between 8 and 32")
-    return cidr
-
-
 # ---------------------------------------------------------------------------
 # Formatting shared by the renderers and the JSON form.
 
 
+def address_text(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """An address as Go's netip.Addr.String() prints it: RFC 5952, IPv4-mapped IPv6 dotted."""
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return f"::ffff:{address.ipv4_mapped}"
+    return str(address)
+
+
 def cidr_text(cidr: Cidr) -> str:
     """addr/bits as Go's netip.Prefix.String() prints it (host bits kept, as Istio emits)."""
-    address = cidr.ip
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return f"::ffff:{address.ipv4_mapped}/{cidr.network.prefixlen}"
-    return f"{address}/{cidr.network.prefixlen}"
+    return f"{address_text(cidr.ip)}/{cidr.network.prefixlen}"
 
 
 def join(values) -> str:
@@ -247,7 +225,7 @@ class CaptureSpec:
     exclude_interfaces: tuple[str, ...] = ()  # -c
     redirect_dns: bool = False  # --redirect-dns
     capture_all_dns: bool = False  # --capture-all-dns
-    dns_servers_v4: tuple[str, ...] = ()  # resolv.conf nameservers, as written there
+    dns_servers_v4: tuple[str, ...] = ()  # nameservers as istio-iptables writes them in its rules
     dns_servers_v6: tuple[str, ...] = ()
     drop_invalid: bool = False  # --drop-invalid
     enable_ipv6: bool = False  # detected by istio-iptables from the pod's addresses
@@ -256,53 +234,75 @@ class CaptureSpec:
     def __post_init__(self):
         self._validate()
 
-    # -- validation: the parsers already checked user text; this guards direct construction.
+    # -- validation: the one place every rule on the values is checked, whatever the input.
     def _validate(self):
         for name in ("proxy_port", "inbound_capture_port", "inbound_tunnel_port"):
-            _check_port(name, getattr(self, name))
-        for name in ("inbound_ports_exclude", "outbound_ports_include", "outbound_ports_exclude"):
-            _check_ports(name, getattr(self, name))
-        if self.inbound_ports_include != WILDCARD:
-            _check_ports("inbound_ports_include", self.inbound_ports_include)
-        for name in ("proxy_uids", "proxy_gids"):
+            check_port(name, getattr(self, name))
+        for name in ("inbound_ports_include", "inbound_ports_exclude", "outbound_ports_include",
+                     "outbound_ports_exclude"):
+            ports = getattr(self, name)
+            if not (ports == WILDCARD and name in _TAKE_WILDCARD):
+                _check_tuple(name, ports, int)
+                for port in ports:
+                    check_port(name, port)
+        for name, what in (("proxy_uids", "uid"), ("proxy_gids", "gid")):
             ids = getattr(self, name)
-            if not isinstance(ids, tuple) or not ids:
-                raise SpecError(name, ids, "needs at least one id")
+            _check_tuple(name, ids, int)
+            if not ids:
+                raise SpecError(name, "", f"at least one {what} is required")
             for number in ids:
-                if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= MAX_ID:
-                    raise SpecError(name, ids, f"ids must be integers 0-{MAX_ID}")
+                _check_int(name, number, 0, MAX_ID, what)
         if self.inbound_interception_mode not in (REDIRECT, TPROXY):
             raise SpecError("inbound_interception_mode", self.inbound_interception_mode,
-                            "expected REDIRECT or TPROXY")
-        for name in ("inbound_tproxy_mark", "inbound_tproxy_route_table"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or not 1 <= value <= 2**32 - 1:
-                raise SpecError(name, value, "expected an integer 1-4294967295")
-        if self.outbound_ip_ranges_include != WILDCARD:
-            _check_cidrs("outbound_ip_ranges_include", self.outbound_ip_ranges_include)
-        _check_cidrs("outbound_ip_ranges_exclude", self.outbound_ip_ranges_exclude)
-        if self.owner_groups_include != WILDCARD:
-            _check_tuple("owner_groups_include", self.owner_groups_include, str)
-            if len(self.owner_groups_include) > MAX_OWNER_GROUPS_INCLUDE:
-                raise SpecError("owner_groups_include", join(self.owner_groups_include),
-                                f"at most {MAX_OWNER_GROUPS_INCLUDE} groups")
-        _check_tuple("owner_groups_exclude", self.owner_groups_exclude, str)
-        _check_tuple("kube_virt_interfaces", self.kube_virt_interfaces, str)
-        _check_tuple("exclude_interfaces", self.exclude_interfaces, str)
+                            "unknown interception mode (expected REDIRECT or TPROXY)")
+        _check_int("inbound_tproxy_mark", self.inbound_tproxy_mark, 1, MAX_U32, "packet mark")
+        _check_int("inbound_tproxy_route_table", self.inbound_tproxy_route_table, 1, MAX_U32, "route table")
+        for name in ("outbound_ip_ranges_include", "outbound_ip_ranges_exclude"):
+            cidrs = getattr(self, name)
+            if not (cidrs == WILDCARD and name in _TAKE_WILDCARD):
+                _check_tuple(name, cidrs, (ipaddress.IPv4Interface, ipaddress.IPv6Interface))
+        for name in ("owner_groups_include", "owner_groups_exclude"):
+            groups = getattr(self, name)
+            if not (groups == WILDCARD and name in _TAKE_WILDCARD):
+                _check_tuple(name, groups, str)
+                for group in groups:
+                    _check_group(name, group)
+        if self.owner_groups_include != WILDCARD and len(self.owner_groups_include) > MAX_OWNER_GROUPS_INCLUDE:
+            raise SpecError("owner_groups_include", join(self.owner_groups_include),
+                            f"at most {MAX_OWNER_GROUPS_INCLUDE} groups may be included (one rule matches them all)")
+        for name in ("kube_virt_interfaces", "exclude_interfaces"):
+            _check_tuple(name, getattr(self, name), str)
+            for interface in getattr(self, name):
+                _check_interface(name, interface)
         for version in (4, 6):
             name = f"dns_servers_v{version}"
-            servers = getattr(self, name)
-            _check_tuple(name, servers, str)
-            for server in servers:
-                if parse_address(server, name).version != version:
-                    raise SpecError(name, server, f"not an IPv{version} address")
+            _check_tuple(name, getattr(self, name), str)
+            for server in getattr(self, name):
+                _check_dns_server(name, server, version)
         for name in ("redirect_dns", "capture_all_dns", "drop_invalid", "enable_ipv6"):
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, getattr(self, name), "expected true or false")
         loopback = self.host_ipv4_loopback_cidr
         if not isinstance(loopback, ipaddress.IPv4Interface) or not loopback.ip.is_loopback \
                 or not 8 <= loopback.network.prefixlen <= 32:
-            raise SpecError("host_ipv4_loopback_cidr", loopback, "must be an IPv4 loopback CIDR, /8 to /32")
+            raise SpecError("host_ipv4_loopback_cidr", str(loopback),
+                            "must be an IPv4 loopback CIDR (within 127.0.0.0/8) with a prefix length of 8 to 32")
+        self._validate_ports_together()
+
+    def _validate_ports_together(self):
+        # The proxy's own connections to the pod are sent to -z (the hairpin rule); were that the
+        # outbound listener, every inbound connection it forwards would come back to it.
+        if self.proxy_port == self.inbound_capture_port:
+            raise SpecError("inbound_capture_port", str(self.inbound_capture_port),
+                            "the same port as proxy_port: inbound connections would reach the outbound listener, "
+                            "whose forwarding to the pod is captured to this port again (a loop)", ("proxy_port",))
+        # A port has one listener: under DNS capture istio-agent's DNS proxy holds 15053 (TCP too).
+        if self.dns_capture:
+            for name in ("proxy_port", "inbound_capture_port"):
+                if getattr(self, name) == c.DNS_PROXY_PORT:
+                    raise SpecError(name, str(c.DNS_PROXY_PORT),
+                                    "the DNS proxy's port (redirect_dns sends DNS there): the connections "
+                                    "captured to it would reach the DNS proxy", ("redirect_dns",))
 
     # -- derived facts the renderers share -------------------------------------------------
 
@@ -340,7 +340,7 @@ class CaptureSpec:
             c.ip.is_loopback for c in self.outbound_ip_ranges_include)
 
     def warnings(self) -> list[str]:
-        """Options that are accepted but have no effect, as istio-iptables would silently do."""
+        """Options istio-iptables silently accepts though they do nothing, or stop all capture."""
         notes = []
         if self.redirect_dns and not self.dns_capture:
             notes.append("--redirect-dns without --capture-all-dns and without a DNS server: "
@@ -351,6 +351,9 @@ class CaptureSpec:
             notes.append("--capture-all-dns has no effect without --redirect-dns")
         if self.inbound_ports_exclude and self.inbound_ports_include != WILDCARD:
             notes.append("-d/--istio-local-exclude-ports is only used with -b '*'; ignored")
+        if self.owner_groups_include == ():
+            notes.append("ISTIO_OUTBOUND_OWNER_GROUPS names no group: no outbound traffic is captured "
+                         "(as in istio-iptables)")
         if self.owner_groups_exclude and self.owner_groups_include != WILDCARD:
             notes.append("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is only used when "
                          "ISTIO_OUTBOUND_OWNER_GROUPS is '*'; ignored")
@@ -360,22 +363,49 @@ class CaptureSpec:
         return dataclasses.replace(self, **changes)
 
 
-def _check_port(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
-        raise SpecError(name, value, "port out of range 1-65535")
+def check_port(name: str, port: object):
+    """The port check, for CaptureSpec's ports and an input's other ones."""
+    _check_int(name, port, 1, 65535, "port")
 
 
-def _check_ports(name, values):
-    if not isinstance(values, tuple):
-        raise SpecError(name, values, "expected a tuple of ports")
-    for value in values:
-        _check_port(name, value)
-
-
-def _check_cidrs(name, values):
-    _check_tuple(name, values, (ipaddress.IPv4Interface, ipaddress.IPv6Interface))
+def _check_int(name, value, low, high, what):
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise SpecError(name, str(value), f"{what} out of range {low}-{high}")
 
 
 def _check_tuple(name, values, kind):
     if not isinstance(values, tuple) or not all(isinstance(v, kind) for v in values):
         raise SpecError(name, values, "has the wrong type")
+
+
+_GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
+
+
+def _check_group(name, group):
+    if _decimal(group):
+        _check_int(name, int(group), 0, MAX_ID, "gid")
+    elif not _GROUP_NAME.match(group):
+        raise SpecError(name, group, "not a group name or numeric gid")
+
+
+_BAD_IFNAME = re.compile(r"[/:\s]")
+
+
+def _check_interface(name, interface):
+    # The kernel's dev_valid_name(): 1-15 bytes, not "." or "..", no '/', ':' or whitespace.
+    if not interface or len(interface.encode()) >= IFNAMSIZ or interface in (".", "..") \
+            or _BAD_IFNAME.search(interface):
+        raise SpecError(name, interface, "not a valid interface name (1-15 characters, no '/', ':' or spaces)")
+
+
+def _check_dns_server(name, server, version):
+    try:
+        address = ipaddress.ip_address(server)
+    except ValueError:
+        raise SpecError(name, server, "not an IP address") from None
+    if address.version != version:
+        raise SpecError(name, server, f"not an IPv{version} address")
+    if version == 6 and address.scope_id:
+        # istio-iptables writes it into its rules as it is, and ip6tables-restore refuses them.
+        raise SpecError(name, server, "a nameserver with a zone (%...) cannot be matched by iptables, nftables "
+                                      "or eBPF rules; give it without the zone (--dns-servers)")

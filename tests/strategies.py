@@ -2,6 +2,7 @@
 
 from hypothesis import strategies as st
 
+from accel import constants as c
 from accel import spec as s
 from accel.spec import CaptureSpec
 
@@ -27,10 +28,14 @@ dns_v6 = st.lists(st.ip_addresses(v=6).map(str), max_size=2).map(tuple)
 loopback = st.integers(8, 32).flatmap(
     lambda bits: st.ip_addresses(network="127.0.0.0/8").map(lambda a: s.parse_cidr(f"{a}/{bits}", "x")))
 
-capture_specs = st.builds(
+# -p and -z differ (one port for both is a loop), and neither is the DNS proxy's (it may be capturing).
+listener_ports = st.lists(st.integers(1, 65535).filter(lambda port: port != c.DNS_PROXY_PORT),
+                          min_size=2, max_size=2, unique=True)
+
+capture_specs = listener_ports.flatmap(lambda listeners: st.builds(
     CaptureSpec,
-    proxy_port=st.integers(1, 65535),
-    inbound_capture_port=st.integers(1, 65535),
+    proxy_port=st.just(listeners[0]),
+    inbound_capture_port=st.just(listeners[1]),
     inbound_tunnel_port=st.integers(1, 65535),
     proxy_uids=ids,
     proxy_gids=ids,
@@ -53,4 +58,4 @@ capture_specs = st.builds(
     drop_invalid=st.booleans(),
     enable_ipv6=st.booleans(),
     host_ipv4_loopback_cidr=loopback,
-)
+))

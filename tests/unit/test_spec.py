@@ -1,4 +1,5 @@
-"""The capture model: parsers name the bad field; the spec refuses invalid values."""
+"""The capture model: parsers turn text into values, naming the bad field; the spec checks every rule
+on the values, once, whatever the input."""
 
 import ipaddress
 
@@ -11,23 +12,18 @@ from accel.spec import CaptureSpec, SpecError
 
 
 @pytest.mark.parametrize("parse, text, reason", [
-    (s.parse_port, "70000", "out of range"),
-    (s.parse_port, "0", "out of range"),
-    (s.parse_port, "http", "not a port"),
+    (s.parse_port, "http", "not a port number"),
+    (s.parse_port, "-1", "not a port number"),
+    (s.parse_port, "\u00b9", "not a port number"),  # a digit to str.isdigit(), not to Go or int()
     (s.parse_cidr, "10.0.0.0/33", "prefix length 33"),
     (s.parse_cidr, "2001:db8::/129", "prefix length 129"),
     (s.parse_cidr, "10.0.0.1", "expected address/prefix-length"),
     (s.parse_cidr, "10.0.0.0/255.0.0.0", "expected address/prefix-length"),
     (s.parse_cidr, "fe80::1%eth0/64", "expected address/prefix-length"),
     (s.parse_cidr, "300.1.1.1/8", "address part"),
-    (s.parse_mode, "tproxy", "unknown interception mode"),
-    (s.parse_mode, "NONE", "unknown interception mode"),
-    (s.parse_interface, "a" * 16, "interface name"),
-    (s.parse_interface, "eth/0", "interface name"),
+    (s.parse_cidr, "10.0.0.0/\u0663", "expected address/prefix-length"),
+    (s.parse_address, "10.0.0.300", "not an IP address"),
     (s.parse_bool, "yes", "not a boolean"),
-    (s.parse_loopback_cidr, "10.0.0.1/32", "loopback"),
-    (s.parse_loopback_cidr, "127.0.0.1/7", "between 8 and 32"),
-    (s.parse_group, "no spaces", "group name"),
 ])
 def test_parsers_name_field_and_value(parse, text, reason):
     with pytest.raises(SpecError) as error:
@@ -35,6 +31,14 @@ def test_parsers_name_field_and_value(parse, text, reason):
     assert error.value.field == "--the-flag"
     assert error.value.value == text
     assert reason in str(error.value)
+
+
+def test_parsers_leave_the_rules_to_the_spec():
+    assert s.parse_port("70000", "f") == 70000  # in range or not: CaptureSpec says
+    assert s.parse_id("4294967295", "f", "uid") == 2**32 - 1
+    assert s.parse_group("0202", "f") == "202"
+    assert s.parse_mode("tproxy", "f") == "tproxy"
+    assert s.parse_mode("", "f") == s.REDIRECT  # istio-iptables' -m default "" is REDIRECT
 
 
 def test_list_parsers_follow_istio_split():
@@ -46,16 +50,21 @@ def test_list_parsers_follow_istio_split():
     with pytest.raises(SpecError, match="not allowed"):
         s.parse_cidrs("*", "-x")  # istio-iptables refuses -x '*' too
     assert s.parse_ids("3,4", "f", "uid") == (3, 4)
+    assert s.parse_ids("", "f", "uid") == ()
     with pytest.raises(SpecError, match="not a numeric uid"):
         s.parse_ids("1337,istio", "f", "uid")
-    with pytest.raises(SpecError, match="at least one"):
-        s.parse_ids("", "f", "uid")
 
 
 def test_cidr_text_keeps_what_istio_emits():
     # Istio prints netip.Prefix.String(): host bits kept, IPv6 compressed, mapped IPv4 dotted.
     for text in ("10.96.0.1/24", "2001:db8::/32", "::ffff:1.2.3.4/128", "127.1.2.3/32"):
         assert s.cidr_text(s.parse_cidr(text, "f")) == text
+
+
+def test_address_text_is_gos_netip_string():
+    for text, go in (("2001:DB8:0:0:1:0:0:1", "2001:db8::1:0:0:1"), ("::ffff:10.0.0.1", "::ffff:10.0.0.1"),
+                     ("::127.0.0.53", "::7f00:35"), ("10.96.0.10", "10.96.0.10")):
+        assert s.address_text(ipaddress.ip_address(text)) == go
 
 
 def test_default_spec_is_istio_iptables_defaults():
@@ -66,22 +75,68 @@ def test_default_spec_is_istio_iptables_defaults():
     assert spec.owner_groups_include == "*"
 
 
-@pytest.mark.parametrize("field, value", [
-    ("proxy_port", 70000),
-    ("proxy_port", True),
-    ("proxy_uids", ()),
-    ("proxy_uids", (-1,)),
-    ("inbound_interception_mode", "NONE"),
-    ("inbound_ports_include", (80, 0)),
-    ("outbound_ip_ranges_include", ("10.0.0.0/8",)),  # must be parsed, not text
-    ("owner_groups_include", tuple(str(g) for g in range(65))),
-    ("dns_servers_v4", ("::1",)),
-    ("inbound_tproxy_mark", 0),
+@pytest.mark.parametrize("field, value, reason", [
+    ("proxy_port", 70000, "port out of range 1-65535"),
+    ("proxy_port", 0, "port out of range 1-65535"),
+    ("proxy_port", True, "port out of range"),
+    ("proxy_uids", (), "at least one uid is required"),
+    ("proxy_gids", (), "at least one gid is required"),
+    ("proxy_uids", (-1,), "uid out of range"),
+    ("proxy_gids", (2**32 - 1,), "gid out of range 0-4294967294"),
+    ("inbound_interception_mode", "NONE", "unknown interception mode"),
+    ("inbound_interception_mode", "tproxy", "unknown interception mode"),
+    ("inbound_ports_include", (80, 0), "port out of range"),
+    ("inbound_ports_exclude", "*", "wrong type"),
+    ("outbound_ip_ranges_include", ("10.0.0.0/8",), "wrong type"),  # must be parsed, not text
+    ("outbound_ip_ranges_exclude", "*", "wrong type"),
+    ("owner_groups_include", tuple(str(g) for g in range(65)), "at most 64 groups"),
+    ("owner_groups_exclude", ("no spaces",), "not a group name"),
+    ("owner_groups_exclude", ("4294967295",), "gid out of range"),
+    ("exclude_interfaces", ("a" * 16,), "interface name"),
+    ("kube_virt_interfaces", ("eth/0",), "interface name"),
+    ("dns_servers_v4", ("::1",), "not an IPv4 address"),
+    ("dns_servers_v6", ("not-an-ip",), "not an IP address"),
+    ("dns_servers_v4", (" 10.0.0.1",), "not an IP address"),  # written into rules as it is
+    ("dns_servers_v6", ("fe80::1%eth0",), "zone"),
+    ("inbound_tproxy_mark", 0, "packet mark out of range 1-4294967295"),
+    ("inbound_tproxy_route_table", 2**32, "route table out of range"),
+    ("host_ipv4_loopback_cidr", s.parse_cidr("10.0.0.1/32", "f"), "loopback"),
+    ("host_ipv4_loopback_cidr", s.parse_cidr("127.0.0.1/7", "f"), "8 to 32"),
+    ("host_ipv4_loopback_cidr", s.parse_cidr("::1/128", "f"), "IPv4 loopback"),
 ])
-def test_spec_refuses_invalid_values(field, value):
+def test_spec_refuses_invalid_values(field, value, reason):
     with pytest.raises(SpecError) as error:
         CaptureSpec(**{field: value})
     assert error.value.field == field
+    assert reason in error.value.reason
+
+
+def test_one_port_for_outbound_and_inbound_capture_is_a_loop():
+    with pytest.raises(SpecError) as error:
+        CaptureSpec(proxy_port=15001, inbound_capture_port=15001)
+    assert error.value.field == "inbound_capture_port" and error.value.related == ("proxy_port",)
+    assert "the same port as proxy_port" in error.value.reason and "loop" in error.value.reason
+    # the tunnel port only exempts: no rule sends anything to it
+    CaptureSpec(inbound_tunnel_port=15001)
+    CaptureSpec(inbound_tunnel_port=15006)
+
+
+def test_the_dns_proxy_port_is_taken_under_dns_capture():
+    dns = dict(redirect_dns=True, capture_all_dns=True)
+    for field in ("proxy_port", "inbound_capture_port"):
+        with pytest.raises(SpecError, match="DNS proxy's port") as error:
+            CaptureSpec(**{field: 15053}, **dns)
+        assert error.value.field == field and error.value.related == ("redirect_dns",)
+        CaptureSpec(**{field: 15053})  # no DNS capture, no DNS proxy listening there
+    CaptureSpec(inbound_tunnel_port=15053, **dns)
+
+
+def test_relabel_names_fields_as_the_input_does():
+    error = SpecError("inbound_capture_port", "15001", "the same port as proxy_port", ("proxy_port",))
+    named = error.relabel({"inbound_capture_port": "-z", "proxy_port": "-p"})
+    assert str(named) == "-z: the same port as -p (got '15001')"
+    assert named.related == ("-p",)
+    assert str(error.relabel({})) == str(error)
 
 
 def test_spec_is_immutable():
@@ -96,6 +151,11 @@ def test_dns_capture_needs_a_server_or_capture_all():
     assert CaptureSpec(redirect_dns=True, dns_servers_v6=("::127.0.0.53",)).dns_capture
     assert not CaptureSpec(capture_all_dns=True).dns_capture
     assert any("DNS capture is off" in w for w in CaptureSpec(redirect_dns=True).warnings())
+
+
+def test_an_empty_owner_group_include_list_is_said():
+    assert any("no outbound traffic is captured" in w for w in CaptureSpec(owner_groups_include=()).warnings())
+    assert not CaptureSpec().warnings()
 
 
 def test_derived_facts():
