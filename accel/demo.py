@@ -13,10 +13,10 @@ import shlex
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from . import inputs
+from . import inputs, process
 from .compare import compare
 from .compare.report import print_table
-from .netns import ScratchNetns, run
+from .netns import Netns
 from .render import render_ebpf_text, render_iptables, render_nftables
 
 
@@ -37,21 +37,21 @@ def run_demo(console: Console | None = None) -> None:
     rules = render_iptables(spec)
     console.rule("[bold]2. iptables: Istio's exact iptables-restore input")
     verbatim(rules.text)
-    with ScratchNetns("accel-demo") as ns:
-        ns.run(["iptables-nft-restore", "--noflush"], input=rules.ipv4)
+    with Netns.scratch("accel-demo") as ns:
+        ns.run(["iptables-nft-restore", "--noflush"], input=rules.ipv4, check=True)
         console.rule(f"read back from the kernel: iptables-save -t nat, in netns {ns.name}", style="dim")
-        verbatim(_without_comments(ns.run(["iptables-nft-save", "-t", "nat"]).stdout))
-    version = run(["iptables-nft", "--version"]).stdout.strip()
+        verbatim(_without_comments(ns.run(["iptables-nft-save", "-t", "nat"], check=True).stdout))
+    version = process.run(["iptables-nft", "--version"], check=True).stdout.strip()
     console.print(f"[dim]{version}: istio-iptables picks this variant unless legacy tables already hold rules. "
                   f"Namespace removed: {not ns.exists()}.[/dim]")
 
     nft = render_nftables(spec)
     console.rule("[bold]3. nftables: Istio's native nftables transaction (accel's fallback)")
     verbatim(nft)
-    with ScratchNetns("accel-demo") as ns:
-        ns.run(["nft", "-f", "-"], input=nft)
+    with Netns.scratch("accel-demo") as ns:
+        ns.run(["nft", "-f", "-"], input=nft, check=True)
         console.rule(f"read back from the kernel: nft list ruleset, in netns {ns.name}", style="dim")
-        verbatim(ns.run(["nft", "list", "ruleset"]).stdout)
+        verbatim(ns.run(["nft", "list", "ruleset"], check=True).stdout)
     console.print(f"[dim]Applied as one atomic transaction; family inet covers IPv4 and IPv6. "
                   f"Namespace removed: {not ns.exists()}.[/dim]")
 
@@ -91,7 +91,7 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
             status = backend.status(pod)
             cgroup = pod.node_cgroup.path
             console.rule(f"read back from the kernel: bpftool cgroup show {cgroup}", style="dim")
-            verbatim(run(["bpftool", "cgroup", "show", str(cgroup)]).stdout)
+            verbatim(process.run(["bpftool", "cgroup", "show", str(cgroup)], check=True).stdout)
             console.rule(f"bpftool link show: sk_lookup in netns {pod.netns}", style="dim")
             for link in sk_lookup_links(pod.netns):
                 verbatim(f"link {link['id']}: program {link['prog_id']}, sk_lookup, netns_ino {link['netns_ino']}")

@@ -5,6 +5,8 @@ The child joins the cgroup and the namespaces itself, before exec, with setns(2)
 /run/netns/NAME, rather than through `ip netns exec`, which remounts /sys and so hides the
 cgroup mount. Credentials are dropped last, since the first steps need root; in a pod's user
 namespace they are the pod's ids (root there is the pod's root, not the node's).
+
+run() is how accel runs a command, in a pod or on the node: one failure convention everywhere.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import os
 import signal
 import subprocess
 import threading
-from pathlib import Path
 
 from . import userns as user_namespaces
 from .cgroup import Cgroup
@@ -99,8 +100,18 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
             os.close(owner)
 
 
-def run(argv: list[str], *, input: str | None = None, timeout: float = 30, **kwargs) -> subprocess.CompletedProcess:
-    """spawn(), waited for; output captured as text."""
+class CommandError(RuntimeError):
+    """A command run with check=True that exited non-zero: its argv, exit status and what it said."""
+
+    def __init__(self, argv: list[str], returncode: int, stderr: str):
+        self.argv, self.returncode, self.stderr = argv, returncode, stderr
+        super().__init__(f"{' '.join(argv)} exited {returncode}: {stderr.strip()}")
+
+
+def run(argv: list[str], *, input: str | None = None, timeout: float = 30, check: bool = False,
+        **kwargs) -> subprocess.CompletedProcess:
+    """spawn(), waited for; output captured as text. accel's one way to run a command: the result
+    comes back whatever the exit status, and with `check` a non-zero one raises CommandError."""
     process = spawn(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
     try:
@@ -109,4 +120,6 @@ def run(argv: list[str], *, input: str | None = None, timeout: float = 30, **kwa
         process.kill()
         process.wait()
         raise
+    if check and process.returncode != 0:
+        raise CommandError(argv, process.returncode, stderr or stdout)
     return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)

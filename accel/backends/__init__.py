@@ -5,6 +5,7 @@ from .ebpf import EbpfBackend
 from .iptables import IptablesBackend
 from .nftables import NftablesBackend
 from .none import NoneBackend
+from .runner import Runner
 
 BACKEND_NAMES = ("iptables", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "none")
 
@@ -28,4 +29,4 @@ def get_backend(name: str) -> Backend:
 
 
 __all__ = ["BACKEND_NAMES", "Backend", "BackendError", "Target", "get_backend", "EbpfBackend", "IptablesBackend",
-           "NftablesBackend", "NoneBackend"]
+           "NftablesBackend", "NoneBackend", "Runner"]

@@ -10,44 +10,44 @@ namespace on first use and keeps it, empty, until the namespace ends.
 
 from __future__ import annotations
 
-import os
 import shlex
 
-from .. import process, userns
 from ..render import IptablesRules, render_iptables
 from ..spec import CaptureSpec
 from . import tproxy
 from .base import Backend, BackendError, Target
-from .libnft import nft, table_rule_counts
+from .libnft import table_rule_counts
+from .runner import Runner
 
 VARIANTS = ("nft", "legacy")
 NFT_FAMILIES = ("ip", "ip6")  # where iptables-nft keeps its tables
+USERNS_LOCKFILE = "/tmp/accel-xtables-userns.lock"  # where the pod's root can create iptables-legacy's lock
 
 
 def _binary(variant: str, version: int, tool: str) -> str:
     return f"ip{'6' if version == 6 else ''}tables-{variant}-{tool}"
 
 
-def _run(argv: list[str], target: Target, input: str | None = None):
-    """An iptables tool in the pod's network namespace, and in its user namespace if it has one
-    (iptables-legacy's lock file then lives where the pod's root can create it)."""
-    inside = userns.owned_by_other(target.netns)
-    environment = {**os.environ, "XTABLES_LOCKFILE": "/tmp/accel-xtables-userns.lock"} if inside else None
-    return process.run(argv, input=input, netns=target.netns, userns=inside, env=environment)
-
-
 class IptablesBackend(Backend):
-    def __init__(self, variant: str | None = None):
+    def __init__(self, variant: str | None = None, runner: Runner | None = None):
         if variant not in (None, *VARIANTS):
             raise ValueError(f"unknown iptables variant {variant!r}")
         self.variant = variant
         self.name = "iptables" if variant is None else f"iptables-{variant}"
+        self.runner = runner or Runner()
         self._applied: dict[str, tuple[str, IptablesRules, CaptureSpec, set[str]]] = {}
+
+    def _run(self, argv: list[str], target: Target, input: str | None = None):
+        """An iptables tool in the pod's network namespace, and in its user namespace if it has one
+        (iptables-legacy's lock file then lives where the pod's root can create it)."""
+        inside = self.runner.owned_by_other(target.netns)
+        return self.runner.run(argv, input=input, netns=target.netns, userns=inside,
+                               env={"XTABLES_LOCKFILE": USERNS_LOCKFILE} if inside else None)
 
     def choose_variant(self, target: Target) -> tuple[str, str]:
         if self.variant:
             return self.variant, f"iptables-{self.variant}, as asked"
-        saved = _run(["iptables-legacy-save"], target).stdout
+        saved = self._run(["iptables-legacy-save"], target).stdout
         if any(line.startswith("-A") for line in saved.splitlines()):
             return "legacy", "iptables-legacy (legacy tables already hold rules, so istio-iptables would use them)"
         return "nft", "iptables-nft (no legacy rules here, so istio-iptables would use iptables-nft)"
@@ -68,11 +68,11 @@ class IptablesBackend(Backend):
         loaded = []
         try:
             for version, text, undo in rules.by_family():
-                result = _run([_binary(variant, version, "restore"), "--noflush"], target, input=text)
+                result = self._run([_binary(variant, version, "restore"), "--noflush"], target, input=text)
                 if result.returncode != 0:
                     raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
                 loaded.append((version, undo))
-            tproxy.add_routes(target.netns, spec)
+            tproxy.add_routes(self.runner, target.netns, spec)
         except BaseException:
             for version, undo in reversed(loaded):
                 self._undo(target, variant, version, undo)
@@ -85,27 +85,27 @@ class IptablesBackend(Backend):
         if state is None:
             return
         variant, rules, spec, tables_before = state
-        tproxy.remove_routes(target.netns, spec)
+        tproxy.remove_routes(self.runner, target.netns, spec)
         for version, _, undo in reversed(rules.by_family()):
             self._undo(target, variant, version, undo)
         self._drop_created_tables(target, variant, tables_before)
 
     def _nft_tables(self, target: Target, variant: str) -> set[str]:
-        return set(table_rule_counts(target.netns, NFT_FAMILIES)) if variant == "nft" else set()
+        return set(table_rule_counts(self.runner, target.netns, NFT_FAMILIES)) if variant == "nft" else set()
 
     def _drop_created_tables(self, target: Target, variant: str, before: set[str]) -> None:
         """iptables-nft creates its nat/mangle/raw tables on first use, and undoing the rules
         leaves them, empty. Delete those this apply created, if nothing else has put rules there."""
         if variant != "nft":
             return
-        empty_new = [table for table, rules in table_rule_counts(target.netns, NFT_FAMILIES).items()
+        empty_new = [table for table, rules in table_rule_counts(self.runner, target.netns, NFT_FAMILIES).items()
                      if table not in before and rules == 0]
         if empty_new:
-            nft(target.netns, "".join(f"delete table {table}\n" for table in empty_new))
+            self.runner.nft(target.netns, "".join(f"delete table {table}\n" for table in empty_new))
 
     def _undo(self, target: Target, variant: str, version: int, undo: str) -> None:
         """Remove what was loaded: atomically if the rules are all there, else rule by rule."""
-        restore = _run([_binary(variant, version, "restore"), "--noflush"], target, input=undo)
+        restore = self._run([_binary(variant, version, "restore"), "--noflush"], target, input=undo)
         if restore.returncode == 0:
             return
         table = None
@@ -113,12 +113,13 @@ class IptablesBackend(Backend):
             if line.startswith("*"):
                 table = line[1:]
             elif line != "COMMIT":
-                _run([f"ip{'6' if version == 6 else ''}tables-{variant}", "-t", table, *shlex.split(line)], target)
+                binary = f"ip{'6' if version == 6 else ''}tables-{variant}"
+                self._run([binary, "-t", table, *shlex.split(line)], target)
 
     def _istio_chains(self, target: Target, variant: str, ipv6: bool) -> list[str]:
         found = []
         for version in (4, 6) if ipv6 else (4,):
-            saved = _run([_binary(variant, version, "save")], target).stdout
+            saved = self._run([_binary(variant, version, "save")], target).stdout
             table = None
             for line in saved.splitlines():
                 if line.startswith("*"):
@@ -132,7 +133,7 @@ class IptablesBackend(Backend):
         variant = applied[0] if applied else self.choose_variant(target)[0]
         chains: dict[str, dict[str, int]] = {}
         for version in (4, 6):
-            saved = _run([_binary(variant, version, "save")], target).stdout
+            saved = self._run([_binary(variant, version, "save")], target).stdout
             table = None
             for line in saved.splitlines():
                 if line.startswith("*"):

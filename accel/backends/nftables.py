@@ -7,14 +7,14 @@ A transaction is all or nothing; removal deletes exactly the tables the transact
 
 from __future__ import annotations
 
-import json
 import re
 
 from ..render import render_nftables
 from ..spec import CaptureSpec
 from . import tproxy
 from .base import Backend, BackendError, Target
-from .libnft import nft, tables_in
+from .libnft import listing, tables_in
+from .runner import Runner
 
 _TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
 
@@ -22,9 +22,10 @@ _TABLE = re.compile(r"^add table inet (\S+)$", re.MULTILINE)
 class NftablesBackend(Backend):
     """Istio's native nftables rule set; with `sets`, its CIDR and port lists as named sets."""
 
-    def __init__(self, sets: bool = False):
+    def __init__(self, sets: bool = False, runner: Runner | None = None):
         self.sets = sets
         self.name = "nftables-sets" if sets else "nftables"
+        self.runner = runner or Runner()
         self._applied: dict[str, tuple[list[str], CaptureSpec]] = {}
 
     def describe(self, target: Target) -> str:
@@ -38,13 +39,13 @@ class NftablesBackend(Backend):
             raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
         transaction = render_nftables(spec, sets=self.sets)
         tables = _TABLE.findall(transaction)
-        clash = sorted({f"inet {t}" for t in tables} & tables_in(target.netns))
+        clash = sorted({f"inet {t}" for t in tables} & tables_in(self.runner, target.netns))
         if clash:
             # The transaction flushes its tables: never let it wipe tables we did not create.
             raise BackendError(f"{self.name}: table {', '.join(clash)} already present in {target.netns}")
-        nft(target.netns, transaction)
+        self.runner.nft(target.netns, transaction)
         try:
-            tproxy.add_routes(target.netns, spec)
+            tproxy.add_routes(self.runner, target.netns, spec)
         except BaseException:
             self._delete(target, tables)
             raise
@@ -55,19 +56,18 @@ class NftablesBackend(Backend):
         if state is None:
             return
         tables, spec = state
-        tproxy.remove_routes(target.netns, spec)
+        tproxy.remove_routes(self.runner, target.netns, spec)
         self._delete(target, tables)
 
     def _delete(self, target: Target, tables: list[str]) -> None:
-        present = tables_in(target.netns)
+        present = tables_in(self.runner, target.netns)
         doomed = [t for t in tables if f"inet {t}" in present]
         if doomed:
-            nft(target.netns, "".join(f"delete table inet {t}\n" for t in doomed))
+            self.runner.nft(target.netns, "".join(f"delete table inet {t}\n" for t in doomed))
 
     def status(self, target: Target) -> dict:
-        ruleset = json.loads(nft(target.netns, "list ruleset", json_output=True) or '{"nftables": []}')
         tables: dict[str, dict[str, int]] = {}
-        for item in ruleset["nftables"]:
+        for item in listing(self.runner, target.netns):
             if "chain" in item and item["chain"]["table"].startswith("istio-"):
                 tables.setdefault(item["chain"]["table"], {}).setdefault(item["chain"]["name"], 0)
             elif "rule" in item and item["rule"]["table"].startswith("istio-"):

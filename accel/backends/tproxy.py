@@ -6,9 +6,9 @@ Only with inbound capture in TPROXY mode: `ip rule add fwmark MARK lookup TABLE`
 
 from __future__ import annotations
 
-from .. import process
 from ..spec import CaptureSpec
 from .base import BackendError
+from .runner import Runner
 
 
 def _commands(spec: CaptureSpec, verb: str) -> list[list[str]]:
@@ -22,17 +22,17 @@ def _commands(spec: CaptureSpec, verb: str) -> list[list[str]]:
     return commands
 
 
-def add_routes(netns: str, spec: CaptureSpec) -> None:
+def add_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
     done = []
     for argv in _commands(spec, "add"):
-        result = process.run(argv, netns=netns)
+        result = runner.run(argv, netns=netns)
         if result.returncode != 0:
             for undo in reversed(done):
-                process.run(undo, netns=netns)
+                runner.run(undo, netns=netns)
             raise BackendError(f"TPROXY routing: {' '.join(argv)}: {result.stderr.strip()}")
         done.append([*argv[:3], "del", *argv[4:]])
 
 
-def remove_routes(netns: str, spec: CaptureSpec) -> None:
+def remove_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
     for argv in reversed(_commands(spec, "del")):
-        process.run(argv, netns=netns)
+        runner.run(argv, netns=netns)

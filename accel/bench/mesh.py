@@ -20,15 +20,15 @@ anything is measured, that traffic really takes the path the mode claims.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
 
 from .. import constants, process
 from ..backends import get_backend
-from ..backends.libnft import nft
+from ..backends.libnft import listing
 from ..lab import POD_ADDRESSES, Lab, LabPlan, conntrack_entries
+from ..netns import sysctl
 from ..spec import CaptureSpec
 
 SERVER_PORT = 8080
@@ -120,7 +120,7 @@ class Mesh:
         lab, work = self.lab, self.lab.workdir
         for role in (CLIENT, SERVER):
             for key, value in POD_SYSCTLS.items():
-                process.run(["sysctl", "-qw", f"{key}={value}"], netns=lab.pods[role].netns).check_returncode()
+                sysctl(lab.pods[role].netns, key, value)
         (work / "nginx-tmp").mkdir()
         (work / "haproxy").mkdir()  # the sidecars' stats sockets, made by the proxy uid
         os.chown(work / "haproxy", PROXY_UID, PROXY_UID)
@@ -190,9 +190,9 @@ class Mesh:
             saved = process.run([f"iptables-{variant}-save", "-t", "nat"], netns=pod.netns).stdout
             return sum(line.startswith("-A ") for line in saved.splitlines())
         if self.backend.name.startswith("nftables"):
-            ruleset = json.loads(nft(pod.netns, "list ruleset", json_output=True) or '{"nftables": []}')
-            rules = sum("rule" in item for item in ruleset["nftables"])
-            elements = sum(len(item["set"].get("elem", [])) for item in ruleset["nftables"] if "set" in item)
+            ruleset = listing(self.backend.runner, pod.netns)
+            rules = sum("rule" in item for item in ruleset)
+            elements = sum(len(item["set"].get("elem", [])) for item in ruleset if "set" in item)
             return rules + elements
         return self.backend.status(pod)["prefix_entries"]
 

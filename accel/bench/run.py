@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .. import inputs
+from .. import inputs, process
 from ..netns import unique_name
 from ..spec import CaptureSpec
 from .mesh import DIRECT_MODES, Mesh
@@ -107,7 +107,7 @@ def rotated(modes: tuple[str, ...], round_index: int) -> list[str]:
 def environment(config: BenchConfig, cpus: dict) -> dict:
     def version(argv, pattern):
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            result = process.run(argv, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return "absent"
         found = re.search(pattern, result.stdout + result.stderr)

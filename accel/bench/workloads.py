@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import process
 from .mesh import Mesh, MeshError
 
 WORKLOADS = ("ka1", "ka16", "cps16", "crr1", "bulk")
@@ -54,8 +54,7 @@ class Tools:
             if shutil.which(tool) is None:
                 raise ToolError(f"accel bench needs {tool} (scripts/setup installs it)")
         crr = directory / "crr"
-        result = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(crr), str(CRR_SOURCE)], capture_output=True,
-                                text=True)
+        result = process.run(["gcc", "-O2", "-Wall", "-o", str(crr), str(CRR_SOURCE)], timeout=120)
         if result.returncode != 0:
             raise ToolError(f"building the closed-loop client {CRR_SOURCE.name}: {result.stderr.strip()[-500:]}")
         report = directory / "report.lua"

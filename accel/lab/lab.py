@@ -19,7 +19,6 @@ exists left, never what a live run is using.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import pwd
@@ -29,20 +28,21 @@ import shutil
 import subprocess
 import sys
 import time
+import zipapp
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import NetNS, netns
+from pyroute2 import NetNS as Netlink  # a netlink socket in a named namespace
 
 from .. import process
 from ..constants import PROXY_GID, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
-from ..netns import unique_name
+from ..netns import Netns, existing_names, unique_name
 
 LAB_PREFIX = "accel-lab"
 # Every prefix a run of accel names its objects with; the PID of the run follows the prefix.
-RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch")
-AGENT = Path(__file__).with_name("agent.py")
+RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch", "accel-demo", "accel-test")
+AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to each lab as one zipapp
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
 IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
 
@@ -56,11 +56,10 @@ POD_ADDRESSES = {
 }
 OTHER_DNS = ("198.18.0.54", "2001:db8:18::54")  # a DNS server that is not the pod's resolver
 LAB_NETWORKS = ("198.18.0.0/24", "2001:db8:18::/64")
-# A pod in a user namespace of its own (Kubernetes' hostUsers: false): its ids 0-65535 are these
-# on the node, so its uid 1337 is 1001337 here.
-USERNS_BASE, USERNS_SIZE = 1_000_000, 65536
-CLONE_NEWUSER, CLONE_NEWNET, MS_BIND = 0x10000000, 0x40000000, 4096
-_libc = ctypes.CDLL(None, use_errno=True)
+NAMESPACE_SYSCTLS = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
+                     "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
+                     # no duplicate address detection: link-local addresses are usable at once
+                     "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
 
 
 class LabError(RuntimeError):
@@ -126,7 +125,7 @@ class Lab:
         self.log = self.workdir / "events.jsonl"
         self.cgroup: Cgroup | None = None
         self._log_fd: int | None = None  # the agents append to it; only the lab can open the file
-        self._namespaces: list[str] = []
+        self._namespaces: list[Netns] = []
         self._agents: list[subprocess.Popen] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -145,9 +144,8 @@ class Lab:
     def build(self):
         ensure_proxy_user()
         self.workdir.mkdir(mode=0o755)
-        self.workdir.chmod(0o755)  # the agent, run as the proxy uid, must read agent.py
-        shutil.copy(AGENT, self.workdir / "agent.py")
-        (self.workdir / "agent.py").chmod(0o644)
+        self.workdir.chmod(0o755)  # the agent, run as the proxy uid, must read agent.pyz
+        build_agent(self.workdir / "agent.pyz")
         self._log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
         self.cgroup = Cgroup(cgroup2_mount() / self.name)  # known before it exists, for destroy()
         self.cgroup.path.mkdir()
@@ -175,43 +173,28 @@ class Lab:
                 self.cgroup.remove()  # also kills anything our agents left behind
             except OSError as error:
                 problems.append(f"cgroup {self.cgroup.path}: {error}")
-        existing = set(netns.listnetns())
-        for name in reversed(self._namespaces):
-            if name not in existing:
-                continue
+        for namespace in reversed(self._namespaces):
             try:
-                netns.remove(name)
-            except OSError as error:
-                problems.append(f"netns {name}: {error}")
+                namespace.remove()
+            except (OSError, process.CommandError) as error:
+                problems.append(f"netns {namespace.name}: {error}")
         shutil.rmtree(self.workdir, ignore_errors=True)
         if problems:
             print(f"accel: lab {self.name}: cleanup left: {'; '.join(problems)}", file=sys.stderr)
 
     # -- network ----------------------------------------------------------------------------
 
-    def _namespace(self, name: str, userns: bool = False) -> str:
-        self._namespaces.append(name)  # first, so that destroy() also covers an interrupted create
-        if userns:
-            _add_netns_with_userns(name)
-        else:
-            process.run(["ip", "netns", "add", name]).check_returncode()
-        with NetNS(name) as ns:
-            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
-        settings = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
-                    "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
-                    # no duplicate address detection: link-local addresses are usable at once
-                    "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
-        for key, value in settings.items():
-            sysctl(name, key, value)
+    def _namespace(self, name: str, userns: bool = False, sysctls: dict[str, str] | None = None) -> str:
+        namespace = Netns(name, userns=userns, sysctls={**NAMESPACE_SYSCTLS, **(sysctls or {})})
+        self._namespaces.append(namespace)  # first, so that destroy() also covers an interrupted create
+        namespace.create()
         return name
 
     def _build_network(self):
         plan = self.plan
-        self._namespace(self.node)
-        sysctl(self.node, "net.ipv4.ip_forward", "1")
-        if plan.ipv6:
-            sysctl(self.node, "net.ipv6.conf.all.forwarding", "1")
-        with NetNS(self.node) as node:
+        forwarding = {"net.ipv4.ip_forward": "1", **({"net.ipv6.conf.all.forwarding": "1"} if plan.ipv6 else {})}
+        self._namespace(self.node, sysctls=forwarding)
+        with Netlink(self.node) as node:
             # Without multicast snooping the bridge floods IPv6 neighbour solicitations, which it
             # otherwise drops until it has seen MLD reports from fresh ports.
             node.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
@@ -230,7 +213,7 @@ class Lab:
             self._wire(pod)
             self.pods[role] = pod
         for role in meshed:
-            with NetNS(self.pods[role].netns) as ns:
+            with Netlink(self.pods[role].netns) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
                 if plan.ipv6:  # Istio adds ::6, the IPv6 inbound passthrough source, to lo
                     ns.addr("add", index=lo, address="::6", prefixlen=128, flags=IFA_F_NODAD)
@@ -242,7 +225,7 @@ class Lab:
         if "dns" in self.pods:
             self._add_other_dns(self.pods["dns"])
         remote = self.pods["remote"]
-        with NetNS(remote.netns) as ns, NetNS(self.node) as node:
+        with Netlink(remote.netns) as ns, Netlink(self.node) as node:
             lo = ns.link_lookup(ifname="lo")[0]
             for address in plan.service_addresses:  # off-link: on lo, routed by the node
                 v6 = ":" in address
@@ -252,7 +235,7 @@ class Lab:
                            family=10 if v6 else 2)
 
     def _add_other_dns(self, dns: Pod):
-        with NetNS(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
+        with Netlink(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
             eth0 = ns.link_lookup(ifname="eth0")[0]
             ns.addr("add", index=eth0, address=OTHER_DNS[0], prefixlen=24)
             if self.plan.ipv6:
@@ -261,11 +244,11 @@ class Lab:
     def _wire(self, pod: Pod):
         """A veth from the node's bridge to the pod's eth0, addresses and default routes."""
         name = f"v-{pod.role}"[:15]  # IFNAMSIZ; the roles differ in their first 13 characters
-        with NetNS(self.node) as node:
+        with Netlink(self.node) as node:
             node.link("add", ifname=name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod.netns})
             veth = node.link_lookup(ifname=name)[0]
             node.link("set", index=veth, master=node.link_lookup(ifname="br0")[0], state="up")
-        with NetNS(pod.netns) as ns:
+        with Netlink(pod.netns) as ns:
             eth0 = ns.link_lookup(ifname="eth0")[0]
             ns.link("set", index=eth0, state="up")
             ns.addr("add", index=eth0, address=pod.ipv4, prefixlen=24)
@@ -277,7 +260,7 @@ class Lab:
     # -- processes --------------------------------------------------------------------------
 
     def _agent_command(self, *args: str) -> list[str]:
-        return [PYTHON, "-I", "-S", str(self.workdir / "agent.py"), *args]
+        return [PYTHON, "-I", "-S", str(self.workdir / "agent.pyz"), *args]
 
     def _start(self, pod: Pod, *args: str):
         agent = process.spawn(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, userns=pod.userns,
@@ -363,9 +346,8 @@ class Lab:
         return sorted(events, key=lambda e: e["time_ns"])
 
     def exists(self) -> bool:
-        names = set(netns.listnetns())
-        return bool(names & set(self._namespaces)) or (self.cgroup is not None and self.cgroup.exists()) \
-            or self.workdir.exists()
+        return any(namespace.exists() for namespace in self._namespaces) \
+            or (self.cgroup is not None and self.cgroup.exists()) or self.workdir.exists()
 
 
 def conntrack_entries(netns: str) -> int:
@@ -382,8 +364,14 @@ def _flags(flag: str, values) -> list[str]:
     return [part for value in values for part in (flag, str(value))]
 
 
-def sysctl(namespace: str, key: str, value: str):
-    process.run(["sysctl", "-q", "-w", f"{key}={value}"], netns=namespace).check_returncode()
+def build_agent(target: Path) -> Path:
+    """The agent package as one zipapp at `target`, readable by every uid (the proxy's runs it).
+    `python3 -I -S target ROLE ...` runs it from the archive: -I keeps the environment and the
+    working directory off sys.path, -S site-packages, so it imports only itself and the stdlib."""
+    zipapp.create_archive(AGENT.parent, target, main=f"{AGENT.name}.__main__:main",
+                          filter=lambda path: path.parts[0] == AGENT.name and path.suffix == ".py")
+    target.chmod(0o644)
+    return target
 
 
 def ensure_proxy_user():
@@ -391,14 +379,12 @@ def ensure_proxy_user():
     try:
         grp.getgrgid(PROXY_GID)
     except KeyError:
-        subprocess.run(["groupadd", "--system", "--gid", str(PROXY_GID), PROXY_USER], check=True,
-                       capture_output=True)
+        process.run(["groupadd", "--system", "--gid", str(PROXY_GID), PROXY_USER], check=True)
     try:
         pwd.getpwuid(PROXY_UID)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--uid", str(PROXY_UID), "--gid", str(PROXY_GID),
-                        "--no-create-home", "--shell", "/usr/sbin/nologin", PROXY_USER], check=True,
-                       capture_output=True)
+        process.run(["useradd", "--system", "--uid", str(PROXY_UID), "--gid", str(PROXY_GID),
+                     "--no-create-home", "--shell", "/usr/sbin/nologin", PROXY_USER], check=True)
 
 
 def _owner(name: str) -> int | None:
@@ -430,7 +416,7 @@ def leftovers(pid: int | None = None) -> dict[str, list[str]]:
 
     root = cgroup2_mount()
     return {
-        "namespaces": sorted(n for n in netns.listnetns() if mine(n)),
+        "namespaces": sorted(n for n in existing_names() if mine(n)),
         "cgroups": sorted(str(p) for p in root.iterdir() if p.is_dir() and mine(p.name)),
         "directories": sorted(str(p) for p in Path("/tmp").iterdir() if p.is_dir() and mine(p.name)),
     }
@@ -442,34 +428,10 @@ def cleanup_leftovers() -> dict[str, list[str]]:
     for path in found["cgroups"]:
         Cgroup(Path(path)).remove()
     for name in found["namespaces"]:
-        netns.remove(name)
+        Netns(name).remove()
     for path in found["directories"]:
         shutil.rmtree(path, ignore_errors=True)
     return found
-
-
-def _add_netns_with_userns(name: str) -> None:
-    """A network namespace named `name` (in /run/netns, as `ip netns add` makes them) owned by a
-    new user namespace mapping ids 0-65535 to USERNS_BASE onwards. A short-lived child makes
-    both; the bind mount keeps the network namespace, which keeps its user namespace."""
-    def unshare():
-        if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare")
-
-    Path("/run/netns").mkdir(exist_ok=True)
-    child = subprocess.Popen(["sleep", "60"], preexec_fn=unshare)
-    try:
-        for file in ("uid_map", "gid_map"):
-            Path(f"/proc/{child.pid}/{file}").write_text(f"0 {USERNS_BASE} {USERNS_SIZE}\n")
-        target = Path("/run/netns") / name
-        target.touch(mode=0o444, exist_ok=False)
-        if _libc.mount(f"/proc/{child.pid}/ns/net".encode(), str(target).encode(), None, MS_BIND, None) != 0:
-            error = ctypes.get_errno()
-            target.unlink()
-            raise OSError(error, f"bind-mounting the network namespace of a new user namespace: {os.strerror(error)}")
-    finally:
-        child.kill()
-        child.wait()
 
 
 def wait_for(condition, timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -4,7 +4,7 @@ import pytest
 
 from accel import inputs
 from accel.backends import BackendError, get_backend
-from accel.netns import ScratchNetns
+from accel.netns import Netns
 from accel.render import render_iptables
 from tests.kernel_state import rule_state
 
@@ -32,7 +32,7 @@ def spec_for(name):
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_apply_then_remove_leaves_the_namespace_as_it_was(backend_name, spec_name):
     spec = spec_for(spec_name)
-    with ScratchNetns("accel-test") as ns:
+    with Netns.scratch("accel-test") as ns:
         pod, backend = Pod(ns.name), get_backend(backend_name)
         before = rule_state(ns.name)
         backend.apply(pod, spec)
@@ -53,10 +53,11 @@ def test_apply_then_remove_leaves_the_namespace_as_it_was(backend_name, spec_nam
 
 
 def test_iptables_picks_its_variant_as_istio_iptables_does():
-    with ScratchNetns("accel-test") as ns:
+    with Netns.scratch("accel-test") as ns:
         backend = get_backend("iptables")
         assert backend.choose_variant(Pod(ns.name))[0] == "nft"
-        ns.run(["iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"])
+        ns.run(["iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"],
+               check=True)
         variant, reason = backend.choose_variant(Pod(ns.name))
         assert variant == "legacy" and "legacy tables already hold rules" in reason
 
@@ -65,8 +66,8 @@ def test_iptables_picks_its_variant_as_istio_iptables_does():
 def test_a_failed_apply_leaves_nothing_behind(backend_name):
     """TPROXY's route cannot be added (it exists): everything already loaded is taken back."""
     spec = spec_for("tproxy-dns-ipv6")
-    with ScratchNetns("accel-test") as ns:
-        ns.run(["ip", "-6", "route", "add", "local", "default", "dev", "lo", "table", "133"])
+    with Netns.scratch("accel-test") as ns:
+        ns.run(["ip", "-6", "route", "add", "local", "default", "dev", "lo", "table", "133"], check=True)
         before = rule_state(ns.name)
         backend = get_backend(backend_name)
         with pytest.raises(BackendError, match="TPROXY routing"):
@@ -79,7 +80,7 @@ def test_bad_rules_fail_cleanly_in_every_backend():
     """A group name that does not resolve: the kernel refuses, nothing is half-applied."""
     spec = spec_for("stock").replace(owner_groups_include=("no-such-group-accel",))
     for backend_name in BACKENDS:
-        with ScratchNetns("accel-test") as ns:
+        with Netns.scratch("accel-test") as ns:
             before = rule_state(ns.name)
             with pytest.raises(BackendError):
                 get_backend(backend_name).apply(Pod(ns.name), spec)
@@ -89,12 +90,12 @@ def test_bad_rules_fail_cleanly_in_every_backend():
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_never_applies_over_existing_istio_rules(backend_name):
     spec = spec_for("stock")
-    with ScratchNetns("accel-test") as ns:
+    with Netns.scratch("accel-test") as ns:
         if backend_name == "nftables":
-            ns.run(["nft", "add table inet istio-proxy-nat; add chain inet istio-proxy-nat keep"])
+            ns.run(["nft", "add table inet istio-proxy-nat; add chain inet istio-proxy-nat keep"], check=True)
         else:
             variant = "legacy" if backend_name.endswith("legacy") else "nft"
-            ns.run([f"iptables-{variant}-restore", "--noflush"], input=render_iptables(spec).ipv4)
+            ns.run([f"iptables-{variant}-restore", "--noflush"], input=render_iptables(spec).ipv4, check=True)
         before = rule_state(ns.name)
         with pytest.raises(BackendError, match="already present"):
             get_backend(backend_name).apply(Pod(ns.name), spec)
@@ -102,7 +103,7 @@ def test_never_applies_over_existing_istio_rules(backend_name):
 
 
 def test_remove_without_apply_is_harmless():
-    with ScratchNetns("accel-test") as ns:
+    with Netns.scratch("accel-test") as ns:
         before = rule_state(ns.name)
         for backend_name in BACKENDS + ["none"]:
             get_backend(backend_name).remove(Pod(ns.name))

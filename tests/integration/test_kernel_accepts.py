@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from accel import inputs
-from accel.netns import ScratchNetns, group_file_with
+from accel.netns import Netns, group_file_with
 from accel.render import render_iptables, render_nftables
 from tests.reference import CASE_GROUPS, REFERENCE, default_sidecar, golden_cases
 from tests.strategies import capture_specs
@@ -22,7 +22,7 @@ VARIANTS = ("nft", "legacy")  # iptables 1.8 on Debian: the nf_tables and the le
 
 
 def scratch():
-    return ScratchNetns("accel-test", etc_files={"group": group_file_with(CASE_GROUPS)})
+    return Netns.scratch("accel-test", etc_files={"group": group_file_with(CASE_GROUPS)})
 
 
 def restore_commands(rules, variant, *extra):
@@ -37,7 +37,7 @@ def restore_commands(rules, variant, *extra):
 def test_iptables_restore_test_accepts(case, variant):
     with scratch() as ns:
         for argv, text in restore_commands(render_iptables(case.spec), variant, "--test"):
-            result = ns.run(argv, input=text, check=False)
+            result = ns.run(argv, input=text)
             assert result.returncode == 0, f"{argv[0]}: {result.stderr}"
 
 
@@ -45,7 +45,7 @@ def test_iptables_restore_test_accepts(case, variant):
 @pytest.mark.parametrize("case", NFT_CASES, ids=[c.id for c in NFT_CASES])
 def test_nft_check_accepts(case, sets):
     with scratch() as ns:
-        result = ns.run(["nft", "-c", "-f", "-"], input=render_nftables(case.spec, sets=sets), check=False)
+        result = ns.run(["nft", "-c", "-f", "-"], input=render_nftables(case.spec, sets=sets))
         assert result.returncode == 0, result.stderr
 
 
@@ -54,12 +54,11 @@ def test_checks_can_fail():
     case = next(c for c in NFT_CASES if c.name == "ipnets")
     broken_nft = render_nftables(case.spec).replace("10.0.0.0/8", "10.0.0.0/33")
     broken_ipt = render_iptables(case.spec).ipv4.replace("-N ISTIO_REDIRECT\n", "")
-    with ScratchNetns("accel-test") as ns:
-        assert ns.run(["nft", "-c", "-f", "-"], input=broken_nft, check=False).returncode != 0
-        assert ns.run(["iptables-legacy-restore", "--noflush", "--test"], input=broken_ipt,
-                      check=False).returncode != 0
+    with Netns.scratch("accel-test") as ns:
+        assert ns.run(["nft", "-c", "-f", "-"], input=broken_nft).returncode != 0
+        assert ns.run(["iptables-legacy-restore", "--noflush", "--test"], input=broken_ipt).returncode != 0
         groups = render_nftables(case.spec.replace(owner_groups_include=("java",)))
-        assert ns.run(["nft", "-c", "-f", "-"], input=groups, check=False).returncode != 0  # no such group
+        assert ns.run(["nft", "-c", "-f", "-"], input=groups).returncode != 0  # no such group
 
 
 def iptables_state(ns, variant, ipv6) -> str:
@@ -67,7 +66,7 @@ def iptables_state(ns, variant, ipv6) -> str:
     text = ""
     for save in [f"iptables-{variant}-save"] + ([f"ip6tables-{variant}-save"] if ipv6 else []):
         blocks, block = [], []
-        for line in ns.run([save]).stdout.splitlines():
+        for line in ns.run([save], check=True).stdout.splitlines():
             if line.startswith("#"):
                 continue
             block.append(line)
@@ -88,15 +87,15 @@ def test_iptables_kernel_state_matches_istio(case, variant):
     rules = render_iptables(case.spec)
     with scratch() as ns:
         for argv, text in restore_commands(rules, variant):
-            ns.run(argv, input=text)
+            ns.run(argv, input=text, check=True)
         assert iptables_state(ns, variant, rules.ipv6 is not None) == case.derived("iptables-save")
 
 
 @pytest.mark.parametrize("case", ROUNDTRIP_NFT, ids=[c.id for c in ROUNDTRIP_NFT])
 def test_nft_kernel_state_matches_istio(case):
     with scratch() as ns:
-        ns.run(["nft", "-f", "-"], input=render_nftables(case.spec))
-        assert ns.run(["nft", "list", "ruleset"]).stdout == case.derived("nft-list-ruleset")
+        ns.run(["nft", "-f", "-"], input=render_nftables(case.spec), check=True)
+        assert ns.run(["nft", "list", "ruleset"], check=True).stdout == case.derived("nft-list-ruleset")
 
 
 @pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4-pod", "dual-stack-pod"])
@@ -105,11 +104,11 @@ def test_stock_sidecar_kernel_state(ipv6):
     suffix = "-ipv6" if ipv6 else ""
     with scratch() as ns:
         for argv, text in restore_commands(render_iptables(spec), "nft"):
-            ns.run(argv, input=text)
+            ns.run(argv, input=text, check=True)
         assert iptables_state(ns, "nft", ipv6) == (REFERENCE / f"derived/default-sidecar{suffix}.iptables-save").read_text()
     with scratch() as ns:
-        ns.run(["nft", "-f", "-"], input=render_nftables(spec))
-        assert ns.run(["nft", "list", "ruleset"]).stdout == \
+        ns.run(["nft", "-f", "-"], input=render_nftables(spec), check=True)
+        assert ns.run(["nft", "list", "ruleset"], check=True).stdout == \
             (REFERENCE / f"derived/default-sidecar{suffix}.nft-list-ruleset").read_text()
 
 
@@ -137,9 +136,9 @@ def test_any_spec_renders_rules_the_kernel_accepts(check_namespace, spec):
     rules = render_iptables(spec)
     for variant in VARIANTS:
         for argv, text in restore_commands(rules, variant, "--test"):
-            result = ns.run(argv, input=text, check=False)
+            result = ns.run(argv, input=text)
             assert result.returncode == 0, f"{argv[0]}: {result.stderr}\n{text}"
     for sets in (False, True):
         nft = render_nftables(spec, sets=sets)
-        result = ns.run(["nft", "-c", "-f", "-"], input=nft, check=False)
+        result = ns.run(["nft", "-c", "-f", "-"], input=nft)
         assert result.returncode == 0, f"{result.stderr}\n{nft}"

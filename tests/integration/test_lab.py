@@ -55,7 +55,7 @@ def test_pods_talk_and_the_lab_leaves_nothing():
         # the event log is the lab's alone: the agents append through a descriptor they inherit
         log = lab.log.stat()
         assert (log.st_uid, stat.S_IMODE(log.st_mode)) == (0, 0o600)
-        namespaces = set(lab._namespaces)
+        namespaces = {namespace.name for namespace in lab._namespaces}
         assert set(leftovers(os.getpid())["namespaces"]) == namespaces
         assert not namespaces & set(leftovers()["namespaces"])  # a live run's objects are not leftovers
     assert not lab.exists()

@@ -9,18 +9,16 @@ are the same for every spec, checked below), or the backend's refusal.
 
 from __future__ import annotations
 
-import difflib
-import os
 import types
-from pathlib import Path
 
 import pytest
 
 from accel.ebpf import maps
 from accel.render import render_ebpf, render_ebpf_text, render_nftables
+from tests.goldens import GOLDEN, check, updating
 from tests.reference import CASE_GROUPS, GoldenCase, golden_cases
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "render"
+RENDERED = GOLDEN / "render"
 KINDS = ("nft-sets", "ebpf")
 
 
@@ -58,30 +56,16 @@ def rendered(kind: str, case: GoldenCase) -> str:
     return "".join(line + "\n" for line in text.splitlines() if not line.startswith("#"))
 
 
-def check(path: Path, actual: str) -> None:
-    """Compare with the golden file, or with ACCEL_UPDATE_GOLDENS=1 rewrite it."""
-    if os.environ.get("ACCEL_UPDATE_GOLDENS") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(actual)
-        return
-    expected = path.read_text() if path.exists() else ""
-    if actual != expected:
-        diff = difflib.unified_diff(expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-                                    f"{path} (golden{'' if path.exists() else ', missing'})", "rendered")
-        pytest.fail(f"{path.parent.name}/{path.name}: the rendering differs; ACCEL_UPDATE_GOLDENS=1 rewrites the "
-                    "golden (then review git diff tests/golden):\n" + "".join(diff), pytrace=False)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("name", CASES)
 def test_renders_golden(kind, name):
-    check(GOLDEN / kind / f"{name}.golden", rendered(kind, CASES[name]))
+    check(RENDERED / kind / f"{name}.golden", rendered(kind, CASES[name]))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_no_golden_without_a_case(kind):
-    stale = sorted(set((GOLDEN / kind).glob("*.golden")) - {GOLDEN / kind / f"{name}.golden" for name in CASES})
-    if os.environ.get("ACCEL_UPDATE_GOLDENS") == "1":
+    stale = sorted(set((RENDERED / kind).glob("*.golden")) - {RENDERED / kind / f"{name}.golden" for name in CASES})
+    if updating():
         for path in stale:
             path.unlink()
     else:

@@ -1,0 +1,44 @@
+"""Many TCP requests at once, from one process."""
+
+import json
+import socket
+import threading
+
+from .common import read_line
+
+
+def tcp_request(dst, port, token, timeout):
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((dst, port))
+            sock.sendall(token.encode() + b"\n")
+            reply = read_line(sock, 65536)
+        return {"token": token, "result": "ok", "reply": json.loads(reply) if reply else None}
+    except (OSError, ValueError) as error:
+        return {"token": token, "result": f"error:{error}"}
+
+
+def run_burst(args):
+    """Each target {dst, port, token} once, `concurrency` at a time; a JSON list of results."""
+    with open(args.targets, encoding="utf-8") as handle:
+        targets = json.load(handle)
+    results, lock, cursor = [], threading.Lock(), iter(targets)
+
+    def worker():
+        while True:
+            with lock:
+                target = next(cursor, None)
+            if target is None:
+                return
+            result = tcp_request(target["dst"], target["port"], target["token"], args.timeout)
+            with lock:
+                results.append(result)
+
+    workers = [threading.Thread(target=worker) for _ in range(min(args.concurrency, len(targets)) or 1)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    print(json.dumps(results), flush=True)

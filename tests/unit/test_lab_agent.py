@@ -1,0 +1,72 @@
+"""The lab's agent as the lab ships it: one zipapp, run by Debian's python3 with -I -S, standard
+library only. Loopback in this process's own network namespace only: no root, no namespaces."""
+
+from __future__ import annotations
+
+import ast
+import json
+import socket
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from accel import process
+from accel.lab.lab import AGENT, PYTHON, build_agent
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory):
+    return build_agent(tmp_path_factory.mktemp("lab") / "agent.pyz")
+
+
+def run_agent(agent, *args: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return process.run([PYTHON, "-I", "-S", str(agent), *args], timeout=timeout)
+
+
+def test_the_zipapp_is_readable_by_every_uid(agent):
+    assert stat.S_IMODE(agent.stat().st_mode) == 0o644
+
+
+def test_help_lists_every_role(agent):
+    result = run_agent(agent, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: agent.pyz [-h] {server,sidecar,client,burst,http,http-get} ...")
+
+
+def test_a_udp_client_reports_what_it_saw(agent):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as echo:
+        echo.bind(("127.0.0.1", 0))
+        echo.settimeout(10)
+        seen = {}
+
+        def answer():
+            data, peer = echo.recvfrom(4096)
+            seen.update(token=data.decode(), peer=peer)
+            echo.sendto(json.dumps({"agent": "echo", "token": data.decode()}).encode(), peer)
+
+        responder = threading.Thread(target=answer)
+        responder.start()
+        port = echo.getsockname()[1]
+        result = run_agent(agent, "client", "--proto", "udp", "--dst", "127.0.0.1", "--port", str(port),
+                           "--token", "t-udp")
+        responder.join()
+    assert result.returncode == 0, result.stderr
+    sockname = f"127.0.0.1:{seen['peer'][1]}"
+    assert json.loads(result.stdout) == {"sockname": sockname, "peername": f"127.0.0.1:{port}",
+                                         "reply": {"agent": "echo", "token": "t-udp"}, "ok": True, "result": "ok"}
+    assert seen["token"] == "t-udp"
+
+
+def test_the_agent_imports_only_the_standard_library_and_itself():
+    """It runs where neither accel nor the venv can be read (as the proxy uid)."""
+    for module in sorted(AGENT.glob("*.py")):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue  # the agent's own modules
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] in sys.stdlib_module_names, f"{module.name} imports {name}"
