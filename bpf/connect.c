@@ -86,30 +86,22 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 		COUNT(netns, passed);
 		return SYS_PROCEED;
 	}
-	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	__u8 kind = verdict == VERDICT_INBOUND ? ORIGIN_INBOUND : verdict == VERDICT_DNS ? ORIGIN_DNS : ORIGIN_OUTBOUND;
 
-	if (!origin) {
-		/* Without the record the proxy could not route the connection: fail closed. */
-		COUNT(netns, no_memory);
+	if (!record_origin(ctx->sk, netns, f->dst, f->port, kind)) {
 		bpf_set_retval(-ENOBUFS);
 		return SYS_REJECT;
 	}
-	__builtin_memcpy(origin->addr, f->dst, 16);
-	origin->port = bpf_htons(f->port);
-	origin->role = ROLE_APP;
 	__u8 addr[16];
 	__u16 port = proxy_address(netns, pod, verdict, f, addr);
 
 	if (verdict == VERDICT_INBOUND) {
-		origin->kind = ORIGIN_INBOUND;
 		COUNT(netns, inbound);
 	} else if (verdict == VERDICT_DNS) {
-		origin->kind = ORIGIN_DNS;
 		COUNT(netns, dns);
 		if (!f->local && !bound)
 			bind_pod_address(ctx, netns, f->v4, socket_v6);
 	} else {
-		origin->kind = ORIGIN_OUTBOUND;
 		COUNT(netns, outbound);
 	}
 	set_user_address(ctx, addr, bpf_htons(port), socket_v6);

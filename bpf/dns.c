@@ -25,18 +25,10 @@ static __always_inline int capture_datagram(struct bpf_sock_addr *ctx, struct ac
 		COUNT(netns, passed);
 		return SYS_PROCEED;
 	}
-	struct accel_origin *origin = socket_origins.sk_storage_get(ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-
-	if (!origin) {
-		/* the answer could not be shown as from the server asked: fail closed */
-		COUNT(netns, no_memory);
-		bpf_set_retval(-ENOBUFS);
+	if (!record_origin(ctx->sk, netns, f->dst, f->port, ORIGIN_DNS)) {
+		bpf_set_retval(-ENOBUFS);  /* the answer could not be shown as from the server asked */
 		return SYS_REJECT;
 	}
-	__builtin_memcpy(origin->addr, f->dst, 16);
-	origin->port = bpf_htons(f->port);
-	origin->kind = ORIGIN_DNS;
-	origin->role = ROLE_APP;
 	COUNT(netns, dns);
 	/* the source REDIRECT would have kept, when neither the socket nor the message names one */
 	struct accel_sources *sources = f->local || sourced ? NULL : sources_of(netns);

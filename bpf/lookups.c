@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The map readers: a pod's configuration, whether a port, a group, an address is in one of its
- * lists, its counters. They live in a source file, not in accel.h, because bcc rewrites map
- * access only in the main source, never in included headers; the loader compiles this file
- * first, then the hook files.
+ * The map access the hooks share: a pod's configuration, whether a port, a group, an address is
+ * in one of its lists, its counters, and a redirected socket's record. They live in a source
+ * file, not in accel.h, because bcc rewrites map access only in the main source, never in
+ * included headers; the loader compiles this file first, then the hook files.
  */
 
 #include "accel.h"
@@ -60,5 +60,24 @@ static __always_inline struct accel_counters *counters_of(__u64 netns)
 		if (counters_)                                           \
 			counters_->field++;                              \
 	} while (0)
+
+/* Keep a redirected socket's original destination in its storage (the app's side). NULL, counted,
+ * when there is no memory for it: the caller then fails the call, for a connection the proxy
+ * could not route must not go out uncaptured. */
+static __always_inline struct accel_origin *record_origin(struct bpf_sock *sk, __u64 netns, const __u8 *dst,
+							  __u16 port, __u8 kind)
+{
+	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+
+	if (!origin) {
+		COUNT(netns, no_memory);
+		return NULL;
+	}
+	__builtin_memcpy(origin->addr, dst, 16);
+	origin->port = bpf_htons(port);
+	origin->kind = kind;
+	origin->role = ROLE_APP;
+	return origin;
+}
 
 #endif /* ACCEL_LOOKUPS_C */
