@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,9 +86,14 @@ def _bench(config: BenchConfig, json_file: str | None, plot_file: str | None, ma
         click.echo(json.dumps(document, indent=2))
     else:
         print_report(document, Console())
-        if json_file:
+    try:
+        if json_file and json_file != "-":
             Path(json_file).write_text(json.dumps(document, indent=2) + "\n")
-    if plot_file:
-        plot(document, Path(plot_file))
-    if markdown_file:
-        Path(markdown_file).write_text(markdown(document))
+        if plot_file:
+            plot(document, Path(plot_file))
+        if markdown_file:
+            Path(markdown_file).write_text(markdown(document))
+    except OSError as error:  # the place went away during the run: keep the figures all the same
+        kept = Path(tempfile.mkstemp(prefix="accel-bench-", suffix=".json")[1])
+        kept.write_text(json.dumps(document, indent=2) + "\n")
+        fail(f"writing {error.filename}: {error.strerror}; the figures are in {kept}", EXIT_FAILED)
