@@ -27,7 +27,8 @@ class Backend(ABC):
 
     @abstractmethod
     def apply(self, target: Target, spec: CaptureSpec) -> None:
-        """Capture the pod's traffic as `spec` says. All or nothing: on failure nothing is left."""
+        """Capture the pod's traffic as `spec` says. All or nothing: on failure nothing is left.
+        On a pod captured already, switch it to `spec` (in one step where the kernel allows)."""
 
     @abstractmethod
     def remove(self, target: Target) -> None:
@@ -36,6 +37,14 @@ class Backend(ABC):
     @abstractmethod
     def status(self, target: Target) -> dict:
         """What this backend has in the pod now, read from the kernel."""
+
+    def record(self, target: Target) -> dict:
+        """What another process needs to change or remove this pod's capture later (JSON): a node
+        keeps it in its state."""
+        return {}
+
+    def adopt(self, target: Target, spec: CaptureSpec, record: dict) -> None:
+        """Take over a capture another process applied with `spec`, from its record()."""
 
     def synced(self, target: Target) -> bool:
         """Whether capture already reflects the pod's namespace as it is now (its addresses and

@@ -28,6 +28,28 @@ def _binary(variant: str, version: int, tool: str) -> str:
     return f"ip{'6' if version == 6 else ''}tables-{variant}-{tool}"
 
 
+def _blocks(restore: str) -> dict[str, list[str]]:
+    """An iptables-restore input as its table blocks: table -> the lines between *table and COMMIT."""
+    blocks: dict[str, list[str]] = {}
+    table = None
+    for line in restore.splitlines():
+        if line.startswith("*"):
+            table = line[1:].strip()
+            blocks.setdefault(table, [])
+        elif line == "COMMIT":
+            table = None
+        elif table is not None:
+            blocks[table].append(line)
+    return blocks
+
+
+def _merged(first: str, then: str) -> str:
+    """One restore input doing `first` then `then`, table by table: each table one commit."""
+    one, two = _blocks(first), _blocks(then)
+    return "".join(f"*{table}\n" + "".join(line + "\n" for line in one.get(table, []) + two.get(table, []))
+                   + "COMMIT\n" for table in dict.fromkeys([*one, *two]))
+
+
 class IptablesBackend(Backend):
     def __init__(self, variant: str | None = None, runner: Runner | None = None):
         if variant not in (None, *VARIANTS):
@@ -57,7 +79,8 @@ class IptablesBackend(Backend):
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
         if target.netns in self._applied:
-            raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
+            self._switch(target, spec)
+            return
         variant, _ = self.choose_variant(target)
         present = self._istio_chains(target, variant, spec.enable_ipv6)
         if present:
@@ -79,6 +102,34 @@ class IptablesBackend(Backend):
             self._drop_created_tables(target, variant, tables_before)
             raise
         self._applied[target.netns] = (variant, rules, spec, tables_before)
+
+    def _switch(self, target: Target, spec: CaptureSpec) -> None:
+        """From the captured spec to `spec`: per family, one iptables-restore whose every table
+        block takes the old rules out and puts the new in, so each table changes in one commit
+        (restore commits table by table). A family that fails puts back the ones switched before."""
+        variant, old_rules, old_spec, tables_before = self._applied[target.netns]
+        rules = render_iptables(spec)
+        old = {version: (text, undo) for version, text, undo in old_rules.by_family()}
+        new = {version: (text, undo) for version, text, undo in rules.by_family()}
+        switched = []
+        for version in sorted(old.keys() | new.keys()):
+            forward = _merged(old.get(version, ("", ""))[1], new.get(version, ("", ""))[0])
+            result = self._run([_binary(variant, version, "restore"), "--noflush"], target, input=forward)
+            if result.returncode != 0:
+                for done in reversed(switched):
+                    self._run([_binary(variant, done, "restore"), "--noflush"], target,
+                              input=_merged(new.get(done, ("", ""))[1], old.get(done, ("", ""))[0]))
+                raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
+            switched.append(version)
+        tproxy.switch_routes(self.runner, target.netns, old_spec, spec)
+        self._applied[target.netns] = (variant, rules, spec, tables_before)
+
+    def record(self, target: Target) -> dict:
+        variant, _, _, tables_before = self._applied[target.netns]
+        return {"variant": variant, "tables_before": sorted(tables_before)}
+
+    def adopt(self, target: Target, spec: CaptureSpec, record: dict) -> None:
+        self._applied[target.netns] = (record["variant"], render_iptables(spec), spec, set(record["tables_before"]))
 
     def remove(self, target: Target) -> None:
         state = self._applied.pop(target.netns, None)

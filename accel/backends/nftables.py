@@ -35,21 +35,34 @@ class NftablesBackend(Backend):
         return "Istio's native nftables rule set, applied as one libnftables transaction"
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
-        if target.netns in self._applied:
-            raise BackendError(f"{self.name}: capture already applied in {target.netns}; remove it first")
+        """One transaction; on a pod captured already, the same transaction also deletes the tables
+        the new spec has no use for, so the switch is one step."""
+        previous = self._applied.get(target.netns)
+        ours = set(previous[0]) if previous else set()
         transaction = render_nftables(spec, sets=self.sets)
         tables = _TABLE.findall(transaction)
-        clash = sorted({f"inet {t}" for t in tables} & tables_in(self.runner, target.netns))
+        clash = sorted({f"inet {t}" for t in tables if t not in ours} & tables_in(self.runner, target.netns))
         if clash:
             # The transaction flushes its tables: never let it wipe tables we did not create.
             raise BackendError(f"{self.name}: table {', '.join(clash)} already present in {target.netns}")
-        self.runner.nft(target.netns, transaction)
+        unused = [t for t in sorted(ours) if t not in tables]
+        self.runner.nft(target.netns, "".join(f"delete table inet {t}\n" for t in unused) + transaction)
         try:
-            tproxy.add_routes(self.runner, target.netns, spec)
+            if previous is None:
+                tproxy.add_routes(self.runner, target.netns, spec)
+            else:
+                tproxy.switch_routes(self.runner, target.netns, previous[1], spec)
         except BaseException:
-            self._delete(target, tables)
+            if previous is None:
+                self._delete(target, tables)
             raise
         self._applied[target.netns] = (tables, spec)
+
+    def record(self, target: Target) -> dict:
+        return {"tables": self._applied[target.netns][0]}
+
+    def adopt(self, target: Target, spec: CaptureSpec, record: dict) -> None:
+        self._applied[target.netns] = (list(record["tables"]), spec)
 
     def remove(self, target: Target) -> None:
         state = self._applied.pop(target.netns, None)

@@ -36,3 +36,16 @@ def add_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
 def remove_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
     for argv in reversed(_commands(spec, "del")):
         runner.run(argv, netns=netns)
+
+
+def switch_routes(runner: Runner, netns: str, old: CaptureSpec, new: CaptureSpec) -> None:
+    """From the routes `old` needs to those `new` needs, touching those both need not at all."""
+    before, after = _commands(old, "add"), _commands(new, "add")
+    for argv in reversed(before):
+        if argv not in after:
+            runner.run([*argv[:3], "del", *argv[4:]], netns=netns)
+    for argv in after:
+        if argv not in before:
+            result = runner.run(argv, netns=netns)
+            if result.returncode != 0:
+                raise BackendError(f"TPROXY routing: {' '.join(argv)}: {result.stderr.strip()}")

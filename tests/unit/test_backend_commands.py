@@ -234,6 +234,54 @@ def nftables_failed_tproxy_route():
     return runner
 
 
+@scenario
+def iptables_switch_to_another_spec():
+    """A captured pod switched to another spec (IPv4 only to IPv6 too, TPROXY to REDIRECT): per
+    family one restore whose table blocks take the old rules out and put the new ones in (each
+    table one commit); the routes only TPROXY needed go; a later remove takes the new rules out."""
+    runner = FakeRunner()
+    backend = IptablesBackend("nft", runner=runner)
+    apply(runner, backend, TPROXY)
+    apply(runner, backend, STOCK_V6)
+    remove(runner, backend)
+    return runner
+
+
+@scenario
+def iptables_switch_fails_and_puts_back():
+    """The switch's IPv6 restore fails: the IPv4 family, switched already, is put back (old rules
+    in, new out) and the old capture stays applied."""
+    runner = FakeRunner(runs={"ip6tables-nft-restore --noflush": [Fail("ip6tables-restore: line 3 failed")]})
+    backend = IptablesBackend("nft", runner=runner)
+    apply(runner, backend, STOCK)
+    apply(runner, backend, STOCK_V6)
+    remove(runner, backend)
+    return runner
+
+
+@scenario
+def nftables_switch_in_one_transaction():
+    """A captured pod switched from TPROXY to REDIRECT: one transaction deletes the table the new
+    spec has no use for (mangle) and refills the others; then the TPROXY routes go."""
+    runner = FakeRunner(nft={"list tables": [nft_listing(), nft_listing(*nft_tables(TPROXY)),
+                                             nft_listing(*nft_tables(STOCK))]})
+    backend = NftablesBackend(runner=runner)
+    apply(runner, backend, TPROXY)
+    apply(runner, backend, STOCK)
+    remove(runner, backend)
+    return runner
+
+
+@scenario
+def nftables_adopted_then_removed():
+    """Another process applied the capture (a node's pod): adopted from its record, then removed."""
+    runner = FakeRunner(nft={"list tables": [nft_listing(*nft_tables(STOCK))]})
+    backend = NftablesBackend(runner=runner)
+    backend.adopt(Pod(), STOCK, {"tables": [table.split()[1] for table, _ in nft_tables(STOCK)]})
+    remove(runner, backend)
+    return runner
+
+
 def transcript(name: str) -> str:
     function = SCENARIOS[name]
     header = [f"# {line.strip()}" for line in function.__doc__.splitlines()]
@@ -271,6 +319,7 @@ REFUSALS = {
         f"TPROXY routing: ip -4 route add local default dev lo table 133: {ROUTE_EXISTS}",
     "nftables-table-clash": f"nftables: table inet istio-proxy-nat already present in {NETNS}",
     "nftables-failed-tproxy-route": f"TPROXY routing: ip -6 route add local default dev lo table 133: {ROUTE_EXISTS}",
+    "iptables-switch-fails-and-puts-back": "ip6tables-nft-restore: ip6tables-restore: line 3 failed",
 }
 
 
