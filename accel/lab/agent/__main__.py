@@ -16,7 +16,7 @@ The log is an inherited file descriptor (--log-fd): no one else can open it.
   agent.pyz client  --proto tcp|tcp-send-close|mptcp|udp|udplite|ping|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR
                     --port PORT --token TOKEN [--bind ADDR] [--first-dns ADDR]
                     [--first-connect ADDR:PORT] [--timeout SECONDS]
-  agent.pyz burst   --targets FILE [--concurrency N]     many TCP requests at once
+  agent.pyz burst   --targets FILE [--concurrency N] [--until FILE]   many TCP requests at once
   agent.pyz http    --name NAME --port PORT               an HTTP server that says what it saw
   agent.pyz http-get --url URL                            one HTTP GET, reported as JSON
 """
@@ -61,6 +61,7 @@ def main(argv=None):
     burst.add_argument("--targets", required=True)
     burst.add_argument("--concurrency", type=int, default=64)
     burst.add_argument("--timeout", type=float, default=10.0)
+    burst.add_argument("--until", help="repeat the targets until this file exists")
     http_server = roles.add_parser("http")
     http_server.add_argument("--name", required=True)
     http_server.add_argument("--port", type=int, required=True)

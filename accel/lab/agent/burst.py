@@ -1,6 +1,8 @@
 """Many TCP requests at once, from one process."""
 
+import itertools
 import json
+import os
 import socket
 import threading
 
@@ -20,11 +22,25 @@ def tcp_request(dst, port, token, timeout):
         return {"token": token, "result": f"error:{error}"}
 
 
+def _rounds(targets, until):
+    """Every target once; with `until`, round after round (tokens suffixed with the round) until
+    that file exists: traffic for as long as a test changes things under it."""
+    if until is None:
+        yield from targets
+        return
+    for number in itertools.count():
+        for target in targets:
+            if os.path.exists(until):
+                return
+            yield {**target, "token": f"{target['token']}.{number}"}
+
+
 def run_burst(args):
-    """Each target {dst, port, token} once, `concurrency` at a time; a JSON list of results."""
+    """Each target {dst, port, token} once (or until --until FILE exists), `concurrency` at a
+    time; a JSON list of results."""
     with open(args.targets, encoding="utf-8") as handle:
         targets = json.load(handle)
-    results, lock, cursor = [], threading.Lock(), iter(targets)
+    results, lock, cursor = [], threading.Lock(), _rounds(targets, args.until)
 
     def worker():
         while True:
