@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
-from . import bench, compare, demo, lab, probe, render
+from . import bench, compare, demo, lab, node, probe, render
 from .common import Main
 
 
@@ -33,13 +33,13 @@ def main():
 
 
 # Help headings in this order, each listing its commands in this order; a heading with no
-# command is not shown (the node commands will go under "Run on a node").
+# command is not shown.
 COMMANDS = {
     "See": (render.render, probe.probe_command),
     "Prove": (compare.compare_command, lab.lab),
     "Measure": (bench.bench,),
     "Try": (demo.demo,),
-    "Run on a node": (),
+    "Run on a node": node.COMMANDS,
 }
 for section, commands in COMMANDS.items():
     for command in commands:

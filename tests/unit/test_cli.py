@@ -216,7 +216,7 @@ def test_help_groups_commands_by_what_a_user_does_and_cuts_no_summary():
 
     text = invoke("--help").stdout
     headings = [line[:-1] for line in text.splitlines() if re.fullmatch(r"[A-Z][a-z ]+:", line)]
-    assert headings == ["Options", "See", "Prove", "Measure", "Try"]
+    assert headings == ["Options", "See", "Prove", "Measure", "Try", "Run on a node"]
     listed = {}
     for line in text.splitlines():
         if re.fullmatch(r"[A-Z][a-z ]+:", line):
@@ -225,6 +225,7 @@ def test_help_groups_commands_by_what_a_user_does_and_cuts_no_summary():
             listed.setdefault(heading, []).append(line.split()[0])
     assert listed["See"] == ["render", "probe"] and listed["Prove"] == ["compare", "lab"]
     assert listed["Measure"] == ["bench"] and listed["Try"] == ["demo"]
+    assert listed["Run on a node"] == ["up", "pod", "status", "metrics", "follow", "down"]
     flat = " ".join(text.split())
     for name, command in main.commands.items():
         first = " ".join(command.help.split("\n\n")[0].split())

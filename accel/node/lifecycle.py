@@ -1,0 +1,189 @@
+"""accel up, accel down and accel status: load a node's datapath once, remove every trace of it, and
+say what is there."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from importlib import metadata
+
+from ..ebpf import libbpf, probe
+from ..ebpf.datapath import read_counters
+from ..ebpf.programs import CGROUP_PROGRAMS
+from . import pinned, pods, state as node_state
+from .paths import NodeError, NodePaths, bpffs_mounted_at, default_cgroup, mount_bpffs, unmount
+from .state import NodeState
+
+BACKENDS = ("auto", "ebpf", "nftables", "iptables")
+MAP_FULL = 0.9  # a map fuller than this makes the node degraded
+
+
+def version() -> str:
+    try:
+        return metadata.version("accel")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def choose(requested: str) -> tuple[str, str]:
+    """The backend and why: auto is ebpf when the kernel has everything it needs, else nftables."""
+    if requested != "auto":
+        return requested, f"{requested}, as asked"
+    missing = probe.missing()
+    if not missing:
+        return "ebpf", "auto: this kernel has every feature the eBPF backend needs (accel probe)"
+    return "nftables", ("auto: this kernel lacks " + "; ".join(f"{f.name} ({f.detail})" for f in missing)
+                        + ", so nftables")
+
+
+def up(paths: NodePaths, requested: str = "auto") -> dict:
+    """Load (or adopt, or upgrade) the node's datapath and reconcile its pods; idempotent."""
+    if requested not in BACKENDS:
+        raise NodeError(f"--backend {requested}: expected one of {', '.join(BACKENDS)}")
+    with node_state.locked(paths.state):
+        current = node_state.load(paths.state)
+        if current is not None and requested != "auto" and requested != current.backend:
+            raise NodeError(f"accel is up here with the {current.backend} backend: run accel down first to change it")
+        backend, why = (current.backend, current.why) if current is not None and requested == "auto" \
+            else choose(requested)
+        if backend == "ebpf":
+            missing = probe.missing()
+            if missing:
+                raise NodeError("the eBPF backend needs what this kernel lacks: " +
+                                "; ".join(f"{f.name} ({f.detail})" for f in missing))
+            if paths.cgroup is None:  # not given: where it was, else the kubelet's pod cgroup
+                paths = replace(paths, cgroup=Path(current.cgroup) if current and current.cgroup
+                                else default_cgroup())
+            if current is not None and current.cgroup not in (None, str(paths.cgroup)):
+                raise NodeError(f"accel is up here at cgroup {current.cgroup}: run accel down first to move it "
+                                f"to {paths.cgroup}")
+        node_state.make(paths.state)
+        mounted = current.mounted_bpffs if current else False
+        report: dict = {"backend": backend, "why": why}
+        # finish what killed commands left and drop pods whose namespace is gone, with the datapath
+        # that holds them, before it changes
+        reconciled = pods.reconcile(paths, current) if current is not None else []
+        if backend == "ebpf":
+            if bpffs_mounted_at(paths.bpffs) is None:
+                mount_bpffs(paths.bpffs)
+                mounted = True
+            loaded = pinned.up(paths, current)
+            report.update(action=loaded.action, programs=loaded.programs, links=loaded.links, kept=loaded.kept,
+                          migrated=loaded.migrated, swapped=loaded.swapped)
+            datapath = {"programs": loaded.programs, "links": loaded.links}
+        else:
+            report["action"] = "unchanged" if current is not None else "loaded"
+            datapath = {}
+        if current is None:
+            current = NodeState(backend, why, version(), str(paths.cgroup) if backend == "ebpf" else None,
+                                str(paths.bpffs), mounted, time.time(), datapath)
+        else:
+            current.version, current.datapath, current.mounted_bpffs = version(), datapath, mounted
+            current.up_at = time.time()
+        node_state.save(paths.state, current)
+        report["reconciled"] = reconciled
+        return report
+
+
+def down(paths: NodePaths) -> dict:
+    """Remove everything accel made on this node: every pod's capture, the links, programs, maps and
+    pins, the bpffs mount if `up` made it, and the state directory."""
+    with node_state.locked(paths.state):
+        current = node_state.load(paths.state)
+        removed_pods = []
+        if current is not None:
+            for record in list(current.pods.values()):
+                record.phase = "removing"
+                node_state.save(paths.state, current)
+                pods._remove(paths, current, record)
+                removed_pods.append(record.id)
+        removed_pins = pinned.down(paths) if paths.pins.exists() else []
+        if current is not None and current.mounted_bpffs and bpffs_mounted_at(paths.bpffs) == paths.bpffs.resolve():
+            unmount(paths.bpffs)
+        shutil.rmtree(paths.state, ignore_errors=True)
+    return {"pods": removed_pods, "pins": removed_pins, "state": str(paths.state),
+            "was_up": current is not None}
+
+
+def status(paths: NodePaths) -> tuple[dict, list[str]]:
+    """What is loaded and captured, read from the kernel and the state (no lock); and what is wrong
+    (empty: healthy)."""
+    current = node_state.load(paths.state)
+    if current is None:
+        return {"up": False, "state": str(paths.state)}, [f"accel is not up on this node (no state in {paths.state})"]
+    problems: list[str] = []
+    document = {"up": True, "backend": current.backend, "why": current.why, "version": current.version,
+                "up_at": current.up_at, "cgroup": current.cgroup, "state": str(paths.state)}
+    counters_map = None
+    if current.backend == "ebpf":
+        document["pins"] = str(paths.pins)
+        document["links"], document["maps"], counters_map = _datapath_status(paths, problems)
+    document["pods"] = []
+    for record in sorted(current.pods.values(), key=lambda r: r.id):
+        gone = pods.netns_identity(record.netns) != tuple(record.netns_id)
+        if gone:
+            problems.append(f"pod {record.id}: its network namespace {record.netns} is gone (accel up cleans it)")
+        elif record.phase != "ready":
+            problems.append(f"pod {record.id}: {record.phase} (a command stopped half-way; accel up finishes it)")
+        entry = {"id": record.id, "netns": record.netns, "phase": record.phase, "backend": record.backend,
+                 "spec": _summary(record.spec), "namespace_gone": gone}
+        if counters_map is not None and record.cookie is not None:
+            entry["counters"] = read_counters(counters_map, record.cookie)
+        document["pods"].append(entry)
+    if counters_map is not None:
+        os.close(counters_map)
+    document["problems"] = problems
+    return document, problems
+
+
+def _datapath_status(paths: NodePaths, problems: list[str]):
+    """The cgroup links (attached or not) and every map's fill, from the pins."""
+    links = []
+    for program in CGROUP_PROGRAMS:
+        pin = paths.pins / pinned.LINKS / program.name
+        fd = pinned._pinned(pin)
+        if fd is None:
+            problems.append(f"link {program.name}: not pinned at {pin}")
+            links.append({"program": program.name, "hook": program.hook, "pin": str(pin), "attached": False})
+            continue
+        info = libbpf.link_info(fd)
+        os.close(fd)
+        attached = info.prog_id != 0 and info.target_id != 0
+        if not attached:
+            problems.append(f"link {program.name}: pinned but detached (its cgroup is gone?)")
+        links.append({"program": program.name, "hook": program.hook, "pin": str(pin), "id": info.id,
+                      "program_id": info.prog_id, "cgroup_id": info.target_id, "attached": attached})
+    maps, counters_map = [], None
+    for pin in sorted((paths.pins / pinned.MAPS).glob("*")):
+        fd = pinned._pinned(pin)
+        if fd is None:
+            continue
+        info = libbpf.map_info(fd)
+        entries = _entries(fd, info)
+        fill = entries / info.max_entries if entries is not None and info.max_entries else None
+        if fill is not None and fill > MAP_FULL:
+            problems.append(f"map {pin.name}: {entries} of {info.max_entries} entries ({fill:.0%})")
+        maps.append({"name": pin.name, "id": info.id, "entries": entries, "capacity": info.max_entries or None,
+                     "fill": round(fill, 4) if fill is not None else None})
+        if pin.name == "counters":
+            counters_map = fd
+        else:
+            os.close(fd)
+    return links, maps, counters_map
+
+
+def _entries(fd: int, info) -> int | None:
+    """How many entries a map holds; None for socket storage, which cannot be listed."""
+    if info.type == libbpf.MAP_SK_STORAGE:
+        return None
+    return libbpf.map_count(fd, info.key_size)
+
+
+def _summary(document: dict) -> str:
+    keys = ("ProxyPort", "InboundCapturePort", "InboundInterceptionMode", "OutboundIPRangesInclude",
+            "OutboundIPRangesExclude", "InboundPortsInclude", "InboundPortsExclude", "RedirectDNS", "EnableIPv6")
+    return " ".join(f"{k}={document[k]}" for k in keys if document.get(k) not in (None, "", False))
+

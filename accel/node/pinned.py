@@ -1,0 +1,250 @@
+"""The node's eBPF datapath, pinned under <bpffs>/accel/ so that it outlives every accel process.
+
+    <bpffs>/accel/maps/<name>          every map of bpf/accel.h
+    <bpffs>/accel/programs/<name>      every program (what the links run; for inspection)
+    <bpffs>/accel/links/<name>         the cgroup links: while pinned, the programs stay attached
+    <bpffs>/accel/pods/<id>/sk_lookup  each pod's sk_lookup link (its own copy of the program)
+
+`up` loads once and pins; run again, it adopts what is pinned: unchanged programs and maps are
+kept as they are (same ids), changed programs are swapped into their pinned links with
+BPF_LINK_UPDATE (there is no moment without capture), and maps keep their entries when their
+layout is unchanged. A changed layout is migrated where the entries come from the state (a pod's
+spec and namespace: written anew before the swap) and refused, naming the map, where they hold
+what only the kernel knows (records of live connections, listening sockets, counters).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import inputs, userns
+from ..ebpf import libbpf, objects
+from ..ebpf.datapath import Compiled, Datapath, DatapathError, attach_links
+from ..ebpf.follow import read_facts
+from ..ebpf.maps import POD_NETNS_PLACEHOLDER, namespace_entries, pod_entries
+from ..ebpf.programs import CGROUP_PROGRAMS, SK_LOOKUP
+from .paths import NodeError, NodePaths
+from .state import RECORD_FILE, NodeState
+
+MAPS, PROGRAMS, LINKS, PODS = "maps", "programs", "links", "pods"
+# Maps whose entries the state describes: a changed layout is migrated by writing them anew.
+DERIVED_MAPS = ("pods", "ports", "groups", "prefixes", "sources")
+
+
+@dataclass
+class UpReport:
+    action: str  # loaded, unchanged or upgraded
+    programs: dict[str, dict] = field(default_factory=dict)  # name -> {"id", "tag"}
+    links: dict[str, int] = field(default_factory=dict)  # name -> link id
+    kept: list[str] = field(default_factory=list)  # maps kept with their entries
+    migrated: list[str] = field(default_factory=list)  # maps written anew from the state
+    swapped: list[str] = field(default_factory=list)  # programs swapped into their links
+
+
+def _pin(root: Path, kind: str, name: str) -> Path:
+    return root / kind / name
+
+
+def _pinned(path: Path) -> int | None:
+    try:
+        return libbpf.obj_get(str(path))
+    except OSError:
+        return None
+
+
+def _tag(prog_fd: int) -> str:
+    return bytes(libbpf.prog_info(prog_fd).tag).hex()
+
+
+def _attached_tag(link_fd: int) -> str:
+    """The tag of the program a link runs now."""
+    prog_fd = libbpf.prog_get_fd_by_id(libbpf.link_info(link_fd).prog_id)
+    try:
+        return _tag(prog_fd)
+    finally:
+        os.close(prog_fd)
+
+
+def up(paths: NodePaths, state: NodeState | None) -> UpReport:
+    """Load, adopt or upgrade the pinned datapath (see the module's docstring)."""
+    root = paths.pins
+    for kind in (MAPS, PROGRAMS, LINKS, PODS):
+        (root / kind).mkdir(mode=0o700, parents=True, exist_ok=True)
+    pinned_maps: dict[str, int] = {}
+    migrating: list[str] = []
+
+    def adopt(name: str, layout: dict) -> int | None:
+        fd = _pinned(_pin(root, MAPS, name))
+        if fd is None:
+            return None
+        pinned_maps[name] = fd
+        if objects.layout_of_map(fd) == layout:
+            return fd
+        if name in DERIVED_MAPS:
+            migrating.append(name)
+            return None
+        raise NodeError(f"map {name}: this accel lays it out otherwise than the pinned one, and its entries (what "
+                        f"only the kernel knows) cannot be carried over: upgrade with an accel that keeps its layout, "
+                        f"or run accel down and accel up (live connections then lose their records)")
+
+    try:
+        compiled = Compiled.load(adopt)
+    except DatapathError as error:
+        raise NodeError(str(error)) from error
+    finally:
+        for fd in pinned_maps.values():
+            os.close(fd)
+    report = UpReport("loaded")
+    try:
+        links = {program.name: _pinned(_pin(root, LINKS, program.name)) for program in CGROUP_PROGRAMS}
+        try:
+            if all(fd is not None for fd in links.values()):
+                changed = [name for name, fd in links.items() if _attached_tag(fd) != _tag(compiled.programs[name])]
+                if not changed and not migrating:
+                    report.action = "unchanged"
+                    report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
+                    report.programs = {name: _pinned_program(root, name) for name in compiled.programs}
+                    report.kept = sorted(compiled.maps)
+                    return report
+                report.action = "upgraded"
+                _migrate(compiled, migrating, state)
+                for name, fd in links.items():  # each program in one step; the maps they share are ready
+                    libbpf.link_update(fd, compiled.programs[name])
+                    report.swapped.append(name)
+                for record in (state.pods.values() if state else ()):
+                    if record.pin and record.cookie is not None:
+                        _swap_sk_lookup(compiled, Path(record.pin), record.cookie)
+            else:  # nothing attached yet (or a first `up` that died half-way): attach, then pin
+                for fd in links.values():
+                    if fd is not None:
+                        libbpf.link_detach(fd)
+                fresh = attach_links(compiled, paths.cgroup)
+                for name, fd in fresh.items():
+                    path = _pin(root, LINKS, name)
+                    path.unlink(missing_ok=True)
+                    libbpf.obj_pin(fd, str(path))
+                    os.close(fd)
+                links = {name: _pinned(_pin(root, LINKS, name)) for name in links}
+            report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
+        finally:
+            for fd in links.values():
+                if fd is not None:
+                    os.close(fd)
+        for name, definition in compiled.objects.maps.items():
+            if not definition["adopted"]:
+                _repin(definition["fd"], _pin(root, MAPS, name))
+        for name, fd in compiled.programs.items():
+            _repin(fd, _pin(root, PROGRAMS, name))
+            report.programs[name] = {"id": libbpf.prog_info(fd).id, "tag": _tag(fd)}
+        report.kept = sorted(n for n, d in compiled.objects.maps.items() if d["adopted"])
+        report.migrated = sorted(migrating)
+        objects.save_record(compiled.objects, paths.state / RECORD_FILE)
+        return report
+    finally:
+        compiled.close()
+
+
+def _pinned_program(root: Path, name: str) -> dict:
+    fd = libbpf.obj_get(str(_pin(root, PROGRAMS, name)))
+    try:
+        return {"id": libbpf.prog_info(fd).id, "tag": _tag(fd)}
+    finally:
+        os.close(fd)
+
+
+def _repin(fd: int, path: Path) -> None:
+    path.unlink(missing_ok=True)
+    libbpf.obj_pin(fd, str(path))
+
+
+def _migrate(compiled: Compiled, names: list[str], state: NodeState | None) -> None:
+    """Write the state's pods into maps made anew (their layout changed), before any program uses them."""
+    if not names or state is None:
+        return
+    datapath = Datapath(compiled)
+    for record in state.pods.values():
+        if record.backend != "ebpf" or record.phase != "ready" or record.cookie is None:
+            continue
+        spec = inputs.from_istio_config(record.spec)
+        entries = pod_entries(spec, record.config, userns.id_map(record.netns))
+        datapath.write_spec(entries)
+        try:
+            facts = read_facts(record.netns)
+        except OSError:
+            continue  # the namespace is gone: reconciling removes the pod
+        datapath.write_namespace(None, namespace_entries(record.cookie, list(facts.local), list(facts.sources)))
+        datapath.write_pod(record.cookie, entries.pod)
+
+
+def _swap_sk_lookup(compiled: Compiled, pin: Path, cookie: int) -> None:
+    link = _pinned(pin)
+    if link is None:
+        return
+    program = compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})
+    try:
+        libbpf.link_update(link, program)
+    except OSError as error:
+        if error.errno != errno.ENOLINK:  # its namespace is gone: nothing to swap, the pod is cleaned
+            raise
+    finally:
+        os.close(program)
+        os.close(link)
+
+
+def open_for_pods(paths: NodePaths) -> Datapath:
+    """The pinned maps, with the programs a pod change needs (its sk_lookup copy), from the record
+    `up` saved: a short-lived command changes pods without compiling or loading anything else."""
+    root = paths.pins
+    opened: list[int] = []
+
+    def adopt(name: str, layout: dict) -> int | None:
+        fd = _pinned(_pin(root, MAPS, name))
+        if fd is None:
+            raise NodeError(f"map {name} is not pinned under {root}: run accel up")
+        opened.append(fd)
+        if objects.layout_of_map(fd) != layout:
+            raise NodeError(f"map {name} under {root} is not the one accel up loaded: run accel up")
+        return fd
+
+    try:
+        return Datapath(Compiled.from_record(paths.state / RECORD_FILE, adopt, load_programs=False))
+    except DatapathError as error:
+        raise NodeError(str(error)) from error
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
+def pod_pin(paths: NodePaths, pod_id: str) -> Path:
+    directory = paths.pins / PODS / pod_id
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return directory / "sk_lookup"
+
+
+def remove_pod_pins(paths: NodePaths, pod_id: str) -> None:
+    shutil.rmtree(paths.pins / PODS / pod_id, ignore_errors=True)
+
+
+def down(paths: NodePaths) -> list[str]:
+    """Detach and unpin everything under <bpffs>/accel/ (pods are removed before): what was removed."""
+    root, removed = paths.pins, []
+    for path in sorted((root / LINKS).glob("*")) + sorted((root / PODS).glob("*/sk_lookup")):
+        fd = _pinned(path)
+        if fd is not None:
+            try:
+                libbpf.link_detach(fd)  # at once, whoever else still holds the link
+            except OSError:
+                pass  # already detached (its cgroup or namespace is gone)
+            os.close(fd)
+        path.unlink(missing_ok=True)
+        removed.append(str(path.relative_to(root)))
+    for kind in (PROGRAMS, MAPS):
+        for path in sorted((root / kind).glob("*")):
+            path.unlink()
+            removed.append(str(path.relative_to(root)))
+    shutil.rmtree(root, ignore_errors=True)
+    return removed

@@ -1,0 +1,208 @@
+"""A node's pods: add, change, remove and list them, with whichever backend the node runs.
+
+Every change holds the node's lock and records its intent in the state before it touches the
+kernel ("adding", "removing") and its end after ("ready", or gone). A command killed half-way
+leaves a record that reconcile() undoes (a half-added pod is removed: the caller, e.g. a
+container runtime retrying CNI ADD, adds it again) or finishes (a half-removed pod is removed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import inputs, userns
+from ..backends import BackendError, get_backend
+from ..ebpf.maps import UnsupportedSpec, new_config_id
+from ..ebpf.datapath import DatapathError, netns_cookie
+from ..spec import CaptureSpec
+from . import pinned, state as node_state
+from .paths import NodeError, NodePaths
+from .state import NodeState, PodRecord
+
+POD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,254}")
+
+
+class NotUp(NodeError):
+    """accel is not up on this node (a CNI plugin answers 'try again later')."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pod as the backends see it: its network namespace."""
+
+    netns: str
+
+
+def netns_identity(netns: str) -> tuple[int, int] | None:
+    """(device, inode) of a network namespace, None if it is gone."""
+    try:
+        status = os.stat(userns.netns_path(netns))
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def check_id(pod_id: str) -> None:
+    if not POD_ID.fullmatch(pod_id):
+        raise NodeError(f"--id {pod_id!r}: 1-255 letters, digits and _ . : @ -, starting with a letter or digit")
+
+
+def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec) -> str:
+    """Capture the pod: "added", "unchanged" (same namespace and spec), or "replaced" (its spec
+    changed: switched in one step)."""
+    check_id(pod_id)
+    identity = netns_identity(netns)
+    if identity is None:
+        raise NodeError(f"--netns {netns}: no such network namespace")
+    document = inputs.to_istio_config(spec)
+    with node_state.locked(paths.state):
+        current = _loaded(paths)
+        reconcile(paths, current, only=pod_id)
+        existing = current.pods.get(pod_id)
+        if existing is not None and tuple(existing.netns_id) == identity:
+            if existing.spec == document:
+                return "unchanged"
+            _replace(paths, current, existing, spec, document)
+            return "replaced"
+        if existing is not None:  # the id now names another namespace: the old one's capture goes
+            _remove(paths, current, existing)
+        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding")
+        if current.backend == "ebpf":
+            record.cookie, record.config = netns_cookie(netns), new_config_id()
+            record.pin = str(pinned.pod_pin(paths, pod_id))
+        current.pods[pod_id] = record
+        node_state.save(paths.state, current)  # the intent first: a crash from here is reconciled
+        try:
+            if current.backend == "ebpf":
+                _ebpf_add(paths, record, spec)
+            else:
+                record.rules = _rules_add(current.backend, netns, spec)
+        except BaseException:
+            _remove(paths, current, record)
+            node_state.save(paths.state, current)
+            raise
+        record.phase = "ready"
+        node_state.save(paths.state, current)
+        return "replaced" if existing is not None else "added"
+
+
+def delete(paths: NodePaths, pod_id: str) -> str:
+    """Stop capturing the pod: "removed", or "absent" (no such pod, or accel is not up: nothing to do)."""
+    with node_state.locked(paths.state):
+        current = node_state.load(paths.state)
+        if current is None or pod_id not in current.pods:
+            return "absent"
+        record = current.pods[pod_id]
+        record.phase = "removing"
+        node_state.save(paths.state, current)
+        _remove(paths, current, record)
+        node_state.save(paths.state, current)
+        return "removed"
+
+
+def listing(paths: NodePaths) -> list[PodRecord]:
+    """The node's pods, read without the lock (the state file is replaced atomically)."""
+    current = node_state.load(paths.state)
+    return sorted(current.pods.values(), key=lambda r: r.id) if current else []
+
+
+def reconcile(paths: NodePaths, current: NodeState, only: str | None = None) -> list[str]:
+    """Finish or undo what a killed command left, and drop pods whose namespace is gone (their
+    capture went with it; their entries and pins go now). Saves the state; says what it did."""
+    done = []
+    for record in [r for r in current.pods.values() if only is None or r.id == only]:
+        if record.phase in ("adding", "removing"):
+            _remove(paths, current, record)
+            done.append(f"pod {record.id}: {'half-added, removed' if record.phase == 'adding' else 'removal finished'}")
+        elif netns_identity(record.netns) != tuple(record.netns_id):
+            _remove(paths, current, record)
+            done.append(f"pod {record.id}: its network namespace {record.netns} is gone; cleaned")
+    if done:
+        node_state.save(paths.state, current)
+    return done
+
+
+def _loaded(paths: NodePaths) -> NodeState:
+    current = node_state.load(paths.state)
+    if current is None:
+        raise NotUp(f"accel is not up on this node (no state in {paths.state}): run accel up")
+    return current
+
+
+def _remove(paths: NodePaths, current: NodeState, record: PodRecord) -> None:
+    """Remove whatever of the pod is in place; the namespace may be gone already."""
+    if record.backend == "ebpf":
+        if record.cookie is not None and record.config is not None:
+            datapath = pinned.open_for_pods(paths)
+            try:
+                datapath.adopt_pod(record.netns, record.cookie, record.config, Path(record.pin) if record.pin else None)
+                datapath.remove_pod(record.netns)
+            finally:
+                datapath.close()
+        pinned.remove_pod_pins(paths, record.id)
+    elif netns_identity(record.netns) == tuple(record.netns_id):
+        _rules_remove(record)
+    current.pods.pop(record.id, None)
+
+
+def _ebpf_add(paths: NodePaths, record: PodRecord, spec: CaptureSpec) -> None:
+    datapath = pinned.open_for_pods(paths)
+    try:
+        datapath.add_pod(record.netns, spec, follow=False, pin=Path(record.pin), config=record.config)
+        datapath.pods.clear()  # the pod outlives this process: closing the datapath must not remove it
+    except (DatapathError, UnsupportedSpec, OSError) as error:
+        raise NodeError(f"ebpf: {error}") from error
+    finally:
+        datapath.close()
+
+
+def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: CaptureSpec, document: dict) -> None:
+    """Switch a captured pod to another spec in one step."""
+    if record.backend == "ebpf":
+        config = new_config_id()
+        datapath = pinned.open_for_pods(paths)
+        try:
+            datapath.adopt_pod(record.netns, record.cookie, record.config, Path(record.pin))
+            datapath.update_pod(record.netns, spec, config=config)
+            datapath.pods.clear()
+        except (DatapathError, UnsupportedSpec, OSError) as error:
+            raise NodeError(f"ebpf: {error}") from error
+        finally:
+            datapath.close()
+        record.config = config
+    else:
+        record.rules = _rules_replace(record, spec)
+    record.spec = document
+    node_state.save(paths.state, current)
+
+
+# -- nftables and iptables: the rules in the pod's namespace ------------------------------------
+
+def _rules_add(backend_name: str, netns: str, spec: CaptureSpec) -> dict:
+    backend = get_backend(backend_name)
+    try:
+        backend.apply(Target(netns), spec)
+    except BackendError as error:
+        raise NodeError(str(error)) from error
+    return backend.record(Target(netns))
+
+
+def _rules_remove(record: PodRecord) -> None:
+    backend = get_backend(record.backend)
+    target = Target(record.netns)
+    backend.adopt(target, inputs.from_istio_config(record.spec), record.rules)
+    backend.remove(target)
+
+
+def _rules_replace(record: PodRecord, spec: CaptureSpec) -> dict:
+    backend = get_backend(record.backend)
+    target = Target(record.netns)
+    backend.adopt(target, inputs.from_istio_config(record.spec), record.rules)
+    try:
+        backend.apply(target, spec)
+    except BackendError as error:
+        raise NodeError(str(error)) from error
+    return backend.record(target)
