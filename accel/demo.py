@@ -68,6 +68,7 @@ def run_demo(console: Console | None = None) -> None:
         result = compare(spec, backends, progress=lambda: progress.advance(task))
     print_table(result, console)
 
+    _node_section(spec, console, verbatim)
     _bench_section(console)
 
 
@@ -104,12 +105,63 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
                   f"links left: {left()}. Lab removed: {not lab.exists()}.[/dim]")
 
 
+def _node_section(spec, console: Console, verbatim) -> None:
+    """accel on a node: each command a process of its own, the datapath pinned so that traffic
+    keeps its capture with no accel process running."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .ebpf.inspect import bpf_objects
+    from .lab import Lab, LabPlan, SidecarConfig
+    from .lab.lab import wait_for
+    from .netns import unique_name
+
+    console.rule("[bold]6. On a node: loaded once, outliving every accel process")
+    before = bpf_objects()
+    root = Path("/tmp") / unique_name("accel-demo")
+    root.mkdir()
+    plan = LabPlan(service_addresses=("203.0.113.10",), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    try:
+        with Lab(plan) as lab:
+            pod = lab.pods["pod"]
+            env = {**os.environ, "ACCEL_CGROUP": str(lab.cgroup.path),
+                   "ACCEL_BPFFS": str(root / "bpffs"), "ACCEL_STATE_DIR": str(root / "state")}
+
+            def accel(*args: str) -> str:
+                console.print(f"[bold]$ accel {shlex.join(args)}[/bold]", markup=True, highlight=False)
+                result = subprocess.run([sys.executable, "-m", "accel", *args], env=env, capture_output=True,
+                                        text=True, timeout=120)
+                verbatim(result.stdout + result.stderr)
+                return result.stdout
+
+            def hop(token: str) -> str:
+                lab.client("pod", proto="tcp", dst="203.0.113.10", port=8080, token=token, uid=1000, gid=1000)
+                return " -> ".join(e["agent"] for e in lab.events(token)) or "nothing"
+
+            accel("up")
+            accel("pod", "add", "--netns", pod.netns, "--id", "pod-a", "--", *inputs.ISTIO_INIT_DEFAULT_ARGS)
+            console.print(f"app -> 203.0.113.10:8080, with no accel process running: {hop('node-1')}")
+            accel("up")
+            accel("status")
+            accel("down")
+            console.print(f"app -> 203.0.113.10:8080 after accel down: {hop('node-2')}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    wait_for(lambda: bpf_objects() == before, timeout=5)  # maps are freed after an RCU grace period
+    left = sum(len(objects - before[kind]) for kind, objects in bpf_objects().items())
+    console.print(f"[dim]BPF programs, maps and links left after accel down: {left}; pins, state directory and "
+                  f"bpffs mount removed: {not (root / 'state').exists()}.[/dim]")
+
+
 def _bench_section(console: Console) -> None:
     from .bench.report import print_report, progress_bar
     from .bench.run import BenchConfig, run_bench
 
     config = BenchConfig.quick()
-    console.rule("[bold]6. The cost: accel bench --quick")
+    console.rule("[bold]7. The cost: accel bench --quick")
     console.print("A client pod and a server pod per mode, each with a HAProxy sidecar (uid 1337), nginx "
                   "serving; the same workloads through each mode, rounds interleaved. Quick: "
                   f"{config.rounds} rounds of {config.seconds} s, so expect noise of ±10%; "

@@ -109,8 +109,9 @@ def down(paths, as_json):
     elif not report["was_up"] and not report["pins"]:
         click.echo("nothing to remove: accel was not up here")
     else:
-        click.echo(f"accel down: removed {len(report['pods'])} pods' capture, {len(report['pins'])} pins, "
-                   f"{report['state']}")
+        count = len(report["pods"])
+        click.echo(f"accel down: removed the capture of {count} pod{'s' * (count != 1)}, "
+                   f"{len(report['pins'])} pins, {report['state']}")
 
 
 STATUS_EPILOG = WHERE + (
@@ -150,12 +151,12 @@ def status(paths, as_json):
                              "-" if not item["capacity"] else f"{item['capacity']:,}",
                              "-" if item["fill"] is None else f"{item['fill']:.1%}")
             console.print(maps)
-        pods = Table(title=f"{len(document['pods'])} pods", title_justify="left")
+        pods = Table(title=f"pods ({len(document['pods'])})", title_justify="left")
         for column in ("id", "netns", "phase", "spec", "outbound", "inbound", "dns"):
             pods.add_column(column)
         for pod in document["pods"]:
             counters = pod.get("counters") or {}
-            pods.add_row(pod["id"], pod["netns"], pod["phase"], pod["spec"],
+            pods.add_row(pod["id"], pod["netns"], pod["phase"], pod["spec_summary"],
                          *(str(counters.get(k, "-")) for k in ("outbound", "inbound", "dns")))
         console.print(pods)
     for problem in problems:

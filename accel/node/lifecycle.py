@@ -129,7 +129,8 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
         elif record.phase != "ready":
             problems.append(f"pod {record.id}: {record.phase} (a command stopped half-way; accel up finishes it)")
         entry = {"id": record.id, "netns": record.netns, "phase": record.phase, "backend": record.backend,
-                 "spec": _summary(record.spec), "namespace_gone": gone}
+                 "spec": record.spec, "spec_summary": _summary(record.spec),
+                 "namespace_gone": gone}
         if counters_map is not None and record.cookie is not None:
             entry["counters"] = read_counters(counters_map, record.cookie)
         document["pods"].append(entry)
@@ -183,7 +184,14 @@ def _entries(fd: int, info) -> int | None:
 
 
 def _summary(document: dict) -> str:
-    keys = ("ProxyPort", "InboundCapturePort", "InboundInterceptionMode", "OutboundIPRangesInclude",
-            "OutboundIPRangesExclude", "InboundPortsInclude", "InboundPortsExclude", "RedirectDNS", "EnableIPv6")
-    return " ".join(f"{k}={document[k]}" for k in keys if document.get(k) not in (None, "", False))
+    """The spec in one short line for a table: ports and mode, what is captured each way, extras."""
+    def either(include: str, exclude: str) -> str:
+        include, exclude = document.get(include) or "-", document.get(exclude)
+        return include + (f" except {exclude}" if exclude else "")
 
+    parts = [f"{document.get('ProxyPort')}/{document.get('InboundCapturePort')} "
+             f"{document.get('InboundInterceptionMode')}",
+             "out " + either("OutboundIPRangesInclude", "OutboundIPRangesExclude"),
+             "in " + either("InboundPortsInclude", "InboundPortsExclude")]
+    parts += [name for key, name in (("RedirectDNS", "dns"), ("EnableIPv6", "ipv6")) if document.get(key)]
+    return ", ".join(parts)

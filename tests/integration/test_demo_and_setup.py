@@ -34,6 +34,11 @@ def test_demo_reads_rules_back_from_the_kernel_and_leaves_nothing():
     # the comparison on real traffic
     assert "nftables, ebpf captured exactly what iptables captured" in " ".join(out.split())
     assert "outbound-service" in out and "proxy-out" in out
+    # on a node: pinned, captured with no accel process running, nothing left after down
+    flat = " ".join(out.split())
+    assert "pod pod-a: added" in flat and "nothing to change" in flat
+    assert "with no accel process running: sidecar -> remote" in flat
+    assert "after accel down: remote" in flat and "links left after accel down: 0" in flat
     # the benchmark
     assert "accel bench: medians" in out and "rule scaling" in out
     assert "path check: in every mode but none" in " ".join(out.split())
