@@ -8,7 +8,7 @@ from typing import Callable, Mapping
 
 from .. import constants as c
 from .. import spec as s
-from ..spec import SpecError
+from ..spec import CaptureSpec, SpecError
 from .fields import Given, Parsed, build_spec
 
 
@@ -61,11 +61,15 @@ CNI_EXCLUDED_INBOUND = (c.MERGED_METRICS_PORT, c.HEALTH_PORT, c.ENVOY_METRICS_PO
 ANNOTATION_FILE_KEYS = ("annotations", "proxy_env", "proxy_runAsUser", "proxy_runAsGroup", "pod_ips")
 
 
-def from_annotations(document: Mapping[str, object]) -> Parsed:
+def from_annotations(document: Mapping[str, object], base: CaptureSpec | None = None) -> Parsed:
     """istio-cni sidecar mode: annotations and the istio-proxy container's env/securityContext.
 
     Keys: annotations, proxy_env, proxy_runAsUser, proxy_runAsGroup and, optionally, pod_ips
     (the pod's addresses, from which istio-iptables would detect IPv6).
+
+    Without base, what the document does not say takes istio-cni's defaults, exactly as istio-cni
+    does. With base (accel-cni's "capture"), it keeps base's value instead; the sidecar's own
+    ports are never captured inbound either way.
     """
     for key in document:
         if key not in ANNOTATION_FILE_KEYS:
@@ -88,6 +92,8 @@ def from_annotations(document: Mapping[str, object]) -> Parsed:
     for port in value("statusPort").value:  # validated by istio-cni, though it does not change capture
         s.check_port(ANNOTATIONS["statusPort"].key, port)
     excluded = value("excludeInboundPorts")
+    if base is not None and ANNOTATIONS["excludeInboundPorts"].key not in annotations:
+        excluded = Given(base.inbound_ports_exclude, "capture.InboundPortsExclude")
     reroute_key = ANNOTATIONS["rerouteVirtualInterfaces"].key
     uid, gid = _security_id(document, "proxy_runAsUser"), _security_id(document, "proxy_runAsGroup")
     dns = _env_bool(proxy_env, "ISTIO_META_DNS_CAPTURE")
@@ -110,8 +116,26 @@ def from_annotations(document: Mapping[str, object]) -> Parsed:
         drop_invalid=Given(_env_bool(proxy_env, "INVALID_DROP"), "proxy_env INVALID_DROP"),
         enable_ipv6=Given(_detect_ipv6(document.get("pod_ips"), _env_bool(proxy_env, "ISTIO_DUAL_STACK")), "pod_ips"),
     )
-    parsed = build_spec(given, {})
+    if base is not None:
+        said = {attr for name, attr in _ANNOTATED.items() if ANNOTATIONS[name].key in annotations}
+        said |= {"inbound_ports_exclude"}
+        said |= {"proxy_uids"} if uid else set()
+        said |= {"proxy_gids"} if gid else set()
+        said |= {"redirect_dns", "capture_all_dns"} if "ISTIO_META_DNS_CAPTURE" in proxy_env else set()
+        said |= {"drop_invalid"} if "INVALID_DROP" in proxy_env else set()
+        said |= {"enable_ipv6"} if document.get("pod_ips") is not None else set()
+        if reroute_key in annotations or ANNOTATIONS["kubevirtInterfaces"].key in annotations:
+            said.add("kube_virt_interfaces")
+        given = {attr: g for attr, g in given.items() if attr in said}
+    parsed = build_spec(given, {}, base=base)
     return Parsed(parsed.spec, tuple(warnings) + parsed.warnings)
+
+
+# The spec attribute each annotation sets (statusPort sets none; the interfaces pair is handled apart).
+_ANNOTATED = {"redirectMode": "inbound_interception_mode", "includeIPCidrs": "outbound_ip_ranges_include",
+              "excludeIPCidrs": "outbound_ip_ranges_exclude", "includeInboundPorts": "inbound_ports_include",
+              "excludeOutboundPorts": "outbound_ports_exclude", "includeOutboundPorts": "outbound_ports_include",
+              "excludeInterfaces": "exclude_interfaces"}
 
 
 def _string_map(document, key) -> dict[str, str]:
