@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -265,6 +266,14 @@ class OutputFile(click.ParamType):
 
     def shell_complete(self, ctx, param, incomplete) -> list[CompletionItem]:
         return [CompletionItem(incomplete, type="file")]
+
+
+def until_signalled() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: long-running commands stop cleanly on either."""
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    return stop
 
 
 def warn(notes: list[str]) -> None:

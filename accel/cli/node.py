@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
-import threading
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..node.paths import DEFAULT_BPFFS, DEFAULT_STATE, ENV_BPFFS, ENV_CGROUP, ENV_STATE, NodeError, resolve
-from .common import EXIT_FAILED, Group, fail, needs_root, print_json, spec_options, warn
+from .common import EXIT_FAILED, Group, fail, needs_root, print_json, spec_options, until_signalled, warn
 
 WHERE = (
     "\b\nWhere accel keeps things (an option wins over its environment variable):\n"
@@ -232,26 +232,38 @@ def pod_list(paths, as_json):
         click.echo(f"{record.id}\t{record.netns}\t{record.backend}\t{record.phase}")
 
 
-def _until_signalled() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: long-running commands stop cleanly on either."""
-    stop = threading.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: stop.set())
-    return stop
-
-
 @click.command("metrics", epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C).\n")
 @click.option("--listen", default=None, metavar="ADDR:PORT",
               help="Where to serve /metrics [default: $ACCEL_METRICS_LISTEN, else 127.0.0.1:9476].")
+@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write this process's PID there while it runs (a DaemonSet's accel-cni shim enters its "
+                   "container through it; see `accel cni install --enter-pid-file`).")
 @node_options()
 @needs_root("it reads pinned BPF objects")
-def metrics(paths, listen):
+def metrics(paths, listen, pid_file):
     """Serve the node's state as Prometheus metrics; it only reads: stopping it changes nothing."""
     import os
 
     from ..node.metrics import DEFAULT_LISTEN, serve
 
-    serve(paths, listen or os.environ.get("ACCEL_METRICS_LISTEN") or DEFAULT_LISTEN, _until_signalled())
+    stop = until_signalled()
+    if pid_file is not None:
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        temporary = pid_file.with_name(f".{pid_file.name}.{os.getpid()}")
+        temporary.write_text(f"{os.getpid()}\n")
+        os.replace(temporary, pid_file)  # a reader sees the old PID or the new one, never half
+    try:
+        serve(paths, listen or os.environ.get("ACCEL_METRICS_LISTEN") or DEFAULT_LISTEN, stop)
+    finally:
+        if pid_file is not None and _read(pid_file) == str(os.getpid()):  # not a successor's
+            pid_file.unlink(missing_ok=True)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 @click.command("follow", epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C).\n")
@@ -262,7 +274,7 @@ def follow(paths):
     namespace (traffic does not depend on it; see the README's limits)."""
     from ..node.follow import NodeFollower
 
-    NodeFollower(paths).run(stop=_until_signalled())
+    NodeFollower(paths).run(stop=until_signalled())
 
 
 COMMANDS = (up, pod, status, metrics, follow, down)

@@ -145,7 +145,7 @@ def _datapath_status(paths: NodePaths, problems: list[str]):
     links = []
     for program in CGROUP_PROGRAMS:
         pin = paths.pins / pinned.LINKS / program.name
-        fd = pinned._pinned(pin)
+        fd = pinned.pinned_fd(pin)
         if fd is None:
             problems.append(f"link {program.name}: not pinned at {pin}")
             links.append({"program": program.name, "hook": program.hook, "pin": str(pin), "attached": False})
@@ -159,7 +159,7 @@ def _datapath_status(paths: NodePaths, problems: list[str]):
                       "program_id": info.prog_id, "cgroup_id": info.target_id, "attached": attached})
     maps, counters_map = [], None
     for pin in sorted((paths.pins / pinned.MAPS).glob("*")):
-        fd = pinned._pinned(pin)
+        fd = pinned.pinned_fd(pin)
         if fd is None:
             continue
         info = libbpf.map_info(fd)

@@ -49,7 +49,7 @@ def _pin(root: Path, kind: str, name: str) -> Path:
     return root / kind / name
 
 
-def _pinned(path: Path) -> int | None:
+def pinned_fd(path: Path) -> int | None:
     try:
         return libbpf.obj_get(str(path))
     except OSError:
@@ -78,7 +78,7 @@ def up(paths: NodePaths, state: NodeState | None) -> UpReport:
     migrating: list[str] = []
 
     def adopt(name: str, layout: dict) -> int | None:
-        fd = _pinned(_pin(root, MAPS, name))
+        fd = pinned_fd(_pin(root, MAPS, name))
         if fd is None:
             return None
         pinned_maps[name] = fd
@@ -100,7 +100,7 @@ def up(paths: NodePaths, state: NodeState | None) -> UpReport:
             os.close(fd)
     report = UpReport("loaded")
     try:
-        links = {program.name: _pinned(_pin(root, LINKS, program.name)) for program in CGROUP_PROGRAMS}
+        links = {program.name: pinned_fd(_pin(root, LINKS, program.name)) for program in CGROUP_PROGRAMS}
         try:
             if all(fd is not None for fd in links.values()):
                 changed = [name for name, fd in links.items() if _attached_tag(fd) != _tag(compiled.programs[name])]
@@ -128,7 +128,7 @@ def up(paths: NodePaths, state: NodeState | None) -> UpReport:
                     path.unlink(missing_ok=True)
                     libbpf.obj_pin(fd, str(path))
                     os.close(fd)
-                links = {name: _pinned(_pin(root, LINKS, name)) for name in links}
+                links = {name: pinned_fd(_pin(root, LINKS, name)) for name in links}
             report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
         finally:
             for fd in links.values():
@@ -181,7 +181,7 @@ def _migrate(compiled: Compiled, names: list[str], state: NodeState | None) -> N
 
 
 def _swap_sk_lookup(compiled: Compiled, pin: Path, cookie: int) -> None:
-    link = _pinned(pin)
+    link = pinned_fd(pin)
     if link is None:
         return
     program = compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})
@@ -202,7 +202,7 @@ def open_for_pods(paths: NodePaths) -> Datapath:
     opened: list[int] = []
 
     def adopt(name: str, layout: dict) -> int | None:
-        fd = _pinned(_pin(root, MAPS, name))
+        fd = pinned_fd(_pin(root, MAPS, name))
         if fd is None:
             raise NodeError(f"map {name} is not pinned under {root}: run accel up")
         opened.append(fd)
@@ -233,7 +233,7 @@ def down(paths: NodePaths) -> list[str]:
     """Detach and unpin everything under <bpffs>/accel/ (pods are removed before): what was removed."""
     root, removed = paths.pins, []
     for path in sorted((root / LINKS).glob("*")) + sorted((root / PODS).glob("*/sk_lookup")):
-        fd = _pinned(path)
+        fd = pinned_fd(path)
         if fd is not None:
             try:
                 libbpf.link_detach(fd)  # at once, whoever else still holds the link

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .. import inputs, userns
 from ..backends import BackendError, get_backend
+from ..ebpf import libbpf
 from ..ebpf.maps import UnsupportedSpec, new_config_id
 from ..ebpf.datapath import DatapathError, netns_cookie
 from ..spec import CaptureSpec
@@ -50,13 +51,16 @@ def check_id(pod_id: str) -> None:
         raise NodeError(f"--id {pod_id!r}: 1-255 letters, digits and _ . : @ -, starting with a letter or digit")
 
 
-def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec) -> str:
+def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str | None = None) -> str:
     """Capture the pod: "added", "unchanged" (same namespace and spec), or "replaced" (its spec
-    changed: switched in one step)."""
+    changed: switched in one step). name: what its runtime calls it (NAMESPACE/NAME), for status."""
     check_id(pod_id)
     identity = netns_identity(netns)
     if identity is None:
-        raise NodeError(f"--netns {netns}: no such network namespace")
+        raise NodeError(f"network namespace {netns}: no such namespace")
+    if identity[0] != os.stat("/proc/self/ns/net").st_dev:  # not on nsfs: a bind mount that did not reach us
+        raise NodeError(f"network namespace {netns}: not one here (an empty mount point: if accel runs in "
+                        "a container, mount the runtime's netns directory with HostToContainer propagation)")
     document = inputs.to_istio_config(spec)
     with node_state.locked(paths.state):
         current = _loaded(paths)
@@ -69,7 +73,7 @@ def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec) -> str:
             return "replaced"
         if existing is not None:  # the id now names another namespace: the old one's capture goes
             _remove(paths, current, existing)
-        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding")
+        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding", name=name)
         if current.backend == "ebpf":
             record.cookie, record.config = netns_cookie(netns), new_config_id()
             record.pin = str(pinned.pod_pin(paths, pod_id))
@@ -101,6 +105,27 @@ def delete(paths: NodePaths, pod_id: str) -> str:
         _remove(paths, current, record)
         node_state.save(paths.state, current)
         return "removed"
+
+
+def verify(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec) -> list[str]:
+    """What is wrong with the pod's capture, read from the kernel (CNI CHECK): nothing when the
+    pod is captured in `netns` with `spec` and its entries or rules are in place."""
+    current = _loaded(paths)
+    record = current.pods.get(pod_id)
+    if record is None:
+        return [f"pod {pod_id} is not captured"]
+    problems = [] if record.phase == "ready" else [f"pod {pod_id}: {record.phase} (a command stopped half-way)"]
+    identity = netns_identity(netns)
+    if identity is None or identity != tuple(record.netns_id):
+        problems.append(f"pod {pod_id} is captured in another network namespace than {netns}")
+        return problems
+    if record.spec != inputs.to_istio_config(spec):
+        problems.append(f"pod {pod_id} is captured with another spec than its pod information gives now")
+    if record.backend == "ebpf":
+        problems += _ebpf_verify(paths, record, identity)
+    else:
+        problems += _rules_verify(record)
+    return problems
 
 
 def listing(paths: NodePaths) -> list[PodRecord]:
@@ -159,6 +184,29 @@ def _ebpf_add(paths: NodePaths, record: PodRecord, spec: CaptureSpec) -> None:
         datapath.close()
 
 
+def _ebpf_verify(paths: NodePaths, record: PodRecord, identity: tuple[int, int]) -> list[str]:
+    problems = []
+    datapath = pinned.open_for_pods(paths)
+    try:
+        if datapath.adopt_pod(record.netns, record.cookie, record.config, None).pod is None:
+            problems.append(f"pod {record.id}: no entry of its configuration in the datapath's pods map")
+    finally:
+        datapath.pods.clear()
+        datapath.close()
+    link = pinned.pinned_fd(Path(record.pin)) if record.pin else None
+    if link is None:
+        problems.append(f"pod {record.id}: its sk_lookup link is not pinned at {record.pin}")
+    else:
+        try:
+            info = libbpf.link_info(link)
+        finally:
+            os.close(link)
+        netns_ino = info.target_id & 0xFFFFFFFF  # a netns link's union is {u32 netns_ino, u32 attach_type}
+        if info.prog_id == 0 or netns_ino != identity[1]:
+            problems.append(f"pod {record.id}: its sk_lookup link is not attached to its network namespace")
+    return problems
+
+
 def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: CaptureSpec, document: dict) -> None:
     """Switch a captured pod to another spec in one step."""
     if record.backend == "ebpf":
@@ -195,6 +243,13 @@ def _rules_remove(record: PodRecord) -> None:
     target = Target(record.netns)
     backend.adopt(target, inputs.from_istio_config(record.spec), record.rules)
     backend.remove(target)
+
+
+def _rules_verify(record: PodRecord) -> list[str]:
+    status = get_backend(record.backend).status(Target(record.netns))
+    if not (status.get("istio_tables") or status.get("istio_chains")):
+        return [f"pod {record.id}: no {record.backend} capture rules in its network namespace"]
+    return []
 
 
 def _rules_replace(record: PodRecord, spec: CaptureSpec) -> dict:

@@ -40,6 +40,7 @@ class PodRecord:
     config: int | None = None  # eBPF: the configuration id of its lists
     pin: str | None = None  # eBPF: where its sk_lookup link is pinned
     rules: dict = field(default_factory=dict)  # nftables/iptables: what removing its rules needs
+    name: str | None = None  # what its runtime calls it: NAMESPACE/NAME (accel-cni)
 
 
 @dataclass

@@ -194,15 +194,17 @@ def test_metrics_read_the_pinned_state(node):
     node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK)
     for number in range(3):
         assert node.first_hop(f"m{number}") == "sidecar"
-    port = free_port()
-    metrics = subprocess.Popen([ACCEL, "metrics", "--listen", f"127.0.0.1:{port}"], env=node.env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    port, pid_file = free_port(), node.root / "run" / "agent.pid"
+    metrics = subprocess.Popen([ACCEL, "metrics", "--listen", f"127.0.0.1:{port}", "--pid-file", str(pid_file)],
+                               env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert wait_for(lambda: _answers(port), timeout=20), metrics.stderr
         text = scrape(port)
+        assert pid_file.read_text() == f"{metrics.pid}\n"  # what accel-cni's shim enters through
     finally:
         metrics.send_signal(signal.SIGTERM)
         metrics.wait(timeout=20)
+    assert not pid_file.exists()
     assert 'accel_datapath_info{backend="ebpf"' in text and "accel_up 1.0" in text
     assert "accel_pods 1.0" in text
     assert 'accel_redirects_total{direction="outbound",pod="pod-a"} 3.0' in text
