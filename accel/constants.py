@@ -56,3 +56,8 @@ NFT_CHAIN_OUTPUT_DNS = "istio-output-dns"
 NFT_CHAIN_DIVERT = "istio-divert"
 NFT_CHAIN_TPROXY = "istio-tproxy"
 NFT_CHAIN_DROP = "istio-drop"
+
+# -- the CNI plugin ------------------------------------------------------------------------------
+CNI_PLUGIN_TYPE = "accel-cni"  # its "type" in a conflist, and the executable's name in the bin dir
+CNI_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")  # what it accepts; CHECK needs 0.4.0 or later
+CNI_EXCLUDED_NAMESPACES_DEFAULT = ()  # istio-cni's chart excludes kube-system; accel's config says so

@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
-from . import bench, compare, demo, lab, node, probe, render
+from . import bench, cni, compare, demo, lab, node, probe, render
 from .common import Main
 
 
@@ -39,7 +39,7 @@ COMMANDS = {
     "Prove": (compare.compare_command, lab.lab),
     "Measure": (bench.bench,),
     "Try": (demo.demo,),
-    "Run on a node": node.COMMANDS,
+    "Run on a node": node.COMMANDS + cni.COMMANDS,
 }
 for section, commands in COMMANDS.items():
     for command in commands:

@@ -225,7 +225,7 @@ def test_help_groups_commands_by_what_a_user_does_and_cuts_no_summary():
             listed.setdefault(heading, []).append(line.split()[0])
     assert listed["See"] == ["render", "probe"] and listed["Prove"] == ["compare", "lab"]
     assert listed["Measure"] == ["bench"] and listed["Try"] == ["demo"]
-    assert listed["Run on a node"] == ["up", "pod", "status", "metrics", "follow", "down"]
+    assert listed["Run on a node"] == ["up", "pod", "status", "metrics", "follow", "down", "cni"]
     flat = " ".join(text.split())
     for name, command in main.commands.items():
         first = " ".join(command.help.split("\n\n")[0].split())
