@@ -148,10 +148,13 @@ class CniNode:
         left += [f"pins of {c}" for _, c, _ in pods if (self.bpffs / "accel" / "pods" / c).exists()]
         entries = {m["name"]: m["entries"] for m in status.get("maps", [])}
         left += [f"{name} entries" for name in ("pods", "counters", "sources") if entries.get(name)]
+        links = json.loads(process.run(["bpftool", "link", "show", "--json"], check=True).stdout or "[]")
+        netns_links = {link.get("netns_ino") for link in links if link.get("type") == "netns"}
         for netns, container, _ in pods:
             if Path(netns).exists():  # a container's namespace goes with it
                 rules = process.run(["nft", "list", "ruleset"], netns=netns, check=True).stdout
                 left += [f"rules of {container}"] if "istio" in rules else []
+                left += [f"sk_lookup link of {container}"] if os.stat(netns).st_ino in netns_links else []
         return left
 
     def runtime_cgroup(self) -> Cgroup:
