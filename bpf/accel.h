@@ -40,6 +40,7 @@
  * exists, then moves into that socket's storage. */
 #define ACCEL_MAX_HANDOFFS 65536
 #define ACCEL_MAX_LOST 4096        /* handoffs that could not be recorded, remembered for ENOENT */
+#define ACCEL_MAX_SHORTCUTS 65536  /* sockets of short-circuited app <-> proxy hops, node-wide */
 
 #define SO_ORIGINAL_DST 80         /* also IP6T_SO_ORIGINAL_DST */
 #define ACCEL_PAGE_SIZE 4096
@@ -63,6 +64,7 @@
 #define ACCEL_HAS_OUT_INCLUDE       (1 << 13)  /* included CIDRs, either family */
 #define ACCEL_HAS_GROUPS_EXCLUDE    (1 << 14)
 #define ACCEL_HAS_IN_PORTS_EXCLUDE  (1 << 15)
+#define ACCEL_SHORTCUT              (1 << 16)  /* app <-> proxy hops short-circuited (shortcut.c) */
 
 struct accel_pod {
 	__u64 config;        /* this configuration's id: the key of its list entries */
@@ -151,7 +153,8 @@ struct accel_origin {
 	__u16 port;     /* network byte order, as in a sockaddr */
 	__u8 kind;
 	__u8 role;
-	__u8 pad[4];
+	__u8 shortcut;  /* SHORTCUT_*: how a short-circuited socket's data goes (shortcut.c) */
+	__u8 pad[3];
 };
 
 /* A connection as the app's side sees it: local (app) and remote (proxy) address and port. */
@@ -162,6 +165,19 @@ struct accel_tuple {
 	__u16 local_port;   /* host byte order */
 	__u16 remote_port;
 	__u32 pad;
+};
+
+/* A short-circuited socket: how its data goes, decided by its first message and then kept.
+ * Mixing the two ways would let the peer read later data (put straight into its queue) before
+ * earlier data (still in its TCP receive queue, which it reads second). */
+#define SHORTCUT_UNDECIDED 0
+#define SHORTCUT_DIRECT    1  /* every message straight into the peer's receive queue */
+#define SHORTCUT_TCP       2  /* the peer was not there for the first message: TCP, as without */
+
+/* What the short-circuit carried, per pod (netns cookie) and per CPU. */
+struct accel_shortcut_counters {
+	__u64 messages;  /* sendmsg calls (or parts of them) put straight into the peer's queue */
+	__u64 bytes;
 };
 
 /* The proxy's inbound listener of a pod, by address family. */
@@ -199,6 +215,14 @@ BPF_SK_STORAGE(socket_origins, struct accel_origin);
  * in `lost` so that the proxy hears ENOENT rather than a made-up destination). */
 BPF_HASH(handoffs, struct accel_tuple, struct accel_origin, ACCEL_MAX_HANDOFFS);
 BPF_TABLE("lru_hash", struct accel_tuple, __u8, lost, ACCEL_MAX_LOST);
+/* Both ends of each short-circuited app <-> proxy hop, by the 4-tuple each end sees (netns,
+ * local, remote): an end finds its peer under the tuple reversed. sk_msg (shortcut.c) is attached
+ * to this map, so it runs for these sockets and no others. A socket leaves the map when it closes. */
+BPF_SOCKHASH(shortcuts, struct accel_tuple, ACCEL_MAX_SHORTCUTS);
+/* The SHORTCUT_* state of a short-circuited socket that has no record of its own (the inbound
+ * delivery's two ends); the outbound hop's keep it in their record, which they have anyway. */
+BPF_SK_STORAGE(shortcut_states, __u8);
+BPF_PERCPU_HASH(shortcut_counters, __u64, struct accel_shortcut_counters, ACCEL_MAX_PODS);
 /* The proxy's inbound listeners. Declared by hand: bcc's BPF_SOCKHASH has sock_hash_update()
  * (sockops needs it) but no lookup() (sk_lookup needs it); this is bcc's generic table layout
  * with the one extra method, and bcc rewrites both. */
@@ -297,6 +321,35 @@ static __always_inline void loopback_of(__u8 *out, int v4)
 	} else {
 		__builtin_memset(out, 0, 16);
 		out[15] = 1;
+	}
+}
+
+/* The connection's 4-tuple as the app's side sees it; `passive`: skops is the proxy's side. */
+static __always_inline void app_tuple(struct bpf_sock_ops *skops, __u64 netns, int passive, struct accel_tuple *t)
+{
+	__u8 local[16], remote[16];
+
+	if (skops->family == AF_INET) {
+		map_v4(local, skops->local_ip4);
+		map_v4(remote, skops->remote_ip4);
+	} else {
+		LOAD_IP6(local, skops->local_ip6);
+		LOAD_IP6(remote, skops->remote_ip6);
+	}
+	__u16 local_port = skops->local_port;
+	__u16 remote_port = bpf_ntohl(skops->remote_port);
+
+	t->netns = netns;
+	if (passive) {
+		__builtin_memcpy(t->local, remote, 16);
+		__builtin_memcpy(t->remote, local, 16);
+		t->local_port = remote_port;
+		t->remote_port = local_port;
+	} else {
+		__builtin_memcpy(t->local, local, 16);
+		__builtin_memcpy(t->remote, remote, 16);
+		t->local_port = local_port;
+		t->remote_port = remote_port;
 	}
 }
 

@@ -77,6 +77,7 @@ static __always_inline struct accel_origin *record_origin(struct bpf_sock *sk, _
 	origin->port = bpf_htons(port);
 	origin->kind = kind;
 	origin->role = ROLE_APP;
+	origin->shortcut = SHORTCUT_UNDECIDED;
 	return origin;
 }
 

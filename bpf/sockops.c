@@ -15,36 +15,9 @@
  *                        record.
  * TCP_LISTEN_CB          a socket of the proxy's uids/gids listens on the inbound capture port:
  *                        it is the listener sk_lookup steers inbound connections to.
+ * ACTIVE_ESTABLISHED_CB  and PASSIVE_ESTABLISHED_CB: the ends of an app <-> proxy hop join the
+ *                        short-circuit (shortcut.c), in a pod that has it.
  */
-
-/* The connection's 4-tuple as the app's side sees it; `passive`: skops is the proxy's side. */
-static __always_inline void app_tuple(struct bpf_sock_ops *skops, __u64 netns, int passive, struct accel_tuple *t)
-{
-	__u8 local[16], remote[16];
-
-	if (skops->family == AF_INET) {
-		map_v4(local, skops->local_ip4);
-		map_v4(remote, skops->remote_ip4);
-	} else {
-		LOAD_IP6(local, skops->local_ip6);
-		LOAD_IP6(remote, skops->remote_ip6);
-	}
-	__u16 local_port = skops->local_port;
-	__u16 remote_port = bpf_ntohl(skops->remote_port);
-
-	t->netns = netns;
-	if (passive) {
-		__builtin_memcpy(t->local, remote, 16);
-		__builtin_memcpy(t->remote, local, 16);
-		t->local_port = remote_port;
-		t->remote_port = local_port;
-	} else {
-		__builtin_memcpy(t->local, local, 16);
-		__builtin_memcpy(t->remote, remote, 16);
-		t->local_port = local_port;
-		t->remote_port = remote_port;
-	}
-}
 
 static __always_inline int is_proxy(const struct accel_pod *pod, __u32 uid, __u32 gid)
 {
@@ -58,7 +31,7 @@ static __always_inline int is_proxy(const struct accel_pod *pod, __u32 uid, __u3
 	return 0;
 }
 
-static __always_inline void on_connect(struct bpf_sock_ops *skops, __u64 netns)
+static __always_inline void on_connect(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
 	struct accel_tuple t = {};
@@ -69,7 +42,9 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops, __u64 netns)
 	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, 0);
 
 	if (!origin || origin->role != ROLE_APP)
-		return;
+		return;  /* not redirected: nothing to hand over (the netns cookie is not even needed) */
+	__u64 netns = bpf_get_netns_cookie(skops);
+
 	app_tuple(skops, netns, 0, &t);
 	if (handoffs.update(&t, origin) != 0) {
 		COUNT(netns, handoff_failed);
@@ -89,8 +64,10 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops, _
 		return;
 	__u16 port = skops->local_port;
 
-	if (port != pod->proxy_port && port != pod->inbound_port && port != pod->dns_port)
+	if (!is_proxy_port(pod, port)) {
+		shortcut_join(skops, netns, pod, NULL, 1);  /* perhaps the app's side of an inbound delivery */
 		return;
+	}
 	app_tuple(skops, netns, 1, &t);
 	struct accel_origin *record = handoffs.lookup(&t);
 	struct accel_origin moved = {};
@@ -113,6 +90,7 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops, _
 	}
 	*origin = moved;
 	origin->role = ROLE_PROXY;
+	shortcut_join(skops, netns, pod, origin, 1);
 }
 
 static __always_inline void on_listen(struct bpf_sock_ops *skops, __u64 netns)
@@ -134,35 +112,68 @@ static __always_inline void on_listen(struct bpf_sock_ops *skops, __u64 netns)
 	listeners.sock_hash_update(skops, &key, BPF_ANY);
 }
 
+/* The connecting socket is bound to 127.0.0.6 (::6): the proxy's inbound delivery to its app. */
+static __always_inline int from_passthrough(struct bpf_sock_ops *skops)
+{
+	__u8 local[16];
+
+	if (skops->family == AF_INET)
+		return CTX_U32(skops->local_ip4) == bpf_htonl(0x7f000006);
+	LOAD_IP6(local, skops->local_ip6);
+	return is_passthrough(local);
+}
+
+/* The connecting side is established: an app's redirected socket, or the proxy's inbound
+ * delivery, may join the short-circuit. Cheap tests first: most sockets are neither. */
+static __always_inline void on_active_established(struct bpf_sock_ops *skops)
+{
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return;
+	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, 0);
+
+	if (origin ? origin->role != ROLE_APP : !from_passthrough(skops))
+		return;
+	__u64 netns = bpf_get_netns_cookie(skops);
+	struct accel_pod *pod = pod_of(netns);
+
+	if (pod)
+		shortcut_join(skops, netns, pod, origin, 0);
+}
+
 int sockops(struct bpf_sock_ops *skops)
 {
 	__u32 op = skops->op;
 
-	/* Most callbacks (RTT, window, ECN, active established...) are not ours: leave at once. */
-	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
-	    op != BPF_SOCK_OPS_STATE_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB)
-		return 1;
-	if (skops->family != AF_INET && skops->family != AF_INET6)
-		return 1;
-	__u64 netns = bpf_get_netns_cookie(skops);
-
-	switch (op) {
-	case BPF_SOCK_OPS_TCP_CONNECT_CB:
-		on_connect(skops, netns);
-		break;
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		on_passive_established(skops, netns);
-		break;
-	case BPF_SOCK_OPS_STATE_CB:
+	/* Most callbacks (RTT, window, ECN...) are not ours, and of the state changes only the
+	 * close is: leave at once, before anything costs. */
+	if (op == BPF_SOCK_OPS_STATE_CB) {
 		if (skops->args[1] == BPF_TCP_CLOSE) {
 			struct accel_tuple t = {};
 
-			app_tuple(skops, netns, 0, &t);
+			app_tuple(skops, bpf_get_netns_cookie(skops), 0, &t);
 			handoffs.delete(&t);  /* usually gone already: moved to the proxy's side */
 		}
+		return 1;
+	}
+	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_TCP_LISTEN_CB)
+		return 1;
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return 1;
+	switch (op) {
+	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		on_connect(skops);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_active_established(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_passive_established(skops, bpf_get_netns_cookie(skops));
 		break;
 	case BPF_SOCK_OPS_TCP_LISTEN_CB:
-		on_listen(skops, netns);
+		on_listen(skops, bpf_get_netns_cookie(skops));
 		break;
 	}
 	return 1;

@@ -7,12 +7,14 @@ from .nftables import NftablesBackend
 from .none import NoneBackend
 from .runner import Runner
 
-BACKEND_NAMES = ("iptables", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "none")
+BACKEND_NAMES = ("iptables", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "ebpf+sockmap",
+                 "none")
 
 
 def get_backend(name: str) -> Backend:
     """A fresh backend by name: iptables (variant chosen as istio-iptables does), iptables-nft,
-    iptables-legacy, nftables, nftables-sets (CIDR and port lists in sets), ebpf, none."""
+    iptables-legacy, nftables, nftables-sets (CIDR and port lists in sets), ebpf, ebpf+sockmap (its
+    app <-> proxy hops short-circuited), none."""
     if name == "iptables":
         return IptablesBackend()
     if name.startswith("iptables-") and name[len("iptables-"):] in ("nft", "legacy"):
@@ -23,6 +25,8 @@ def get_backend(name: str) -> Backend:
         return NftablesBackend(sets=True)
     if name == "ebpf":
         return EbpfBackend()
+    if name == "ebpf+sockmap":
+        return EbpfBackend(shortcut=True)
     if name == "none":
         return NoneBackend()
     raise KeyError(name)

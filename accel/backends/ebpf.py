@@ -15,10 +15,10 @@ from .base import Backend, BackendError, Target
 
 
 class EbpfBackend(Backend):
-    name = "ebpf"
-
-    def __init__(self, cgroup: Cgroup | None = None):
+    def __init__(self, cgroup: Cgroup | None = None, shortcut: bool = False):
         self.cgroup = cgroup  # where to attach; else each target's node_cgroup
+        self.shortcut = shortcut  # short-circuit each pod's app <-> proxy hops (bpf/shortcut.c)
+        self.name = "ebpf+sockmap" if shortcut else "ebpf"
         self._datapaths: dict[str, object] = {}  # cgroup path -> Datapath
         self._pods: dict[str, object] = {}  # netns -> the Datapath meshing it
 
@@ -30,7 +30,8 @@ class EbpfBackend(Backend):
 
     def describe(self, target: Target) -> str:
         return (f"socket hooks at cgroup {self._cgroup_for(target).path.name} (connect, sendmsg, recvmsg, "
-                "getsockopt, getpeername, sockops) and sk_lookup in the pod's namespace; no NAT, no conntrack")
+                "getsockopt, getpeername, sockops) and sk_lookup in the pod's namespace; no NAT, no conntrack"
+                + ("; app <-> proxy data short-circuited (sk_msg)" if self.shortcut else ""))
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
         """Capture the pod as `spec` says; if it is captured already, switch it to `spec` in one
@@ -40,7 +41,7 @@ class EbpfBackend(Backend):
         except UnsupportedSpec as error:
             raise BackendError(f"{self.name}: cannot capture this spec exactly: {error}; "
                                "the nftables backend can") from None
-        missing = probe.missing()
+        missing = probe.missing(short_circuit=self.shortcut)
         if missing:
             raise BackendError(f"{self.name}: this kernel lacks " +
                                "; ".join(f"{f.name} ({f.detail})" for f in missing))
@@ -48,7 +49,7 @@ class EbpfBackend(Backend):
 
         if target.netns in self._pods:
             try:
-                self._pods[target.netns].update_pod(target.netns, spec)
+                self._pods[target.netns].update_pod(target.netns, spec, shortcut=self.shortcut)
             except (DatapathError, UnsupportedSpec, OSError) as error:
                 raise BackendError(f"{self.name}: {error}") from error
             return
@@ -57,7 +58,7 @@ class EbpfBackend(Backend):
         try:
             if datapath is None:
                 datapath = self._datapaths[str(cgroup.path)] = Datapath.attach(cgroup)
-            datapath.add_pod(target.netns, spec)
+            datapath.add_pod(target.netns, spec, shortcut=self.shortcut)
         except (DatapathError, UnsupportedSpec, OSError) as error:
             self._release_if_idle(datapath)
             raise BackendError(f"{self.name}: {error}") from error
@@ -83,6 +84,18 @@ class EbpfBackend(Backend):
         datapath = self._pods.get(target.netns)
         return datapath is None or datapath.synced(target.netns)
 
+    def program_ids(self, target: Target) -> dict[int, str]:
+        """The programs that run for the pod, by kernel id: the shared ones and its sk_lookup copy
+        (for run-time statistics)."""
+        from ..ebpf import libbpf
+
+        datapath = self._pods[target.netns]
+        ids = {libbpf.prog_info(fd).id: name for name, fd in datapath.compiled.programs.items()}
+        link = datapath.pods[target.netns].sk_lookup_link
+        if link is not None:
+            ids[libbpf.link_info(link).prog_id] = "inbound"
+        return ids
+
     def status(self, target: Target) -> dict:
         datapath = self._pods.get(target.netns)
         if datapath is None:
@@ -92,6 +105,7 @@ class EbpfBackend(Backend):
                 "links": sorted(datapath.links), "sk_lookup": handle.sk_lookup_link is not None,
                 "inbound_listeners": sorted({2: "ipv4", 10: "ipv6"}[f] for f in handle.listeners),
                 "handoffs_in_flight": datapath.handoffs_in_flight(),
+                "shortcut": handle.shortcut, "shortcut_sockets": datapath.shortcut_sockets(),
                 "counters": datapath.counters(target.netns),
                 "prefix_entries": datapath.prefix_entries(target.netns),
                 "programs_from": datapath.compiled.objects.origin,

@@ -4,7 +4,6 @@ loaded once at node startup, outliving every accel process."""
 from __future__ import annotations
 
 import functools
-import signal
 import sys
 from pathlib import Path
 from typing import Callable
@@ -152,12 +151,13 @@ def status(paths, as_json):
                              "-" if item["fill"] is None else f"{item['fill']:.1%}")
             console.print(maps)
         pods = Table(title=f"pods ({len(document['pods'])})", title_justify="left")
-        for column in ("id", "netns", "phase", "spec", "outbound", "inbound", "dns"):
+        for column in ("id", "netns", "phase", "spec", "outbound", "inbound", "dns", "short-circuited"):
             pods.add_column(column)
         for pod in document["pods"]:
             counters = pod.get("counters") or {}
+            carried = (f"{counters.get('shortcut_bytes', 0) / 1e6:,.1f} MB" if pod.get("sockmap") else "off")
             pods.add_row(pod["id"], pod["netns"], pod["phase"], pod["spec_summary"],
-                         *(str(counters.get(k, "-")) for k in ("outbound", "inbound", "dns")))
+                         *(str(counters.get(k, "-")) for k in ("outbound", "inbound", "dns")), carried)
         console.print(pods)
     for problem in problems:
         click.echo(f"accel: problem: {problem}", err=True)
@@ -172,8 +172,8 @@ def pod():
 POD_ADD_EPILOG = (
     "\b\nThe spec is given exactly as for render: istio-iptables arguments after --, or\n"
     "  --istio-config, or --annotations. The pod is captured from the moment this returns,\n"
-    "  including processes and sockets it has already. The same id with the same namespace and\n"
-    "  spec changes nothing; with another spec, the capture is switched in one step.\n"
+    "  including processes and sockets it has already. The same id with the same namespace, spec\n"
+    "  and --sockmap changes nothing; with another, the capture is switched in one step.\n"
     "\b\nExit status: 0 captured; 1 it could not (accel not up, the namespace gone, ...); 2 bad input.\n"
     "\b\nExample:\n"
     "  accel pod add --netns /var/run/netns/cni-1234 --id pod-a -- -i '*' -b '*' -d 15020\n"
@@ -183,18 +183,21 @@ POD_ADD_EPILOG = (
 @pod.command("add", epilog=POD_ADD_EPILOG, context_settings={"ignore_unknown_options": True})
 @click.option("--netns", required=True, metavar="PATH|NAME", help="The pod's network namespace.")
 @click.option("--id", "pod_id", required=True, metavar="ID", help="The pod's id (e.g. a container id).")
+@click.option("--sockmap/--no-sockmap", default=False, show_default=True,
+              help="eBPF: short-circuit the pod's app <-> sidecar hops (data straight into the other end's "
+                   "receive queue; see the README's short-circuit section).")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @spec_options()
 @node_options()
 @needs_root("it changes the node's datapath")
-def pod_add(paths, netns, pod_id, as_json, spec, warnings):
+def pod_add(paths, netns, pod_id, sockmap, as_json, spec, warnings):
     """Capture a pod's traffic with the node's datapath."""
     from ..node import pods
 
     warn(warnings)
-    outcome = pods.add(paths, pod_id, netns, spec)
+    outcome = pods.add(paths, pod_id, netns, spec, shortcut=sockmap)
     if as_json:
-        print_json({"id": pod_id, "netns": netns, "outcome": outcome})
+        print_json({"id": pod_id, "netns": netns, "sockmap": sockmap, "outcome": outcome})
     else:
         click.echo(f"pod {pod_id}: {outcome}")
 

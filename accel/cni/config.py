@@ -7,6 +7,7 @@ never a default silently taken.
      "podInfo": {"source": "kubernetes", "kubeconfig": PATH, "attempts": 30, "interval": 1}
               | {"source": "dir", "path": DIR},     # where pod annotations come from
      "excludeNamespaces": ["kube-system"],
+     "sockmap": false,                              # short-circuit each pod's app <-> sidecar hops
      "logFile": PATH}
 
 "capture" is the node's spec in Istio's config JSON; the fields it does not name keep the stock
@@ -32,7 +33,7 @@ from ..spec import CaptureSpec, SpecError
 # Keys the runtime puts into every plugin's object (CNI spec, "Section 1: Network configuration"
 # and the conventions): accepted, and not accel's to check.
 RUNTIME_KEYS = ("cniVersion", "name", "prevResult", "runtimeConfig", "args", "capabilities")
-KEYS = ("type", "stateDir", "capture", "podInfo", "excludeNamespaces", "logFile", "convertedFrom")
+KEYS = ("type", "stateDir", "capture", "podInfo", "excludeNamespaces", "sockmap", "logFile", "convertedFrom")
 POD_INFO_KEYS = {"kubernetes": ("source", "kubeconfig", "attempts", "interval"), "dir": ("source", "path")}
 
 
@@ -66,6 +67,7 @@ class PluginConfig:
     capture: CaptureSpec | None = None
     pod_info: KubernetesSource | DirectorySource | None = None
     exclude_namespaces: tuple[str, ...] = c.CNI_EXCLUDED_NAMESPACES_DEFAULT
+    sockmap: bool = False  # the eBPF short-circuit for every pod it captures (accel pod add --sockmap)
     log_file: Path | None = None
     converted_from: str | None = None  # set by `accel cni install` when it made a .conf into a list
     warnings: tuple[str, ...] = ()
@@ -117,6 +119,10 @@ def parse(document: object) -> PluginConfig:
         values["exclude_namespaces"] = tuple(names)
     if "podInfo" in document:
         values["pod_info"] = _pod_info(document["podInfo"])
+    if "sockmap" in document:
+        if not isinstance(document["sockmap"], bool):
+            raise ConfigError("sockmap", f"expected true or false (got {document['sockmap']!r})")
+        values["sockmap"] = document["sockmap"]
     return PluginConfig(**values)
 
 

@@ -138,7 +138,8 @@ def _add(call: Call, config, document: Mapping) -> dict:
         return _passed_through(previous, call.version)
     from ..node import pods
 
-    outcome = _node_call(lambda paths: pods.add(paths, container, netns, decision.spec, name=decision.pod), config)
+    outcome = _node_call(lambda paths: pods.add(paths, container, netns, decision.spec, name=decision.pod,
+                                                shortcut=config.sockmap), config)
     call.log("info", f"captured: {outcome}", pod=decision.pod, netns=netns, warnings=list(decision.warnings))
     return _passed_through(previous, call.version)
 
@@ -162,7 +163,7 @@ def _check(call: Call, config, document: Mapping) -> None:
         return None
     from ..node import pods
 
-    problems = _node_call(lambda paths: pods.verify(paths, container, netns, decision.spec), config)
+    problems = _node_call(lambda paths: pods.verify(paths, container, netns, decision.spec, config.sockmap), config)
     if problems:
         raise CniError(NOT_IN_PLACE, "; ".join(problems))
     return None

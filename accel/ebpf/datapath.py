@@ -23,17 +23,18 @@ from .. import userns
 from ..cgroup import Cgroup
 from ..process import in_netns
 from ..spec import CaptureSpec
-from . import btf, libbpf, objects
+from . import btf, libbpf, objects, probe
 from .follow import Follower, NamespaceFacts
-from .programs import CGROUP_PROGRAMS, PROGRAMS, SK_LOOKUP
+from .programs import CGROUP_PROGRAMS, PROGRAMS, SHORTCUT, SK_LOOKUP
 from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
-                   Counters, GroupKey, ListenerKey, Pod, Sources, NamespaceEntries, PodEntries, PortKey, PrefixKey, Tuple,
-                   namespace_entries, new_config_id, pod_entries)
+                   SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
+                   NamespaceEntries, PodEntries, PortKey, PrefixKey, ShortcutCounters, Tuple, namespace_entries,
+                   new_config_id, pod_entries)
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 # The compilation unit, in order: the map readers first (bcc rewrites map access only in the
 # main source), then one file per hook family.
-SOURCES = ("lookups.c", "connect.c", "sockops.c", "sockopt.c", "peername.c", "inbound.c", "dns.c")
+SOURCES = ("lookups.c", "connect.c", "shortcut.c", "sockops.c", "sockopt.c", "peername.c", "inbound.c", "dns.c")
 PROGRAM_TYPES = {p.name: (p.prog_type, p.attach_type) for p in PROGRAMS}
 CFLAGS = ("-Wno-unused-function",)
 SO_NETNS_COOKIE = 71
@@ -60,7 +61,7 @@ class Compiled:
         self.objects = loaded
         try:
             self.programs = loaded.programs
-            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "listeners")}
+            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "listeners", "shortcuts")}
             self._check_mirrors()
         except BaseException:
             loaded.close()
@@ -89,6 +90,12 @@ class Compiled:
     def close(self) -> None:
         self.objects.close()
 
+    def attach_shortcut(self) -> int:
+        """A link from the short-circuit's sk_msg program to the map of short-circuited sockets
+        (once per load: a map takes one program). Pods without the short-circuit never put a
+        socket into that map, so for them it never runs."""
+        return libbpf.link_create(self.programs[SHORTCUT.name], self.maps["shortcuts"], SHORTCUT.attach_type)
+
     def _check_mirrors(self):
         """accel/ebpf/maps.py mirrors bpf/accel.h: refuse to run if they drifted apart, member by
         member, as the compiler laid the structs out (the object's BTF)."""
@@ -115,11 +122,20 @@ class _Shared:
     compiled: Compiled | None = None
     users = 0
 
+    shortcut_link: int | None = None
+
     @classmethod
     def acquire(cls) -> Compiled:
         with cls.lock:
             if cls.compiled is None:
-                cls.compiled = Compiled.load()
+                compiled = Compiled.load()
+                try:
+                    if not probe.short_circuit_missing():  # else pods that ask for it are refused
+                        cls.shortcut_link = compiled.attach_shortcut()
+                except BaseException:
+                    compiled.close()
+                    raise
+                cls.compiled = compiled
             cls.users += 1
             return cls.compiled
 
@@ -128,6 +144,9 @@ class _Shared:
         with cls.lock:
             cls.users -= 1
             if cls.users == 0 and cls.compiled is not None:
+                if cls.shortcut_link is not None:  # short-circuited sockets keep the program until they close
+                    os.close(cls.shortcut_link)
+                    cls.shortcut_link = None
                 cls.compiled.close()
                 cls.compiled = None
 
@@ -146,6 +165,7 @@ class PodHandle:
     pin: Path | None = None  # where its sk_lookup link is pinned, on a node
     listeners: list[int] = field(default_factory=list)  # address families registered
     pod: object | None = None  # its entry in `pods` (a maps.Pod), once written
+    shortcut: bool = False  # its app <-> proxy hops are short-circuited
 
 
 class Datapath:
@@ -185,25 +205,28 @@ class Datapath:
     # -- pods -------------------------------------------------------------------------------
 
     def add_pod(self, netns: str, spec: CaptureSpec, *, follow: bool = True, pin: Path | None = None,
-                config: int | None = None) -> PodHandle:
+                config: int | None = None, shortcut: bool = False) -> PodHandle:
         """Mesh the pod in network namespace `netns` (a name in /run/netns or a path). Everything
         is written before the pod's entry in `pods`, whose write makes it meshed in one step; the
         sk_lookup link passes everything until then. Undone entirely if a step fails. `follow`:
         keep its local routes and addresses in step from a thread of this process; `pin`: pin
         its sk_lookup link there (a node's pod outlives this process); `config`: the id of its
-        lists (a node records it before writing them, to find them again if this process dies)."""
+        lists (a node records it before writing them, to find them again if this process dies);
+        `shortcut`: short-circuit its app <-> proxy hops (bpf/shortcut.c)."""
         if netns in self.pods:
             raise DatapathError(f"{netns} is already meshed by this datapath")
         cookie = netns_cookie(netns)
-        entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns))
+        entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns), shortcut)
         follower = Follower(netns, lambda facts: self._follow(netns, facts))
-        handle = PodHandle(netns, cookie, entries.config, pin=pin)
+        handle = PodHandle(netns, cookie, entries.config, pin=pin, shortcut=shortcut)
         handle.namespace = namespace_entries(cookie, list(follower.facts.local), list(follower.facts.sources))
         self.pods[netns] = handle
         maps = self.compiled.maps
         try:
             self.write_namespace(None, handle.namespace)
             libbpf.map_update(maps["counters"], ctypes.c_uint64(cookie), (Counters * libbpf.possible_cpus())())
+            libbpf.map_update(maps["shortcut_counters"], ctypes.c_uint64(cookie),
+                              (ShortcutCounters * libbpf.possible_cpus())())
             self.write_spec(entries)
             handle.sk_lookup_link = self._attach_sk_lookup(netns, cookie)
             if pin is not None:
@@ -229,20 +252,25 @@ class Datapath:
         handle = self.pods[netns] = PodHandle(netns, cookie, config, pin=pin)
         pod = libbpf.map_lookup(self.compiled.maps["pods"], ctypes.c_uint64(cookie), Pod)
         handle.pod = pod if pod is not None and pod.config == config else None
+        handle.shortcut = bool(handle.pod is not None and handle.pod.flags & SHORTCUT_FLAG)
         return handle
 
-    def update_pod(self, netns: str, spec: CaptureSpec, config: int | None = None) -> None:
-        """Change a meshed pod's spec in one step: the new configuration's lists are written beside
-        the old ones, then one update of the pod's entry switches every program to them."""
+    def update_pod(self, netns: str, spec: CaptureSpec, config: int | None = None,
+                   shortcut: bool | None = None) -> None:
+        """Change a meshed pod's spec (and short-circuit, if given) in one step: the new
+        configuration's lists are written beside the old ones, then one update of the pod's entry
+        switches every program to them. Turning the short-circuit off leaves the hops already in
+        it as they are until they close (taking a socket out would lose what its queue holds)."""
         handle = self.pods[netns]
-        entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns))
+        shortcut = handle.shortcut if shortcut is None else shortcut
+        entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns), shortcut)
         try:
             self.write_spec(entries)
             self.write_pod(handle.cookie, entries.pod)
         except BaseException:
             self._delete_config(entries.config)
             raise
-        old, handle.config, handle.pod = handle.config, entries.config, entries.pod
+        old, handle.config, handle.pod, handle.shortcut = handle.config, entries.config, entries.pod, shortcut
         self._delete_config(old)
         handle.listeners = self.register_listeners(netns)
 
@@ -267,6 +295,7 @@ class Datapath:
         with self._lock:
             self._delete_namespace(handle.cookie)
         libbpf.map_delete(maps["counters"], ctypes.c_uint64(handle.cookie))
+        libbpf.map_delete(maps["shortcut_counters"], ctypes.c_uint64(handle.cookie))
 
     def write_spec(self, entries: PodEntries) -> None:
         maps, present = self.compiled.maps, ctypes.c_uint8(1)
@@ -377,7 +406,12 @@ class Datapath:
 
     def counters(self, netns: str) -> dict[str, int]:
         """The pod's counters, summed over the CPUs."""
-        return read_counters(self.compiled.maps["counters"], self.pods[netns].cookie)
+        return read_counters(self.compiled.maps["counters"], self.pods[netns].cookie,
+                             self.compiled.maps["shortcut_counters"])
+
+    def shortcut_sockets(self) -> int:
+        """Sockets in the short-circuit now, node-wide (both ends of each hop)."""
+        return len(libbpf.map_keys(self.compiled.maps["shortcuts"], Tuple))
 
     def prefix_entries(self, netns: str) -> int:
         """The pod's spec entries in the prefix trie, counted in the kernel's map."""
@@ -405,10 +439,17 @@ def attach_links(compiled: Compiled, cgroup: Path) -> dict[str, int]:
     return links
 
 
-def read_counters(counters_map: int, cookie: int) -> dict[str, int]:
-    """A pod's counters, summed over the CPUs (zeros if it has none)."""
-    per_cpu = libbpf.map_lookup(counters_map, ctypes.c_uint64(cookie), Counters * libbpf.possible_cpus())
-    return {name: sum(getattr(cpu, name) for cpu in per_cpu) if per_cpu else 0 for name in COUNTERS}
+def read_counters(counters_map: int, cookie: int, shortcut_map: int | None = None) -> dict[str, int]:
+    """A pod's counters, summed over the CPUs (zeros if it has none); with `shortcut_map`, also
+    what the short-circuit carried (shortcut_messages, shortcut_bytes)."""
+    cpus = libbpf.possible_cpus()
+    per_cpu = libbpf.map_lookup(counters_map, ctypes.c_uint64(cookie), Counters * cpus)
+    counted = {name: sum(getattr(cpu, name) for cpu in per_cpu) if per_cpu else 0 for name in COUNTERS}
+    if shortcut_map is not None:
+        carried = libbpf.map_lookup(shortcut_map, ctypes.c_uint64(cookie), ShortcutCounters * cpus)
+        counted.update({f"shortcut_{name}": sum(getattr(cpu, name) for cpu in carried) if carried else 0
+                        for name in SHORTCUT_COUNTERS})
+    return counted
 
 
 # -- facts about a pod's namespace, read from inside it ---------------------------------------

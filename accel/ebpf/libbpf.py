@@ -26,6 +26,7 @@ MAP_SK_STORAGE = 24
 FUNC_GET_CURRENT_UID_GID = 15
 FUNC_SK_STORAGE_GET, FUNC_SK_STORAGE_DELETE = 107, 108
 FUNC_GET_NETNS_COOKIE = 122
+FUNC_MSG_REDIRECT_HASH = 71
 FUNC_SK_ASSIGN = 124
 FUNC_SET_RETVAL = 187
 BPF_ANY = 0
@@ -260,6 +261,19 @@ class ProgInfo(ctypes.Structure):  # the head of struct bpf_prog_info
                 ("nr_map_ids", ctypes.c_uint32), ("map_ids", ctypes.c_uint64), ("name", ctypes.c_char * 16)]
 
 
+class ProgStats(ctypes.Structure):  # struct bpf_prog_info up to its run-time statistics
+    _fields_ = [*ProgInfo._fields_, ("ifindex", ctypes.c_uint32), ("gpl_compatible", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64), ("nr_jited_ksyms", ctypes.c_uint32),
+                ("nr_jited_func_lens", ctypes.c_uint32), ("jited_ksyms", ctypes.c_uint64),
+                ("jited_func_lens", ctypes.c_uint64), ("btf_id", ctypes.c_uint32),
+                ("func_info_rec_size", ctypes.c_uint32), ("func_info", ctypes.c_uint64),
+                ("nr_func_info", ctypes.c_uint32), ("nr_line_info", ctypes.c_uint32), ("line_info", ctypes.c_uint64),
+                ("jited_line_info", ctypes.c_uint64), ("nr_jited_line_info", ctypes.c_uint32),
+                ("line_info_rec_size", ctypes.c_uint32), ("jited_line_info_rec_size", ctypes.c_uint32),
+                ("nr_prog_tags", ctypes.c_uint32), ("prog_tags", ctypes.c_uint64), ("run_time_ns", ctypes.c_uint64),
+                ("run_cnt", ctypes.c_uint64)]
+
+
 class LinkInfo(ctypes.Structure):  # the head of struct bpf_link_info, with its cgroup/netns union
     _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32), ("prog_id", ctypes.c_uint32),
                 ("pad", ctypes.c_uint32), ("target_id", ctypes.c_uint64), ("attach_type", ctypes.c_uint32),
@@ -277,6 +291,28 @@ def link_info(link_fd: int) -> LinkInfo:
     info = LinkInfo()
     _info(link_fd, info)
     return info
+
+
+def prog_stats(prog_id: int) -> tuple[int, int]:
+    """(run time in ns, runs) of a program by id, counted while statistics are enabled."""
+    fd = prog_get_fd_by_id(prog_id)
+    try:
+        info = ProgStats()
+        _info(fd, info)
+        return info.run_time_ns, info.run_cnt
+    finally:
+        os.close(fd)
+
+
+_lib.bpf_enable_stats.argtypes = [ctypes.c_int]
+_lib.bpf_enable_stats.restype = ctypes.c_int
+STATS_RUN_TIME = 0
+
+
+def enable_stats() -> int:
+    """BPF_ENABLE_STATS: every program's run time is counted while the returned fd is open (and
+    only then: closing it turns the counting off, unlike the kernel.bpf_stats_enabled sysctl)."""
+    return _check(_lib.bpf_enable_stats(STATS_RUN_TIME), "bpf_enable_stats")
 
 
 _lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import constants
 from ..spec import WILDCARD, CaptureSpec
-from ..userns import UNMAPPED_ID, IdMap
+from ..userns import IdMap
 
 MAX_IDS = 8
 
@@ -40,6 +40,7 @@ HAS_OUT_EXCLUDE = 1 << 12
 HAS_OUT_INCLUDE = 1 << 13
 HAS_GROUPS_EXCLUDE = 1 << 14
 HAS_IN_PORTS_EXCLUDE = 1 << 15
+SHORTCUT = 1 << 16
 
 PORT_OUT_EXCLUDE, PORT_OUT_INCLUDE, PORT_IN_EXCLUDE, PORT_IN_INCLUDE = 1, 2, 3, 4
 GROUP_INCLUDE, GROUP_EXCLUDE = 1, 2
@@ -85,7 +86,7 @@ class Sources(ctypes.Structure):
 
 class Origin(ctypes.Structure):
     _fields_ = [("addr", U8x16), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint8), ("role", ctypes.c_uint8),
-                ("pad", ctypes.c_uint8 * 4)]
+                ("shortcut", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
 
 
 class Tuple(ctypes.Structure):
@@ -106,6 +107,14 @@ class Counters(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint64) for name in COUNTERS]
 
 
+# What the short-circuit carried per pod and per CPU (accel_shortcut_counters).
+SHORTCUT_COUNTERS = ("messages", "bytes")
+
+
+class ShortcutCounters(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in SHORTCUT_COUNTERS]
+
+
 # map name -> (key type, value type), checked against the compiled object's BTF. socket_origins
 # is keyed by a socket (an fd from userspace), so only its value is a mirror; the per-CPU
 # `counters` hold one value per CPU.
@@ -116,6 +125,8 @@ MIRRORS = {
     "prefixes": (PrefixKey, ctypes.c_uint8),
     "sources": (ctypes.c_uint64, Sources),
     "counters": (ctypes.c_uint64, Counters),
+    "shortcut_counters": (ctypes.c_uint64, ShortcutCounters),
+    "shortcut_states": (ctypes.c_int, ctypes.c_uint8),
     "socket_origins": (ctypes.c_int, Origin),
     "handoffs": (Tuple, Origin),
     "lost": (Tuple, ctypes.c_uint8),
@@ -205,9 +216,10 @@ def _gid(group: str) -> int:
         raise UnsupportedSpec(f"owner group {group!r} does not exist on this node") from None
 
 
-def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap()) -> PodEntries:
+def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap(), shortcut: bool = False) -> PodEntries:
     """The map entries of a spec, under configuration id `config`, with the proxy's and the
-    owner groups' ids mapped as the pod's user namespace maps them (`ids`)."""
+    owner groups' ids mapped as the pod's user namespace maps them (`ids`); `shortcut`: its app
+    <-> proxy hops are short-circuited."""
     check_supported(spec)
     flags = 0
     flags |= IPV6 if spec.enable_ipv6 else 0
@@ -226,6 +238,7 @@ def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap()) -> PodEntr
     flags |= HAS_OUT_INCLUDE if any(spec.outbound_include(v) not in (WILDCARD, ()) for v in (4, 6)) else 0
     flags |= HAS_GROUPS_EXCLUDE if spec.owner_groups_include == WILDCARD and spec.owner_groups_exclude else 0
     flags |= HAS_IN_PORTS_EXCLUDE if spec.inbound_ports_include == WILDCARD and spec.inbound_ports_exclude else 0
+    flags |= SHORTCUT if shortcut else 0
     loopback = spec.host_ipv4_loopback_cidr.network
     pod = Pod(config=config, proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
               tunnel_port=spec.inbound_tunnel_port, dns_port=constants.DNS_PROXY_PORT, flags=flags,

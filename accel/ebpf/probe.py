@@ -2,7 +2,8 @@
 
 Each probe loads a two-instruction program with the hook's expected attach type, creates a map of
 the type (socket storage with a one-type BTF of its own), or loads a program that calls a helper
-and hears whether the verifier knows the helper for that program type. Nothing is attached.
+and hears whether the verifier knows the helper for that program type. Nothing is attached but
+the probe's own sk_msg program to the probe's own sockhash, for the instant of the check.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ BPF_F_NO_PREALLOC = 1
 PROBE = "accel_probe"  # the name bpftool would show, for the instant a probe object exists
 
 
+CAPTURE, SHORT_CIRCUIT = "capture", "short-circuit"
+
+
 @dataclass(frozen=True)
 class Feature:
     name: str
     ok: bool
     detail: str
+    needed_for: str = CAPTURE  # or SHORT_CIRCUIT: only pods that ask for it (--sockmap) need it
 
 
 def _program(prog_type: int, attach_type: int = 0) -> tuple[bool, str]:
@@ -109,8 +114,30 @@ def _pidfd_getfd() -> tuple[bool, str]:
         return False, error.strerror
 
 
+def _sockmap_link() -> tuple[bool, str]:
+    """An sk_msg program linked to a sockhash (BPF_LINK_TYPE_SOCKMAP), both the probe's own and
+    gone at once: what a node pins, and upgrades in place."""
+    try:
+        program = libbpf.prog_load(PROBE, programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT, RETURN_1,
+                                   "Dual BSD/GPL")
+    except OSError as error:
+        return False, f"sk_msg: {error.strerror}"
+    try:
+        sockhash = libbpf.map_create(PROBE, {"type": libbpf.MAP_SOCKHASH, "key_size": 16, "value_size": 4,
+                                             "max_entries": 16, "map_flags": 0})
+        try:
+            os.close(libbpf.link_create(program, sockhash, programs.ATTACH_SK_MSG_VERDICT))
+            return True, "links"
+        except OSError as error:
+            return False, f"{error.strerror} (Linux 6.10 or later)"
+        finally:
+            os.close(sockhash)
+    finally:
+        os.close(program)
+
+
 def probe() -> list[Feature]:
-    """Every kernel feature the eBPF backend needs, with whether this kernel has it."""
+    """Every kernel feature the eBPF backend needs (and its short-circuit), with whether this kernel has it."""
     sock_addr = programs.PROG_CGROUP_SOCK_ADDR
     connect = (sock_addr, programs.ATTACH_INET4_CONNECT)
     sockops = (programs.PROG_SOCK_OPS, programs.ATTACH_CGROUP_SOCK_OPS)
@@ -146,7 +173,24 @@ def probe() -> list[Feature]:
         "BTF": _btf,
         "pidfd_getfd": _pidfd_getfd,
     }
-    return [Feature(name, *check()) for name, check in checks.items()]
+    # The short-circuit's program loads with the others (the datapath is one object)...
+    sk_msg = {"sk_msg": (programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT)}
+    checks.update({
+        "sk_msg programs": lambda: _program(programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT),
+        "msg_redirect_hash, netns cookie and socket storage in sk_msg": lambda: _all(
+            _helper(sk_msg, libbpf.FUNC_MSG_REDIRECT_HASH), _helper(sk_msg, libbpf.FUNC_GET_NETNS_COOKIE),
+            _helper(sk_msg, libbpf.FUNC_SK_STORAGE_GET)),
+    })
+    return [Feature(name, *check()) for name, check in checks.items()] + short_circuit_features()
+
+
+def short_circuit_features() -> list[Feature]:
+    """...but runs only once linked to its map: what pods that ask for the short-circuit need."""
+    return [Feature("sk_msg links to a sockhash", *_sockmap_link(), SHORT_CIRCUIT)]
+
+
+def short_circuit_missing() -> list[Feature]:
+    return [feature for feature in short_circuit_features() if not feature.ok]
 
 
 def _all(*results: tuple[bool, str]) -> tuple[bool, str]:
@@ -154,5 +198,6 @@ def _all(*results: tuple[bool, str]) -> tuple[bool, str]:
     return (False, "; ".join(failed)) if failed else (True, "; ".join(dict.fromkeys(d for _, d in results)))
 
 
-def missing() -> list[Feature]:
-    return [feature for feature in probe() if not feature.ok]
+def missing(short_circuit: bool = False) -> list[Feature]:
+    """What the kernel lacks for capture (and, with `short_circuit`, for the short-circuit too)."""
+    return [f for f in probe() if not f.ok and (f.needed_for == CAPTURE or short_circuit)]

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 
 # enum bpf_prog_type
 PROG_SOCK_OPS = 13
+PROG_SK_MSG = 16
 PROG_CGROUP_SOCK_ADDR = 18
 PROG_CGROUP_SOCKOPT = 25
 PROG_SK_LOOKUP = 30
 # enum bpf_attach_type
 ATTACH_CGROUP_SOCK_OPS = 3
+ATTACH_SK_MSG_VERDICT = 7
 ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT = 10, 11
 ATTACH_UDP4_SENDMSG, ATTACH_UDP6_SENDMSG = 14, 15
 ATTACH_UDP4_RECVMSG, ATTACH_UDP6_RECVMSG = 19, 20
@@ -22,6 +24,7 @@ ATTACH_SK_LOOKUP = 36
 
 NODE_CGROUP = "node cgroup"  # attached once, at the cgroup above every pod
 POD_NETNS = "pod's netns"  # one link (and program copy) per pod
+SHORTCUTS_MAP = "shortcuts map"  # attached to the sockhash of short-circuited sockets: runs only for them
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,13 @@ PROGRAMS = (
             "proxy's inbound listener"),
     Program("inbound", "sk_lookup", PROG_SK_LOOKUP, ATTACH_SK_LOOKUP, POD_NETNS,
             "inbound TCP -> the proxy's inbound listener, no NAT (a copy per pod)"),
+    Program("shortcut", "sk_msg", PROG_SK_MSG, ATTACH_SK_MSG_VERDICT, SHORTCUTS_MAP,
+            "data between an app and its proxy straight into the other end's receive queue (pods with the "
+            "short-circuit)"),
 )
 BY_NAME = {program.name: program for program in PROGRAMS}
 CGROUP_PROGRAMS = tuple(p for p in PROGRAMS if p.attached_at == NODE_CGROUP)
 SK_LOOKUP = BY_NAME["inbound"]
+SHORTCUT = BY_NAME["shortcut"]
+# What a node pins as a link of its own: the cgroup programs and the map's program.
+LINKED_PROGRAMS = (*CGROUP_PROGRAMS, SHORTCUT)

@@ -127,6 +127,7 @@ class Lab:
         self._log_fd: int | None = None  # the agents append to it; only the lab can open the file
         self._namespaces: list[Netns] = []
         self._agents: list[subprocess.Popen] = []
+        self._agent_pod: dict[int, str] = {}  # agent PID -> the role of its pod
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -267,6 +268,7 @@ class Lab:
                               pass_fds=(self._log_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
         self._agents.append(agent)
+        self._agent_pod[agent.pid] = pod.role
         return agent
 
     def _start_agents(self):
@@ -282,19 +284,50 @@ class Lab:
             started.append(self._start(pod, "server", "--name", meshed.role, "--log-fd", log,
                                        *_flags("--tcp", plan.pod_tcp_ports), *_flags("--dns", plan.pod_dns_ports)))
             if plan.sidecar:
-                car = plan.sidecar
-                started.append(self._start(
-                    pod, "sidecar", "--log-fd", log, "--outbound", str(car.outbound_port),
-                    "--inbound", str(car.inbound_port), "--dns", str(car.dns_port), "--uid", str(car.uid),
-                    "--gid", str(car.gid), "--upstream-dns", POD_ADDRESSES["dns"][0],
-                    "--inbound-families", ",".join(map(str, meshed.inbound_families)),
-                    *(["--transparent"] if car.transparent else [])))
+                started.append(self._start(pod, *self._sidecar_args(meshed)))
         for agent in started:
-            line = agent.stdout.readline()
-            if line.strip() != "ready":
-                agent.kill()
-                raise LabError(f"lab agent {' '.join(agent.args[4:6])} did not start: "
-                               f"{agent.stderr.read().strip() or line.strip()}")
+            self._wait_ready(agent)
+
+    def _sidecar_args(self, meshed: MeshedPod) -> list[str]:
+        car = self.plan.sidecar
+        return ["sidecar", "--log-fd", str(self._log_fd), "--outbound", str(car.outbound_port),
+                "--inbound", str(car.inbound_port), "--dns", str(car.dns_port), "--uid", str(car.uid),
+                "--gid", str(car.gid), "--upstream-dns", POD_ADDRESSES["dns"][0],
+                "--inbound-families", ",".join(map(str, meshed.inbound_families)),
+                *(["--transparent"] if car.transparent else [])]
+
+    @staticmethod
+    def _wait_ready(agent: subprocess.Popen) -> None:
+        line = agent.stdout.readline()
+        if line.strip() != "ready":
+            agent.kill()
+            raise LabError(f"lab agent {' '.join(agent.args[4:6])} did not start: "
+                           f"{agent.stderr.read().strip() or line.strip()}")
+
+    def start_agent(self, role: str, *args: str) -> subprocess.Popen:
+        """Another long-running agent role in a pod (e.g. stream-server), logging events to the
+        lab's log like the others; removed with the lab."""
+        agent = self._start(self.pods[role], *args, "--log-fd", str(self._log_fd))
+        self._wait_ready(agent)
+        return agent
+
+    def sidecar(self, role: str) -> subprocess.Popen | None:
+        """The running sidecar agent of a meshed pod, if any."""
+        for agent in self._agents:
+            if agent.poll() is None and "sidecar" in agent.args and self._agent_pod.get(agent.pid) == role:
+                return agent
+        return None
+
+    def restart_sidecar(self, role: str) -> subprocess.Popen:
+        """Kill a meshed pod's sidecar (SIGKILL, as a crash) and start it again."""
+        old = self.sidecar(role)
+        if old is not None:
+            old.kill()
+            old.wait()
+        meshed = next(m for m in self.plan.meshed if m.role == role)
+        agent = self._start(self.pods[role], *self._sidecar_args(meshed))
+        self._wait_ready(agent)
+        return agent
 
     def start(self, role: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
               listens: tuple[int, ...] = (), cpus: set[int] | None = None) -> subprocess.Popen:

@@ -12,7 +12,7 @@ from importlib import metadata
 
 from ..ebpf import libbpf, probe
 from ..ebpf.datapath import read_counters
-from ..ebpf.programs import CGROUP_PROGRAMS
+from ..ebpf.programs import LINKED_PROGRAMS, SHORTCUT
 from . import pinned, pods, state as node_state
 from .paths import NodeError, NodePaths, bpffs_mounted_at, default_cgroup, mount_bpffs, unmount
 from .state import NodeState
@@ -70,7 +70,7 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
             if bpffs_mounted_at(paths.bpffs) is None:
                 mount_bpffs(paths.bpffs)
                 mounted = True
-            loaded = pinned.up(paths, current)
+            loaded = pinned.up(paths, current, shortcut=not probe.short_circuit_missing())
             report.update(action=loaded.action, programs=loaded.programs, links=loaded.links, kept=loaded.kept,
                           migrated=loaded.migrated, swapped=loaded.swapped)
             datapath = {"programs": loaded.programs, "links": loaded.links}
@@ -117,10 +117,15 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
     problems: list[str] = []
     document = {"up": True, "backend": current.backend, "why": current.why, "version": current.version,
                 "up_at": current.up_at, "cgroup": current.cgroup, "state": str(paths.state)}
-    counters_map = None
+    counters_map = shortcut_map = None
     if current.backend == "ebpf":
         document["pins"] = str(paths.pins)
         document["links"], document["maps"], counters_map = _datapath_status(paths, problems)
+        shortcut_map = pinned.pinned_fd(paths.pins / pinned.MAPS / "shortcut_counters")
+        if any(r.shortcut for r in current.pods.values()) and not any(
+                link["program"] == SHORTCUT.name and link["attached"] for link in document["links"]):
+            problems.append("pods ask for the short-circuit, but its program is not linked to its map "
+                            "(their hops go by TCP): run accel up")
     document["pods"] = []
     for record in sorted(current.pods.values(), key=lambda r: r.id):
         gone = pods.netns_identity(record.netns) != tuple(record.netns_id)
@@ -128,14 +133,16 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
             problems.append(f"pod {record.id}: its network namespace {record.netns} is gone (accel up cleans it)")
         elif record.phase != "ready":
             problems.append(f"pod {record.id}: {record.phase} (a command stopped half-way; accel up finishes it)")
-        entry = {"id": record.id, "netns": record.netns, "phase": record.phase, "backend": record.backend,
-                 "spec": record.spec, "spec_summary": _summary(record.spec),
+        entry = {"id": record.id, "name": record.name, "netns": record.netns, "phase": record.phase,
+                 "backend": record.backend, "sockmap": record.shortcut, "spec": record.spec,
+                 "spec_summary": _summary(record.spec) + (", sockmap" if record.shortcut else ""),
                  "namespace_gone": gone}
         if counters_map is not None and record.cookie is not None:
-            entry["counters"] = read_counters(counters_map, record.cookie)
+            entry["counters"] = read_counters(counters_map, record.cookie, shortcut_map)
         document["pods"].append(entry)
-    if counters_map is not None:
-        os.close(counters_map)
+    for fd in (counters_map, shortcut_map):
+        if fd is not None:
+            os.close(fd)
     document["problems"] = problems
     return document, problems
 
@@ -143,9 +150,11 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
 def _datapath_status(paths: NodePaths, problems: list[str]):
     """The cgroup links (attached or not) and every map's fill, from the pins."""
     links = []
-    for program in CGROUP_PROGRAMS:
+    for program in LINKED_PROGRAMS:
         pin = paths.pins / pinned.LINKS / program.name
         fd = pinned.pinned_fd(pin)
+        if fd is None and program is SHORTCUT:
+            continue  # this kernel cannot link it: pods that ask for the short-circuit are refused
         if fd is None:
             problems.append(f"link {program.name}: not pinned at {pin}")
             links.append({"program": program.name, "hook": program.hook, "pin": str(pin), "attached": False})

@@ -37,6 +37,9 @@ class NodeCollector:
                                      labels=["pod"])
         errors = CounterMetricFamily("accel_datapath_errors", "What the datapath refused or could not record "
                                      "(see the README's limits)", labels=["pod", "kind"])
+        messages = CounterMetricFamily("accel_shortcut_messages", "Sends between an app and its sidecar put "
+                                       "straight into the other end's receive queue (--sockmap)", labels=["pod"])
+        carried = CounterMetricFamily("accel_shortcut_bytes", "Bytes the short-circuit carried", labels=["pod"])
         for pod in document["pods"]:
             counters = pod.get("counters")
             if counters is None:
@@ -46,7 +49,10 @@ class NodeCollector:
             passed.add_metric([pod["id"]], counters["passed"])
             for kind in ERRORS:
                 errors.add_metric([pod["id"], kind], counters[kind])
-        yield from (redirects, passed, errors)
+            if "shortcut_messages" in counters:
+                messages.add_metric([pod["id"]], counters["shortcut_messages"])
+                carried.add_metric([pod["id"]], counters["shortcut_bytes"])
+        yield from (redirects, passed, errors, messages, carried)
         if "maps" in document:
             entries = GaugeMetricFamily("accel_bpf_map_entries", "Entries in each of the datapath's maps",
                                         labels=["map"])

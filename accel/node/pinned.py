@@ -2,7 +2,8 @@
 
     <bpffs>/accel/maps/<name>          every map of bpf/accel.h
     <bpffs>/accel/programs/<name>      every program (what the links run; for inspection)
-    <bpffs>/accel/links/<name>         the cgroup links: while pinned, the programs stay attached
+    <bpffs>/accel/links/<name>         the cgroup links, and the short-circuit's link to its map:
+                                       while pinned, the programs stay attached
     <bpffs>/accel/pods/<id>/sk_lookup  each pod's sk_lookup link (its own copy of the program)
 
 `up` loads once and pins; run again, it adopts what is pinned: unchanged programs and maps are
@@ -26,7 +27,7 @@ from ..ebpf import libbpf, objects
 from ..ebpf.datapath import Compiled, Datapath, DatapathError, attach_links
 from ..ebpf.follow import read_facts
 from ..ebpf.maps import POD_NETNS_PLACEHOLDER, namespace_entries, pod_entries
-from ..ebpf.programs import CGROUP_PROGRAMS, SK_LOOKUP
+from ..ebpf.programs import CGROUP_PROGRAMS, LINKED_PROGRAMS, SHORTCUT, SK_LOOKUP
 from .paths import NodeError, NodePaths
 from .state import RECORD_FILE, NodeState
 
@@ -43,6 +44,7 @@ class UpReport:
     kept: list[str] = field(default_factory=list)  # maps kept with their entries
     migrated: list[str] = field(default_factory=list)  # maps written anew from the state
     swapped: list[str] = field(default_factory=list)  # programs swapped into their links
+    attached: list[str] = field(default_factory=list)  # programs this accel has and the pinned one had not
 
 
 def _pin(root: Path, kind: str, name: str) -> Path:
@@ -69,8 +71,9 @@ def _attached_tag(link_fd: int) -> str:
         os.close(prog_fd)
 
 
-def up(paths: NodePaths, state: NodeState | None) -> UpReport:
-    """Load, adopt or upgrade the pinned datapath (see the module's docstring)."""
+def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpReport:
+    """Load, adopt or upgrade the pinned datapath (see the module's docstring). `shortcut`: the
+    kernel can link the short-circuit's program (else pods cannot ask for it)."""
     root = paths.pins
     for kind in (MAPS, PROGRAMS, LINKS, PODS):
         (root / kind).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -100,11 +103,17 @@ def up(paths: NodePaths, state: NodeState | None) -> UpReport:
             os.close(fd)
     report = UpReport("loaded")
     try:
-        links = {program.name: pinned_fd(_pin(root, LINKS, program.name)) for program in CGROUP_PROGRAMS}
+        linked = LINKED_PROGRAMS if shortcut else CGROUP_PROGRAMS
+        links = {program.name: pinned_fd(_pin(root, LINKS, program.name)) for program in linked}
         try:
-            if all(fd is not None for fd in links.values()):
+            if all(links[program.name] is not None for program in CGROUP_PROGRAMS):
+                # A datapath pinned by an accel without the short-circuit: its program is linked now.
+                for program in linked:
+                    if links[program.name] is None:
+                        links[program.name] = _link_to_map(compiled, root, program.name)
+                        report.attached.append(program.name)
                 changed = [name for name, fd in links.items() if _attached_tag(fd) != _tag(compiled.programs[name])]
-                if not changed and not migrating:
+                if not changed and not migrating and not report.attached:
                     report.action = "unchanged"
                     report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
                     report.programs = {name: _pinned_program(root, name) for name in compiled.programs}
@@ -128,7 +137,12 @@ def up(paths: NodePaths, state: NodeState | None) -> UpReport:
                     path.unlink(missing_ok=True)
                     libbpf.obj_pin(fd, str(path))
                     os.close(fd)
-                links = {name: pinned_fd(_pin(root, LINKS, name)) for name in links}
+                if links.get(SHORTCUT.name) is not None:
+                    os.close(links[SHORTCUT.name])
+                _pin(root, LINKS, SHORTCUT.name).unlink(missing_ok=True)
+                links = {program.name: pinned_fd(_pin(root, LINKS, program.name)) for program in CGROUP_PROGRAMS}
+                if shortcut:
+                    links[SHORTCUT.name] = _link_to_map(compiled, root, SHORTCUT.name)
             report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
         finally:
             for fd in links.values():
@@ -146,6 +160,17 @@ def up(paths: NodePaths, state: NodeState | None) -> UpReport:
         return report
     finally:
         compiled.close()
+
+
+def _link_to_map(compiled: Compiled, root: Path, name: str) -> int:
+    """Link the short-circuit's program to its map and pin the link; its descriptor."""
+    fd = compiled.attach_shortcut()
+    try:
+        libbpf.obj_pin(fd, str(_pin(root, LINKS, name)))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _pinned_program(root: Path, name: str) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .. import inputs, userns
 from ..backends import BackendError, get_backend
-from ..ebpf import libbpf
+from ..ebpf import libbpf, probe
 from ..ebpf.maps import UnsupportedSpec, new_config_id
 from ..ebpf.datapath import DatapathError, netns_cookie
 from ..spec import CaptureSpec
@@ -51,9 +51,11 @@ def check_id(pod_id: str) -> None:
         raise NodeError(f"--id {pod_id!r}: 1-255 letters, digits and _ . : @ -, starting with a letter or digit")
 
 
-def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str | None = None) -> str:
-    """Capture the pod: "added", "unchanged" (same namespace and spec), or "replaced" (its spec
-    changed: switched in one step). name: what its runtime calls it (NAMESPACE/NAME), for status."""
+def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str | None = None,
+        shortcut: bool = False) -> str:
+    """Capture the pod: "added", "unchanged" (same namespace, spec and short-circuit), or
+    "replaced" (changed: switched in one step). name: what its runtime calls it (NAMESPACE/NAME),
+    for status; shortcut: short-circuit its app <-> proxy hops (eBPF only)."""
     check_id(pod_id)
     identity = netns_identity(netns)
     if identity is None:
@@ -64,16 +66,23 @@ def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str 
     document = inputs.to_istio_config(spec)
     with node_state.locked(paths.state):
         current = _loaded(paths)
+        if shortcut and current.backend != "ebpf":
+            raise NodeError(f"--sockmap: only the ebpf backend can short-circuit (this node runs {current.backend})")
+        if shortcut:
+            missing = probe.short_circuit_missing()
+            if missing:
+                raise NodeError("--sockmap: this kernel lacks " + "; ".join(f"{f.name} ({f.detail})" for f in missing))
         reconcile(paths, current, only=pod_id)
         existing = current.pods.get(pod_id)
         if existing is not None and tuple(existing.netns_id) == identity:
-            if existing.spec == document:
+            if existing.spec == document and existing.shortcut == shortcut:
                 return "unchanged"
-            _replace(paths, current, existing, spec, document)
+            _replace(paths, current, existing, spec, document, shortcut)
             return "replaced"
         if existing is not None:  # the id now names another namespace: the old one's capture goes
             _remove(paths, current, existing)
-        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding", name=name)
+        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding", name=name,
+                           shortcut=shortcut)
         if current.backend == "ebpf":
             record.cookie, record.config = netns_cookie(netns), new_config_id()
             record.pin = str(pinned.pod_pin(paths, pod_id))
@@ -107,7 +116,7 @@ def delete(paths: NodePaths, pod_id: str) -> str:
         return "removed"
 
 
-def verify(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec) -> list[str]:
+def verify(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, shortcut: bool = False) -> list[str]:
     """What is wrong with the pod's capture, read from the kernel (CNI CHECK): nothing when the
     pod is captured in `netns` with `spec` and its entries or rules are in place."""
     current = _loaded(paths)
@@ -121,6 +130,9 @@ def verify(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec) -> list
         return problems
     if record.spec != inputs.to_istio_config(spec):
         problems.append(f"pod {pod_id} is captured with another spec than its pod information gives now")
+    if record.shortcut != shortcut:
+        problems.append(f"pod {pod_id} is captured {'with' if record.shortcut else 'without'} the short-circuit, "
+                        f"its configuration says {'with' if shortcut else 'without'}")
     if record.backend == "ebpf":
         problems += _ebpf_verify(paths, record, identity)
     else:
@@ -176,7 +188,8 @@ def _remove(paths: NodePaths, current: NodeState, record: PodRecord) -> None:
 def _ebpf_add(paths: NodePaths, record: PodRecord, spec: CaptureSpec) -> None:
     datapath = pinned.open_for_pods(paths)
     try:
-        datapath.add_pod(record.netns, spec, follow=False, pin=Path(record.pin), config=record.config)
+        datapath.add_pod(record.netns, spec, follow=False, pin=Path(record.pin), config=record.config,
+                         shortcut=record.shortcut)
         datapath.pods.clear()  # the pod outlives this process: closing the datapath must not remove it
     except (DatapathError, UnsupportedSpec, OSError) as error:
         raise NodeError(f"ebpf: {error}") from error
@@ -207,14 +220,15 @@ def _ebpf_verify(paths: NodePaths, record: PodRecord, identity: tuple[int, int])
     return problems
 
 
-def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: CaptureSpec, document: dict) -> None:
-    """Switch a captured pod to another spec in one step."""
+def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: CaptureSpec, document: dict,
+             shortcut: bool) -> None:
+    """Switch a captured pod to another spec (or short-circuit) in one step."""
     if record.backend == "ebpf":
         config = new_config_id()
         datapath = pinned.open_for_pods(paths)
         try:
             datapath.adopt_pod(record.netns, record.cookie, record.config, Path(record.pin))
-            datapath.update_pod(record.netns, spec, config=config)
+            datapath.update_pod(record.netns, spec, config=config, shortcut=shortcut)
             datapath.pods.clear()
         except (DatapathError, UnsupportedSpec, OSError) as error:
             raise NodeError(f"ebpf: {error}") from error
@@ -223,7 +237,7 @@ def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: Capt
         record.config = config
     else:
         record.rules = _rules_replace(record, spec)
-    record.spec = document
+    record.spec, record.shortcut = document, shortcut
     node_state.save(paths.state, current)
 
 

@@ -41,6 +41,7 @@ class PodRecord:
     pin: str | None = None  # eBPF: where its sk_lookup link is pinned
     rules: dict = field(default_factory=dict)  # nftables/iptables: what removing its rules needs
     name: str | None = None  # what its runtime calls it: NAMESPACE/NAME (accel-cni)
+    shortcut: bool = False  # eBPF: its app <-> proxy hops are short-circuited (--sockmap)
 
 
 @dataclass

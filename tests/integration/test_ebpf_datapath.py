@@ -3,7 +3,6 @@ record was lost, hand inbound traffic to a socket that is not the proxy's, open 
 spec change or a removal, let a connection out uncaptured when it cannot keep its record, or keep
 an old destination on a reused socket. Each test sends real traffic through a lab."""
 
-import ctypes
 import json
 import threading
 

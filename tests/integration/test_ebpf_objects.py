@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from accel.ebpf import libbpf, objects, programs
+from accel.ebpf import objects, programs
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.backends import get_backend
 from accel import inputs

@@ -113,11 +113,13 @@ def test_root_is_needed_and_said_in_one_line(argv):
 
 @pytest.mark.parametrize("present", [True, False])
 def test_probe_json_has_stable_keys(monkeypatch, present):
-    features = [Feature("bpf syscall", True, "works"), Feature("sk_lookup", present, "loads" if present else "EINVAL")]
+    features = [Feature("bpf syscall", True, "works"), Feature("sk_lookup", present, "loads" if present else "EINVAL"),
+                Feature("sk_msg links to a sockhash", False, "EINVAL", "short-circuit")]
     monkeypatch.setattr(accel.ebpf.probe, "probe", lambda: features)
     monkeypatch.setattr("os.geteuid", lambda: 0)
     result = invoke("probe", "--json")
     assert result.exit_code == (0 if present else 1)
-    assert json.loads(result.stdout) == {"ok": present, "features": [
-        {"name": "bpf syscall", "ok": True, "detail": "works"},
-        {"name": "sk_lookup", "ok": present, "detail": "loads" if present else "EINVAL"}]}
+    assert json.loads(result.stdout) == {"ok": present, "short_circuit": False, "features": [
+        {"name": "bpf syscall", "ok": True, "detail": "works", "needed_for": "capture"},
+        {"name": "sk_lookup", "ok": present, "detail": "loads" if present else "EINVAL", "needed_for": "capture"},
+        {"name": "sk_msg links to a sockhash", "ok": False, "detail": "EINVAL", "needed_for": "short-circuit"}]}

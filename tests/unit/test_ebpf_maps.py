@@ -137,7 +137,7 @@ def test_accel_h_defines_match_maps_py():
     pairs = {f"ACCEL_{name}": name for name in ("IPV6", "DNS", "DNS_ALL", "OUT_ALL_V4", "OUT_ALL_V6", "INCLUDE_LO",
                                                  "GROUPS_ALL", "IN_CAPTURE", "IN_ALL", "TPROXY", "HAS_OUT_PORTS_EXCLUDE",
                                                  "HAS_OUT_PORTS_INCLUDE", "HAS_OUT_EXCLUDE", "HAS_OUT_INCLUDE",
-                                                 "HAS_GROUPS_EXCLUDE", "HAS_IN_PORTS_EXCLUDE")}
+                                                 "HAS_GROUPS_EXCLUDE", "HAS_IN_PORTS_EXCLUDE", "SHORTCUT")}
     pairs.update({name: name for name in ("PORT_OUT_EXCLUDE", "PORT_OUT_INCLUDE", "PORT_IN_EXCLUDE", "PORT_IN_INCLUDE",
                                           "GROUP_INCLUDE", "GROUP_EXCLUDE", "PREFIX_INCLUDE", "PREFIX_EXCLUDE",
                                           "PREFIX_LOCAL", "PREFIX_DNS", "PREFIX_V6", "PREFIX_KEY_BITS",

@@ -33,7 +33,9 @@ def test_the_zipapp_is_readable_by_every_uid(agent):
 def test_help_lists_every_role(agent):
     result = run_agent(agent, "--help")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: agent.pyz [-h] {server,sidecar,client,burst,http,http-get} ...")
+    usage = " ".join(result.stdout.split("\n\n")[0].split())
+    assert usage.startswith("usage: agent.pyz [-h] {server,sidecar,client,burst,http,http-get,stream-server,"
+                            "stream-client} ...")
 
 
 def test_a_udp_client_reports_what_it_saw(agent):

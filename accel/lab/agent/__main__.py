@@ -19,6 +19,8 @@ The log is an inherited file descriptor (--log-fd): no one else can open it.
   agent.pyz burst   --targets FILE [--concurrency N] [--until FILE]   many TCP requests at once
   agent.pyz http    --name NAME --port PORT               an HTTP server that says what it saw
   agent.pyz http-get --url URL                            one HTTP GET, reported as JSON
+  agent.pyz stream-server --name NAME --log-fd FD --port PORT   byte-exact streams (stream.py)
+  agent.pyz stream-client --dst ADDR --port PORT --header JSON [--parallel N] [--timeout S]
 """
 
 import argparse
@@ -28,6 +30,7 @@ from .burst import run_burst
 from .client import run_client
 from .server import run_server
 from .sidecar import run_sidecar
+from .stream import run_stream_client, run_stream_server
 from .web import run_http, run_http_get
 
 
@@ -68,9 +71,20 @@ def main(argv=None):
     http_get = roles.add_parser("http-get")
     http_get.add_argument("--url", required=True)
     http_get.add_argument("--timeout", type=float, default=5.0)
+    stream_server = roles.add_parser("stream-server")
+    stream_server.add_argument("--name", required=True)
+    stream_server.add_argument("--log-fd", type=int, required=True)
+    stream_server.add_argument("--port", type=int, required=True)
+    stream_client = roles.add_parser("stream-client")
+    stream_client.add_argument("--dst", required=True)
+    stream_client.add_argument("--port", type=int, required=True)
+    stream_client.add_argument("--header", required=True, help="the stream's JSON header (stream.py)")
+    stream_client.add_argument("--parallel", type=int, default=1)
+    stream_client.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     roles = {"server": run_server, "sidecar": run_sidecar, "client": run_client, "burst": run_burst,
-             "http": run_http, "http-get": run_http_get}
+             "http": run_http, "http-get": run_http_get, "stream-server": run_stream_server,
+             "stream-client": run_stream_client}
     roles[args.role](args)
 
 
