@@ -26,10 +26,11 @@ from typing import Callable
 from .. import inputs, process
 from ..netns import unique_name
 from ..spec import CaptureSpec
-from .mesh import DIRECT_MODES, Mesh
+from .mesh import CLIENT, DIRECT_MODES, SERVER, Mesh
 from .workloads import WORKLOADS, Tools, run_workload
 
-MODES = ("none", "explicit", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf")
+MODES = ("none", "explicit", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "ebpf+sockmap")
+BUDGET_WORKLOAD = "crr1"  # a connection per request, one at a time: what a connection costs
 MODE_CHOICES = (*MODES, "iptables")
 REFERENCE = "explicit"
 SCALING_SIZES = (10, 1000, 10000)
@@ -68,7 +69,8 @@ class BenchConfig:
 
     def measurements(self) -> int:
         main = self.rounds * len(self.workloads) * len(self.modes)
-        return main + self.scaling_rounds * len(self.scaling_sizes) * (len(self.capture_modes) + 1)
+        budget = sum(mode.startswith("ebpf") for mode in self.modes)
+        return main + budget + self.scaling_rounds * len(self.scaling_sizes) * (len(self.capture_modes) + 1)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
     spec = stock_spec()
     previous_affinity = os.sched_getaffinity(0)
     workdir = Path("/tmp") / unique_name("accel-bench")
-    samples, scaling, install, entries, paths = Samples(), Samples(), {}, {}, {}
+    samples, scaling, install, entries, paths, budget = Samples(), Samples(), {}, {}, {}, {}
     try:
         tools = Tools.build(workdir)
         if runner_cpu:
@@ -171,6 +173,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                 paths[mode] = {"connections": sum(samples.values[mode]["connections"]),
                                "sidecar_sessions": {role: after[role] - sessions_before[mode][role]
                                                     for role in after}}
+            for mode in config.modes:
+                if mode.startswith("ebpf"):
+                    progress(f"program time per connection: {BUDGET_WORKLOAD} {mode}", False)
+                    budget[mode] = measure_budget(meshes[mode], tools, config.seconds)
+                    progress("", True)
             scaled = (REFERENCE, *config.capture_modes)
             for size in config.scaling_sizes if config.scaling_rounds else ():
                 sized = with_excluded_cidrs(spec_args, size)
@@ -192,8 +199,45 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
         shutil.rmtree(workdir, ignore_errors=True)
     cpus = {"pods": sorted(pods_cpu) if pods_cpu else "unpinned",
             "runner": sorted(runner_cpu) if runner_cpu else "unpinned"}
-    return report(config, samples, scaling, {"install_seconds": install, "capture_entries": entries},
-                  paths, environment(config, cpus))
+    document = report(config, samples, scaling, {"install_seconds": install, "capture_entries": entries},
+                      paths, environment(config, cpus))
+    if budget:
+        document["budget"] = {"workload": BUDGET_WORKLOAD, "modes": budget}
+    from .report import target_verdicts  # report.py imports this module
+
+    document["verdicts"] = target_verdicts(document)
+    return document
+
+
+def measure_budget(mesh: Mesh, tools: Tools, seconds: float) -> dict:
+    """eBPF program time per proxied connection: the kernel's run-time statistics of every program
+    that runs for the mode's two pods (BPF_ENABLE_STATS, on only for this run), over one crr1 run,
+    divided by the connections it made."""
+    from ..ebpf import libbpf
+
+    names: dict[int, str] = {}
+    for role in (CLIENT, SERVER):
+        names.update(mesh.backend.program_ids(mesh.lab.pods[role]))
+    stats = libbpf.enable_stats()
+    try:
+        before = {prog_id: libbpf.prog_stats(prog_id) for prog_id in names}
+        run = run_workload(mesh, tools, BUDGET_WORKLOAD, seconds)
+        after = {prog_id: libbpf.prog_stats(prog_id) for prog_id in names}
+    finally:
+        os.close(stats)
+    connections = max(run["connections"], 1)
+    programs: dict[str, dict] = {}
+    for prog_id, name in names.items():
+        time_ns, runs = (a - b for a, b in zip(after[prog_id], before[prog_id]))
+        entry = programs.setdefault(name, {"time_ns": 0, "runs": 0})
+        entry["time_ns"] += time_ns
+        entry["runs"] += runs
+    table = {name: {"runs": round(p["runs"] / connections, 2),
+                    "ns_per_run": round(p["time_ns"] / p["runs"], 1) if p["runs"] else 0.0,
+                    "ns": round(p["time_ns"] / connections, 1)}
+             for name, p in programs.items() if p["runs"]}
+    return {"connections": run["connections"], "total_ns": round(sum(p["ns"] for p in table.values()), 1),
+            "programs": table}
 
 
 def report(config: BenchConfig, samples: Samples, scaling: Samples, applied: dict, paths: dict, env: dict) -> dict:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.privileged
 
 LINEAR = ("iptables-nft", "iptables-legacy", "nftables")
 NETFILTER = (*LINEAR, "nftables-sets")
-CAPTURE = (*NETFILTER, "ebpf")
+CAPTURE = (*NETFILTER, "ebpf", "ebpf+sockmap")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_conntrack_entries_come_from_the_runs(quick):
     for mode in NETFILTER:  # at least one entry per two connections of the cps16 run just made
         assert modes[mode]["conntrack_entries"] >= modes[mode]["cps16"] * 0.5, mode
         assert modes[mode]["conntrack_by_workload"]["ka16"] >= 16, mode
-    for mode in ("none", "explicit", "ebpf"):
+    for mode in ("none", "explicit", "ebpf", "ebpf+sockmap"):
         assert modes[mode]["conntrack_entries"] == 0 and not any(modes[mode]["conntrack_by_workload"].values())
 
 
