@@ -173,6 +173,7 @@ struct accel_tuple {
 #define SHORTCUT_UNDECIDED 0
 #define SHORTCUT_DIRECT    1  /* every message straight into the peer's receive queue */
 #define SHORTCUT_TCP       2  /* the peer was not there for the first message: TCP, as without */
+#define SHORTCUT_OFF       3  /* an app's record in a pod without the short-circuit: never joins */
 
 /* What the short-circuit carried, per pod (netns cookie) and per CPU. */
 struct accel_shortcut_counters {

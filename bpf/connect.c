@@ -88,7 +88,7 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 	}
 	__u8 kind = verdict == VERDICT_INBOUND ? ORIGIN_INBOUND : verdict == VERDICT_DNS ? ORIGIN_DNS : ORIGIN_OUTBOUND;
 
-	if (!record_origin(ctx->sk, netns, f->dst, f->port, kind)) {
+	if (!record_origin(ctx->sk, netns, f->dst, f->port, kind, pod->flags & ACCEL_SHORTCUT)) {
 		bpf_set_retval(-ENOBUFS);
 		return SYS_REJECT;
 	}

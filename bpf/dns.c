@@ -25,7 +25,7 @@ static __always_inline int capture_datagram(struct bpf_sock_addr *ctx, struct ac
 		COUNT(netns, passed);
 		return SYS_PROCEED;
 	}
-	if (!record_origin(ctx->sk, netns, f->dst, f->port, ORIGIN_DNS)) {
+	if (!record_origin(ctx->sk, netns, f->dst, f->port, ORIGIN_DNS, 0)) {
 		bpf_set_retval(-ENOBUFS);  /* the answer could not be shown as from the server asked */
 		return SYS_REJECT;
 	}

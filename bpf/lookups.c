@@ -61,11 +61,12 @@ static __always_inline struct accel_counters *counters_of(__u64 netns)
 			counters_->field++;                              \
 	} while (0)
 
-/* Keep a redirected socket's original destination in its storage (the app's side). NULL, counted,
+/* Keep a redirected socket's original destination in its storage (the app's side); `shortcut`: its
+ * pod short-circuits its hops. NULL, counted,
  * when there is no memory for it: the caller then fails the call, for a connection the proxy
  * could not route must not go out uncaptured. */
 static __always_inline struct accel_origin *record_origin(struct bpf_sock *sk, __u64 netns, const __u8 *dst,
-							  __u16 port, __u8 kind)
+							  __u16 port, __u8 kind, int shortcut)
 {
 	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
@@ -77,7 +78,7 @@ static __always_inline struct accel_origin *record_origin(struct bpf_sock *sk, _
 	origin->port = bpf_htons(port);
 	origin->kind = kind;
 	origin->role = ROLE_APP;
-	origin->shortcut = SHORTCUT_UNDECIDED;
+	origin->shortcut = shortcut ? SHORTCUT_UNDECIDED : SHORTCUT_OFF;
 	return origin;
 }
 

@@ -133,7 +133,7 @@ static __always_inline void on_active_established(struct bpf_sock_ops *skops)
 		return;
 	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, 0);
 
-	if (origin ? origin->role != ROLE_APP : !from_passthrough(skops))
+	if (origin ? origin->role != ROLE_APP || origin->shortcut == SHORTCUT_OFF : !from_passthrough(skops))
 		return;
 	__u64 netns = bpf_get_netns_cookie(skops);
 	struct accel_pod *pod = pod_of(netns);

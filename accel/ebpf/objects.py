@@ -150,6 +150,33 @@ def layout(definition: dict, btf_blob: bytes | None) -> dict:
     return shape
 
 
+PADDING_PREFIX = "pad"  # members named so are padding: the programs always write them as zeros
+
+
+def compatible(pinned: dict, wanted: dict) -> bool:
+    """Whether a map laid out as `pinned` keeps its entries' meaning for programs that want
+    `wanted` (both from layout()): equal but for members a newer struct puts where the pinned one
+    had padding. Those read as zero in every pinned entry, because the programs write padding as
+    zeros, and zero is what such a member means by 'not set'."""
+    if pinned == wanted:
+        return True
+    if any(pinned.get(k) != wanted.get(k) for k in set(pinned) | set(wanted) if k not in ("key", "value")):
+        return False
+    return all(_members_compatible(pinned.get(part), wanted.get(part)) for part in ("key", "value"))
+
+
+def _members_compatible(old: list | None, new: list | None) -> bool:
+    if old is None or new is None:
+        return old == new
+    padding = [(offset, offset + size) for name, offset, size in old if name.startswith(PADDING_PREFIX)]
+    kept = [member for member in old if not member[0].startswith(PADDING_PREFIX)]
+    added = [member for member in new if member not in kept]
+    if any(member not in new for member in kept):
+        return False  # a member of the pinned layout moved, changed size or went
+    return all(any(start <= offset and offset + size <= end for start, end in padding)
+               for name, offset, size in added)
+
+
 def layout_of_map(map_fd: int) -> dict:
     """layout() of a map the kernel holds (e.g. a pinned one), from its info and its BTF."""
     info = libbpf.map_info(map_fd)

@@ -9,7 +9,8 @@
 `up` loads once and pins; run again, it adopts what is pinned: unchanged programs and maps are
 kept as they are (same ids), changed programs are swapped into their pinned links with
 BPF_LINK_UPDATE (there is no moment without capture), and maps keep their entries when their
-layout is unchanged. A changed layout is migrated where the entries come from the state (a pod's
+layout is unchanged (or a struct only put members where it had padding: see objects.compatible).
+A changed layout is migrated where the entries come from the state (a pod's
 spec and namespace: written anew before the swap) and refused, naming the map, where they hold
 what only the kernel knows (records of live connections, listening sockets, counters).
 """
@@ -85,7 +86,7 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
         if fd is None:
             return None
         pinned_maps[name] = fd
-        if objects.layout_of_map(fd) == layout:
+        if objects.compatible(objects.layout_of_map(fd), layout):
             return fd
         if name in DERIVED_MAPS:
             migrating.append(name)
@@ -118,6 +119,9 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                     report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
                     report.programs = {name: _pinned_program(root, name) for name in compiled.programs}
                     report.kept = sorted(compiled.maps)
+                    # the same instructions, but perhaps from a newer accel whose commands read
+                    # the record with its own mirrors: it describes what this accel compiled
+                    objects.save_record(compiled.objects, paths.state / RECORD_FILE)
                     return report
                 report.action = "upgraded"
                 _migrate(compiled, migrating, state)
@@ -231,7 +235,7 @@ def open_for_pods(paths: NodePaths) -> Datapath:
         if fd is None:
             raise NodeError(f"map {name} is not pinned under {root}: run accel up")
         opened.append(fd)
-        if objects.layout_of_map(fd) != layout:
+        if not objects.compatible(objects.layout_of_map(fd), layout):
             raise NodeError(f"map {name} under {root} is not the one accel up loaded: run accel up")
         return fd
 

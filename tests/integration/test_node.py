@@ -282,6 +282,41 @@ def test_an_upgrade_that_changes_a_kernel_maps_layout_is_refused_naming_it(node,
     assert node.first_hop("still") == "sidecar"
 
 
+def newer_accel(tmp_path: Path, changes: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The environment of a newer accel: copies of accel/ and bpf/ with a change per file
+    (relative path: (old, new)), imported ahead of this checkout's."""
+    root = tmp_path / "newer"
+    for part in ("accel", "bpf"):
+        shutil.copytree(TOP / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for file, (old, new) in changes.items():
+        text = (root / file).read_text()
+        assert old in text, file
+        (root / file).write_text(text.replace(old, new))
+    return {"PYTHONPATH": str(root), "ACCEL_BPF_DIR": str(root / "bpf"), "ACCEL_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def test_an_upgrade_whose_struct_fills_padding_keeps_the_map_and_its_entries(node, tmp_path):
+    """A newer accel that puts a member where a struct had padding (here the 4-tuple key of the
+    records in `handoffs` and `lost`, which only the kernel knows) adopts the pinned maps: their
+    entries read the new member as zero, which is what the programs write into padding."""
+    node.accel("up")
+    node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK)
+    assert node.first_hop("before") == "sidecar"
+    newer = newer_accel(tmp_path, {
+        "bpf/accel.h": ("\t__u16 remote_port;\n\t__u32 pad;\n};", "\t__u16 remote_port;\n\t__u16 future;\n\t__u16 pad;\n};"),
+        "accel/ebpf/maps.py": ('("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]',
+                               '("remote_port", ctypes.c_uint16), ("future", ctypes.c_uint16), ("pad", ctypes.c_uint16)]'),
+    })
+    upgraded = node.json("up", env=newer)
+    # not refused, though the layouts differ; the programs compile to the same instructions
+    assert upgraded["action"] == "unchanged" and {"handoffs", "lost"} <= set(upgraded["kept"])
+    assert node.first_hop("after") == "sidecar"
+    # the newer accel's short-lived commands open the pinned maps too
+    node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK, "-o", "8080",
+               env=newer)
+    assert node.first_hop("excluded") == "remote"
+
+
 def test_an_upgrade_migrates_a_map_the_state_describes(node, tmp_path):
     pod = node.lab.pods["pod"]
     node.accel("up")

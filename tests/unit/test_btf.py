@@ -202,3 +202,35 @@ def test_vmlinux():
                     ("__pad", ctypes.c_uint8 * 8)]
 
     assert mismatches(btf, sockaddr_in, SockaddrIn) == []
+
+
+# -- which pinned layouts a newer accel adopts (objects.compatible) ------------------------------
+
+def _layout(value, **definition):
+    return {"type": 1, "key_size": 8, "value_size": 24, "max_entries": 64, "map_flags": 0, **definition,
+            "key": [["", 0, 8]], "value": [list(member) for member in value]}
+
+
+OLD_ORIGIN = [("addr", 0, 16), ("port", 16, 2), ("kind", 18, 1), ("role", 19, 1), ("pad", 20, 4)]
+
+
+@pytest.mark.parametrize("new, ok", [
+    (OLD_ORIGIN, True),
+    ([*OLD_ORIGIN[:4], ("shortcut", 20, 1), ("pad", 21, 3)], True),  # a member where padding was
+    ([*OLD_ORIGIN[:4], ("shortcut", 20, 2), ("extra", 22, 2)], True),
+    ([*OLD_ORIGIN[:4], ("shortcut", 19, 2), ("pad", 21, 3)], False),  # over a member, not padding
+    ([("addr", 0, 16), ("port", 16, 2), ("role", 18, 1), ("kind", 19, 1), ("pad", 20, 4)], False),  # moved
+    ([*OLD_ORIGIN[:3], ("pad", 19, 5)], False),  # a member went
+    ([*OLD_ORIGIN[:4], ("wide", 20, 8)], False),  # past the padding
+])
+def test_a_pinned_map_is_adopted_only_when_new_members_fill_its_padding(new, ok):
+    from accel.ebpf.objects import compatible
+
+    assert compatible(_layout(OLD_ORIGIN), _layout(new)) is ok
+
+
+def test_capacity_flags_and_sizes_must_match_exactly():
+    from accel.ebpf.objects import compatible
+
+    for change in ({"max_entries": 128}, {"map_flags": 1}, {"value_size": 32}, {"type": 2}):
+        assert not compatible(_layout(OLD_ORIGIN), _layout(OLD_ORIGIN, **change)), change
