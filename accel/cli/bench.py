@@ -30,6 +30,10 @@ EPILOG = (
     "  connections/s with 10, 1,000 and 10,000 excluded CIDRs in the spec.\n"
     "\b\nMethod: pods pinned to one CPU, this runner to another; rounds interleave the modes,\n"
     "  order rotated; figures are medians, ratios divide by explicit from the same rounds.\n"
+    "  Each target's verdict rests on a 95% interval of the per-round ratios: met, missed, or\n"
+    "  not separated from noise (with the rounds that would probably separate it). For the\n"
+    "  ebpf modes, one more crr1 run with the kernel's BPF run-time statistics on gives the\n"
+    "  program time per proxied connection, program by program.\n"
     "\b\nOutput files are checked before anything runs: their directory must exist and be\n"
     "  writable.\n"
     "\b\nExit status: 0 measured; 1 a run failed (or not root); 2 bad input. Needs root.\n"
@@ -37,6 +41,7 @@ EPILOG = (
     "  accel bench --quick                      # every figure in about 3 minutes\n"
     "  accel bench --json run.json --plot run.png\n"
     "  accel bench --modes explicit,iptables-nft,ebpf --rounds 9\n"
+    "  accel bench --quick --modes explicit,ebpf,ebpf+sockmap --budget-baseline old.json\n"
 )
 
 
@@ -53,7 +58,9 @@ EPILOG = (
               help="Draw the ratios and scaling curves to FILE.png.")
 @click.option("--markdown", "markdown_file", type=OutputFile(), metavar="FILE",
               help="Write the tables as Markdown to FILE.")
-def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown_file):
+@click.option("--budget-baseline", "baseline_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="An earlier run's --json: show its program time per connection beside this run's.")
+def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown_file, baseline_file):
     """Benchmark capture: iptables, nftables and eBPF against an explicit proxy, on real traffic.
 
     Prints a table of medians with each figure's ratio to the explicit proxy, the rule-scaling
@@ -66,11 +73,25 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown
                          **({} if scaling else {"scaling_rounds": 0}))
     except ValueError as error:
         raise SpecError("--modes", ",".join(chosen), str(error)) from None
-    _bench(config, json_file, plot_file, markdown_file)
+    baseline = _baseline(baseline_file) if baseline_file else None
+    _bench(config, json_file, plot_file, markdown_file, baseline)
+
+
+def _baseline(path: str) -> dict:
+    """The program budget of an earlier run's JSON, checked before any work."""
+    from ..inputs.files import load_json
+
+    document = load_json(path, "--budget-baseline")
+    budget = document.get("budget")
+    if not isinstance(budget, dict) or not isinstance(budget.get("modes"), dict) or not budget["modes"]:
+        raise SpecError("--budget-baseline", path, "has no program budget (\"budget\": {\"modes\": ...}): "
+                        "give the --json of an accel bench run that measured an ebpf mode")
+    return budget
 
 
 @needs_root("it builds network namespaces, loads rules and BPF")
-def _bench(config: BenchConfig, json_file: str | None, plot_file: str | None, markdown_file: str | None):
+def _bench(config: BenchConfig, json_file: str | None, plot_file: str | None, markdown_file: str | None,
+           baseline: dict | None = None):
     from ..backends import BackendError
     from ..bench.mesh import MeshError
     from ..bench.report import markdown, plot, print_report, progress_bar
@@ -83,6 +104,8 @@ def _bench(config: BenchConfig, json_file: str | None, plot_file: str | None, ma
             document = run_bench(config, step)
         except (BackendError, LabError, MeshError, ToolError) as error:
             fail(str(error), EXIT_FAILED)
+    if baseline is not None:
+        document["budget_baseline"] = baseline
     if json_file == "-":
         click.echo(json.dumps(document, indent=2))
     else:
