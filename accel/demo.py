@@ -14,14 +14,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from . import inputs, process
+from .bench.run import BenchConfig
 from .compare import compare
 from .compare.report import print_table
 from .netns import Netns
 from .render import render_ebpf_text, render_iptables, render_nftables
 
 
-def run_demo(console: Console | None = None) -> None:
+def run_demo(bench: BenchConfig | None = None, console: Console | None = None) -> None:
+    """The demo, ending with `bench` (default: accel bench --quick in every mode)."""
     console = console or Console()
+    bench = bench or BenchConfig.quick()
 
     def verbatim(text: str):  # rule text is never cropped or re-wrapped
         console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
@@ -69,7 +72,7 @@ def run_demo(console: Console | None = None) -> None:
     print_table(result, console)
 
     _node_section(spec, console, verbatim)
-    _bench_section(console)
+    _bench_section(console, bench)
 
 
 def _ebpf_section(spec, console: Console, verbatim) -> None:
@@ -156,11 +159,10 @@ def _node_section(spec, console: Console, verbatim) -> None:
                   f"bpffs mount removed: {not (root / 'state').exists()}.[/dim]")
 
 
-def _bench_section(console: Console) -> None:
+def _bench_section(console: Console, config) -> None:
     from .bench.report import print_report, progress_bar
-    from .bench.run import BenchConfig, run_bench
+    from .bench.run import run_bench
 
-    config = BenchConfig.quick()
     console.rule("[bold]7. The cost: accel bench --quick")
     console.print("A client pod and a server pod per mode, each with a HAProxy sidecar (uid 1337), nginx "
                   "serving; the same workloads through each mode, rounds interleaved. Quick: "

@@ -19,7 +19,7 @@ def accel_namespaces():
 
 def test_demo_reads_rules_back_from_the_kernel_and_leaves_nothing():
     before = accel_namespaces()
-    result = CliRunner().invoke(main, ["demo"])
+    result = CliRunner().invoke(main, ["demo", "--bench-modes", "explicit,ebpf"])  # every mode: test_bench.py
     assert result.exit_code == 0, result.output
     out = result.stdout
     # iptables-save's canonical form, which only the kernel round trip produces

@@ -170,7 +170,9 @@ def test_five_hundred_concurrent_connections(worlds):
             assert result["received"] == expected(pattern(seed + 1, spec["reply"])), (mode, index, result)
             assert world.server_received(result["token"]) == expected(pattern(seed, spec["send"])), (mode, index)
         if mode == "ebpf+sockmap":
-            assert world.carried() - before >= 500 * 2 * 64 * 1024
+            # a connection whose app writes before its proxy's side has joined goes by TCP, all of it
+            # (its order must not mix): under 500 at once a few do; most must be short-circuited
+            assert world.carried() - before >= 0.9 * 500 * 2 * 64 * 1024
 
 
 def test_other_loopback_traffic_is_untouched(worlds):
