@@ -396,6 +396,10 @@ def _check_interface(name, interface):
     if not interface or len(interface.encode()) >= IFNAMSIZ or interface in (".", "..") \
             or _BAD_IFNAME.search(interface):
         raise SpecError(name, interface, "not a valid interface name (1-15 characters, no '/', ':' or spaces)")
+    if "*" in interface:
+        # iptables reads '*' literally, nftables as a wildcard: no rendering could mean one thing
+        raise SpecError(name, interface, "'*' in an interface name: iptables reads it as itself, nftables as a "
+                                         "wildcard; for every name with a prefix, end the prefix with '+'")
 
 
 def _check_dns_server(name, server, version):

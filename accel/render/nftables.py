@@ -84,6 +84,12 @@ def nft_name(name: str, field: str, *, numeric: bool = False) -> str:
     return f'"{name}"'
 
 
+def nft_interface(name: str, field: str) -> str:
+    """An interface name as iptables means it: a trailing '+' matches every name with that
+    prefix, which nftables writes as a trailing '*' (the spec refuses a '*' of its own)."""
+    return nft_name(name[:-1] + "*" if name.endswith("+") else name, field)
+
+
 @dataclass(frozen=True)
 class _Rule:
     table: str
@@ -165,8 +171,8 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
     mark = str(spec.inbound_tproxy_mark)
     lo4 = cidr_text(spec.host_ipv4_loopback_cidr)
 
-    excluded = [nft_name(nic, "exclude_interfaces") for nic in spec.exclude_interfaces]
-    virtual = [nft_name(nic, "kube_virt_interfaces") for nic in spec.kube_virt_interfaces]
+    excluded = [nft_interface(nic, "exclude_interfaces") for nic in spec.exclude_interfaces]
+    virtual = [nft_interface(nic, "kube_virt_interfaces") for nic in spec.kube_virt_interfaces]
     for nic in excluded:
         b.add(NAT, PREROUTING, f"iifname {nic}", "return")
         b.add(NAT, OUTPUT_BASE, f"oifname {nic}", "return")
