@@ -83,6 +83,8 @@ struct accel_pod {
 	__u8 n_uids;
 	__u8 n_gids;
 	__u8 pad[2];
+	__u32 tproxy_mark;  /* -t: TPROXY mode's socket mark, which exempts a socket from its hairpin */
+	__u32 pad2;
 };
 
 /* ports: (configuration, port, kind) is present or not */

@@ -86,6 +86,13 @@ static __always_inline int capture(struct bpf_sock_addr *ctx, struct accel_flow 
 		COUNT(netns, passed);
 		return SYS_PROCEED;
 	}
+	if (f->from_loopback && !f->local) {
+		/* Bound to loopback, to a destination off lo: the kernel refuses the route (EINVAL)
+		 * before iptables' NAT could act. Steered to the proxy it would find one: refuse alike. */
+		socket_origins.sk_storage_delete(ctx->sk);
+		bpf_set_retval(-EINVAL);
+		return SYS_REJECT;
+	}
 	__u8 kind = verdict == VERDICT_INBOUND ? ORIGIN_INBOUND : verdict == VERDICT_DNS ? ORIGIN_DNS : ORIGIN_OUTBOUND;
 
 	if (!record_origin(ctx->sk, netns, f->dst, f->port, kind, pod->flags & ACCEL_SHORTCUT)) {
@@ -137,6 +144,8 @@ int connect4(struct bpf_sock_addr *ctx)
 	map_v4(f.dst, dst);
 	f.port = bpf_ntohs((__u16)ctx->user_port);
 	f.passthrough = src == bpf_htonl(0x7f000006);
+	f.from_loopback = (src & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000);
+	f.mark = sk->mark;
 	return capture(ctx, &f, 0, src != 0);
 }
 
@@ -163,5 +172,7 @@ int connect6(struct bpf_sock_addr *ctx)
 	f.v4 = is_mapped(f.dst);  /* an IPv4 peer through an IPv6 socket: IPv4 rules apply */
 	f.port = bpf_ntohs((__u16)ctx->user_port);
 	f.passthrough = f.v4 ? is_mapped(src) && v4_of(src) == bpf_htonl(0x7f000006) : is_v6_low(src, 6);
+	f.from_loopback = is_loopback(src);
+	f.mark = sk->mark;
 	return capture(ctx, &f, 1, !is_v6_low(src, 0));
 }

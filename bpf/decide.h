@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * The capture decision for a socket leaving a meshed pod: istio-iptables' nat ISTIO_OUTPUT
+ * The capture decisions: for a socket leaving a meshed pod, istio-iptables' nat ISTIO_OUTPUT
  * chain (research/istio-capture.md, section 4), rule by rule and in the same order, so that
- * the first rule that matches decides, exactly as it does in the kernel's chain walk.
+ * the first rule that matches decides, exactly as it does in the kernel's chain walk; for a
+ * connection coming in, its ISTIO_INBOUND chain. tests/bpf/decide_run.c runs both under
+ * BPF_PROG_RUN against the packet tracer's reading of the rules.
  *
  * "-o lo" (the packet leaves by the loopback device) becomes "the destination is local": in
  * 127.0.0.0/8 or ::1, in the pod's local routing table (its addresses and local routes, followed
@@ -29,8 +31,10 @@ struct accel_flow {
 	__u8 passthrough; /* the socket is bound to 127.0.0.6 or ::6, the proxy's inbound source */
 	__u8 self;        /* the destination was unspecified: the kernel connects the socket to itself */
 	__u8 local;       /* filled by decide(): the destination is reached over lo */
+	__u8 from_loopback; /* the socket is bound to a loopback address: the kernel routes it over lo only */
 	__u32 uid;        /* the caller's, as the node sees them */
 	__u32 gid;
+	__u32 mark;       /* the socket's mark (SO_MARK) */
 };
 
 /* One owner triple of the chain (-u or -g, one id): what it decides, or -1 to go on. */
@@ -55,17 +59,22 @@ static __always_inline int owner_rules(const struct accel_pod *pod, const struct
 	return -1;
 }
 
-static __always_inline int decide(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
+/* "-o lo": the destination is reached over the loopback device. */
+static __always_inline int is_local(__u64 netns, const struct accel_flow *f)
+{
+	return f->self || is_loopback(f->dst) || has_prefix(netns, PREFIX_LOCAL, f->dst);
+}
+
+/* nat ISTIO_OUTPUT, rule by rule (the caller checked the pod has rules of this family). */
+static __always_inline int decide_nat(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
 {
 	int verdict, i;
 
 	f->local = 0;
-	if (!f->v4 && !(pod->flags & ACCEL_IPV6))
-		return VERDICT_PASS;  /* no ip6tables rules at all for a pod without IPv6 */
 	/* -o: excluded ports, TCP and UDP */
 	if ((pod->flags & ACCEL_HAS_OUT_PORTS_EXCLUDE) && has_port(pod->config, f->port, PORT_OUT_EXCLUDE))
 		return VERDICT_PASS;
-	int local = f->self || is_loopback(f->dst) || has_prefix(netns, PREFIX_LOCAL, f->dst);
+	int local = is_local(netns, f);
 
 	f->local = local;
 	/* -o lo -s 127.0.0.6/32 (::6/128): the proxy's inbound passthrough */
@@ -112,6 +121,72 @@ static __always_inline int decide(__u64 netns, const struct accel_pod *pod, stru
 	if ((pod->flags & ACCEL_HAS_OUT_INCLUDE) && has_prefix(pod->config, PREFIX_INCLUDE, f->dst))
 		return VERDICT_OUTBOUND;
 	return VERDICT_PASS;
+}
+
+/* Whether ISTIO_INBOUND's port rules capture a connection to `port` (host byte order). */
+static __always_inline int inbound_port_captured(const struct accel_pod *pod, __u16 port)
+{
+	if (pod->flags & ACCEL_IN_ALL) {
+		if (!(pod->flags & ACCEL_TPROXY) && port == pod->tunnel_port)
+			return 0;
+		return !((pod->flags & ACCEL_HAS_IN_PORTS_EXCLUDE) && has_port(pod->config, port, PORT_IN_EXCLUDE));
+	}
+	return has_port(pod->config, port, PORT_IN_INCLUDE);
+}
+
+/* The capture decision for a new inbound TCP connection (sk_lookup, inbound.c): istio-iptables'
+ * ISTIO_INBOUND chain. `remote`: the client's address (mapped for IPv4); `port`: the local port
+ * it asks for, host byte order. Connections from the pod itself (from one of its local
+ * addresses) were decided at connect(), as iptables decides them in nat OUTPUT, never in
+ * PREROUTING: they pass here. */
+static __always_inline int decide_inbound(__u64 netns, const struct accel_pod *pod, const __u8 *remote, int v4,
+					  __u16 port)
+{
+	if (!(pod->flags & ACCEL_IN_CAPTURE))
+		return VERDICT_PASS;
+	if (is_loopback(remote) || has_prefix(netns, PREFIX_LOCAL, remote))
+		return VERDICT_PASS;
+	if (!v4 && !(pod->flags & ACCEL_IPV6))
+		return VERDICT_PASS;
+	return inbound_port_captured(pod, port) ? VERDICT_INBOUND : VERDICT_PASS;
+}
+
+/* TPROXY mode's hairpin (mangle, istio-capture.md section 4 step 19): a local TCP connection of
+ * one of the proxy's uids or gids, to anything but the loopback CIDR, without the TPROXY mark, is
+ * marked in OUTPUT and taken in again on lo by ISTIO_INBOUND, whose port rules then TPROXY it to
+ * the inbound listener (unless it is from 127.0.0.6 or ::6). It matters
+ * where nat let the connection go: a process with a proxy gid but not a proxy uid, the proxy's
+ * own connections to the tunnel port, and with DNS capture to port 53. */
+static __always_inline int tproxy_hairpin(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
+{
+	int i, owned = 0;
+
+	if (!(pod->flags & ACCEL_IN_CAPTURE) || !f->tcp || f->passthrough || f->mark == pod->tproxy_mark)
+		return VERDICT_PASS;
+	if (!f->local && !(f->local = is_local(netns, f)))  /* nat may have left before asking */
+		return VERDICT_PASS;
+	if (is_loopback_cidr(pod, f->dst))  /* both the mark rule and ISTIO_TPROXY leave it */
+		return VERDICT_PASS;
+#pragma unroll
+	for (i = 0; i < ACCEL_MAX_IDS; i++) {
+		if ((i < pod->n_uids && f->uid == pod->uids[i]) || (i < pod->n_gids && f->gid == pod->gids[i]))
+			owned = 1;
+	}
+	if (!owned)
+		return VERDICT_PASS;
+	return inbound_port_captured(pod, f->port) ? VERDICT_INBOUND : VERDICT_PASS;
+}
+
+/* Where a socket leaving the pod goes: nat's verdict, or when nat leaves it, TPROXY's hairpin. */
+static __always_inline int decide(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
+{
+	if (!f->v4 && !(pod->flags & ACCEL_IPV6))
+		return VERDICT_PASS;  /* no ip6tables rules at all for a pod without IPv6 */
+	int verdict = decide_nat(netns, pod, f);
+
+	if (verdict != VERDICT_PASS || !(pod->flags & ACCEL_TPROXY))
+		return verdict;
+	return tproxy_hairpin(netns, pod, f);
 }
 
 /* The verdict for a socket of the calling process, and its pod (NULL: not meshed, PASS). */

@@ -39,7 +39,7 @@ class Case:
     name: str
     description: str
     client: str  # the pod the request starts in: a pod under test ("pod", ...) or "remote"
-    proto: str  # tcp, tcp-send-close, udp, dns-udp (connected socket), dns-udp-sendto, dns-tcp
+    proto: str  # tcp, tcp-send-close, tcp-fastopen, udp, dns-udp (connected socket), dns-udp-sendto(-connected), dns-tcp
     dst: str
     port: int
     uid: int
@@ -48,6 +48,7 @@ class Case:
     first: tuple[str, str] | None = None  # what the client's socket does before: ("dns", server)
     late: bool = False  # the sidecar asks SO_ORIGINAL_DST only after the client has closed
     setup: tuple[tuple[str, ...], ...] = ()  # commands run in the client's pod just before
+    become: tuple[tuple[int, int], ...] = ()  # identities the client takes after starting (as root)
 
 
 def _address(version: int, role: str) -> str:
@@ -193,6 +194,13 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
             APP_PORT, uid=proxy_uid, gid=proxy_gid)
         add(f"inbound-passthrough-source{v}", f"the proxy uid from {constants.INBOUND_PASSTHROUGH_SOURCE[version]} to the pod",
             pod_ip, APP_PORT, uid=proxy_uid, gid=proxy_gid, bind=constants.INBOUND_PASSTHROUGH_SOURCE[version])
+        # TPROXY's hairpin marks a local connection by uid or gid, where nat asks the uid first
+        # (found by tests/integration/test_decision.py)
+        if proxy_gid != app:
+            add(f"proxy-gid-to-app-over-lo{v}", f"the app's uid with the proxy's gid {proxy_gid} to the pod address",
+                pod_ip, APP_PORT, gid=proxy_gid)
+        add(f"proxy-to-tunnel-port-over-lo{v}", f"the proxy uid to the pod address on the tunnel port "
+            f"{spec.inbound_tunnel_port}", pod_ip, spec.inbound_tunnel_port, uid=proxy_uid, gid=proxy_gid)
 
         add(f"inbound-app-port{v}", "remote pod to an app port", pod_ip, APP_PORT, client="remote")
         for port in spec.inbound_ports_exclude[:5] if first else spec.inbound_ports_exclude[:1]:
@@ -239,6 +247,24 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
             if first:
                 add("outbound-send-close-late", "app sends and closes before the proxy asks for the original "
                     "destination", service, APP_PORT, proto="tcp-send-close", late=True)
+        # Ways around the capture (issue: no bypass), each as iptables sees it:
+        if service:
+            add(f"outbound-after-dropping-from-proxy-uid{v}", f"a process started as the proxy's uid {proxy_uid} that "
+                "became the app's, then connects", service, APP_PORT, uid=0, gid=0,
+                become=((proxy_uid, proxy_gid), (app, app)))
+            add(f"outbound-bound-to-passthrough-source{v}", f"app bound to {constants.INBOUND_PASSTHROUGH_SOURCE[version]} "
+                "(the proxy's passthrough source) to a service, not over lo", service, APP_PORT,
+                bind=constants.INBOUND_PASSTHROUGH_SOURCE[version])
+            add(f"outbound-second-connect-after-a-failure{v}", f"app connects a socket whose connect to {loopback}:1 "
+                "was refused", service, APP_PORT, first=("connect", f"[{loopback}]:1" if version == 6 else
+                                                         f"{loopback}:1"))
+            add(f"outbound-tcp-fast-open{v}", "app to a service with sendto(MSG_FASTOPEN): the connect inside the "
+                "send", service, APP_PORT, proto="tcp-fastopen")
+        add(f"outbound-own-pod-ip-inbound-port{v}", f"app to its own address on the inbound capture port "
+            f"{spec.inbound_capture_port}", pod_ip, spec.inbound_capture_port)
+        if first:
+            add("dns-udp-sendto-on-a-connected-socket", "DNS over UDP with sendto on a socket connected elsewhere",
+                resolver, 53, proto="dns-udp-sendto-connected")
         add(f"outbound-unspecified{v}", f"app to {UNSPECIFIED[version]} (the kernel connects it to itself)",
             UNSPECIFIED[version], APP_PORT)
         add(f"app-dials-proxy-port{v}", f"app to {loopback}:{spec.proxy_port}, the proxy itself (never redirected)",
@@ -287,7 +313,7 @@ def _in_userns_pod(case: Case) -> Case:
     moved = {POD_ADDRESSES["pod"][i]: POD_ADDRESSES["userns-pod"][i] for i in (0, 1)}
     return Case(f"userns-{case.name}", f"in a pod with its own user namespace: {case.description}",
                 "userns-pod" if case.client == "pod" else case.client, case.proto, moved.get(case.dst, case.dst),
-                case.port, case.uid, case.gid, case.bind, case.first, case.late, case.setup)
+                case.port, case.uid, case.gid, case.bind, case.first, case.late, case.setup, case.become)
 
 
 def _captures_inbound_port(spec: CaptureSpec, port: int) -> bool:
@@ -309,7 +335,7 @@ def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabP
     pod_addresses = {ipaddress.ip_address(a) for role in meshed for a in POD_ADDRESSES[role]}
     pod_addresses.add(ipaddress.ip_address(ADDED_AFTER_APPLY))
     for case in cases:
-        if case.proto not in ("tcp", "tcp-send-close"):
+        if case.proto not in ("tcp", "tcp-send-close", "tcp-fastopen"):
             continue
         address = _unmapped(case.dst)
         if case.client == "remote" or address.is_loopback or address.is_unspecified:

@@ -94,7 +94,7 @@ def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,
                     if not wait_for(lambda: backend.synced(pod), timeout=2):
                         raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s")
                 client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
-                                    uid=case.uid, gid=case.gid, bind=case.bind, first=case.first)
+                                    uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become)
                 run.outcomes[case.name] = observe(client, _events(lab, case, token))
                 if progress:
                     progress()

@@ -315,6 +315,28 @@ def enable_stats() -> int:
     return _check(_lib.bpf_enable_stats(STATS_RUN_TIME), "bpf_enable_stats")
 
 
+class _TestRunOpts(ctypes.Structure):  # struct bpf_test_run_opts
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
+                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+_lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+_lib.bpf_prog_test_run_opts.restype = ctypes.c_int
+
+
+def prog_test_run(prog_fd: int, data: bytes) -> int:
+    """BPF_PROG_RUN: run a program once on `data` (a packet, for the types that take one); what it
+    returned."""
+    buffer = ctypes.create_string_buffer(data, len(data))
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.cast(buffer, ctypes.c_void_p),
+                        data_size_in=len(data), repeat=1)
+    _check(_lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "bpf_prog_test_run")
+    return opts.retval
+
+
 _lib.bpf_prog_get_fd_by_id.argtypes = [ctypes.c_uint32]
 _lib.bpf_prog_get_fd_by_id.restype = ctypes.c_int
 

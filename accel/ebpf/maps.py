@@ -62,7 +62,8 @@ class Pod(ctypes.Structure):
                 ("tunnel_port", ctypes.c_uint16), ("dns_port", ctypes.c_uint16), ("flags", ctypes.c_uint32),
                 ("loopback_v4", ctypes.c_uint32), ("loopback_v4_mask", ctypes.c_uint32),
                 ("uids", ctypes.c_uint32 * MAX_IDS), ("gids", ctypes.c_uint32 * MAX_IDS), ("n_uids", ctypes.c_uint8),
-                ("n_gids", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2)]
+                ("n_gids", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2), ("tproxy_mark", ctypes.c_uint32),
+                ("pad2", ctypes.c_uint32)]
 
 
 class PortKey(ctypes.Structure):
@@ -243,7 +244,7 @@ def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap(), shortcut: 
     pod = Pod(config=config, proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
               tunnel_port=spec.inbound_tunnel_port, dns_port=constants.DNS_PROXY_PORT, flags=flags,
               loopback_v4=_network_u32(loopback.network_address), loopback_v4_mask=_network_u32(loopback.netmask),
-              n_uids=len(spec.proxy_uids), n_gids=len(spec.proxy_gids))
+              n_uids=len(spec.proxy_uids), n_gids=len(spec.proxy_gids), tproxy_mark=spec.inbound_tproxy_mark)
     pod.uids[:len(spec.proxy_uids)] = [ids.uid(u) for u in spec.proxy_uids]
     pod.gids[:len(spec.proxy_gids)] = [ids.gid(g) for g in spec.proxy_gids]
     entries = PodEntries(config, pod)

@@ -358,13 +358,16 @@ class Lab:
         return result.stdout
 
     def client(self, role: str, *, proto: str, dst: str, port: int, token: str, uid: int, gid: int,
-               bind: str | None = None, first: tuple[str, str] | None = None, timeout: float = 2.0) -> dict:
+               bind: str | None = None, first: tuple[str, str] | None = None, timeout: float = 2.0,
+               become: tuple[tuple[int, int], ...] = ()) -> dict:
         """Run one request from a pod, as uid/gid; returns what the client saw. `first`: what the
-        same socket does before, ("dns", server) or ("connect", "addr:port")."""
+        same socket does before, ("dns", server) or ("connect", "addr:port"); `become`: the
+        (uid, gid) steps the process takes after starting, before making its socket."""
         pod = self.pods[role]
         argv = self._agent_command("client", "--proto", proto, "--dst", dst, "--port", str(port),
                                    "--token", token, "--timeout", str(timeout), *(["--bind", bind] if bind else []),
-                                   *([f"--first-{first[0]}", first[1]] if first else []))
+                                   *([f"--first-{first[0]}", first[1]] if first else []),
+                                   *(["--become", ",".join(f"{u}:{g}" for u, g in become)] if become else []))
         result = process.run(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, userns=pod.userns,
                              timeout=timeout + 10)
         if result.returncode != 0:

@@ -199,6 +199,62 @@ def test_other_getsockopt_calls_pass_through_even_above_a_page():
     assert len(plain) > 400 and hooked == plain
 
 
+# Options read from a connected TCP socket: their value as the kernel gives it, but for what
+# changes by itself (TCP_INFO's timers and counters).
+GETSOCKOPT_SCRIPT = r"""
+import ctypes, json, socket
+libc = ctypes.CDLL(None, use_errno=True)
+def large(level, name, size):  # Python's getsockopt stops at 1024 bytes
+    buffer, length = ctypes.create_string_buffer(size), ctypes.c_uint32(size)
+    if libc.getsockopt(client.fileno(), level, name, buffer, ctypes.byref(length)) != 0:
+        return f"errno {ctypes.get_errno()}"
+    return [length.value, buffer.raw[:8].hex()]
+listener = socket.socket(); listener.bind(("127.0.0.1", 0)); listener.listen()
+client = socket.create_connection(listener.getsockname()); server, _ = listener.accept()
+def ask(level, name, size):
+    try:
+        return client.getsockopt(level, name, size).hex()
+    except OSError as error:
+        return f"errno {error.errno}"
+info = client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 232)
+print(json.dumps({
+    "tcp_info": [len(info), info[:8].hex()],  # state, ca_state, retransmits, probes, backoff, options, wscale
+    "peercred": ask(socket.SOL_SOCKET, socket.SO_PEERCRED, 12),  # none for TCP: the same none either way
+    "ip_options": ask(socket.IPPROTO_IP, socket.IP_OPTIONS, 40),
+    "ip_tos": ask(socket.IPPROTO_IP, socket.IP_TOS, 4),
+    "so_type": ask(socket.SOL_SOCKET, socket.SO_TYPE, 4),
+    "tcp_congestion": ask(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16),
+    "large_optval": large(socket.IPPROTO_TCP, socket.TCP_INFO, 8192),
+    "large_unknown": large(socket.SOL_SOCKET, 12345, 8192),
+    "unknown_option": ask(socket.SOL_SOCKET, 12345, 4),
+}))
+"""
+
+
+@pytest.mark.parametrize("uid", [APP, 1337])
+def test_getsockopt_answers_only_the_proxys_original_destination(uid):
+    """The getsockopt hook changes nothing but SO_ORIGINAL_DST of redirected connections: other
+    options, from an app (uid 1000) and from the proxy's uid, read the same with and without it."""
+    with Lab(LabPlan(sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))) as lab:
+        pod = lab.pods["pod"]
+
+        def read():
+            result = process.run(["/usr/bin/python3", "-I", "-S", "-c", GETSOCKOPT_SCRIPT], netns=pod.netns,
+                                 cgroup=pod.cgroup, uid=uid, gid=uid)
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+
+        plain = read()
+        backend = get_backend("ebpf")
+        backend.apply(pod, STOCK)
+        try:
+            hooked = read()
+        finally:
+            backend.remove(pod)
+    assert plain["tcp_info"][0] > 100 and plain["large_optval"][0] > 100
+    assert hooked == plain
+
+
 @pytest.mark.parametrize("args, needle", [
     (["-c", "eth1"], "--istio-exclude-interfaces"),
     (["-k", "eth1"], "--kube-virt-interfaces"),

@@ -22,7 +22,7 @@ def entries(spec, ids=IdMap()):
 
 def test_struct_sizes_match_accel_h():
     # bpf/accel.h's sizes; the datapath also checks every member's offset against the compiled BTF
-    sizes = {m.Pod: 96, m.PortKey: 16, m.GroupKey: 16, m.PrefixKey: 29, m.Origin: 24, m.Tuple: 48,
+    sizes = {m.Pod: 104, m.PortKey: 16, m.GroupKey: 16, m.PrefixKey: 29, m.Origin: 24, m.Tuple: 48,
              m.ListenerKey: 16, m.Sources: 24, m.Counters: 8 * len(m.COUNTERS)}
     assert {t: ctypes.sizeof(t) for t in sizes} == sizes
 

@@ -15,7 +15,7 @@ The log is an inherited file descriptor (--log-fd): no one else can open it.
                     --uid UID --gid GID [--transparent] [--inbound-families 4,6]
   agent.pyz client  --proto tcp|tcp-send-close|mptcp|udp|udplite|ping|dns-udp|dns-udp-sendto|dns-tcp --dst ADDR
                     --port PORT --token TOKEN [--bind ADDR] [--first-dns ADDR]
-                    [--first-connect ADDR:PORT] [--timeout SECONDS]
+                    [--first-connect ADDR:PORT] [--become UID:GID,...] [--timeout SECONDS]
   agent.pyz burst   --targets FILE [--concurrency N] [--until FILE]   many TCP requests at once
   agent.pyz http    --name NAME --port PORT               an HTTP server that says what it saw
   agent.pyz http-get --url URL                            one HTTP GET, reported as JSON
@@ -51,14 +51,16 @@ def main(argv=None):
     sidecar.add_argument("--inbound-families", default="4,6")
     client = roles.add_parser("client")
     client.add_argument("--proto", required=True,
-                        choices=["tcp", "tcp-send-close", "mptcp", "udp", "udplite", "ping", "dns-udp",
-                                 "dns-udp-sendto", "dns-tcp"])
+                        choices=["tcp", "tcp-send-close", "tcp-fastopen", "mptcp", "udp", "udplite", "ping",
+                                 "dns-udp", "dns-udp-sendto", "dns-udp-sendto-connected", "dns-tcp"])
     client.add_argument("--dst", required=True)
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--token", required=True)
     client.add_argument("--bind")
     client.add_argument("--first-dns")
     client.add_argument("--first-connect")
+    client.add_argument("--become", metavar="UID:GID[,UID:GID]",
+                        help="change identity first (started as root): each step but the last keeps root saved")
     client.add_argument("--timeout", type=float, default=2.0)
     burst = roles.add_parser("burst")
     burst.add_argument("--targets", required=True)

@@ -2,17 +2,36 @@
 
 import errno
 import json
+import os
 import socket
 import struct
 
 from .common import IPPROTO_MPTCP, IPPROTO_UDPLITE, dns_query, read_exact, read_line, text
 
+UDP_ELSEWHERE = 9
+
+
+def become(steps):
+    """Change identity before making the socket: each UID:GID but the last keeps root as the saved
+    uid (so the next step may still change), the last drops everything."""
+    for index, step in enumerate(steps):
+        uid, gid = map(int, step.split(":"))
+        last = index == len(steps) - 1
+        if os.geteuid() != 0:
+            os.seteuid(0)  # back through the saved uid
+        os.setgroups([])
+        os.setresgid(gid, gid, gid if last else 0)
+        os.setresuid(uid, uid, uid if last else 0)
+
 
 def run_client(args):
+    if args.become:
+        become(args.become.split(","))
     family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
     target = (args.dst, args.port)
     result = {}
-    kind = socket.SOCK_STREAM if args.proto in ("tcp", "tcp-send-close", "mptcp", "dns-tcp") else socket.SOCK_DGRAM
+    kind = socket.SOCK_STREAM if args.proto in ("tcp", "tcp-send-close", "tcp-fastopen", "mptcp", "dns-tcp") \
+        else socket.SOCK_DGRAM
     protocol = {"mptcp": IPPROTO_MPTCP, "udplite": IPPROTO_UDPLITE, "ping": socket.IPPROTO_ICMP}.get(args.proto, 0)
     sock = socket.socket(family, kind, protocol)
     sock.settimeout(args.timeout)
@@ -42,6 +61,21 @@ def run_client(args):
             sock.sendto(dns_query(args.token, 0x5151), target)
             answer, source = sock.recvfrom(2048)
             result.update(ok=answer[:2] == b"\x51\x51", reply_from=text(source))
+        elif args.proto == "dns-udp-sendto-connected":  # connected elsewhere, this datagram names its own
+            # (an answer from the server's port 53 does not match the connected peer: it never
+            # arrives, with or without capture; where the query went is what counts)
+            sock.connect((args.dst, UDP_ELSEWHERE))
+            sock.sendto(dns_query(args.token, 0x5151), target)
+            answer = sock.recv(2048)
+            result.update(ok=answer[:2] == b"\x51\x51")
+        elif args.proto == "tcp-fastopen":  # connect inside sendto, the request in the SYN if it may
+            sock.settimeout(None)  # blocking: without a cookie yet the kernel connects first, then sends
+            sock.sendto(args.token.encode() + b"\n", socket.MSG_FASTOPEN, target)
+            sock.settimeout(args.timeout)
+            result.update(sockname=text(sock.getsockname()), peername=text(sock.getpeername()))
+            reply = read_line(sock, 65536)
+            result["reply"] = json.loads(reply) if reply else None
+            result["ok"] = bool(result["reply"]) and "error" not in result["reply"]
         else:
             sock.connect(target)
             result.update(sockname=text(sock.getsockname()), peername=text(sock.getpeername()))
