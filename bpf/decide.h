@@ -37,25 +37,48 @@ struct accel_flow {
 	__u32 mark;       /* the socket's mark (SO_MARK) */
 };
 
-/* One owner triple of the chain (-u or -g, one id): what it decides, or -1 to go on. */
-static __always_inline int owner_rules(const struct accel_pod *pod, const struct accel_flow *f,
-				       int local, int owned, int dns_form)
+/* Whether `id` is one of the first `n` of `ids`. */
+static __always_inline int id_in(const __u32 *ids, __u8 n, __u32 id)
+{
+	int i;
+
+#pragma unroll
+	for (i = 0; i < ACCEL_MAX_IDS; i++) {
+		if (i >= n)
+			return 0;
+		if (ids[i] == id)
+			return 1;
+	}
+	return 0;
+}
+
+/* The chain's owner rules, for each -u id and then each -g id in turn: (a) the proxy's own TCP to
+ * its pod (not to the loopback CIDR or the tunnel port, and for uids with DNS capture not to 53)
+ * goes to the inbound listener; (b) anyone else's traffic to a local address is left alone (with
+ * DNS capture only TCP not to 53; absent when -i names a loopback CIDR); (c) the proxy's own
+ * traffic is never captured. Walked id by id they come to this: (b) fires at the first id
+ * already, for every socket not of that id, so a later id decides only where (b) does not apply.
+ * What they decide, or -1 to go on. (Each id of its own, as the chain has them, makes the verifier
+ * walk every combination: seconds per load.) */
+static __always_inline int owner_rules(const struct accel_pod *pod, const struct accel_flow *f, int local)
 {
 	int dns = pod->flags & ACCEL_DNS;
+	int to_pod = local && f->tcp && !is_loopback_cidr(pod, f->dst) && f->port != pod->tunnel_port;
+	int uid_to_pod = to_pod && !(dns && f->port == DNS_PORT);
+	int others_left = !(pod->flags & ACCEL_INCLUDE_LO) && local && (!dns || (f->tcp && f->port != DNS_PORT));
 
-	/* a. the proxy's own TCP to its pod (not the loopback CIDR, not the tunnel port, and with
-	 *    DNS capture, for uids only, not 53) goes to the inbound listener */
-	if (local && owned && f->tcp && !is_loopback_cidr(pod, f->dst) && f->port != pod->tunnel_port &&
-	    !(dns_form && dns && f->port == DNS_PORT))
-		return VERDICT_INBOUND;
-	/* b. anyone else's traffic to a local address is left alone (with DNS capture, only TCP
-	 *    that is not to 53); absent when -i names a loopback CIDR */
-	if (!(pod->flags & ACCEL_INCLUDE_LO) && local && !owned &&
-	    (!dns || (f->tcp && f->port != DNS_PORT)))
-		return VERDICT_PASS;
-	/* c. the proxy's own traffic is never captured */
-	if (owned)
-		return VERDICT_PASS;
+	if (pod->n_uids) {
+		if (f->uid == pod->uids[0] || (!others_left && id_in(pod->uids, pod->n_uids, f->uid)))
+			return uid_to_pod ? VERDICT_INBOUND : VERDICT_PASS;
+		if (others_left)
+			return VERDICT_PASS;
+	} else if (pod->n_gids) {  /* no -u ids: the first -g id's (b) fires for everyone else */
+		if (f->gid == pod->gids[0] || (!others_left && id_in(pod->gids, pod->n_gids, f->gid)))
+			return to_pod ? VERDICT_INBOUND : VERDICT_PASS;
+		return others_left ? VERDICT_PASS : -1;
+	}
+	if (id_in(pod->gids, pod->n_gids, f->gid))
+		return to_pod ? VERDICT_INBOUND : VERDICT_PASS;
 	return -1;
 }
 
@@ -68,7 +91,7 @@ static __always_inline int is_local(__u64 netns, const struct accel_flow *f)
 /* nat ISTIO_OUTPUT, rule by rule (the caller checked the pod has rules of this family). */
 static __always_inline int decide_nat(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
 {
-	int verdict, i;
+	int verdict;
 
 	f->local = 0;
 	/* -o: excluded ports, TCP and UDP */
@@ -80,22 +103,9 @@ static __always_inline int decide_nat(__u64 netns, const struct accel_pod *pod, 
 	/* -o lo -s 127.0.0.6/32 (::6/128): the proxy's inbound passthrough */
 	if (local && f->passthrough)
 		return VERDICT_PASS;
-#pragma unroll
-	for (i = 0; i < ACCEL_MAX_IDS; i++) {
-		if (i >= pod->n_uids)
-			break;
-		verdict = owner_rules(pod, f, local, f->uid == pod->uids[i], 1);
-		if (verdict >= 0)
-			return verdict;
-	}
-#pragma unroll
-	for (i = 0; i < ACCEL_MAX_IDS; i++) {
-		if (i >= pod->n_gids)
-			break;
-		verdict = owner_rules(pod, f, local, f->gid == pod->gids[i], 0);
-		if (verdict >= 0)
-			return verdict;
-	}
+	verdict = owner_rules(pod, f, local);
+	if (verdict >= 0)
+		return verdict;
 	/* owner groups: capture only the included groups, or all but the excluded ones */
 	if (pod->flags & ACCEL_GROUPS_ALL) {
 		if ((pod->flags & ACCEL_HAS_GROUPS_EXCLUDE) && has_group(pod->config, f->gid, GROUP_EXCLUDE))
@@ -159,20 +169,13 @@ static __always_inline int decide_inbound(__u64 netns, const struct accel_pod *p
  * own connections to the tunnel port, and with DNS capture to port 53. */
 static __always_inline int tproxy_hairpin(__u64 netns, const struct accel_pod *pod, struct accel_flow *f)
 {
-	int i, owned = 0;
-
 	if (!(pod->flags & ACCEL_IN_CAPTURE) || !f->tcp || f->passthrough || f->mark == pod->tproxy_mark)
 		return VERDICT_PASS;
 	if (!f->local && !(f->local = is_local(netns, f)))  /* nat may have left before asking */
 		return VERDICT_PASS;
 	if (is_loopback_cidr(pod, f->dst))  /* both the mark rule and ISTIO_TPROXY leave it */
 		return VERDICT_PASS;
-#pragma unroll
-	for (i = 0; i < ACCEL_MAX_IDS; i++) {
-		if ((i < pod->n_uids && f->uid == pod->uids[i]) || (i < pod->n_gids && f->gid == pod->gids[i]))
-			owned = 1;
-	}
-	if (!owned)
+	if (!id_in(pod->uids, pod->n_uids, f->uid) && !id_in(pod->gids, pod->n_gids, f->gid))
 		return VERDICT_PASS;
 	return inbound_port_captured(pod, f->port) ? VERDICT_INBOUND : VERDICT_PASS;
 }
