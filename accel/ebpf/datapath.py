@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import userns
+from .. import faults, userns
 from ..cgroup import Cgroup
 from ..process import in_netns
 from ..spec import CaptureSpec
@@ -233,6 +233,7 @@ class Datapath:
                 libbpf.obj_pin(handle.sk_lookup_link, str(pin))
             handle.pod = entries.pod
             handle.listeners = self.register_listeners(netns)  # those listening already: no refusal window
+            faults.point("pod-add:entries")
             self.write_pod(cookie, entries.pod)  # now it is meshed
             handle.listeners = self.register_listeners(netns)  # and any that began listening meanwhile
             if follow:
@@ -246,6 +247,11 @@ class Datapath:
             self.remove_pod(netns)
             raise
         return handle
+
+    def pod_entries_in_maps(self) -> dict[int, Pod]:
+        """Every pod's entry in `pods`, by netns cookie, whoever wrote it."""
+        maps = self.compiled.maps
+        return {key.value: libbpf.map_lookup(maps["pods"], key, Pod) for key in libbpf.map_keys(maps["pods"], ctypes.c_uint64)}
 
     def adopt_pod(self, netns: str, cookie: int, config: int, pin: Path | None) -> PodHandle:
         """A pod another process meshed (a node's), to change or remove from this one."""
@@ -283,6 +289,7 @@ class Datapath:
             return
         maps = self.compiled.maps
         libbpf.map_delete(maps["pods"], ctypes.c_uint64(handle.cookie))
+        faults.point("pod-del:uncaptured")
         if handle.follower is not None:
             handle.follower.stop()
         if handle.sk_lookup_link is not None:

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from importlib import metadata
 
+from .. import faults
 from ..ebpf import libbpf, probe
 from ..ebpf.datapath import read_counters
 from ..ebpf.programs import LINKED_PROGRAMS, SHORTCUT
@@ -71,6 +72,10 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
                 mount_bpffs(paths.bpffs)
                 mounted = True
             loaded = pinned.up(paths, current, shortcut=not probe.short_circuit_missing())
+            faults.point("up:pinned")
+            reconciled += pods.drop_unknown(paths, current)
+            if current is not None:
+                reconciled += pods.restore(paths, current)
             report.update(action=loaded.action, programs=loaded.programs, links=loaded.links, kept=loaded.kept,
                           migrated=loaded.migrated, swapped=loaded.swapped)
             datapath = {"programs": loaded.programs, "links": loaded.links}
@@ -92,7 +97,11 @@ def down(paths: NodePaths) -> dict:
     """Remove everything accel made on this node: every pod's capture, the links, programs, maps and
     pins, the bpffs mount if `up` made it, and the state directory."""
     with node_state.locked(paths.state):
-        current = node_state.load(paths.state)
+        damaged = None
+        try:
+            current = node_state.load(paths.state)
+        except NodeError as error:  # what it described is unknown: the pins still go, and with them every eBPF pod
+            current, damaged = None, str(error)
         removed_pods = []
         if current is not None:
             for record in list(current.pods.values()):
@@ -100,12 +109,16 @@ def down(paths: NodePaths) -> dict:
                 node_state.save(paths.state, current)
                 pods._remove(paths, current, record)
                 removed_pods.append(record.id)
+            node_state.save(paths.state, current)
+        faults.point("down:pods-removed")
         removed_pins = pinned.down(paths) if paths.pins.exists() else []
+        faults.point("down:unpinned")
         if current is not None and current.mounted_bpffs and bpffs_mounted_at(paths.bpffs) == paths.bpffs.resolve():
             unmount(paths.bpffs)
         shutil.rmtree(paths.state, ignore_errors=True)
     return {"pods": removed_pods, "pins": removed_pins, "state": str(paths.state),
-            "was_up": current is not None}
+            "was_up": current is not None or damaged is not None,
+            **({"damaged_state": damaged} if damaged else {})}
 
 
 def status(paths: NodePaths) -> tuple[dict, list[str]]:
@@ -113,7 +126,10 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
     (empty: healthy)."""
     current = node_state.load(paths.state)
     if current is None:
-        return {"up": False, "state": str(paths.state)}, [f"accel is not up on this node (no state in {paths.state})"]
+        problem = f"accel is not up on this node (no state in {paths.state})"
+        if pinned.datapath_pinned(paths):
+            problem += f", but a datapath is pinned under {paths.pins}: accel up adopts it"
+        return {"up": False, "state": str(paths.state)}, [problem]
     problems: list[str] = []
     document = {"up": True, "backend": current.backend, "why": current.why, "version": current.version,
                 "up_at": current.up_at, "cgroup": current.cgroup, "state": str(paths.state)}

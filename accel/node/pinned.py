@@ -23,7 +23,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import inputs, userns
+from .. import faults, inputs, userns
 from ..ebpf import libbpf, objects
 from ..ebpf.datapath import Compiled, Datapath, DatapathError, attach_links
 from ..ebpf.follow import read_facts
@@ -103,6 +103,7 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
         for fd in pinned_maps.values():
             os.close(fd)
     report = UpReport("loaded")
+    faults.point("up:loaded")
     try:
         linked = LINKED_PROGRAMS if shortcut else CGROUP_PROGRAMS
         links = {program.name: pinned_fd(_pin(root, LINKS, program.name)) for program in linked}
@@ -136,6 +137,7 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                     if fd is not None:
                         libbpf.link_detach(fd)
                 fresh = attach_links(compiled, paths.cgroup)
+                faults.point("up:attached")
                 for name, fd in fresh.items():
                     path = _pin(root, LINKS, name)
                     path.unlink(missing_ok=True)
@@ -246,6 +248,11 @@ def open_for_pods(paths: NodePaths) -> Datapath:
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def datapath_pinned(paths: NodePaths) -> bool:
+    """Whether the datapath's maps are pinned (if not, nothing of its pods is in the kernel)."""
+    return (paths.pins / MAPS / "pods").exists()
 
 
 def pod_pin(paths: NodePaths, pod_id: str) -> Path:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import inputs, userns
+from .. import faults, inputs, userns
 from ..backends import BackendError, get_backend
 from ..ebpf import libbpf, probe
 from ..ebpf.maps import UnsupportedSpec, new_config_id
@@ -88,6 +88,7 @@ def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str 
             record.pin = str(pinned.pod_pin(paths, pod_id))
         current.pods[pod_id] = record
         node_state.save(paths.state, current)  # the intent first: a crash from here is reconciled
+        faults.point("pod-add:recorded")
         try:
             if current.backend == "ebpf":
                 _ebpf_add(paths, record, spec)
@@ -97,6 +98,7 @@ def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str 
             _remove(paths, current, record)
             node_state.save(paths.state, current)
             raise
+        faults.point("pod-add:captured")
         record.phase = "ready"
         node_state.save(paths.state, current)
         return "replaced" if existing is not None else "added"
@@ -111,6 +113,7 @@ def delete(paths: NodePaths, pod_id: str) -> str:
         record = current.pods[pod_id]
         record.phase = "removing"
         node_state.save(paths.state, current)
+        faults.point("pod-del:recorded")
         _remove(paths, current, record)
         node_state.save(paths.state, current)
         return "removed"
@@ -162,6 +165,50 @@ def reconcile(paths: NodePaths, current: NodeState, only: str | None = None) -> 
     return done
 
 
+def drop_unknown(paths: NodePaths, current: NodeState | None) -> list[str]:
+    """Remove from the pinned datapath every pod the state does not know (the state directory was
+    lost while the datapath stayed pinned): no pod stays captured without a record."""
+    known = {record.cookie for record in current.pods.values()} if current else set()
+    ids = set(current.pods) if current else set()
+    done = []
+    datapath = pinned.open_for_pods(paths)
+    try:
+        for cookie, entry in datapath.pod_entries_in_maps().items():
+            if cookie not in known:
+                datapath.adopt_pod(f"netns-cookie-{cookie}", cookie, entry.config, None)
+                datapath.remove_pod(f"netns-cookie-{cookie}")
+                done.append(f"netns cookie {cookie}: captured but not in the state; removed")
+    finally:
+        datapath.close()
+    for directory in sorted((paths.pins / pinned.PODS).glob("*")):
+        if directory.name not in ids:
+            pinned.remove_pod_pins(paths, directory.name)
+            done.append(f"pod {directory.name}: an sk_lookup link pinned but not in the state; removed")
+    return done
+
+
+def restore(paths: NodePaths, current: NodeState) -> list[str]:
+    """Write again each ready eBPF pod whose entries are gone from the datapath (its pins were
+    removed under accel, so `up` loaded the datapath afresh): captured as its record says. Saves
+    the state; says what it did."""
+    done = []
+    datapath = pinned.open_for_pods(paths)
+    try:
+        missing = [record for record in current.pods.values() if record.backend == "ebpf" and record.phase == "ready"
+                   and datapath.adopt_pod(record.netns, record.cookie, record.config, None).pod is None]
+        datapath.pods.clear()
+    finally:
+        datapath.close()
+    for record in missing:
+        pinned.remove_pod_pins(paths, record.id)
+        record.pin = str(pinned.pod_pin(paths, record.id))
+        _ebpf_add(paths, record, inputs.from_istio_config(record.spec))
+        done.append(f"pod {record.id}: its entries were gone from the datapath; written again")
+    if done:
+        node_state.save(paths.state, current)
+    return done
+
+
 def _loaded(paths: NodePaths) -> NodeState:
     current = node_state.load(paths.state)
     if current is None:
@@ -170,9 +217,10 @@ def _loaded(paths: NodePaths) -> NodeState:
 
 
 def _remove(paths: NodePaths, current: NodeState, record: PodRecord) -> None:
-    """Remove whatever of the pod is in place; the namespace may be gone already."""
+    """Remove whatever of the pod is in place; the namespace, or the pinned datapath (and with it
+    every entry and link of the pod), may be gone already."""
     if record.backend == "ebpf":
-        if record.cookie is not None and record.config is not None:
+        if record.cookie is not None and record.config is not None and pinned.datapath_pinned(paths):
             datapath = pinned.open_for_pods(paths)
             try:
                 datapath.adopt_pod(record.netns, record.cookie, record.config, Path(record.pin) if record.pin else None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -21,63 +20,14 @@ import pytest
 
 from accel import process
 from accel.ebpf.inspect import bpf_objects
-from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.lab.lab import wait_for
-from accel.netns import Netns, unique_name
-from accel.node.paths import bpffs_mounted_at, unmount
+from accel.netns import Netns
+from accel.node.paths import bpffs_mounted_at
 from tests.kernel_state import rule_state
 
 pytestmark = pytest.mark.privileged
 
-TOP = Path(__file__).resolve().parents[2]
-ACCEL = str(TOP / ".venv" / "bin" / "accel")
-APP = 1000
-SERVICE = "203.0.113.10"
-STOCK = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-         "-d", "15090,15021,15020"]
-
-
-class Node:
-    """A lab whose cgroup the node's programs attach at, with a bpffs and a state directory of its own."""
-
-    def __init__(self, lab: Lab, root: Path):
-        self.lab, self.root = lab, root
-        self.bpffs, self.state = root / "bpffs", root / "state"
-        self.env = {**os.environ, "ACCEL_CGROUP": str(lab.cgroup.path), "ACCEL_BPFFS": str(self.bpffs),
-                    "ACCEL_STATE_DIR": str(self.state)}
-
-    def accel(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([ACCEL, *args], capture_output=True, text=True, env={**self.env, **(env or {})},
-                                timeout=120)
-        if check:
-            assert result.returncode == 0, f"accel {' '.join(args)}: {result.stderr}"
-        return result
-
-    def json(self, *args: str, **kwargs) -> dict:
-        """The command's --json output (accel's own options go before --)."""
-        split = args.index("--") if "--" in args else len(args)
-        return json.loads(self.accel(*args[:split], "--json", *args[split:], **kwargs).stdout)
-
-    def first_hop(self, token: str, dst: str = SERVICE, role: str = "pod") -> str | None:
-        self.lab.client(role, proto="tcp", dst=dst, port=8080, token=token, uid=APP, gid=APP)
-        events = self.lab.events(token)
-        return events[0]["agent"] if events else None
-
-
-@pytest.fixture
-def node():
-    plan = LabPlan(service_addresses=(SERVICE,), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
-    root = Path("/tmp") / unique_name("accel-test")
-    root.mkdir()
-    with Lab(plan) as lab:
-        ready = Node(lab, root)
-        try:
-            yield ready
-        finally:
-            ready.accel("down", check=False)
-            if bpffs_mounted_at(ready.bpffs) == ready.bpffs:
-                unmount(ready.bpffs)
-            shutil.rmtree(root, ignore_errors=True)
+from tests.node_lab import ACCEL, APP, SERVICE, STOCK, TOP, node  # noqa: F401 (node: a fixture)
 
 
 def cgroup_attachments(path: Path) -> str:

@@ -1,0 +1,121 @@
+"""Faults: accel killed at every step of a node's changes (accel/faults.py's failpoints), and
+what the next `accel up` makes of it. A pod is captured wholly or not at all: its traffic and its
+entries in the kernel say the same, and the node goes on working."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+
+import pytest
+
+from accel import faults
+from accel.ebpf.inspect import sk_lookup_links
+from accel.lab import Lab
+from tests.node_lab import PLAN, STOCK, node_on
+
+# One lab for the whole module, a node of its own (bpffs, state) for each test: every test ends
+# with accel down, which leaves the lab as it found it.
+
+
+@pytest.fixture(scope="module")
+def lab():
+    with Lab(PLAN) as shared:
+        yield shared
+
+
+@pytest.fixture
+def node(lab):
+    with node_on(lab) as ready:
+        yield ready
+
+pytestmark = pytest.mark.privileged
+
+POD_MAPS = ("pods", "ports", "groups", "prefixes", "sources", "counters")
+
+
+def add_command(node) -> list[str]:
+    return ["pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK, "-o", "9000"]
+
+
+def commands(node) -> dict[str, list[str]]:
+    return {"up": ["up"], "pod-add": add_command(node), "pod-del": ["pod", "del", "--id", "pod-a"], "down": ["down"]}
+
+
+@pytest.mark.parametrize("point", list(faults.POINTS))
+def test_killed_at_each_step_the_next_up_repairs(node, point):
+    command = point.split(":")[0]
+    if command != "up":
+        node.accel("up")
+    if command in ("pod-del", "down"):
+        node.accel(*add_command(node))
+        assert node.first_hop("before") == "sidecar"
+    died = node.accel(*commands(node)[command], check=False, env={faults.ENV: f"kill:{point}"})
+    assert died.returncode == -signal.SIGKILL, f"{point} was never reached: {died.stderr}"
+
+    node.json("up")
+    status = node.accel("status", "--json", check=False)
+    assert status.returncode == 0, status.stderr  # healthy: nothing half-done is left to report
+    document = json.loads(status.stdout)
+    captured = "pod-a" in {pod["id"] for pod in document["pods"]}
+    entries = {item["name"]: item["entries"] for item in document["maps"]}
+    links = sk_lookup_links(node.lab.pods["pod"].netns)
+    if captured:
+        assert all(pod["phase"] == "ready" for pod in document["pods"])
+        assert entries["pods"] == 1 and entries["ports"] == 4 and len(links) == 1  # -o 9000 and the three -d
+        assert node.first_hop(f"after-{point}") == "sidecar"
+    else:
+        assert {name: entries[name] for name in POD_MAPS} == dict.fromkeys(POD_MAPS, 0) and links == []
+        assert node.first_hop(f"after-{point}") == "remote"
+    # and the node works on
+    node.accel(*add_command(node))
+    assert node.first_hop(f"again-{point}") == "sidecar"
+    node.accel("down")
+    assert not node.state.exists() and sk_lookup_links(node.lab.pods["pod"].netns) == []
+    assert node.first_hop(f"down-{point}") == "remote"
+
+
+def test_the_pin_directory_removed_under_accel_is_detected_and_up_restores_every_pod(node):
+    node.accel("up")
+    node.accel(*add_command(node))
+    assert node.first_hop("before") == "sidecar"
+    shutil.rmtree(node.bpffs / "accel")  # every pin: links, maps, programs, the pod's sk_lookup link
+    status = node.accel("status", check=False)
+    assert status.returncode == 1 and "not pinned" in status.stderr
+    assert node.first_hop("unpinned") == "remote"  # nothing held the links: the capture went with them
+    repaired = node.json("up")
+    assert any("pod-a" in line and "written again" in line for line in repaired["reconciled"])
+    assert node.accel("status").returncode == 0
+    assert node.first_hop("restored") == "sidecar" and len(sk_lookup_links(node.lab.pods["pod"].netns)) == 1
+
+
+def test_a_damaged_state_is_named_and_down_still_removes_everything(node):
+    node.accel("up")
+    node.accel(*add_command(node))
+    (node.state / "state.json").write_text("{not json")
+    for command in (["status"], ["up"], ["pod", "list"]):
+        refused = node.accel(*command, check=False)
+        assert refused.returncode == 1 and "state.json is damaged" in refused.stderr, command
+        assert refused.stderr.count("\n") == 1
+    down = node.json("down")
+    assert "damaged" in down["damaged_state"] and down["pins"]
+    assert not node.state.exists() and sk_lookup_links(node.lab.pods["pod"].netns) == []
+    assert node.first_hop("after-down") == "remote"
+
+
+def test_a_missing_state_with_the_datapath_still_pinned(node):
+    """The state directory gone (a node's disk wiped, say) while the datapath is pinned: up adopts the
+    datapath, and the pods it no longer knows are dropped from the kernel, named, never left
+    captured without a record."""
+    node.accel("up")
+    node.accel(*add_command(node))
+    shutil.rmtree(node.state)
+    assert node.accel("status", check=False).returncode == 1
+    repaired = node.json("up")
+    assert any("not in the state" in line for line in repaired["reconciled"]), repaired
+    document = node.json("status")
+    assert document["pods"] == [] and {m["name"]: m["entries"] for m in document["maps"]}["pods"] == 0
+    assert sk_lookup_links(node.lab.pods["pod"].netns) == [] and node.first_hop("dropped") == "remote"
+    node.accel(*add_command(node))
+    assert node.first_hop("added-again") == "sidecar"
