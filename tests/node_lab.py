@@ -52,6 +52,19 @@ class Node:
         return events[0]["agent"] if events else None
 
 
+def another_accel(tmp_path: Path, changes: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The environment of another accel (a newer one, a broken one): copies of accel/ and bpf/ with
+    a change per file (relative path: (old, new)), imported ahead of this checkout's."""
+    root = tmp_path / "another"
+    for part in ("accel", "bpf"):
+        shutil.copytree(TOP / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for file, (old, new) in changes.items():
+        text = (root / file).read_text()
+        assert old in text, file
+        (root / file).write_text(text.replace(old, new))
+    return {"PYTHONPATH": str(root), "ACCEL_BPF_DIR": str(root / "bpf"), "ACCEL_CACHE_DIR": str(tmp_path / "cache")}
+
+
 PLAN = LabPlan(service_addresses=(SERVICE,), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
 
 

@@ -18,6 +18,7 @@ cache holds, and a record is written only after it has loaded once.
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import hashlib
 import importlib.util
@@ -208,10 +209,14 @@ def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
     except ImportError as error:
         raise ObjectsError(f"bcc is not installed (python3-bpfcc) and the cache has no compiled "
                            f"datapath for this kernel: {error}") from None
-    try:
-        bpf = BPF(text=source.encode(), cflags=cflags)
-    except Exception as error:
-        raise ObjectsError(f"compiling the datapath: {error}") from error
+    with _stderr_kept() as said:
+        try:
+            bpf = BPF(text=source.encode(), cflags=cflags)
+        except Exception as error:
+            # bcc names what failed (clang's error, the map the kernel would not create) on its
+            # own stderr, and only "Failed to compile" in the exception
+            cause = "; ".join(line for line in said().splitlines() if line.strip())[-2000:]
+            raise ObjectsError(f"compiling the datapath: {cause or error}") from error
     try:
         maps, by_fd, btfs, labels = {}, {}, {}, {}
         for name, fd in _tables(lib, bpf.module):
@@ -234,6 +239,20 @@ def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
     finally:
         bpf.cleanup()
     return {"format": FORMAT, "key": key, "license": license, "btf": btfs, "maps": maps, "programs": compiled}
+
+
+@contextlib.contextmanager
+def _stderr_kept():
+    """What the process writes to file descriptor 2 meanwhile (bcc's C++ and clang write there),
+    kept from the terminal; yields a function that returns it."""
+    saved, kept = os.dup(2), tempfile.TemporaryFile()
+    os.dup2(kept.fileno(), 2)
+    try:
+        yield lambda: (kept.seek(0), kept.read().decode(errors="replace"))[1]
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        kept.close()
 
 
 def _tables(lib, module) -> list[tuple[str, int]]:

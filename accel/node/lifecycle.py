@@ -71,7 +71,20 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
             if bpffs_mounted_at(paths.bpffs) is None:
                 mount_bpffs(paths.bpffs)
                 mounted = True
-            loaded = pinned.up(paths, current, shortcut=not probe.short_circuit_missing())
+            try:
+                loaded = pinned.up(paths, current, shortcut=not probe.short_circuit_missing())
+            except (NodeError, OSError) as error:
+                if current is not None:
+                    raise
+                # a first load that failed (a map the kernel would not create, a program its
+                # verifier refused, a hook it would not attach) leaves nothing; auto takes nftables
+                _undo_first_load(paths, mounted)
+                if requested != "auto":
+                    raise NodeError(f"the eBPF datapath did not load: {error}") from None
+                mounted, backend = False, "nftables"
+                why = f"auto: the eBPF datapath did not load ({error}), so nftables"
+                report = {"backend": backend, "why": why}
+        if backend == "ebpf":
             faults.point("up:pinned")
             reconciled += pods.drop_unknown(paths, current)
             if current is not None:
@@ -91,6 +104,13 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
         node_state.save(paths.state, current)
         report["reconciled"] = reconciled
         return report
+
+
+def _undo_first_load(paths: NodePaths, mounted: bool) -> None:
+    """What a failed first eBPF load made: its pin directories, and the bpffs mount if up made it."""
+    shutil.rmtree(paths.pins, ignore_errors=True)
+    if mounted and bpffs_mounted_at(paths.bpffs) == paths.bpffs.resolve():
+        unmount(paths.bpffs)
 
 
 def down(paths: NodePaths) -> dict:

@@ -11,9 +11,10 @@ import signal
 import pytest
 
 from accel import faults
-from accel.ebpf.inspect import sk_lookup_links
+from accel.ebpf.inspect import bpf_objects, sk_lookup_links
 from accel.lab import Lab
-from tests.node_lab import PLAN, STOCK, node_on
+from accel.node.paths import bpffs_mounted_at
+from tests.node_lab import PLAN, STOCK, another_accel, node_on
 
 # One lab for the whole module, a node of its own (bpffs, state) for each test: every test ends
 # with accel down, which leaves the lab as it found it.
@@ -119,3 +120,31 @@ def test_a_missing_state_with_the_datapath_still_pinned(node):
     assert sk_lookup_links(node.lab.pods["pod"].netns) == [] and node.first_hop("dropped") == "remote"
     node.accel(*add_command(node))
     assert node.first_hop("added-again") == "sidecar"
+
+
+# What a first load can meet that the kernel's feature probes did not foresee, each in a copy of
+# accel that has it: a map the kernel will not create, a program its verifier refuses, a hook it
+# will not attach.
+BROKEN = {
+    "a map": {"bpf/accel.h": ("#define ACCEL_MAX_LOST 4096", "#define ACCEL_MAX_LOST 0")},
+    "a program": {"bpf/sockopt.c": ("int getsockopt(struct bpf_sockopt *ctx)\n{\n",
+                                    "int getsockopt(struct bpf_sockopt *ctx)\n{\n\t*(volatile int *)0x10 = 1;\n")},
+    "a hook": {"accel/ebpf/programs.py": ("ATTACH_CGROUP_GETSOCKOPT = 21", "ATTACH_CGROUP_GETSOCKOPT = 1000")},
+}
+# a hook the probe finds missing is named by it, before anything loads
+CAUSES = {"a map": "could not open bpf map: lost", "a program": "loading getsockopt", "a hook": "getsockopt hook"}
+
+
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_a_load_that_fails_midway_leaves_nothing_and_auto_takes_nftables(node, tmp_path, broken):
+    env = another_accel(tmp_path, BROKEN[broken])
+    before = bpf_objects()
+    asked = node.accel("up", "--backend", "ebpf", check=False, env=env)
+    assert asked.returncode == 1 and CAUSES[broken] in asked.stderr and asked.stderr.count("\n") == 1
+    assert bpf_objects() == before and not (node.bpffs / "accel").exists()
+    assert bpffs_mounted_at(node.bpffs) is None and not (node.state / "state.json").exists()
+    auto = node.json("up", env=env)
+    assert auto["backend"] == "nftables" and CAUSES[broken] in auto["why"] and auto["why"].endswith("so nftables")
+    assert bpf_objects() == before and not (node.bpffs / "accel").exists()
+    node.accel(*add_command(node), env=env)
+    assert node.first_hop(f"nftables-{broken.split()[-1]}") == "sidecar"

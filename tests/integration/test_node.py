@@ -27,7 +27,7 @@ from tests.kernel_state import rule_state
 
 pytestmark = pytest.mark.privileged
 
-from tests.node_lab import ACCEL, APP, SERVICE, STOCK, TOP, node  # noqa: F401 (node: a fixture)
+from tests.node_lab import ACCEL, APP, SERVICE, STOCK, TOP, another_accel, node  # noqa: F401 (node: a fixture)
 
 
 def cgroup_attachments(path: Path) -> str:
@@ -232,19 +232,6 @@ def test_an_upgrade_that_changes_a_kernel_maps_layout_is_refused_naming_it(node,
     assert node.first_hop("still") == "sidecar"
 
 
-def newer_accel(tmp_path: Path, changes: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """The environment of a newer accel: copies of accel/ and bpf/ with a change per file
-    (relative path: (old, new)), imported ahead of this checkout's."""
-    root = tmp_path / "newer"
-    for part in ("accel", "bpf"):
-        shutil.copytree(TOP / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for file, (old, new) in changes.items():
-        text = (root / file).read_text()
-        assert old in text, file
-        (root / file).write_text(text.replace(old, new))
-    return {"PYTHONPATH": str(root), "ACCEL_BPF_DIR": str(root / "bpf"), "ACCEL_CACHE_DIR": str(tmp_path / "cache")}
-
-
 def test_an_upgrade_whose_struct_fills_padding_keeps_the_map_and_its_entries(node, tmp_path):
     """A newer accel that puts a member where a struct had padding (here the 4-tuple key of the
     records in `handoffs` and `lost`, which only the kernel knows) adopts the pinned maps: their
@@ -252,7 +239,7 @@ def test_an_upgrade_whose_struct_fills_padding_keeps_the_map_and_its_entries(nod
     node.accel("up")
     node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK)
     assert node.first_hop("before") == "sidecar"
-    newer = newer_accel(tmp_path, {
+    newer = another_accel(tmp_path, {
         "bpf/accel.h": ("\t__u16 remote_port;\n\t__u32 pad;\n};", "\t__u16 remote_port;\n\t__u16 future;\n\t__u16 pad;\n};"),
         "accel/ebpf/maps.py": ('("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]',
                                '("remote_port", ctypes.c_uint16), ("future", ctypes.c_uint16), ("pad", ctypes.c_uint16)]'),
