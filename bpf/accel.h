@@ -40,7 +40,7 @@
  * exists, then moves into that socket's storage. */
 #define ACCEL_MAX_HANDOFFS 65536
 #define ACCEL_MAX_LOST 4096        /* handoffs that could not be recorded, remembered for ENOENT */
-#define ACCEL_MAX_SHORTCUTS 65536  /* sockets of short-circuited app <-> proxy hops, node-wide */
+#define ACCEL_MAX_SHORTCUTS 262144  /* sockets of short-circuited hops, node-wide: 4 a proxied connection */
 
 #define SO_ORIGINAL_DST 80         /* also IP6T_SO_ORIGINAL_DST */
 #define ACCEL_PAGE_SIZE 4096

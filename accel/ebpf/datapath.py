@@ -11,6 +11,7 @@ node agent's business.)
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 import struct
@@ -224,9 +225,8 @@ class Datapath:
         maps = self.compiled.maps
         try:
             self.write_namespace(None, handle.namespace)
-            libbpf.map_update(maps["counters"], ctypes.c_uint64(cookie), (Counters * libbpf.possible_cpus())())
-            libbpf.map_update(maps["shortcut_counters"], ctypes.c_uint64(cookie),
-                              (ShortcutCounters * libbpf.possible_cpus())())
+            self.update("counters", ctypes.c_uint64(cookie), (Counters * libbpf.possible_cpus())())
+            self.update("shortcut_counters", ctypes.c_uint64(cookie), (ShortcutCounters * libbpf.possible_cpus())())
             self.write_spec(entries)
             handle.sk_lookup_link = self._attach_sk_lookup(netns, cookie)
             if pin is not None:
@@ -304,14 +304,25 @@ class Datapath:
         libbpf.map_delete(maps["counters"], ctypes.c_uint64(handle.cookie))
         libbpf.map_delete(maps["shortcut_counters"], ctypes.c_uint64(handle.cookie))
 
+    def update(self, name: str, key, value) -> None:
+        """One map update; a full map is named, with its capacity (the caller undoes the rest)."""
+        try:
+            libbpf.map_update(self.compiled.maps[name], key, value)
+        except OSError as error:
+            if error.errno not in (errno.E2BIG, errno.ENOSPC):  # a full hash, a full trie
+                raise
+            capacity = libbpf.map_info(self.compiled.maps[name]).max_entries
+            raise DatapathError(f"map {name} is full ({capacity:,} entries, node-wide): this pod does not "
+                                "fit; remove pods or raise its capacity in bpf/accel.h") from None
+
     def write_spec(self, entries: PodEntries) -> None:
-        maps, present = self.compiled.maps, ctypes.c_uint8(1)
+        present = ctypes.c_uint8(1)
         for name, keys in (("ports", entries.ports), ("groups", entries.groups), ("prefixes", entries.prefixes)):
             for key in keys:
-                libbpf.map_update(maps[name], key, present)
+                self.update(name, key, present)
 
     def write_pod(self, cookie: int, pod) -> None:
-        libbpf.map_update(self.compiled.maps["pods"], ctypes.c_uint64(cookie), pod)
+        self.update("pods", ctypes.c_uint64(cookie), pod)
 
     def _delete_config(self, config: int) -> None:
         """Every list entry of a configuration, found in the maps themselves: also those of a pod
@@ -335,8 +346,8 @@ class Datapath:
         after = {bytes(key) for key in new.local}
         for key in new.local:
             if bytes(key) not in before:
-                libbpf.map_update(maps["prefixes"], key, present)
-        libbpf.map_update(maps["sources"], ctypes.c_uint64(new.netns), new.sources)
+                self.update("prefixes", key, present)
+        self.update("sources", ctypes.c_uint64(new.netns), new.sources)
         for raw, key in before.items():
             if raw not in after:
                 libbpf.map_delete(maps["prefixes"], key)

@@ -76,8 +76,10 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
     """Load, adopt or upgrade the pinned datapath (see the module's docstring). `shortcut`: the
     kernel can link the short-circuit's program (else pods cannot ask for it)."""
     root = paths.pins
+    root.mkdir(mode=0o700, exist_ok=True)
+    root.chmod(0o700)  # the names of what is pinned are root's business too
     for kind in (MAPS, PROGRAMS, LINKS, PODS):
-        (root / kind).mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / kind).mkdir(mode=0o700, exist_ok=True)
     pinned_maps: dict[str, int] = {}
     migrating: list[str] = []
 

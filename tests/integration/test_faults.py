@@ -13,6 +13,7 @@ import pytest
 from accel import faults
 from accel.ebpf.inspect import bpf_objects, sk_lookup_links
 from accel.lab import Lab
+from accel.netns import Netns
 from accel.node.paths import bpffs_mounted_at
 from tests.node_lab import PLAN, STOCK, another_accel, node_on
 
@@ -148,3 +149,25 @@ def test_a_load_that_fails_midway_leaves_nothing_and_auto_takes_nftables(node, t
     assert bpf_objects() == before and not (node.bpffs / "accel").exists()
     node.accel(*add_command(node), env=env)
     assert node.first_hop(f"nftables-{broken.split()[-1]}") == "sidecar"
+
+
+def test_a_pod_that_does_not_fit_a_full_map_is_refused_and_leaves_nothing(node, tmp_path):
+    """With the node-wide port map forced to 8 entries: a pod with the stock spec (three excluded
+    inbound ports) fits, a second one needing seven more does not, and is undone entirely."""
+    small = another_accel(tmp_path, {"bpf/accel.h": ("#define ACCEL_MAX_PORTS 65536", "#define ACCEL_MAX_PORTS 8")})
+    node.accel("up", env=small)
+    node.accel(*add_command(node), env=small)  # -o 9000 and the three -d ports: 4 entries
+    other = Netns.scratch("accel-test").create()
+    try:
+        before = node.json("status", env=small)
+        refused = node.accel("pod", "add", "--netns", other.name, "--id", "pod-b", "--", *STOCK,
+                             "-d", "1,2,3,4,5", env=small, check=False)
+        assert refused.returncode == 1 and "map ports is full (8 entries" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        after = node.json("status", env=small)
+        assert [p["id"] for p in after["pods"]] == ["pod-a"]
+        assert {m["name"]: m["entries"] for m in after["maps"]} == {m["name"]: m["entries"] for m in before["maps"]}
+        assert sk_lookup_links(other.name) == []
+        assert node.first_hop("still") == "sidecar"
+    finally:
+        other.remove()
