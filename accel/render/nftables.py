@@ -84,10 +84,14 @@ def nft_name(name: str, field: str, *, numeric: bool = False) -> str:
     return f'"{name}"'
 
 
-def nft_interface(name: str, field: str) -> str:
-    """An interface name as iptables means it: a trailing '+' matches every name with that
-    prefix, which nftables writes as a trailing '*' (the spec refuses a '*' of its own)."""
-    return nft_name(name[:-1] + "*" if name.endswith("+") else name, field)
+def nft_interface(key: str, name: str, field: str) -> str:
+    """`key` (iifname, oifname) matching an interface name as iptables means it: a trailing '+'
+    matches every name with that prefix, which nftables writes as a trailing '*' (the spec
+    refuses a '*' of its own). A '+' alone matches every interface; nft refuses an all-wildcard
+    string, so that match is empty: a packet here always has the interface."""
+    if name == "+":
+        return ""
+    return f"{key} {nft_name(name[:-1] + '*' if name.endswith('+') else name, field)}"
 
 
 @dataclass(frozen=True)
@@ -171,17 +175,17 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
     mark = str(spec.inbound_tproxy_mark)
     lo4 = cidr_text(spec.host_ipv4_loopback_cidr)
 
-    excluded = [nft_interface(nic, "exclude_interfaces") for nic in spec.exclude_interfaces]
-    virtual = [nft_interface(nic, "kube_virt_interfaces") for nic in spec.kube_virt_interfaces]
+    excluded = spec.exclude_interfaces
     for nic in excluded:
-        b.add(NAT, PREROUTING, f"iifname {nic}", "return")
-        b.add(NAT, OUTPUT_BASE, f"oifname {nic}", "return")
+        b.add(NAT, PREROUTING, nft_interface("iifname", nic, "exclude_interfaces"), "return")
+        b.add(NAT, OUTPUT_BASE, nft_interface("oifname", nic, "exclude_interfaces"), "return")
     if spec.tproxy:
         for nic in excluded:
-            b.add(MANGLE, PREROUTING, f"iifname {nic}", "return")
-            b.add(MANGLE, OUTPUT_BASE, f"oifname {nic}", "return")
+            b.add(MANGLE, PREROUTING, nft_interface("iifname", nic, "exclude_interfaces"), "return")
+            b.add(MANGLE, OUTPUT_BASE, nft_interface("oifname", nic, "exclude_interfaces"), "return")
+    virtual = [nft_interface("iifname", nic, "kube_virt_interfaces") for nic in spec.kube_virt_interfaces]
     for nic in virtual:
-        b.add(NAT, PREROUTING, f"iifname {nic}", "return", index=0)
+        b.add(NAT, PREROUTING, nic, "return", index=0)
 
     if spec.drop_invalid:  # TCP only, unlike the iptables rule
         b.add(MANGLE, PREROUTING, "meta l4proto tcp ct state invalid", f"jump {DROP}")
@@ -243,7 +247,7 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
         # One family-less jump: unlike iptables, this also captures IPv6 on a pod without IPv6.
         b.add(NAT, OUTPUT, "", f"jump {REDIRECT}")
         for nic in virtual:
-            b.add(NAT, PREROUTING, f"iifname {nic}", f"jump {REDIRECT}", index=0)
+            b.add(NAT, PREROUTING, nic, f"jump {REDIRECT}", index=0)
     else:
         for version, add, keyword in ((4, b.add, "ip"), (6, b.add6, "ip6")):
             if version == 6 and not b.ipv6:
@@ -252,7 +256,7 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
             for match in b.match_any(NAT, f"outbound-include-v{version}", f"{keyword} daddr",
                                      f"ipv{version}_addr", cidrs):
                 for nic in virtual:
-                    add(NAT, PREROUTING, f"iifname {nic} {match}", f"jump {REDIRECT}", index=0)
+                    add(NAT, PREROUTING, f"{nic} {match}".strip(), f"jump {REDIRECT}", index=0)
                 add(NAT, OUTPUT, match, f"jump {REDIRECT}")
 
     if spec.tproxy:

@@ -297,10 +297,12 @@ def test_known_difference_ipv6_on_an_ipv4_pod():
 
 
 @pytest.mark.parametrize("nic, flow_nic, excluded", [("eth+", "eth0", True), ("eth+", "veth0", False),
-                                                     ("eth0", "eth0", True), ("eth0", "eth01", False)])
+                                                     ("eth0", "eth0", True), ("eth0", "eth01", False),
+                                                     ("+", "eth0", True)])
 def test_interface_prefixes_mean_the_same_in_both_renderings(nic, flow_nic, excluded):
     """iptables reads a trailing + as 'every name with this prefix'; the nftables rendering
-    writes it as nft's trailing * (found by this tracer: it once wrote "eth+" literally)."""
+    writes it as nft's trailing * (found by this tracer: it once wrote "eth+" literally), and a
+    + alone, which nft would refuse as "*", as no interface match at all (found in the kernel)."""
     named = tracers(inputs.from_istio_args(STOCK + ["-c", nic], {}))
     flow = out("10.96.0.10", 80, interface=flow_nic)
     verdicts = {name: tracer.trace(flow) for name, tracer in named.items()}
