@@ -14,7 +14,7 @@ import shlex
 
 from ..render import IptablesRules, render_iptables
 from ..spec import CaptureSpec
-from . import tproxy
+from . import routes
 from .base import Backend, BackendError, Target
 from .libnft import table_rule_counts
 from .runner import Runner
@@ -95,7 +95,7 @@ class IptablesBackend(Backend):
                 if result.returncode != 0:
                     raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
                 loaded.append((version, undo))
-            tproxy.add_routes(self.runner, target.netns, spec)
+            routes.add_routes(self.runner, target.netns, spec)
         except BaseException:
             for version, undo in reversed(loaded):
                 self._undo(target, variant, version, undo)
@@ -121,7 +121,7 @@ class IptablesBackend(Backend):
                               input=_merged(new.get(done, ("", ""))[1], old.get(done, ("", ""))[0]))
                 raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
             switched.append(version)
-        tproxy.switch_routes(self.runner, target.netns, old_spec, spec)
+        routes.switch_routes(self.runner, target.netns, old_spec, spec)
         self._applied[target.netns] = (variant, rules, spec, tables_before)
 
     def record(self, target: Target) -> dict:
@@ -136,7 +136,7 @@ class IptablesBackend(Backend):
         if state is None:
             return
         variant, rules, spec, tables_before = state
-        tproxy.remove_routes(self.runner, target.netns, spec)
+        routes.remove_routes(self.runner, target.netns, spec)
         for version, _, undo in reversed(rules.by_family()):
             self._undo(target, variant, version, undo)
         self._drop_created_tables(target, variant, tables_before)

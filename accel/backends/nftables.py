@@ -11,7 +11,7 @@ import re
 
 from ..render import render_nftables
 from ..spec import CaptureSpec
-from . import tproxy
+from . import routes
 from .base import Backend, BackendError, Target
 from .libnft import listing, tables_in
 from .runner import Runner
@@ -49,9 +49,9 @@ class NftablesBackend(Backend):
         self.runner.nft(target.netns, "".join(f"delete table inet {t}\n" for t in unused) + transaction)
         try:
             if previous is None:
-                tproxy.add_routes(self.runner, target.netns, spec)
+                routes.add_routes(self.runner, target.netns, spec)
             else:
-                tproxy.switch_routes(self.runner, target.netns, previous[1], spec)
+                routes.switch_routes(self.runner, target.netns, previous[1], spec)
         except BaseException:
             if previous is None:
                 self._delete(target, tables)
@@ -69,7 +69,7 @@ class NftablesBackend(Backend):
         if state is None:
             return
         tables, spec = state
-        tproxy.remove_routes(self.runner, target.netns, spec)
+        routes.remove_routes(self.runner, target.netns, spec)
         self._delete(target, tables)
 
     def _delete(self, target: Target, tables: list[str]) -> None:

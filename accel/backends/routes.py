@@ -1,17 +1,34 @@
-"""TPROXY's policy routing: marked packets are delivered locally, as istio-iptables sets it up.
+"""What istio-iptables sets up in a pod beside its rules (ConfigureRoutes), every backend alike:
 
-Only with inbound capture in TPROXY mode: `ip rule add fwmark MARK lookup TABLE` and
-`ip route add local default dev lo table TABLE`, for IPv4 and, on an IPv6 pod, IPv6.
+- on an IPv6 pod, ::6/128 on lo: the source the proxy binds to deliver inbound traffic to its
+  app (IPv4 has all of 127.0.0.0/8 on lo already, IPv6 only ::1), which the rules exempt;
+- with inbound capture in TPROXY mode (rule backends only: eBPF needs no policy routing),
+  `ip rule add fwmark MARK lookup TABLE` and `ip route add local default dev lo table TABLE`,
+  for IPv4 and, on an IPv6 pod, IPv6.
+
+All of it is the capture's and goes with it.
 """
 
 from __future__ import annotations
 
+from .. import constants
 from ..spec import CaptureSpec
 from .base import BackendError
 from .runner import Runner
 
+PASSTHROUGH_V6 = f"{constants.INBOUND_PASSTHROUGH_SOURCE[6]}/128"
+ALREADY = ("File exists",)  # ::6 on lo already (the runtime, or a capture before, put it there)
+GONE = ("Cannot assign requested address", "No such file or directory", "No such process")
 
-def _commands(spec: CaptureSpec, verb: str) -> list[list[str]]:
+
+def passthrough(ipv6: bool, verb: str) -> list[list[str]]:
+    """The IPv6 passthrough source's command, `verb` add or del (none for an IPv4-only pod)."""
+    if not ipv6:
+        return []
+    return [["ip", "-6", "address", verb, PASSTHROUGH_V6, "dev", "lo", *(["nodad"] if verb == "add" else [])]]
+
+
+def _tproxy(spec: CaptureSpec, verb: str) -> list[list[str]]:
     if not (spec.tproxy and spec.captures_inbound):
         return []
     mark, table = str(spec.inbound_tproxy_mark), str(spec.inbound_tproxy_route_table)
@@ -22,30 +39,41 @@ def _commands(spec: CaptureSpec, verb: str) -> list[list[str]]:
     return commands
 
 
-def add_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
+def _commands(spec: CaptureSpec, verb: str) -> list[list[str]]:
+    return passthrough(spec.enable_ipv6, verb) + _tproxy(spec, verb)
+
+
+def _undo(argv: list[str]) -> list[str]:
+    return [*argv[:3], "del", *[word for word in argv[4:] if word != "nodad"]]
+
+
+def run_add(runner: Runner, netns: str, commands: list[list[str]]) -> None:
+    """Each command, or none: a failure undoes those before it and is named. ::6 there already is
+    fine; a TPROXY rule or route there already is not (whose would it be?)."""
     done = []
-    for argv in _commands(spec, "add"):
+    for argv in commands:
         result = runner.run(argv, netns=netns)
-        if result.returncode != 0:
+        present = argv in passthrough(True, "add") and any(words in result.stderr for words in ALREADY)
+        if result.returncode != 0 and not present:
             for undo in reversed(done):
                 runner.run(undo, netns=netns)
-            raise BackendError(f"TPROXY routing: {' '.join(argv)}: {result.stderr.strip()}")
-        done.append([*argv[:3], "del", *argv[4:]])
+            raise BackendError(f"pod routing: {' '.join(argv)}: {result.stderr.strip()}")
+        done.append(_undo(argv))
+
+
+def add_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
+    run_add(runner, netns, _commands(spec, "add"))
 
 
 def remove_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
     for argv in reversed(_commands(spec, "del")):
-        runner.run(argv, netns=netns)
+        runner.run(argv, netns=netns)  # what is gone already (with its namespace, say) is fine
 
 
 def switch_routes(runner: Runner, netns: str, old: CaptureSpec, new: CaptureSpec) -> None:
-    """From the routes `old` needs to those `new` needs, touching those both need not at all."""
+    """From what `old` needs to what `new` needs, touching what both need not at all."""
     before, after = _commands(old, "add"), _commands(new, "add")
     for argv in reversed(before):
         if argv not in after:
-            runner.run([*argv[:3], "del", *argv[4:]], netns=netns)
-    for argv in after:
-        if argv not in before:
-            result = runner.run(argv, netns=netns)
-            if result.returncode != 0:
-                raise BackendError(f"TPROXY routing: {' '.join(argv)}: {result.stderr.strip()}")
+            runner.run(_undo(argv), netns=netns)
+    run_add(runner, netns, [argv for argv in after if argv not in before])

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from .. import faults, userns
 from ..cgroup import Cgroup
-from ..process import in_netns
+from ..backends.routes import ALREADY, GONE, passthrough
+from ..process import in_netns, run
 from ..spec import CaptureSpec
 from . import btf, libbpf, objects, probe
 from .follow import Follower, NamespaceFacts
 from .programs import CGROUP_PROGRAMS, PROGRAMS, SHORTCUT, SK_LOOKUP
-from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
+from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, IPV6 as IPV6_FLAG, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
                    SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
                    NamespaceEntries, PodEntries, PortKey, PrefixKey, ShortcutCounters, Tuple, namespace_entries,
                    new_config_id, pod_entries)
@@ -218,6 +219,7 @@ class Datapath:
             raise DatapathError(f"{netns} is already meshed by this datapath")
         cookie = netns_cookie(netns)
         entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns), shortcut)
+        _pod_routing(netns, spec.enable_ipv6, "add")  # before its facts are read: ::6 is one of its local addresses
         follower = Follower(netns, lambda facts: self._follow(netns, facts))
         handle = PodHandle(netns, cookie, entries.config, pin=pin, shortcut=shortcut)
         handle.namespace = namespace_entries(cookie, list(follower.facts.local), list(follower.facts.sources))
@@ -245,6 +247,7 @@ class Datapath:
             if handle.follower is None:
                 follower.stop()
             self.remove_pod(netns)
+            _pod_routing(netns, spec.enable_ipv6, "del")
             raise
         return handle
 
@@ -270,6 +273,7 @@ class Datapath:
         handle = self.pods[netns]
         shortcut = handle.shortcut if shortcut is None else shortcut
         entries = pod_entries(spec, config or new_config_id(), userns.id_map(netns), shortcut)
+        _pod_routing(netns, spec.enable_ipv6, "add")  # a pod that gains IPv6 (one that loses it keeps ::6)
         try:
             self.write_spec(entries)
             self.write_pod(handle.cookie, entries.pod)
@@ -303,6 +307,8 @@ class Datapath:
             self._delete_namespace(handle.cookie)
         libbpf.map_delete(maps["counters"], ctypes.c_uint64(handle.cookie))
         libbpf.map_delete(maps["shortcut_counters"], ctypes.c_uint64(handle.cookie))
+        if handle.pod is not None and handle.pod.flags & IPV6_FLAG:
+            _pod_routing(handle.netns, True, "del")
 
     def update(self, name: str, key, value) -> None:
         """One map update; a full map is named, with its capacity (the caller undoes the rest)."""
@@ -439,6 +445,16 @@ class Datapath:
     def handoffs_in_flight(self) -> int:
         """Records between an app's SYN and its proxy's side of the connection, node-wide."""
         return len(libbpf.map_keys(self.compiled.maps["handoffs"], Tuple))
+
+
+def _pod_routing(netns: str, ipv6: bool, verb: str) -> None:
+    """What istio-iptables sets up beside its rules that eBPF needs too (backends/routes.py): on
+    an IPv6 pod, ::6 on lo. A namespace gone already has nothing to remove."""
+    for argv in passthrough(ipv6, verb):
+        result = run(argv, netns=netns)
+        if result.returncode != 0 and not any(words in result.stderr for words in ALREADY + GONE):
+            if verb == "add":
+                raise DatapathError(f"{' '.join(argv)} in {netns}: {result.stderr.strip()}")
 
 
 def attach_links(compiled: Compiled, cgroup: Path) -> dict[str, int]:

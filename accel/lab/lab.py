@@ -216,8 +216,6 @@ class Lab:
         for role in meshed:
             with Netlink(self.pods[role].netns) as ns:
                 lo = ns.link_lookup(ifname="lo")[0]
-                if plan.ipv6:  # Istio adds ::6, the IPv6 inbound passthrough source, to lo
-                    ns.addr("add", index=lo, address="::6", prefixlen=128, flags=IFA_F_NODAD)
                 if role == "pod":
                     for cidr in plan.pod_local_addresses:
                         address, length = cidr.split("/")

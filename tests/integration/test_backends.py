@@ -70,7 +70,7 @@ def test_a_failed_apply_leaves_nothing_behind(backend_name):
         ns.run(["ip", "-6", "route", "add", "local", "default", "dev", "lo", "table", "133"], check=True)
         before = rule_state(ns.name)
         backend = get_backend(backend_name)
-        with pytest.raises(BackendError, match="TPROXY routing"):
+        with pytest.raises(BackendError, match="pod routing"):
             backend.apply(Pod(ns.name), spec)
         assert rule_state(ns.name) == before
         assert not backend.status(Pod(ns.name))["applied"]
