@@ -97,8 +97,11 @@ class Follower:
 
     def _run(self) -> None:
         try:
+            waiting = select.poll()  # not select(): a node's follower holds more than FD_SETSIZE descriptors
+            waiting.register(self._socket, select.POLLIN)
+            waiting.register(self._stop_read, select.POLLIN)
             while True:
-                ready, _, _ = select.select([self._socket, self._stop_read], [], [])
+                ready = {fd for fd, _ in waiting.poll()}
                 if self._stop_read in ready:
                     return
                 while True:  # the events only say that something changed: drain, then read anew

@@ -244,7 +244,8 @@ def open_for_pods(paths: NodePaths) -> Datapath:
         return fd
 
     try:
-        return Datapath(Compiled.from_record(paths.state / RECORD_FILE, adopt, load_programs=False))
+        compiled = Compiled.from_record(paths.state / RECORD_FILE, adopt, load_programs=False)
+        return Datapath(compiled, release=compiled.close)  # its close() closes the maps' descriptors
     except DatapathError as error:
         raise NodeError(str(error)) from error
     finally:

@@ -236,8 +236,9 @@ def _remove(paths: NodePaths, current: NodeState, record: PodRecord) -> None:
 def _ebpf_add(paths: NodePaths, record: PodRecord, spec: CaptureSpec) -> None:
     datapath = pinned.open_for_pods(paths)
     try:
-        datapath.add_pod(record.netns, spec, follow=False, pin=Path(record.pin), config=record.config,
-                         shortcut=record.shortcut)
+        handle = datapath.add_pod(record.netns, spec, follow=False, pin=Path(record.pin), config=record.config,
+                                  shortcut=record.shortcut)
+        os.close(handle.sk_lookup_link)  # pinned: the pin holds it
         datapath.pods.clear()  # the pod outlives this process: closing the datapath must not remove it
     except (DatapathError, UnsupportedSpec, OSError) as error:
         raise NodeError(f"ebpf: {error}") from error
