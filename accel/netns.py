@@ -2,7 +2,7 @@
 
 A scratch namespace (tests, the demo) and every namespace of a lab are a Netns: made with
 `ip netns add` (or, for a pod with a user namespace of its own, bind-mounted from a short-lived
-child that made both), lo up, the sysctls asked for; remove() takes it all away again.
+child that made both), lo up, the sysctls asked for (from a thread inside it); remove() takes it all away again.
 
 `ip netns exec NAME` bind-mounts /etc/netns/NAME/FILE over /etc/FILE, so a namespace can
 carry its own resolv.conf or group database without touching the host's.
@@ -16,6 +16,8 @@ import secrets
 import shutil
 import subprocess
 from pathlib import Path
+
+from pyroute2 import IPRoute
 
 from . import process
 
@@ -38,7 +40,23 @@ def existing_names() -> set[str]:
 
 
 def sysctl(netns: str, key: str, value: str) -> None:
-    process.run(["sysctl", "-q", "-w", f"{key}={value}"], netns=netns, check=True)
+    """Set a sysctl in the namespace: written from a thread inside it (/proc/sys/net is the
+    writer's namespace's), not by a sysctl process: a lab of 100 pods sets 500."""
+    path = Path("/proc/sys") / key.replace(".", "/")
+
+    def write():
+        try:
+            path.write_text(value)
+        except OSError as error:
+            raise process.CommandError(["sysctl", "-w", f"{key}={value}"], 1, f"in {netns}: {error.strerror}") \
+                from None
+
+    process.in_netns(netns, write)
+
+
+def _lo_up() -> None:
+    with IPRoute() as ip:
+        ip.link("set", index=ip.link_lookup(ifname="lo")[0], state="up")
 
 
 class Netns:
@@ -81,7 +99,7 @@ class Netns:
                 etc.mkdir(parents=True)
                 for name, content in self.etc_files.items():
                     (etc / name).write_text(content)
-            process.run(["ip", "link", "set", "lo", "up"], netns=self.name, check=True)
+            process.in_netns(self.name, _lo_up)
             for key, value in self.sysctls.items():
                 sysctl(self.name, key, value)
         except BaseException:

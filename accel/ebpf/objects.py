@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import ctypes
 import hashlib
 import importlib.util
@@ -145,10 +146,22 @@ def layout(definition: dict, btf_blob: bytes | None) -> dict:
     flags, and its key's and value's members (name, offset, size) as the compiler laid them out."""
     shape = {k: definition[k] for k in ("type", "key_size", "value_size", "max_entries", "map_flags")}
     if btf_blob and definition.get("btf_value_type_id"):
-        types = btf.Btf(btf_blob)
-        shape["key"] = [list(m) for m in btf.layout(types, definition["btf_key_type_id"])]
-        shape["value"] = [list(m) for m in btf.layout(types, definition["btf_value_type_id"])]
+        key, value = _members(btf_blob, definition["btf_key_type_id"], definition["btf_value_type_id"])
+        shape["key"], shape["value"] = [list(m) for m in key], [list(m) for m in value]
     return shape
+
+
+@functools.lru_cache(maxsize=64)
+def _members(btf_blob: bytes, key_type: int, value_type: int) -> tuple[tuple, tuple]:
+    # Every map of one load shares one BTF blob: decode it once a process, not once a map.
+    types = decoded_btf(btf_blob)
+    return tuple(btf.layout(types, key_type)), tuple(btf.layout(types, value_type))
+
+
+@functools.lru_cache(maxsize=4)
+def decoded_btf(btf_blob: bytes) -> btf.Btf:
+    """A BTF blob's types, decoded once a process."""
+    return btf.Btf(btf_blob)
 
 
 PADDING_PREFIX = "pad"  # members named so are padding: the programs always write them as zeros

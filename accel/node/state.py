@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .paths import NodeError
@@ -57,7 +57,9 @@ class NodeState:
     pods: dict[str, PodRecord] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, **asdict(self)}
+        # Shallow, not dataclasses.asdict(): its deep copy of every pod's spec and the datapath's
+        # layouts made a save cost more than the kernel work of a pod add on a full node.
+        return {"format": FORMAT, **vars(self), "pods": {key: vars(record) for key, record in self.pods.items()}}
 
     @classmethod
     def from_json(cls, document: dict) -> NodeState:
@@ -89,7 +91,7 @@ def save(directory: Path, state: NodeState) -> None:
     descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=".state-")
     try:
         with os.fdopen(descriptor, "w") as handle:
-            json.dump(state.to_json(), handle, indent=1)
+            handle.write(json.dumps(state.to_json()))  # one line: the C encoder (indent is the Python one)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, directory / STATE_FILE)
