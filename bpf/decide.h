@@ -136,11 +136,12 @@ static __always_inline int decide_nat(__u64 netns, const struct accel_pod *pod, 
 /* Whether ISTIO_INBOUND's port rules capture a connection to `port` (host byte order). */
 static __always_inline int inbound_port_captured(const struct accel_pod *pod, __u16 port)
 {
-	if (pod->flags & ACCEL_IN_ALL) {
-		if (!(pod->flags & ACCEL_TPROXY) && port == pod->tunnel_port)
-			return 0;
+	/* nat ISTIO_INBOUND's first rule returns the tunnel port, before any include or exclude
+	 * (TPROXY captures in mangle, which has no such rule) */
+	if (!(pod->flags & ACCEL_TPROXY) && port == pod->tunnel_port)
+		return 0;
+	if (pod->flags & ACCEL_IN_ALL)
 		return !((pod->flags & ACCEL_HAS_IN_PORTS_EXCLUDE) && has_port(pod->config, port, PORT_IN_EXCLUDE));
-	}
 	return has_port(pod->config, port, PORT_IN_INCLUDE);
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,6 +23,9 @@ from ..spec import CaptureSpec
 from .cases import Case
 
 SETTLE = 4.0  # seconds a case's traffic may take to reach its last hop after the client is done
+# Cases are independent connections, told apart by their tokens: run this many at once (those
+# that wait for a timeout no longer add up), in runs that see the same pod (_segments).
+CONCURRENT_CASES = 8
 
 
 @dataclass
@@ -71,6 +75,34 @@ def _events(lab: Lab, case: Case, token: str) -> list[dict]:
     return lab.events(token)
 
 
+def _segments(cases: list[Case]) -> list[list[int]]:
+    """The cases' indexes in runs that see the same pod: a case with setup (a change to the pod)
+    starts a new run, after every case before it has ended."""
+    segments: list[list[int]] = []
+    for number, case in enumerate(cases):
+        if case.setup or not segments:
+            segments.append([])
+        segments[-1].append(number)
+    return segments
+
+
+def _set_up(lab: Lab, backend, name: str, case: Case) -> None:
+    pod = lab.pods[case.client]
+    for argv in case.setup:
+        result = process.run(list(argv), netns=pod.netns)
+        if result.returncode != 0:
+            raise LabError(f"{case.name}: {' '.join(argv)}: {result.stderr.strip()}")
+    if not wait_for(lambda: backend.synced(pod), timeout=2):
+        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s")
+
+
+def _run_case(lab: Lab, case: Case, number: int) -> dict:
+    token = f"{'late-' if case.late else ''}c{number}-{secrets.token_hex(3)}"  # a valid DNS label
+    client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
+                        uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become)
+    return observe(client, _events(lab, case, token))
+
+
 def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,
                 progress: Callable[[], None] | None = None) -> BackendRun:
     backend = get_backend(name)
@@ -83,21 +115,16 @@ def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,
             for pod in pods:
                 backend.apply(pod, spec)
                 applied.append(pod)
-            for number, case in enumerate(cases):
-                token = f"{'late-' if case.late else ''}c{number}-{secrets.token_hex(3)}"  # a valid DNS label
-                if case.setup:
-                    pod = lab.pods[case.client]
-                    for argv in case.setup:
-                        result = process.run(list(argv), netns=pod.netns)
-                        if result.returncode != 0:
-                            raise LabError(f"{case.name}: {' '.join(argv)}: {result.stderr.strip()}")
-                    if not wait_for(lambda: backend.synced(pod), timeout=2):
-                        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s")
-                client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
-                                    uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become)
-                run.outcomes[case.name] = observe(client, _events(lab, case, token))
-                if progress:
-                    progress()
+            for segment in _segments(cases):
+                first_case = cases[segment[0]]
+                if first_case.setup:
+                    _set_up(lab, backend, name, first_case)
+                with ThreadPoolExecutor(CONCURRENT_CASES) as pool:
+                    for number, outcome in pool.map(lambda n: (n, _run_case(lab, cases[n], n)), segment):
+                        run.outcomes[cases[number].name] = outcome
+                        if progress:
+                            progress()
+            run.outcomes = {case.name: run.outcomes[case.name] for case in cases}  # in the cases' order
             run.conntrack_entries = sum(conntrack_entries(pod.netns) for pod in pods) - before
         finally:
             for pod in reversed(applied):
