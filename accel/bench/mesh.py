@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from pathlib import Path
 
 from .. import constants, process
@@ -92,10 +93,13 @@ class MeshError(RuntimeError):
 class Mesh:
     """A client/server pod pair for one mode. Use as a context manager."""
 
-    def __init__(self, mode: str, spec: CaptureSpec, bulk_file: Path, cpus: set[int] | None):
+    def __init__(self, mode: str, spec: CaptureSpec, bulk_file: Path, cpus: set[int] | None, *,
+                 scale_pods: int = 0, capture=None):
+        """`scale_pods`: that many more idle pods in the lab (LabPlan.scale_pods); `capture`: what
+        applies the spec instead of the mode's backend (a node's pod add: scale.NodeCapture)."""
         self.mode, self.spec, self.bulk_file, self.cpus = mode, spec, bulk_file, cpus
-        self.lab = Lab(LabPlan(recording_agents=False))
-        self.backend = None if mode in DIRECT_MODES else get_backend(mode)
+        self.lab = Lab(LabPlan(recording_agents=False, scale_pods=scale_pods))
+        self.backend = capture or (None if mode in DIRECT_MODES else get_backend(mode))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -113,6 +117,8 @@ class Mesh:
             if self.backend is not None:
                 for role in (CLIENT, SERVER):
                     self.backend.remove(self.lab.pods[role])
+                if hasattr(self.backend, "close"):  # before the lab's cgroup goes
+                    self.backend.close()
         finally:
             self.lab.__exit__(*exc)
 
@@ -216,9 +222,21 @@ class Mesh:
                     sessions[role] = int(values["stot"])
         return sessions
 
+    def _settled_sessions(self) -> dict[str, int]:
+        """The session counts once they stop moving: after a load run the sidecars may still be
+        accepting connections its clients left in their accept queues."""
+        counts = self.sidecar_sessions()
+        for _ in range(30):
+            time.sleep(0.1)
+            again = self.sidecar_sessions()
+            if again == counts:
+                break
+            counts = again
+        return counts
+
     def check_path(self) -> None:
         """One request; the sidecars must have carried it exactly when the mode says they do."""
-        before = self.sidecar_sessions()
+        before = self._settled_sessions()
         address, port = self.target()
         script = (f"import socket; s = socket.create_connection(({address!r}, {port}), 5); "
                   f"s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "

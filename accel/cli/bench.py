@@ -42,6 +42,7 @@ EPILOG = (
     "  accel bench --json run.json --plot run.png\n"
     "  accel bench --modes explicit,iptables-nft,ebpf --rounds 9\n"
     "  accel bench --quick --modes explicit,ebpf,ebpf+sockmap --budget-baseline old.json\n"
+    "  accel bench --pods 110 --json scale.json   # a node of 110 pods, ebpf and nftables\n"
 )
 
 
@@ -60,12 +61,29 @@ EPILOG = (
               help="Write the tables as Markdown to FILE.")
 @click.option("--budget-baseline", "baseline_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="An earlier run's --json: show its program time per connection beside this run's.")
-def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown_file, baseline_file):
+@click.option("--pods", type=click.IntRange(1, 4000), metavar="N",
+              help="Instead: node scale with N more pods captured, under ebpf and nftables (--modes "
+                   "may narrow it to one): pod add times, memory, connection rate with 1 and N pods.")
+def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown_file, baseline_file, pods):
     """Benchmark capture: iptables, nftables and eBPF against an explicit proxy, on real traffic.
 
     Prints a table of medians with each figure's ratio to the explicit proxy, the rule-scaling
-    table, and which of accel's targets this run met. Needs root.
+    table, and which of accel's targets this run met. With --pods N, a node's scale instead.
+    Needs root.
     """
+    if pods is not None:
+        from ..bench.scale import SCALE_BACKENDS
+
+        for name, given in (("--plot", plot_file), ("--markdown", markdown_file), ("--budget-baseline", baseline_file)):
+            if given:
+                raise SpecError(name, given, "not with --pods (the scale run writes a table and --json)")
+        chosen = modes or SCALE_BACKENDS
+        wrong = [m for m in chosen if m not in SCALE_BACKENDS]
+        if wrong:
+            raise SpecError("--modes", ",".join(chosen), f"with --pods, only {' and '.join(SCALE_BACKENDS)} "
+                                                         f"(not {', '.join(wrong)})")
+        _scale(pods, rounds or (1 if quick else 5), seconds or (2 if quick else 5), tuple(chosen), json_file)
+        return
     chosen = modes or MODES
     try:
         config = BenchConfig.quick(chosen) if quick else BenchConfig(modes=chosen)
@@ -75,6 +93,29 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown
         raise SpecError("--modes", ",".join(chosen), str(error)) from None
     baseline = _baseline(baseline_file) if baseline_file else None
     _bench(config, json_file, plot_file, markdown_file, baseline)
+
+
+@needs_root("it builds network namespaces, loads rules and BPF")
+def _scale(count: int, rounds: int, seconds: float, backends: tuple[str, ...], json_file: str | None):
+    from ..backends import BackendError
+    from ..bench.mesh import MeshError
+    from ..bench.report import print_scale_report, progress_bar
+    from ..bench.scale import run_scale
+    from ..bench.workloads import ToolError
+    from ..lab import LabError
+    from ..node.paths import NodeError
+
+    with progress_bar(Console(stderr=True), len(backends) * rounds * 4) as step:
+        try:
+            document = run_scale(count, rounds, seconds, backends, step)
+        except (BackendError, LabError, MeshError, NodeError, ToolError) as error:
+            fail(str(error), EXIT_FAILED)
+    if json_file == "-":
+        click.echo(json.dumps(document, indent=2))
+        return
+    print_scale_report(document, Console())
+    if json_file:
+        Path(json_file).write_text(json.dumps(document, indent=2) + "\n")
 
 
 def _baseline(path: str) -> dict:

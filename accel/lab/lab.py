@@ -23,6 +23,7 @@ import json
 import os
 import pwd
 import grp
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -35,13 +36,14 @@ from pathlib import Path
 from pyroute2 import NetNS as Netlink  # a netlink socket in a named namespace
 
 from .. import process
-from ..constants import PROXY_GID, PROXY_UID, PROXY_USER
+from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
 from ..netns import Netns, existing_names, unique_name
+from ..node.paths import NodeError, mounts_under, unmount
 
 LAB_PREFIX = "accel-lab"
 # Every prefix a run of accel names its objects with; the PID of the run follows the prefix.
-RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch", "accel-demo", "accel-test")
+RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch", "accel-demo", "accel-test", "accel-soak")
 AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to each lab as one zipapp
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
 IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
@@ -55,7 +57,25 @@ POD_ADDRESSES = {
     "dns": ("198.18.0.53", "2001:db8:18::53"),
 }
 OTHER_DNS = ("198.18.0.54", "2001:db8:18::54")  # a DNS server that is not the pod's resolver
-LAB_NETWORKS = ("198.18.0.0/24", "2001:db8:18::/64")
+SCALE_V4 = ipaddress.ip_network("198.18.64.0/18")  # the scale pods' subnet on the bridge, the node .1
+SCALE_SIDECAR = """global
+    nbthread 1
+    maxconn 200
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend outbound
+    bind :{outbound}
+    default_backend original
+frontend inbound
+    bind :{inbound}
+    default_backend original
+backend original
+    server s 0.0.0.0:0
+"""
+LAB_NETWORKS = ("198.18.0.0/24", "2001:db8:18::/64", str(SCALE_V4))
 NAMESPACE_SYSCTLS = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
                      "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
                      # no duplicate address detection: link-local addresses are usable at once
@@ -97,6 +117,9 @@ class LabPlan:
     meshed: tuple[MeshedPod, ...] = (MeshedPod(),)
     pod_local_addresses: tuple[str, ...] = ()  # more addresses on the pod's lo (CIDRs)
     pod_dns_ports: tuple[int, ...] = ()  # DNS servers in the pods under test
+    # More pods, cheap ones for node scale (scale-1, scale-2, ...): a namespace, a cgroup and a
+    # minimal sidecar (HAProxy as the proxy uid on the outbound and inbound ports), from SCALE_V4.
+    scale_pods: int = 0
 
 
 @dataclass
@@ -153,6 +176,8 @@ class Lab:
         self._build_network()
         if self.plan.recording_agents:
             self._start_agents()
+        if self.plan.scale_pods:
+            self._start_scale_sidecars()
 
     def destroy(self):
         """Remove everything the lab made; keeps going past failures and reports them at the end."""
@@ -221,6 +246,8 @@ class Lab:
                         address, length = cidr.split("/")
                         ns.addr("add", index=lo, address=address, prefixlen=int(length),
                                 **({"flags": IFA_F_NODAD} if ":" in address else {}))
+        if plan.scale_pods:
+            self._build_scale_pods(node_v4=str(SCALE_V4[1]))
         if "dns" in self.pods:
             self._add_other_dns(self.pods["dns"])
         remote = self.pods["remote"]
@@ -233,6 +260,29 @@ class Lab:
                 node.route("add", dst=f"{address}/{128 if v6 else 32}", gateway=remote.address(6 if v6 else 4),
                            family=10 if v6 else 2)
 
+    def _build_scale_pods(self, node_v4: str):
+        if self.plan.scale_pods > SCALE_V4.num_addresses - 3:
+            raise LabError(f"at most {SCALE_V4.num_addresses - 3} scale pods fit in {SCALE_V4} "
+                           f"({self.plan.scale_pods} asked)")
+        with Netlink(self.node) as node:
+            node.addr("add", index=node.link_lookup(ifname="br0")[0], address=node_v4, prefixlen=SCALE_V4.prefixlen)
+        for number in range(1, self.plan.scale_pods + 1):
+            role = f"scale-{number}"
+            pod = Pod(role, self._namespace(f"{self.name}-{role}"), self.cgroup.child(role), str(SCALE_V4[1 + number]),
+                      None, node_cgroup=self.cgroup)
+            self._wire(pod, prefixlen=SCALE_V4.prefixlen, gateway=node_v4)
+            self.pods[role] = pod
+
+    def _start_scale_sidecars(self):
+        """One HAProxy a scale pod, as the proxy uid: listeners for the capture to find, idle."""
+        car = self.plan.sidecar or SidecarConfig(PROXY_PORT, INBOUND_CAPTURE_PORT, 15053, PROXY_UID, PROXY_GID)
+        config = self.workdir / "scale-sidecar.cfg"
+        config.write_text(SCALE_SIDECAR.format(outbound=car.outbound_port, inbound=car.inbound_port))
+        config.chmod(0o644)
+        for number in range(1, self.plan.scale_pods + 1):
+            self.start(f"scale-{number}", ["haproxy", "-db", "-f", str(config)], uid=car.uid, gid=car.gid,
+                       listens=(car.outbound_port, car.inbound_port))
+
     def _add_other_dns(self, dns: Pod):
         with Netlink(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
             eth0 = ns.link_lookup(ifname="eth0")[0]
@@ -240,7 +290,7 @@ class Lab:
             if self.plan.ipv6:
                 ns.addr("add", index=eth0, address=OTHER_DNS[1], prefixlen=64, flags=IFA_F_NODAD)
 
-    def _wire(self, pod: Pod):
+    def _wire(self, pod: Pod, prefixlen: int = 24, gateway: str = NODE_V4):
         """A veth from the node's bridge to the pod's eth0, addresses and default routes."""
         name = f"v-{pod.role}"[:15]  # IFNAMSIZ; the roles differ in their first 13 characters
         with Netlink(self.node) as node:
@@ -250,8 +300,8 @@ class Lab:
         with Netlink(pod.netns) as ns:
             eth0 = ns.link_lookup(ifname="eth0")[0]
             ns.link("set", index=eth0, state="up")
-            ns.addr("add", index=eth0, address=pod.ipv4, prefixlen=24)
-            ns.route("add", dst="0.0.0.0/0", gateway=NODE_V4)
+            ns.addr("add", index=eth0, address=pod.ipv4, prefixlen=prefixlen)
+            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
             if pod.ipv6:
                 ns.addr("add", index=eth0, address=pod.ipv6, prefixlen=64, flags=IFA_F_NODAD)
                 ns.route("add", dst="::/0", gateway=NODE_V6, family=10)
@@ -464,6 +514,11 @@ def cleanup_leftovers() -> dict[str, list[str]]:
     for name in found["namespaces"]:
         Netns(name).remove()
     for path in found["directories"]:
+        for mount_point in mounts_under(Path(path)):  # a test node's bpffs
+            try:
+                unmount(mount_point)
+            except NodeError:
+                pass
         shutil.rmtree(path, ignore_errors=True)
     return found
 

@@ -87,6 +87,17 @@ def bpffs_mounted_at(directory: Path) -> Path | None:
     return best
 
 
+def mounts_under(directory: Path) -> list[Path]:
+    """Every mount point at or below `directory`, deepest first (to unmount in that order)."""
+    directory = directory.resolve()
+    found = set()
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mount_point = Path(line.split()[4])
+        if mount_point == directory or directory in mount_point.parents:
+            found.add(mount_point)
+    return sorted(found, key=lambda p: -len(p.parts))
+
+
 def mount_bpffs(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if _libc.mount(b"bpf", str(directory).encode(), b"bpf", 0, None) != 0:
