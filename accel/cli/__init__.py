@@ -7,7 +7,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import click
 
-from . import bench, cni, compare, demo, lab, node, probe, render
+from . import bench, cni, compare, demo, lab, node, probe, render, soak
 from .common import Main
 
 
@@ -36,7 +36,7 @@ def main():
 # command is not shown.
 COMMANDS = {
     "See": (render.render, probe.probe_command),
-    "Prove": (compare.compare_command, lab.lab),
+    "Prove": (compare.compare_command, soak.soak, lab.lab),
     "Measure": (bench.bench,),
     "Try": (demo.demo,),
     "Run on a node": node.COMMANDS + cni.COMMANDS,

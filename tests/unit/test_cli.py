@@ -223,7 +223,7 @@ def test_help_groups_commands_by_what_a_user_does_and_cuts_no_summary():
             heading = line[:-1]
         elif re.match(r"  [a-z]+ ", line):
             listed.setdefault(heading, []).append(line.split()[0])
-    assert listed["See"] == ["render", "probe"] and listed["Prove"] == ["compare", "lab"]
+    assert listed["See"] == ["render", "probe"] and listed["Prove"] == ["compare", "soak", "lab"]
     assert listed["Measure"] == ["bench"] and listed["Try"] == ["demo"]
     assert listed["Run on a node"] == ["up", "pod", "status", "metrics", "follow", "down", "cni"]
     flat = " ".join(text.split())

@@ -1,4 +1,4 @@
-"""Many TCP requests at once, from one process."""
+"""Many requests at once, from one process: TCP (a line out, a JSON line back) or DNS over UDP."""
 
 import itertools
 import json
@@ -6,7 +6,9 @@ import os
 import socket
 import threading
 
-from .common import read_line
+from .common import dns_query, read_line
+
+DNS_ID = 0x5152
 
 
 def tcp_request(dst, port, token, timeout):
@@ -19,6 +21,20 @@ def tcp_request(dst, port, token, timeout):
             reply = read_line(sock, 65536)
         return {"token": token, "result": "ok", "reply": json.loads(reply) if reply else None}
     except (OSError, ValueError) as error:
+        return {"token": token, "result": f"error:{error}"}
+
+
+def dns_request(dst, port, token, timeout):
+    """One A query on a connected UDP socket, as glibc's resolver sends it; ok if answered."""
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect((dst, port))
+            sock.send(dns_query(token, DNS_ID))
+            answer = sock.recv(2048)
+        return {"token": token, "result": "ok" if answer[:2] == DNS_ID.to_bytes(2, "big") else "bad-reply"}
+    except OSError as error:
         return {"token": token, "result": f"error:{error}"}
 
 
@@ -36,7 +52,7 @@ def _rounds(targets, until):
 
 
 def run_burst(args):
-    """Each target {dst, port, token} once (or until --until FILE exists), `concurrency` at a
+    """Each target {dst, port, token, proto: tcp (the default) or dns} once (or until --until FILE exists), `concurrency` at a
     time; a JSON list of results."""
     with open(args.targets, encoding="utf-8") as handle:
         targets = json.load(handle)
@@ -48,7 +64,8 @@ def run_burst(args):
                 target = next(cursor, None)
             if target is None:
                 return
-            result = tcp_request(target["dst"], target["port"], target["token"], args.timeout)
+            request = dns_request if target.get("proto") == "dns" else tcp_request
+            result = request(target["dst"], target["port"], target["token"], args.timeout)
             with lock:
                 results.append(result)
 
