@@ -111,17 +111,18 @@ class Compiled:
             if blob is None:
                 problems.append(f"map {name}: no BTF in the compiled object")
                 continue
-            problems += _mirror_problems(name, blob, definition["btf_key_type_id"], definition["btf_value_type_id"])
+            problems += _mirror_problems(name, blob, definition["btf_key_type_id"], definition["btf_value_type_id"],
+                                         MIRRORS[name])
         if problems:
             raise DatapathError("bpf/accel.h and accel/ebpf/maps.py differ: " + "; ".join(problems))
 
 
 @functools.lru_cache(maxsize=64)
-def _mirror_problems(name: str, blob: bytes, key_type: int, value_type: int) -> tuple[str, ...]:
-    """How map `name`'s key and value in `blob` differ from their mirrors (once a process)."""
+def _mirror_problems(name: str, blob: bytes, key_type: int, value_type: int, mirrors: tuple) -> tuple[str, ...]:
+    """How map `name`'s key and value in `blob` differ from their mirrors (once a process for each)."""
     types = objects.decoded_btf(blob)
     return tuple(f"map {name} {side}: {problem}"
-                 for side, type_id, mirror in zip(("key", "value"), (key_type, value_type), MIRRORS[name])
+                 for side, type_id, mirror in zip(("key", "value"), (key_type, value_type), mirrors)
                  for problem in btf.mismatches(types, type_id, mirror))
 
 

@@ -19,9 +19,9 @@ FIGURES = ("pod_add_ms_p50", "pod_add_ms_max", "all_pods_s", "remove_all_s", "me
 
 
 def test_a_lab_of_many_pods_each_with_a_sidecar_and_nothing_left_after():
-    with Lab(LabPlan(recording_agents=False, scale_pods=40)) as lab:
+    with Lab(LabPlan(recording_agents=False, scale_pods=20)) as lab:
         scale = [pod for role, pod in lab.pods.items() if role.startswith("scale-")]
-        assert len(scale) == 40 and len({pod.ipv4 for pod in scale}) == 40
+        assert len(scale) == 20 and len({pod.ipv4 for pod in scale}) == 20
         for pod in (scale[0], scale[-1]):
             listening = process.run(["ss", "-Hltn"], netns=pod.netns).stdout
             assert ":15001 " in listening and ":15006 " in listening
