@@ -15,7 +15,7 @@ import pytest
 
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.netns import unique_name
-from accel.node.paths import bpffs_mounted_at, unmount
+from accel.node.paths import unmount_bpffs_at
 
 TOP = Path(__file__).resolve().parents[1]
 ACCEL = str(TOP / ".venv" / "bin" / "accel")
@@ -78,8 +78,7 @@ def node_on(lab: Lab):
         yield ready
     finally:
         ready.accel("down", check=False)
-        if bpffs_mounted_at(ready.bpffs) == ready.bpffs:
-            unmount(ready.bpffs)
+        unmount_bpffs_at(ready.bpffs)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -136,71 +136,90 @@ def _pinning() -> tuple[set[int] | None, set[int] | None]:
     return {available[-1]}, {available[0]}
 
 
-def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None) -> dict:
-    """Build every mode's world, measure, and return the report document (see accel bench --help).
-    progress(what, measured) is told what starts, and once more after each measurement."""
-    progress = progress or (lambda what, measured: None)
+@dataclass(frozen=True)
+class Workbench:
+    tools: Tools
+    workdir: Path
+    pods_cpu: set[int] | None  # where the pods' processes run (None: unpinned)
+    runner_cpu: set[int] | None
+
+    @property
+    def pinning(self) -> dict:
+        return {"pods": sorted(self.pods_cpu) if self.pods_cpu else "unpinned",
+                "runner": sorted(self.runner_cpu) if self.runner_cpu else "unpinned"}
+
+
+@contextlib.contextmanager
+def workbench():
+    """A work directory with the load generators built, and this process kept to the runner's
+    CPU; both undone on the way out (see _pinning)."""
     pods_cpu, runner_cpu = _pinning()
-    spec_args = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
-    spec = stock_spec()
     previous_affinity = os.sched_getaffinity(0)
     workdir = Path("/tmp") / unique_name("accel-bench")
-    samples, scaling, install, entries, paths, budget = Samples(), Samples(), {}, {}, {}, {}
     try:
         tools = Tools.build(workdir)
         if runner_cpu:
             os.sched_setaffinity(0, runner_cpu)
-        with contextlib.ExitStack() as stack:
-            meshes = {}
-            for mode in config.modes:
-                progress(f"building {mode}", False)
-                meshes[mode] = stack.enter_context(Mesh(mode, spec, tools.bulk_file, pods_cpu))
-                meshes[mode].check_path()
-            for mode in config.modes:  # warm caches, neighbour entries and the sidecars
-                run_workload(meshes[mode], tools, "ka16", 1)
-            sessions_before = {mode: meshes[mode].sidecar_sessions() for mode in config.modes}
-            for round_index in range(config.rounds):
-                for workload in config.workloads:
-                    for mode in rotated(config.modes, round_index):
-                        progress(f"round {round_index + 1}/{config.rounds}: {workload} {mode}", False)
-                        run = run_workload(meshes[mode], tools, workload, config.seconds)
-                        progress("", True)
-                        samples.add(mode, run["figures"], run["errors"])
-                        samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"],
-                                           "connections": run["connections"]})
-            for mode in config.modes:  # what the sidecars carried, against what the clients made
-                after = meshes[mode].sidecar_sessions()
-                paths[mode] = {"connections": sum(samples.values[mode]["connections"]),
-                               "sidecar_sessions": {role: after[role] - sessions_before[mode][role]
-                                                    for role in after}}
-            for mode in config.modes:
-                if mode.startswith("ebpf"):
-                    progress(f"program time per connection: {BUDGET_WORKLOAD} {mode}", False)
-                    budget[mode] = measure_budget(meshes[mode], tools, config.seconds)
-                    progress("", True)
-            scaled = (REFERENCE, *config.capture_modes)
-            for size in config.scaling_sizes if config.scaling_rounds else ():
-                sized = with_excluded_cidrs(spec_args, size)
-                for mode in config.capture_modes:
-                    progress(f"rule scaling: applying {size} excluded CIDRs, {mode}", False)
-                    started = time.perf_counter()
-                    meshes[mode].apply(sized)
-                    install.setdefault(mode, {})[str(size)] = round(time.perf_counter() - started, 3)
-                    entries.setdefault(mode, {})[str(size)] = meshes[mode].capture_entries()
-                    meshes[mode].check_path()
-                for round_index in range(config.scaling_rounds):
-                    for mode in rotated(scaled, round_index):
-                        progress(f"rule scaling: {size} excluded CIDRs, round {round_index + 1}: {mode}", False)
-                        run = run_workload(meshes[mode], tools, "cps16", config.seconds)
-                        progress("", True)
-                        scaling.add(mode, {str(size): run["figures"]["cps16"]}, run["errors"])
+        yield Workbench(tools, workdir, pods_cpu, runner_cpu)
     finally:
         os.sched_setaffinity(0, previous_affinity)
         shutil.rmtree(workdir, ignore_errors=True)
-    cpus = {"pods": sorted(pods_cpu) if pods_cpu else "unpinned",
-            "runner": sorted(runner_cpu) if runner_cpu else "unpinned"}
+
+
+def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None = None) -> dict:
+    """Build every mode's world, measure, and return the report document (see accel bench --help).
+    progress(what, measured) is told what starts, and once more after each measurement."""
+    progress = progress or (lambda what, measured: None)
+    spec_args = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
+    spec = stock_spec()
+    samples, scaling, install, entries, paths, budget = Samples(), Samples(), {}, {}, {}, {}
+    with workbench() as bench, contextlib.ExitStack() as stack:
+        tools, pods_cpu = bench.tools, bench.pods_cpu
+        meshes = {}
+        for mode in config.modes:
+            progress(f"building {mode}", False)
+            meshes[mode] = stack.enter_context(Mesh(mode, spec, tools.bulk_file, pods_cpu))
+            meshes[mode].check_path()
+        for mode in config.modes:  # warm caches, neighbour entries and the sidecars
+            run_workload(meshes[mode], tools, "ka16", 1)
+        sessions_before = {mode: meshes[mode].sidecar_sessions() for mode in config.modes}
+        for round_index in range(config.rounds):
+            for workload in config.workloads:
+                for mode in rotated(config.modes, round_index):
+                    progress(f"round {round_index + 1}/{config.rounds}: {workload} {mode}", False)
+                    run = run_workload(meshes[mode], tools, workload, config.seconds)
+                    progress("", True)
+                    samples.add(mode, run["figures"], run["errors"])
+                    samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"],
+                                       "connections": run["connections"]})
+        for mode in config.modes:  # what the sidecars carried, against what the clients made
+            after = meshes[mode].sidecar_sessions()
+            paths[mode] = {"connections": sum(samples.values[mode]["connections"]),
+                           "sidecar_sessions": {role: after[role] - sessions_before[mode][role]
+                                                for role in after}}
+        for mode in config.modes:
+            if mode.startswith("ebpf"):
+                progress(f"program time per connection: {BUDGET_WORKLOAD} {mode}", False)
+                budget[mode] = measure_budget(meshes[mode], tools, config.seconds)
+                progress("", True)
+        scaled = (REFERENCE, *config.capture_modes)
+        for size in config.scaling_sizes if config.scaling_rounds else ():
+            sized = with_excluded_cidrs(spec_args, size)
+            for mode in config.capture_modes:
+                progress(f"rule scaling: applying {size} excluded CIDRs, {mode}", False)
+                started = time.perf_counter()
+                meshes[mode].apply(sized)
+                install.setdefault(mode, {})[str(size)] = round(time.perf_counter() - started, 3)
+                entries.setdefault(mode, {})[str(size)] = meshes[mode].capture_entries()
+                meshes[mode].check_path()
+            for round_index in range(config.scaling_rounds):
+                for mode in rotated(scaled, round_index):
+                    progress(f"rule scaling: {size} excluded CIDRs, round {round_index + 1}: {mode}", False)
+                    run = run_workload(meshes[mode], tools, "cps16", config.seconds)
+                    progress("", True)
+                    scaling.add(mode, {str(size): run["figures"]["cps16"]}, run["errors"])
     document = report(config, samples, scaling, {"install_seconds": install, "capture_entries": entries},
-                      paths, environment(config, cpus))
+                      paths, environment(config, bench.pinning))
     if budget:
         document["budget"] = {"workload": BUDGET_WORKLOAD, "modes": budget}
     from .report import target_verdicts  # report.py imports this module

@@ -18,21 +18,18 @@ are added (an estimate: other work on the node moves it too).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import inputs, process
+from .. import process
 from ..lab import Pod
-from ..netns import unique_name
 from ..node import lifecycle, pods
-from ..node.paths import NodePaths, bpffs_mounted_at, unmount
+from ..node.paths import NodePaths, unmount_bpffs_at
 from .mesh import Mesh, MeshError
 from .report import ratio_interval
-from .run import _pinning
+from .run import stock_spec, workbench
 from .workloads import Tools, run_workload
 
 SCALE_BACKENDS = ("ebpf", "nftables")
@@ -70,37 +67,27 @@ class NodeCapture:
         try:
             lifecycle.down(self.paths)
         finally:
-            if bpffs_mounted_at(self.paths.bpffs) == self.paths.bpffs:
-                unmount(self.paths.bpffs)
+            unmount_bpffs_at(self.paths.bpffs)
 
 
 def run_scale(count: int, rounds: int, seconds: float, backends: tuple[str, ...] = SCALE_BACKENDS,
               progress: Callable[[str, bool], None] | None = None) -> dict:
     """Every backend's figures at `count` pods (see the module's doc); the report document."""
     progress = progress or (lambda what, measured: None)
-    pods_cpu, runner_cpu = _pinning()
-    spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS))
-    workdir = Path("/tmp") / unique_name("accel-bench")
-    previous_affinity = os.sched_getaffinity(0)
+    spec = stock_spec()
     results = {}
-    try:
-        tools = Tools.build(workdir)
-        if runner_cpu:
-            os.sched_setaffinity(0, runner_cpu)
+    with workbench() as bench:
         for backend in backends:
             progress(f"{backend}: building a lab of {count + 2} pods", False)
-            node_root = workdir / f"node-{backend}"
+            node_root = bench.workdir / f"node-{backend}"
             node_root.mkdir(mode=0o700)
             capture = NodeCapture(backend, node_root)
-            with Mesh(backend, spec, tools.bulk_file, pods_cpu, scale_pods=count, capture=capture) as mesh:
+            with Mesh(backend, spec, bench.tools.bulk_file, bench.pods_cpu, scale_pods=count,
+                      capture=capture) as mesh:
                 mesh.check_path()
-                results[backend] = _measure(mesh, capture, tools, spec, count, rounds, seconds, progress)
-    finally:
-        os.sched_setaffinity(0, previous_affinity)
-        shutil.rmtree(workdir, ignore_errors=True)
+                results[backend] = _measure(mesh, capture, bench.tools, spec, count, rounds, seconds, progress)
     document = {"pods": count, "rounds": rounds, "seconds_per_run": seconds, "scale": results,
-                "pinning": {"pods": sorted(pods_cpu) if pods_cpu else "unpinned",
-                            "runner": sorted(runner_cpu) if runner_cpu else "unpinned"}}
+                "pinning": bench.pinning}
     document["verdicts"] = scale_verdicts(document)
     return document
 

@@ -26,6 +26,7 @@ import grp
 import ipaddress
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -521,6 +522,13 @@ def cleanup_leftovers() -> dict[str, list[str]]:
                 pass
         shutil.rmtree(path, ignore_errors=True)
     return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def wait_for(condition, timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,9 +34,10 @@ from typing import Callable
 from .. import inputs
 from ..netns import Netns, existing_names, unique_name
 from ..node import lifecycle
-from ..node.paths import NodePaths, bpffs_mounted_at, unmount
+from ..node.metrics import scrape
+from ..node.paths import NodePaths, unmount_bpffs_at
 from .agent.stream import pattern
-from .lab import POD_ADDRESSES, Lab, LabError, LabPlan, SidecarConfig, wait_for
+from .lab import POD_ADDRESSES, Lab, LabError, LabPlan, SidecarConfig, free_port, wait_for
 
 APP = 1000  # the app's uid and gid: not the proxy's
 SERVICE, SERVICE_PORT = "203.0.113.10", 8080  # answered by the remote pod
@@ -136,8 +136,8 @@ class Soak:
                             daemon.wait()
                     self._accel("down", check=False)
         finally:
-            if self.paths and bpffs_mounted_at(self.paths.bpffs) == self.paths.bpffs:
-                unmount(self.paths.bpffs)
+            if self.paths:
+                unmount_bpffs_at(self.paths.bpffs)
             shutil.rmtree(self.root, ignore_errors=True)
 
     def _run(self, lab: Lab, daemons: list[subprocess.Popen]) -> dict:
@@ -147,7 +147,7 @@ class Soak:
                     POD_ADDRESSES["dns"][0], *(["--sockmap"] if config.sockmap else []), "--", *SPEC_ARGS)
         lab.start_agent("remote", "stream-server", "--name", "remote-stream", "--port", str(STREAM_PORT))
         lab.start_agent("pod", "stream-server", "--name", "pod-stream", "--port", str(STREAM_PORT))
-        port = _free_port()
+        port = free_port()
         daemons += [self._daemon("follow"), self._daemon("metrics", "--listen", f"127.0.0.1:{port}")]
         follow, metrics = daemons
         if not wait_for(lambda: _scrape(port) is not None, timeout=20):
@@ -382,18 +382,9 @@ def _round(value: float) -> float:
     return round(value, 1)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _scrape(port: int) -> str | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
-            return answer.read().decode()
+        return scrape(port)
     except OSError:
         return None
 

@@ -15,7 +15,7 @@ from ..ebpf import libbpf, probe
 from ..ebpf.datapath import read_counters
 from ..ebpf.programs import LINKED_PROGRAMS, SHORTCUT
 from . import pinned, pods, state as node_state
-from .paths import NodeError, NodePaths, bpffs_mounted_at, default_cgroup, mount_bpffs, unmount
+from .paths import NodeError, NodePaths, bpffs_mounted_at, default_cgroup, mount_bpffs, unmount_bpffs_at
 from .state import NodeState
 
 BACKENDS = ("auto", "ebpf", "nftables", "iptables")
@@ -109,8 +109,8 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
 def _undo_first_load(paths: NodePaths, mounted: bool) -> None:
     """What a failed first eBPF load made: its pin directories, and the bpffs mount if up made it."""
     shutil.rmtree(paths.pins, ignore_errors=True)
-    if mounted and bpffs_mounted_at(paths.bpffs) == paths.bpffs.resolve():
-        unmount(paths.bpffs)
+    if mounted:
+        unmount_bpffs_at(paths.bpffs)
 
 
 def down(paths: NodePaths) -> dict:
@@ -133,8 +133,8 @@ def down(paths: NodePaths) -> dict:
         faults.point("down:pods-removed")
         removed_pins = pinned.down(paths) if paths.pins.exists() else []
         faults.point("down:unpinned")
-        if current is not None and current.mounted_bpffs and bpffs_mounted_at(paths.bpffs) == paths.bpffs.resolve():
-            unmount(paths.bpffs)
+        if current is not None and current.mounted_bpffs:
+            unmount_bpffs_at(paths.bpffs)
         shutil.rmtree(paths.state, ignore_errors=True)
     return {"pods": removed_pods, "pins": removed_pins, "state": str(paths.state),
             "was_up": current is not None or damaged is not None,

@@ -4,6 +4,7 @@ at every scrape. It only reads: killing it changes nothing for traffic. No IP ad
 from __future__ import annotations
 
 import threading
+import urllib.request
 
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -64,6 +65,12 @@ class NodeCollector:
                 if item["capacity"]:
                     capacity.add_metric([item["name"]], item["capacity"])
             yield from (entries, capacity)
+
+
+def scrape(port: int, host: str = "127.0.0.1") -> str:
+    """What a running `accel metrics` answers on /metrics (OSError if it does not)."""
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
 
 
 def serve(paths: NodePaths, listen: str = DEFAULT_LISTEN, stop: threading.Event | None = None) -> None:

@@ -105,6 +105,12 @@ def mount_bpffs(directory: Path) -> None:
         raise NodeError(f"mounting bpffs at {directory}: {os.strerror(error)}")
 
 
+def unmount_bpffs_at(directory: Path) -> None:
+    """Unmount the bpffs mounted at `directory` itself, if there is one (not one it lies below)."""
+    if bpffs_mounted_at(directory) == directory.resolve():
+        unmount(directory)
+
+
 def unmount(directory: Path) -> None:
     if _libc.umount2(str(directory).encode(), 0) != 0:
         error = ctypes.get_errno()

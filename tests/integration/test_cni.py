@@ -18,7 +18,7 @@ from accel import process
 from accel.cgroup import Cgroup
 from accel.lab.lab import PYTHON, build_agent, ensure_proxy_user, wait_for
 from accel.netns import Netns, unique_name
-from accel.node.paths import bpffs_mounted_at, unmount
+from accel.node.paths import unmount_bpffs_at
 from tests.cni_chain import Chain, PluginFailed
 
 pytestmark = pytest.mark.privileged
@@ -85,8 +85,7 @@ class CniNode:
         if self.log_fd is not None:
             os.close(self.log_fd)
         subprocess.run([ACCEL, "down"], env=self.env, capture_output=True, timeout=120)
-        if bpffs_mounted_at(self.bpffs) == self.bpffs:
-            unmount(self.bpffs)
+        unmount_bpffs_at(self.bpffs)
         for namespace in reversed(self.namespaces):
             namespace.remove()
         if self.cgroup is not None:

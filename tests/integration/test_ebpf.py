@@ -176,6 +176,17 @@ def test_removal_leaves_no_bpf_object_and_the_pod_as_before():
     assert bpf_objects() == before
 
 
+def without_and_with_ebpf(pod, read):
+    """read() in the pod as it is, then with the stock spec applied by ebpf (removed after)."""
+    plain = read()
+    backend = get_backend("ebpf")
+    backend.apply(pod, STOCK)
+    try:
+        return plain, read()
+    finally:
+        backend.remove(pod)
+
+
 def test_other_getsockopt_calls_pass_through_even_above_a_page():
     """iptables-legacy-save reads its rules with getsockopt and buffers larger than a page."""
     rules = "*filter\n" + "".join(f"-A INPUT -s 10.{i // 250}.{i % 250}.0/24 -j ACCEPT\n" for i in range(400)) + "COMMIT\n"
@@ -189,13 +200,7 @@ def test_other_getsockopt_calls_pass_through_even_above_a_page():
             assert result.returncode == 0, result.stderr
             return [line for line in result.stdout.splitlines() if not line.startswith("#")]
 
-        plain = save()
-        backend = get_backend("ebpf")
-        backend.apply(pod, STOCK)
-        try:
-            hooked = save()
-        finally:
-            backend.remove(pod)
+        plain, hooked = without_and_with_ebpf(pod, save)
     assert len(plain) > 400 and hooked == plain
 
 
@@ -244,13 +249,7 @@ def test_getsockopt_answers_only_the_proxys_original_destination(uid):
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
 
-        plain = read()
-        backend = get_backend("ebpf")
-        backend.apply(pod, STOCK)
-        try:
-            hooked = read()
-        finally:
-            backend.remove(pod)
+        plain, hooked = without_and_with_ebpf(pod, read)
     assert plain["tcp_info"][0] > 100 and plain["large_optval"][0] > 100
     assert hooked == plain
 

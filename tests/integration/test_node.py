@@ -9,19 +9,18 @@ import json
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from accel import process
 from accel.ebpf.inspect import bpf_objects
-from accel.lab.lab import wait_for
+from accel.lab.lab import free_port, wait_for
 from accel.netns import Netns
+from accel.node.metrics import scrape
 from accel.node.paths import bpffs_mounted_at
 from tests.kernel_state import rule_state
 
@@ -126,17 +125,6 @@ def test_status_says_what_is_wrong_and_up_cleans_it(node):
     reconciled = node.json("up")["reconciled"]
     assert any("gone-too" in line and "gone" in line for line in reconciled)
     assert node.accel("status").returncode == 0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
 
 
 def test_metrics_read_the_pinned_state(node):
