@@ -62,9 +62,9 @@ def observe(client: dict, events: list[dict]) -> dict:
 
 
 def _events(lab: Lab, case: Case, token: str) -> list[dict]:
-    """The case's events; for a client that closed without waiting for a reply, once its traffic
-    has reached a server or stopped at the sidecar for a while."""
-    if case.proto != "tcp-send-close":
+    """The case's events; for a client that did not wait for a reply (it closed at once, or no
+    reply can reach it), once its traffic has reached a server or stopped for a while."""
+    if case.proto not in ("tcp-send-close", "dns-udp-sendto-connected"):
         return lab.events(token)
     deadline = time.monotonic() + SETTLE
     while time.monotonic() < deadline:
@@ -99,7 +99,8 @@ def _set_up(lab: Lab, backend, name: str, case: Case) -> None:
 def _run_case(lab: Lab, case: Case, number: int) -> dict:
     token = f"{'late-' if case.late else ''}c{number}-{secrets.token_hex(3)}"  # a valid DNS label
     client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
-                        uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become)
+                        uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become,
+                        timeout=case.wait)
     return observe(client, _events(lab, case, token))
 
 

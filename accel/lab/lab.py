@@ -48,6 +48,7 @@ RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch", "accel-demo", "acce
 AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to each lab as one zipapp
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
 IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
+CLIENT_GRACE = 30  # seconds a client may run past its own timeout before it is killed
 
 NODE_V4, NODE_V6 = "198.18.0.1", "2001:db8:18::1"
 POD_ADDRESSES = {
@@ -417,8 +418,10 @@ class Lab:
                                    "--token", token, "--timeout", str(timeout), *(["--bind", bind] if bind else []),
                                    *([f"--first-{first[0]}", first[1]] if first else []),
                                    *(["--become", ",".join(f"{u}:{g}" for u, g in become)] if become else []))
+        # The wait allows for a stalled machine (a CI run once saw a client that had printed its
+        # timeout still alive 10 s later): only a client that never ends should abort a run.
         result = process.run(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, userns=pod.userns,
-                             timeout=timeout + 10)
+                             timeout=timeout + CLIENT_GRACE)
         if result.returncode != 0:
             return {"result": f"client-failed:{result.stderr.strip()[-200:]}"}
         return json.loads(result.stdout)
