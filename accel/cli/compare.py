@@ -32,6 +32,8 @@ EPILOG = (
     "\n\b\nExamples:\n"
     "  accel compare -- -p 15001 -z 15006 -u 1337 -m REDIRECT -i '*' -x '' -b '*' -d 15090,15021,15020\n"
     "  accel compare --backends iptables,nftables,ebpf --ipv6 --json -- -i '*' -b '*' --redirect-dns\n"
+    "  accel compare --list-cases -- -i '*' -b '*' --redirect-dns     # what would run (no root)\n"
+    "  accel compare --backends ebpf --cases 'dns-*,outbound-service' -- -i '*' -b '*' --redirect-dns\n"
 )
 
 
@@ -41,30 +43,57 @@ EPILOG = (
               help="Comma list of backends to run (Backends below). The first iptables one is the reference "
                    "(iptables is added first if none is listed).")
 @spec_options(dns=False)
+@click.option("--cases", "patterns", metavar="PATTERNS",
+              help="Run only the cases whose names match one of these comma-separated shell patterns "
+                   "('dns-*'); each still meets the pod as in a full run [default: every case].")
+@click.option("--list-cases", is_flag=True, help="Print the spec's cases (name, traffic, description) and exit.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: spec, cases with each backend's outcome and agreement, mismatches, "
-                   "conntrack entries.")
-def compare_command(backends, as_json, spec, warnings):
+                   "conntrack entries (with --list-cases: the cases).")
+def compare_command(backends, patterns, list_cases, as_json, spec, warnings):
     """Run real traffic through each capture backend and compare it with the iptables reference."""
+    from ..compare import lab_spec
+    from ..compare.cases import derive, select
+
+    cases = derive(lab_spec(spec))[0]
+    if list_cases:
+        _list(cases, as_json)
+        return
+    only = tuple(p.strip() for p in patterns.split(",")) if patterns is not None else ()
+    if patterns is not None and (not patterns.strip() or "" in only):
+        fail(f"--cases: empty pattern in {patterns!r}")
+    try:
+        cases = select(cases, only) if only else cases
+    except ValueError as error:
+        fail(f"--cases: {error}")
     names = list(backends)
     if not any(name.startswith("iptables") for name in names):
         names.insert(0, "iptables")
     refuse_unsupported(spec, names)
-    _compare(spec, warnings, names, as_json)
+    _compare(spec, warnings, names, as_json, only, len(cases))
+
+
+def _list(cases, as_json: bool) -> None:
+    rows = [{"name": c.name, "from": c.client, "proto": c.proto, "dst": c.dst, "port": c.port, "uid": c.uid,
+             "description": c.description} for c in cases]
+    if as_json:
+        print_json(rows)
+        return
+    for row in rows:
+        destination = f"[{row['dst']}]:{row['port']}" if ":" in row["dst"] else f"{row['dst']}:{row['port']}"
+        click.echo(f"{row['name']:<48} {row['from']:<11} {row['proto']:<25} {destination:<28} {row['description']}")
 
 
 @needs_root("it builds network namespaces and loads rules")
-def _compare(spec, warnings, names: list[str], as_json: bool):
+def _compare(spec, warnings, names: list[str], as_json: bool, only: tuple[str, ...], count: int):
     from ..backends import BackendError
-    from ..compare import compare, lab_spec
-    from ..compare.cases import derive
+    from ..compare import compare
     from ..compare.report import print_table
 
     warn(warnings)
-    total = len(derive(lab_spec(spec))[0]) * len(names)
-    with progress(f"comparing {', '.join(names)}", total) as step:
+    with progress(f"comparing {', '.join(names)}", count * len(names)) as step:
         try:
-            result = compare(spec, names, progress=step)
+            result = compare(spec, names, progress=step, only=only)
         except BackendError as error:
             fail(str(error), EXIT_FAILED)
     if as_json:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from .. import inputs
 from ..lab import POD_ADDRESSES
 from ..spec import CaptureSpec
-from .cases import Case, derive
+from .cases import Case, derive, select
 from .run import BackendRun, run_backend
 
 __all__ = ["Comparison", "compare", "lab_spec", "Case", "BackendRun"]
@@ -58,10 +58,13 @@ class Comparison:
         }
 
 
-def compare(spec: CaptureSpec, backends: list[str], progress=None) -> Comparison:
-    """Run every case through every backend; the first iptables backend is the reference."""
+def compare(spec: CaptureSpec, backends: list[str], progress=None, only: tuple[str, ...] = ()) -> Comparison:
+    """Run every case (or those named by the patterns in `only`, see cases.select) through every
+    backend; the first iptables backend is the reference."""
     spec = lab_spec(spec)
     cases, plan = derive(spec)
+    if only:
+        cases = select(cases, only)
     reference = next(b for b in backends if b.startswith("iptables"))
     runs = {name: run_backend(name, spec, cases, plan, progress) for name in backends}
     return Comparison(spec, cases, runs, reference)

@@ -8,9 +8,10 @@ include list, ...). Nothing here predicts the outcome: the cases are run and obs
 
 from __future__ import annotations
 
+import fnmatch
 import grp
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import constants
 from ..lab import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, MeshedPod, SidecarConfig
@@ -329,6 +330,22 @@ def _unmapped(text: str):
     """The address a destination really is: ::ffff:a.b.c.d is the IPv4 address a.b.c.d."""
     address = ipaddress.ip_address(text)
     return address.ipv4_mapped if address.version == 6 and address.ipv4_mapped else address
+
+
+def select(cases: list[Case], patterns: tuple[str, ...]) -> list[Case]:
+    """The cases whose names match any of the shell-style patterns, in their order. Each chosen
+    case runs after every setup of the cases before it, so it meets the pod as it would in the
+    full run. A pattern that matches no case is a ValueError naming it."""
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(c.name, p) for c in cases)]
+    if unmatched:
+        raise ValueError(f"{unmatched[0]!r} matches no case (accel compare --list-cases shows them)")
+    chosen, pending = [], ()
+    for case in cases:
+        pending += case.setup
+        if any(fnmatch.fnmatchcase(case.name, p) for p in patterns):
+            chosen.append(replace(case, setup=pending))
+            pending = ()
+    return chosen
 
 
 def _plan(spec: CaptureSpec, cases: list[Case], sidecar_ports: set[int]) -> LabPlan:

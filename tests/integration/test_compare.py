@@ -195,7 +195,8 @@ def test_annotations_input(tmp_path):
     pod.write_text(json.dumps({"annotations": {"sidecar.istio.io/status": "{}",
                                                "traffic.sidecar.istio.io/excludeOutboundIPRanges": "203.0.113.0/24"},
                                "proxy_env": {"ISTIO_META_DNS_CAPTURE": "true"}}))
-    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--json", "--annotations", str(pod)])
+    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--json", "--annotations", str(pod),
+                                    "--cases", "outbound-excluded-cidr,dns-udp-other-server"])
     assert run.exit_code == 0, run.output
     document = json.loads(run.stdout)
     outcomes = {c["name"]: c["outcomes"]["iptables"] for c in document["cases"]}
@@ -204,14 +205,17 @@ def test_annotations_input(tmp_path):
 
 
 def test_cli_json_and_table():
-    run = CliRunner().invoke(main, ["compare", "--json", "--", *DEFAULT])
+    """The CLI's outputs, on a few cases (test_istio_init_default runs them all)."""
+    run = CliRunner().invoke(main, ["compare", "--json", "--cases", "outbound-service,dns-*", "--", *DEFAULT])
     assert run.exit_code == 0, run.output
     document = json.loads(run.stdout)
     assert set(document) >= {"spec", "cases", "mismatches", "conntrack_entries"}
     assert document["mismatches"]["nftables"] == 0 and document["mismatches"]["none"] > 0
     case = document["cases"][0]
     assert set(case) >= {"name", "outcomes", "agrees"} and set(case["outcomes"]) == {"iptables", "nftables", "none"}
-    table = CliRunner().invoke(main, ["compare", "--backends", "nftables", "--", *DEFAULT])
+    assert case["name"] == "outbound-service" and all(c["name"].startswith("dns-") for c in document["cases"][1:])
+    table = CliRunner().invoke(main, ["compare", "--backends", "nftables", "--cases", "outbound-service", "--",
+                                      *DEFAULT])
     assert table.exit_code == 0
     assert "outbound-service" in table.stdout and "nftables captured exactly what iptables captured" in table.stdout
 
@@ -222,7 +226,8 @@ def test_cli_exits_1_when_a_backend_differs(monkeypatch):
 
     real = run_module.get_backend
     monkeypatch.setattr(run_module, "get_backend", lambda name: NoneBackend() if name == "nftables" else real(name))
-    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--", *DEFAULT])
+    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--cases", "outbound-service", "--",
+                                    *DEFAULT])
     assert run.exit_code == 1
     assert "nftables captured differently from iptables" in run.stdout
 
