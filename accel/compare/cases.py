@@ -50,7 +50,6 @@ class Case:
     late: bool = False  # the sidecar asks SO_ORIGINAL_DST only after the client has closed
     setup: tuple[tuple[str, ...], ...] = ()  # commands run in the client's pod just before
     become: tuple[tuple[int, int], ...] = ()  # identities the client takes after starting (as root)
-    wait: float = 2.0  # seconds the client waits for its answer
 
 
 def _address(version: int, role: str) -> str:
@@ -265,10 +264,8 @@ def derive(spec: CaptureSpec) -> tuple[list[Case], LabPlan]:
         add(f"outbound-own-pod-ip-inbound-port{v}", f"app to its own address on the inbound capture port "
             f"{spec.inbound_capture_port}", pod_ip, spec.inbound_capture_port)
         if first:
-            # no answer can reach that socket (see the agent's client): a short wait, and where the
-            # query went is read once it has reached a server (run._events)
             add("dns-udp-sendto-on-a-connected-socket", "DNS over UDP with sendto on a socket connected elsewhere",
-                resolver, 53, proto="dns-udp-sendto-connected", wait=0.3)
+                resolver, 53, proto="dns-udp-sendto-connected")
         add(f"outbound-unspecified{v}", f"app to {UNSPECIFIED[version]} (the kernel connects it to itself)",
             UNSPECIFIED[version], APP_PORT)
         add(f"app-dials-proxy-port{v}", f"app to {loopback}:{spec.proxy_port}, the proxy itself (never redirected)",
@@ -317,7 +314,7 @@ def _in_userns_pod(case: Case) -> Case:
     moved = {POD_ADDRESSES["pod"][i]: POD_ADDRESSES["userns-pod"][i] for i in (0, 1)}
     return Case(f"userns-{case.name}", f"in a pod with its own user namespace: {case.description}",
                 "userns-pod" if case.client == "pod" else case.client, case.proto, moved.get(case.dst, case.dst),
-                case.port, case.uid, case.gid, case.bind, case.first, case.late, case.setup, case.become, case.wait)
+                case.port, case.uid, case.gid, case.bind, case.first, case.late, case.setup, case.become)
 
 
 def _captures_inbound_port(spec: CaptureSpec, port: int) -> bool:
