@@ -107,6 +107,7 @@ class EbpfBackend(Backend):
                 "handoffs_in_flight": datapath.handoffs_in_flight(),
                 "shortcut": handle.shortcut, "shortcut_sockets": datapath.shortcut_sockets(),
                 "counters": datapath.counters(target.netns),
+                "follower_error": datapath.follower_error(target.netns),
                 "prefix_entries": datapath.prefix_entries(target.netns),
                 "programs_from": datapath.compiled.objects.origin,
                 "programs_cache": str(datapath.compiled.objects.cache_file)}

@@ -95,7 +95,9 @@ def _set_up(lab: Lab, backend, name: str, case: Case) -> None:
         if result.returncode != 0:
             raise LabError(f"{case.name}: {' '.join(argv)}: {result.stderr.strip()}")
     if not wait_for(lambda: backend.synced(pod), timeout=2):
-        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s")
+        stopped = backend.status(pod).get("follower_error")
+        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s"
+                       + (f" (its follower stopped: {stopped})" if stopped else " (its follower still runs)"))
 
 
 def _run_case(lab: Lab, case: Case, number: int) -> dict:

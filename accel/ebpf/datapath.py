@@ -401,6 +401,11 @@ class Datapath:
         follower = self.pods[netns].follower
         return follower is not None and follower.synced()
 
+    def follower_error(self, netns: str) -> str | None:
+        """Why the pod's follower stopped, if it did (it then follows nothing more)."""
+        follower = self.pods[netns].follower
+        return None if follower is None or follower.error is None else repr(follower.error)
+
     def _attach_sk_lookup(self, netns: str, cookie: int) -> int:
         program = self.compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})
         try:
