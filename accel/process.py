@@ -16,7 +16,9 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
+from . import cancel
 from . import userns as user_namespaces
 from .cgroup import Cgroup
 
@@ -73,7 +75,7 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
         popen_kwargs["pass_fds"] = (*popen_kwargs.get("pass_fds", ()), owner)
 
     def enter():
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # the new program gets ordinary signals
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _DEFERRED)  # the default handlers are back (cancel.py)
         if procs_file:
             with open(procs_file, "w") as procs:
                 procs.write(str(os.getpid()))
@@ -89,8 +91,8 @@ def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = 
         if uid is not None:
             os.setuid(uid)
 
-    # A SIGTERM or Ctrl-C arriving during fork would run accel's handler in the child, inside
-    # preexec_fn: hold them until the child exists; the parent then handles them as usual.
+    # A SIGTERM or Ctrl-C arriving during fork would run accel's handler in the child: hold them
+    # until the child has put the default handlers back (an at-fork hook of accel/cancel.py).
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED)
     try:
         return subprocess.Popen(argv, preexec_fn=enter, **popen_kwargs)
@@ -111,11 +113,26 @@ class CommandError(RuntimeError):
 def run(argv: list[str], *, input: str | None = None, timeout: float = 30, check: bool = False,
         **kwargs) -> subprocess.CompletedProcess:
     """spawn(), waited for; output captured as text. accel's one way to run a command: the result
-    comes back whatever the exit status, and with `check` a non-zero one raises CommandError."""
+    comes back whatever the exit status, and with `check` a non-zero one raises CommandError.
+    A SIGTERM or Ctrl-C arriving meanwhile ends the wait (see accel/cancel.py): the child is
+    killed and Cancelled raised."""
+    cut = cancel.armed()  # checked before the child starts: a run begun while stopping is clean-up
     process = spawn(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    deadline = time.monotonic() + timeout
     try:
-        stdout, stderr = process.communicate(input, timeout=timeout)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                # communicate() may be called again after a timeout without losing output
+                stdout, stderr = process.communicate(input, timeout=min(left, cancel.SLICE) if cut else left)
+                break
+            except subprocess.TimeoutExpired:
+                input = None  # sent already
+                if cut:
+                    cancel.check()
+                if time.monotonic() >= deadline:
+                    raise subprocess.TimeoutExpired(argv, timeout) from None
     except BaseException:  # a timeout, or a signal: the child does not outlive the wait
         process.kill()
         process.wait()

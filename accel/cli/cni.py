@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 from click.shell_completion import CompletionItem
 
+from ..cancel import until_signalled
 from ..node.paths import DEFAULT_STATE, ENV_STATE
-from .common import EXIT_FAILED, Group, OutputFile, fail, print_json, until_signalled, warn
+from .common import EXIT_FAILED, Group, OutputFile, fail, print_json, warn
 
 CONF_DIR, BIN_DIR = "/etc/cni/net.d", "/opt/cni/bin"  # upstream's, and containerd's and CRI-O's defaults
 

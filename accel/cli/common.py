@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import faulthandler
 import functools
 import json
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -20,7 +20,7 @@ from click.shell_completion import CompletionItem
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .. import inputs
+from .. import cancel, inputs
 from ..spec import CaptureSpec, SpecError
 
 EXIT_FAILED = 1  # a run failed, a backend differed, or root was needed
@@ -96,31 +96,27 @@ class Main(Group):
             raise _one_line(error) from None
 
     def invoke(self, ctx: click.Context):
-        # SIGTERM unwinds like Ctrl-C, so labs and scratch namespaces are removed on the way out.
-        terminated, owner = [], os.getpid()
-
-        def on_sigterm(number, frame):
-            if os.getpid() != owner or terminated:
-                return  # a forked child's inherited signal, or a repeat while cleaning up
-            terminated.append(number)
-            sys.exit(128 + number)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-        try:
-            result = super().invoke(ctx)
-        except SpecError as error:
-            if not terminated:
-                raise AccelError(str(error)) from None
-        except click.ClickException as error:
-            if not terminated:
-                raise _one_line(error) from None
-        except (Exception, SystemExit):
-            # The exit raised by the signal can land inside library code and surface as another
-            # error, or be swallowed there; the cleanup has run either way.
-            if not terminated:
-                raise
-        if terminated:
-            sys.exit(128 + terminated[0])
+        # SIGTERM and Ctrl-C stop the command at its next safe point (accel/cancel.py), unwinding
+        # as an error does, so labs and scratch namespaces are removed on the way out.
+        if sys.__stderr__ is not None:  # `kill -USR1 PID` prints where each thread is
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+        with cancel.handling():
+            try:
+                result = super().invoke(ctx)
+            except cancel.Cancelled as stop:
+                sys.exit(stop.exit_code)
+            except (Exception, SystemExit) as error:
+                if cancel.received() is None:
+                    if isinstance(error, SpecError):
+                        raise AccelError(str(error)) from None
+                    if isinstance(error, click.ClickException):
+                        raise _one_line(error) from None
+                    raise
+                if not isinstance(error, SystemExit):  # a step the signal cut short, failing its own way
+                    click.echo(f"accel: while stopping: {error}", err=True)
+            stopped = cancel.interrupted()
+        if stopped is not None:
+            sys.exit(128 + stopped)
         return result
 
 
@@ -266,14 +262,6 @@ class OutputFile(click.ParamType):
 
     def shell_complete(self, ctx, param, incomplete) -> list[CompletionItem]:
         return [CompletionItem(incomplete, type="file")]
-
-
-def until_signalled() -> threading.Event:
-    """An event set by SIGTERM or SIGINT: long-running commands stop cleanly on either."""
-    stop = threading.Event()
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, lambda *_: stop.set())
-    return stop
 
 
 def warn(notes: list[str]) -> None:

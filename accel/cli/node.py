@@ -12,8 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from ..cancel import until_signalled
 from ..node.paths import DEFAULT_BPFFS, DEFAULT_STATE, ENV_BPFFS, ENV_CGROUP, ENV_STATE, NodeError, resolve
-from .common import EXIT_FAILED, Group, fail, needs_root, print_json, spec_options, until_signalled, warn
+from .common import EXIT_FAILED, Group, fail, needs_root, print_json, spec_options, warn
 
 WHERE = (
     "\b\nWhere accel keeps things (an option wins over its environment variable):\n"

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import process
+from .. import cancel, faults, process
 from ..backends import get_backend
 from ..lab import Lab, LabError, LabPlan, conntrack_entries
 from ..lab.lab import wait_for
@@ -73,7 +73,7 @@ def _events(lab: Lab, case: Case, token: str) -> list[dict]:
         events = lab.events(token)
         if any(e["role"] == "server" for e in events):
             return events
-        time.sleep(0.05)
+        cancel.sleep(0.05)
     return lab.events(token)
 
 
@@ -101,6 +101,8 @@ def _set_up(lab: Lab, backend, name: str, case: Case) -> None:
 
 
 def _run_case(lab: Lab, case: Case, number: int) -> dict:
+    faults.point("compare:case")
+    cancel.check()  # a case not begun when SIGTERM came is not begun at all
     token = f"{'late-' if case.late else ''}c{number}-{secrets.token_hex(3)}"  # a valid DNS label
     client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
                         uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become)
@@ -117,8 +119,10 @@ def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,
         applied = []
         try:
             for pod in pods:
+                cancel.check()
                 backend.apply(pod, spec)
                 applied.append(pod)
+            faults.point("compare:applied")
             for segment in _segments(cases):
                 first_case = cases[segment[0]]
                 if first_case.setup:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 from pyroute2 import NetNS as Netlink  # a netlink socket in a named namespace
 
-from .. import process
+from .. import cancel, faults, process
 from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
 from ..netns import Netns, existing_names, unique_name
@@ -49,6 +49,7 @@ AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to eac
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
 IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
 CLIENT_GRACE = 30  # seconds a client may run past its own timeout before it is killed
+AGENT_START = 60  # seconds an agent may take to say it is ready (it takes ~50 ms; this is for a stalled machine)
 
 NODE_V4, NODE_V6 = "198.18.0.1", "2001:db8:18::1"
 POD_ADDRESSES = {
@@ -173,13 +174,23 @@ class Lab:
         self.workdir.chmod(0o755)  # the agent, run as the proxy uid, must read agent.pyz
         build_agent(self.workdir / "agent.pyz")
         self._log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+        self._step("lab:workdir")
         self.cgroup = Cgroup(cgroup2_mount() / self.name)  # known before it exists, for destroy()
         self.cgroup.path.mkdir()
         self._build_network()
+        self._step("lab:network")
         if self.plan.recording_agents:
             self._start_agents()
         if self.plan.scale_pods:
             self._start_scale_sidecars()
+        self._step("lab:ready")
+
+    @staticmethod
+    def _step(point: str) -> None:
+        """A safe point between building steps: stop here if SIGTERM or Ctrl-C came (destroy()
+        then removes what the steps made)."""
+        faults.point(point)
+        cancel.check()
 
     def destroy(self):
         """Remove everything the lab made; keeps going past failures and reports them at the end."""
@@ -214,8 +225,10 @@ class Lab:
 
     def _namespace(self, name: str, userns: bool = False, sysctls: dict[str, str] | None = None) -> str:
         namespace = Netns(name, userns=userns, sysctls={**NAMESPACE_SYSCTLS, **(sysctls or {})})
+        cancel.check()
         self._namespaces.append(namespace)  # first, so that destroy() also covers an interrupted create
         namespace.create()
+        self._step("lab:namespace")
         return name
 
     def _build_network(self):
@@ -307,6 +320,7 @@ class Lab:
             if pod.ipv6:
                 ns.addr("add", index=eth0, address=pod.ipv6, prefixlen=64, flags=IFA_F_NODAD)
                 ns.route("add", dst="::/0", gateway=NODE_V6, family=10)
+        self._step("lab:wired")
 
     # -- processes --------------------------------------------------------------------------
 
@@ -314,11 +328,13 @@ class Lab:
         return [PYTHON, "-I", "-S", str(self.workdir / "agent.pyz"), *args]
 
     def _start(self, pod: Pod, *args: str):
+        cancel.check()
         agent = process.spawn(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, userns=pod.userns,
                               pass_fds=(self._log_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
         self._agents.append(agent)
         self._agent_pod[agent.pid] = pod.role
+        self._step("lab:agent")
         return agent
 
     def _start_agents(self):
@@ -348,7 +364,8 @@ class Lab:
 
     @staticmethod
     def _wait_ready(agent: subprocess.Popen) -> None:
-        line = agent.stdout.readline()
+        # waits on the agent's pipe and on a signal at once: a SIGTERM meanwhile stops the wait
+        line = agent.stdout.readline() if cancel.wait_readable(agent.stdout.fileno(), AGENT_START) else ""
         if line.strip() != "ready":
             agent.kill()
             raise LabError(f"lab agent {' '.join(agent.args[4:6])} did not start: "
@@ -393,7 +410,7 @@ class Lab:
             table = process.run(["ss", "-Hltn"], netns=pod.netns).stdout
             return all(any(line.split()[3].endswith(f":{port}") for line in table.splitlines()) for port in listens)
 
-        if not wait_for(listening, timeout=10) or started.poll() is not None:
+        if not wait_for(listening) or started.poll() is not None:
             started.kill()
             raise LabError(f"{' '.join(argv[:2])} did not start in {role}: {started.stderr.read().decode()[-500:]}")
         return started
@@ -534,10 +551,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for(condition, timeout: float = 5.0, interval: float = 0.02) -> bool:
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.02) -> bool:
+    """Poll condition() until it holds (True) or `timeout` passed (False). The timeout only bounds a
+    stalled machine: a condition that holds returns at once, so it is generous."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(interval)
+        cancel.sleep(interval)
     return condition()

@@ -5,15 +5,17 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from accel import userns
+from accel import faults, userns
 from accel.cli import main
 from accel.lab import Lab, LabError, LabPlan, MeshedPod, SidecarConfig, conntrack_entries, leftovers
+from accel.ebpf.inspect import bpf_objects
 from tests.kernel_state import host_links, rule_state
 
 pytestmark = pytest.mark.privileged
@@ -133,16 +135,61 @@ def test_lab_cleanup_removes_what_a_killed_run_left():
 
 
 def test_sigterm_during_compare_removes_the_lab():
+    log = tempfile.TemporaryFile()
     compare_run = subprocess.Popen([str(TOP / ".venv/bin/accel"), "compare", "--", "-i", "*", "-b", "*"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                   stdout=subprocess.DEVNULL, stderr=log)
     try:
         assert wait_until(lambda: leftovers(compare_run.pid)["namespaces"]), "no lab appeared"
         compare_run.send_signal(signal.SIGTERM)
-        assert compare_run.wait(timeout=30) == 128 + signal.SIGTERM
+        returncode, stderr = ended(compare_run, log, timeout=30)
     finally:
         if compare_run.poll() is None:
             compare_run.kill()
+    assert returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
     assert leftovers(compare_run.pid) == NOTHING
+
+
+# A few cases through iptables (the reference) and then ebpf: every step of the first lab, then
+# the second lab's last step, the ebpf apply and an ebpf case (cases 6-10 are ebpf's).
+TERM_CASES = "outbound-service,outbound-as-root,outbound-localhost,dns-udp,inbound-app-port"
+TERM_POINTS = [*faults.LAB_POINTS, "lab:ready@2", "compare:applied@2", "compare:case@7"]
+
+
+@pytest.mark.parametrize("point", TERM_POINTS)
+def test_sigterm_at_each_step_stops_there_and_leaves_nothing(point):
+    """SIGTERM delivered at a chosen step (a failpoint sends it; accel/faults.py): accel stops at
+    its next safe point, exits 143 and removes what it made, whichever step it was in and in
+    whichever thread the signal landed."""
+    host_rules, links, programs = rule_state(None), host_links(), bpf_objects()
+    log = tempfile.TemporaryFile()
+    compare_run = subprocess.Popen([str(TOP / ".venv/bin/accel"), "compare", "--backends", "ebpf", "--cases",
+                                    TERM_CASES, "--", "-i", "*", "-b", "*"], env={**os.environ, faults.ENV: f"term:{point}"},
+                                   stdout=subprocess.DEVNULL, stderr=log)
+    returncode, stderr = ended(compare_run, log, timeout=60)
+    assert returncode == 128 + signal.SIGTERM, f"{point} was never reached or did not stop the run: {stderr}"
+    assert "Traceback" not in stderr and "accel: error" not in stderr, stderr
+    assert leftovers(compare_run.pid) == NOTHING
+    assert rule_state(None) == host_rules and host_links() == links
+    # maps are freed after an RCU grace period; other runs' objects may come and go meanwhile
+    assert wait_until(lambda: not any(objects - programs[kind] for kind, objects in bpf_objects().items()))
+
+
+def ended(run: subprocess.Popen, log, timeout: float) -> tuple[int, str]:
+    """The run's exit status and stderr (a file: a pipe nobody reads could fill), once it ends; if
+    it does not within `timeout`, the test fails with every thread's stack (accel prints them on
+    SIGUSR1) and the run is killed."""
+    def stderr() -> str:
+        log.seek(0)
+        return log.read().decode(errors="replace")
+
+    try:
+        return run.wait(timeout=timeout), stderr()
+    except subprocess.TimeoutExpired:
+        run.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        run.kill()
+        run.wait()
+        pytest.fail(f"accel did not end within {timeout} s of SIGTERM; where it was:\n{stderr()}")
 
 
 def wait_until(condition, timeout=20.0):
