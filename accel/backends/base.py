@@ -46,7 +46,8 @@ class Backend(ABC):
     def adopt(self, target: Target, spec: CaptureSpec, record: dict) -> None:
         """Take over a capture another process applied with `spec`, from its record()."""
 
-    def synced(self, target: Target) -> bool:
-        """Whether capture already reflects the pod's namespace as it is now (its addresses and
-        routes). Rules are evaluated against the namespace on every packet: always true for them."""
+    def wait_synced(self, target: Target, timeout: float) -> bool:
+        """Wait until capture reflects the pod's namespace as it is now (its addresses and routes);
+        False if it does not within `timeout`. Rules are evaluated against the namespace on every
+        packet: at once true for them."""
         return True

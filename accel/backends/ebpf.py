@@ -78,11 +78,11 @@ class EbpfBackend(Backend):
             datapath.close()
             self._datapaths.pop(str(datapath.cgroup.path), None)
 
-    def synced(self, target: Target) -> bool:
-        """Whether what the datapath knows of the pod's namespace (its local routes and addresses)
-        is what the namespace holds now: a change is followed within a netlink round trip."""
+    def wait_synced(self, target: Target, timeout: float) -> bool:
+        """Wait until what the datapath knows of the pod's namespace (its local routes and
+        addresses) is what the namespace holds now: the follower's next read after a change."""
         datapath = self._pods.get(target.netns)
-        return datapath is None or datapath.synced(target.netns)
+        return datapath is None or datapath.wait_synced(target.netns, timeout)
 
     def program_ids(self, target: Target) -> dict[int, str]:
         """The programs that run for the pod, by kernel id: the shared ones and its sk_lookup copy
@@ -107,7 +107,7 @@ class EbpfBackend(Backend):
                 "handoffs_in_flight": datapath.handoffs_in_flight(),
                 "shortcut": handle.shortcut, "shortcut_sockets": datapath.shortcut_sockets(),
                 "counters": datapath.counters(target.netns),
-                "follower_error": datapath.follower_error(target.netns),
+                "follower": datapath.follower_status(target.netns),
                 "prefix_entries": datapath.prefix_entries(target.netns),
                 "programs_from": datapath.compiled.objects.origin,
                 "programs_cache": str(datapath.compiled.objects.cache_file)}

@@ -18,10 +18,12 @@ from typing import Callable
 from .. import cancel, faults, process
 from ..backends import get_backend
 from ..lab import Lab, LabError, LabPlan, conntrack_entries
-from ..lab.lab import wait_for
 from ..spec import CaptureSpec
 from .cases import Case
 
+# The follower writes a change within a netlink round trip; this only bounds a stalled machine
+# (a CI run once failed a 2 s wait here; a lab client there was once alive 10 s past its timeout).
+FOLLOW_TIMEOUT = 30.0
 SETTLE = 4.0  # seconds a case's traffic may take to reach its last hop after the client is done
 # Cases are independent connections, told apart by their tokens: run this many at once (those
 # that wait for a timeout no longer add up), in runs that see the same pod (_segments).
@@ -94,10 +96,10 @@ def _set_up(lab: Lab, backend, name: str, case: Case) -> None:
         result = process.run(list(argv), netns=pod.netns)
         if result.returncode != 0:
             raise LabError(f"{case.name}: {' '.join(argv)}: {result.stderr.strip()}")
-    if not wait_for(lambda: backend.synced(pod), timeout=2):
-        stopped = backend.status(pod).get("follower_error")
-        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in 2 s"
-                       + (f" (its follower stopped: {stopped})" if stopped else " (its follower still runs)"))
+    if not backend.wait_synced(pod, FOLLOW_TIMEOUT):
+        follower = backend.status(pod).get("follower") or {}
+        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in {FOLLOW_TIMEOUT} s "
+                       f"(its follower: {follower})")
 
 
 def _run_case(lab: Lab, case: Case, number: int) -> dict:

@@ -396,15 +396,20 @@ class Datapath:
         self.write_namespace(handle.namespace, entries)
         handle.namespace = entries
 
-    def synced(self, netns: str) -> bool:
-        """Whether the pod's namespace facts in the maps are the namespace's facts now."""
+    def wait_synced(self, netns: str, timeout: float) -> bool:
+        """Wait until the pod's namespace facts in the maps are the namespace's facts now."""
         follower = self.pods[netns].follower
-        return follower is not None and follower.synced()
+        return follower is not None and follower.wait_synced(timeout)
 
-    def follower_error(self, netns: str) -> str | None:
-        """Why the pod's follower stopped, if it did (it then follows nothing more)."""
+    def follower_status(self, netns: str) -> dict | None:
+        """The pod's follower: whether it follows, the failure it retries (or stopped on), and how
+        often it read everything anew after an event was lost or a read or write failed."""
         follower = self.pods[netns].follower
-        return None if follower is None or follower.error is None else repr(follower.error)
+        if follower is None:
+            return None
+        return {"following": follower.stopped is None,
+                "error": None if follower.error is None else repr(follower.error),
+                "resyncs": follower.resyncs}
 
     def _attach_sk_lookup(self, netns: str, cookie: int) -> int:
         program = self.compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})

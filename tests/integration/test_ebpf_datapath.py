@@ -234,26 +234,3 @@ def test_a_process_outside_the_attach_cgroup(backend_name, captured):
             backend.remove(pod)
     assert json.loads(outside.stdout)["result"] == "ok", outside.stderr
     assert path == (["sidecar", "remote"] if captured else ["remote"])
-
-
-def test_a_follower_that_stopped_says_why(monkeypatch):
-    """A follower that cannot write a change stops following: the backend is then never synced,
-    and its status names the error (a lab run that waits for it prints it)."""
-    with Lab(LabPlan(service_addresses=(SERVICE,), sidecar=SIDECAR)) as lab:
-        backend, pod = get_backend("ebpf"), lab.pods["pod"]
-        backend.apply(pod, STOCK)
-        try:
-            assert backend.status(pod)["follower_error"] is None and backend.synced(pod)
-            datapath = backend._pods[pod.netns]
-
-            def refuse(handle, facts):
-                raise OSError(28, "no space left in the map")
-
-            monkeypatch.setattr(datapath, "write_facts", refuse)
-            process.run(["ip", "address", "add", "198.18.0.99/32", "dev", "lo"], netns=pod.netns, check=True)
-            assert wait_for(lambda: backend.status(pod)["follower_error"] is not None)
-            assert "no space left in the map" in backend.status(pod)["follower_error"]
-            assert not backend.synced(pod)
-        finally:
-            monkeypatch.undo()
-            backend.remove(pod)
