@@ -103,7 +103,7 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
             backend.remove(pod)
     source = ("compiled by bcc, then cached" if status["programs_from"] == "compiled"
               else "loaded from the node's cache, without bcc")
-    wait_for(lambda: left() == 0, timeout=5)  # the kernel frees maps after an RCU grace period
+    wait_for(lambda: left() == 0)  # the kernel frees maps after an RCU grace period
     console.print(f"[dim]Programs {source}: {status['programs_cache']}. After removal, BPF programs, maps and "
                   f"links left: {left()}. Lab removed: {not lab.exists()}.[/dim]")
 
@@ -153,7 +153,7 @@ def _node_section(spec, console: Console, verbatim) -> None:
             console.print(f"app -> 203.0.113.10:8080 after accel down: {hop('node-2')}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    wait_for(lambda: bpf_objects() == before, timeout=5)  # maps are freed after an RCU grace period
+    wait_for(lambda: bpf_objects() == before)  # maps are freed after an RCU grace period
     left = sum(len(objects - before[kind]) for kind, objects in bpf_objects().items())
     console.print(f"[dim]BPF programs, maps and links left after accel down: {left}; pins, state directory and "
                   f"bpffs mount removed: {not (root / 'state').exists()}.[/dim]")

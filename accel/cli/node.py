@@ -270,7 +270,7 @@ def _read(path: Path) -> str | None:
         return None
 
 
-@click.command("follow", epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C).\n")
+@click.command("follow", epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C). Prints a line whenever the pods it follows\n  change: `following: pod-a, pod-b` (or `following: no pod`).\n")
 @node_options()
 @needs_root("it writes the node's maps")
 def follow(paths):
@@ -278,7 +278,11 @@ def follow(paths):
     namespace (traffic does not depend on it; see the README's limits)."""
     from ..node.follow import NodeFollower
 
-    NodeFollower(paths).run(stop=until_signalled())
+    def say(ids: list[str]) -> None:
+        click.echo(f"following: {', '.join(ids) if ids else 'no pod'}")
+        sys.stdout.flush()
+
+    NodeFollower(paths, on_change=say).run(stop=until_signalled())
 
 
 COMMANDS = (up, pod, status, metrics, follow, down)

@@ -43,6 +43,7 @@ APP = 1000  # the app's uid and gid: not the proxy's
 SERVICE, SERVICE_PORT = "203.0.113.10", 8080  # answered by the remote pod
 STREAM_PORT = 9000
 POD_ID = "soak-pod"
+FOLLOW_TIMEOUT = 30.0  # s: accel follow reads the state each second; this bounds a stalled machine
 SPEC_ARGS = [*inputs.ISTIO_INIT_DEFAULT_ARGS, "--redirect-dns"]
 # Maps with one set of entries a pod (or a pod's configuration): back where they were after each
 # churn pod's removal. The others hold one entry a connection in flight.
@@ -97,9 +98,9 @@ class Soak:
             raise LabError(f"accel {' '.join(args[:2])}: {result.stderr.strip()[-300:]}")
         return result
 
-    def _daemon(self, *args: str) -> subprocess.Popen:
+    def _daemon(self, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "accel", *args], env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                stdout=stdout, stderr=subprocess.PIPE, text=True)
 
     def _status(self) -> dict:
         return lifecycle.status(self.paths)[0]
@@ -148,11 +149,14 @@ class Soak:
         lab.start_agent("remote", "stream-server", "--name", "remote-stream", "--port", str(STREAM_PORT))
         lab.start_agent("pod", "stream-server", "--name", "pod-stream", "--port", str(STREAM_PORT))
         port = free_port()
-        daemons += [self._daemon("follow"), self._daemon("metrics", "--listen", f"127.0.0.1:{port}")]
+        daemons += [self._daemon("follow", stdout=subprocess.PIPE),
+                    self._daemon("metrics", "--listen", f"127.0.0.1:{port}")]
         follow, metrics = daemons
+        following = LastLine(follow.stdout)
         if not wait_for(lambda: _scrape(port) is not None, timeout=20):
             raise LabError(f"accel metrics did not answer on 127.0.0.1:{port}: {metrics.stderr.read()[-300:]}")
-        time.sleep(1.5)  # the follower's first pass over the pod
+        if not following.wait_for(f"following: {POD_ID}", FOLLOW_TIMEOUT):  # its first pass over the pod
+            raise LabError(f"accel follow did not follow {POD_ID}: it said {following.last!r}")
         baseline_maps = self._map_entries()
         baseline_pins = self._pins()
         fds_before = {"follow": _fds(follow.pid), "metrics": _fds(metrics.pid)}
@@ -188,7 +192,8 @@ class Soak:
             for thread in threads:
                 thread.join(timeout=60)
         elapsed = time.monotonic() - started
-        time.sleep(2.5)  # the follower notices the last churn pod is gone
+        if not following.wait_for(f"following: {POD_ID}", FOLLOW_TIMEOUT):  # the last churn pod is gone
+            self.problems.append(f"accel follow still follows more than {POD_ID}: {following.last!r}")
         return self._report(lab, elapsed, baseline_maps, baseline_pins, fds_before,
                             {"follow": _fds(follow.pid), "metrics": _fds(metrics.pid)},
                             [d for d in daemons if d.poll() is not None])
@@ -364,6 +369,26 @@ def _routed(name: str, result: dict, events: list[dict]) -> bool:
         return reply.get("agent") == "remote" and any(e.get("so_original_dst") == f"{SERVICE}:{SERVICE_PORT}"
                                                       for e in sidecar)
     return reply.get("agent") == "pod" and any(e.get("listener") == "inbound" for e in sidecar)
+
+
+class LastLine:
+    """The last line a process printed, read from its pipe by a thread, and a wait for a line
+    that is woken by each new one."""
+
+    def __init__(self, pipe):
+        self.last: str | None = None
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            with self._changed:
+                self.last = line.rstrip("\n")
+                self._changed.notify_all()
+
+    def wait_for(self, line: str, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.last == line, timeout)
 
 
 def _expected(seed: int, size: int) -> dict:

@@ -10,6 +10,7 @@ facts as they are now, then follows them.
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 from ..ebpf.follow import Follower, NamespaceFacts
 from ..ebpf.maps import namespace_entries
@@ -18,8 +19,8 @@ from .paths import NodePaths
 
 
 class NodeFollower:
-    def __init__(self, paths: NodePaths):
-        self.paths = paths
+    def __init__(self, paths: NodePaths, on_change: Callable[[list[str]], None] | None = None):
+        self.paths, self.on_change = paths, on_change  # on_change(ids): the pods it follows changed
         self.followers: dict[str, Follower] = {}
         self._datapath = None
         self._up_at = None
@@ -32,6 +33,7 @@ class NodeFollower:
         if current is not None and current.up_at != self._up_at:  # `up` may have made maps anew: reopen
             self.close_datapath()
             self._up_at = current.up_at
+        followed = set(self.followers)
         for pod_id in set(self.followers) - set(wanted):
             self.followers.pop(pod_id).stop()
         for pod_id, record in wanted.items():
@@ -44,6 +46,8 @@ class NodeFollower:
             self._write(pod_id, follower.facts)
             follower.start()
             self.followers[pod_id] = follower
+        if self.on_change is not None and set(self.followers) != followed:
+            self.on_change(sorted(self.followers))
 
     def _write(self, pod_id: str, facts: NamespaceFacts) -> None:
         with node_state.locked(self.paths.state):

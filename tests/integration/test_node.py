@@ -171,10 +171,10 @@ def test_follow_keeps_a_pods_addresses_in_step(node):
     assert node.first_hop("stale", dst="198.18.0.14") == "sidecar"
     follower = subprocess.Popen([ACCEL, "follow"], env=node.env, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: node.first_hop(f"f{time.monotonic_ns()}", dst="198.18.0.14") == "pod", timeout=10)
+        assert wait_for(lambda: node.first_hop(f"f{time.monotonic_ns()}", dst="198.18.0.14") == "pod")
         process.run(["ip", "address", "del", "198.18.0.14/32", "dev", "lo"], netns=pod.netns, check=True)
         process.run(["ip", "address", "add", "198.18.0.15/32", "dev", "lo"], netns=pod.netns, check=True)
-        assert wait_for(lambda: node.first_hop(f"g{time.monotonic_ns()}", dst="198.18.0.15") == "pod", timeout=10)
+        assert wait_for(lambda: node.first_hop(f"g{time.monotonic_ns()}", dst="198.18.0.15") == "pod")
     finally:
         follower.send_signal(signal.SIGTERM)
         follower.wait(timeout=20)

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -137,7 +136,7 @@ def test_a_reset_delivers_a_prefix_and_ends_the_stream(worlds, direction):
     for mode, world in worlds.items():
         spec = header(f"rst-{direction}-{mode}", 4 * MiB, 0, end="rst", write=MiB)
         world.stream(direction, spec)
-        assert wait_for(lambda: world.server_received(spec["token"]) is not None, timeout=10), mode
+        assert wait_for(lambda: world.server_received(spec["token"]) is not None), mode
         got = world.server_received(spec["token"])
         assert got["end"] in ("eof", "ConnectionResetError"), (mode, got)
         assert got["sha256"] == hashlib.sha256(pattern(spec["seed"], spec["send"])[:got["bytes"]]).hexdigest(), mode
@@ -186,7 +185,7 @@ def test_other_loopback_traffic_is_untouched(worlds):
     thread = threading.Thread(target=lambda: done.update(result=world.stream("local", spec)))
     thread.start()
     try:
-        time.sleep(0.5)
+        assert wait_for(lambda: any(e.get("started") for e in world.lab.events("local")), timeout=30)
         assert world.sockets_in_shortcut() == 0
     finally:
         resume.touch()
@@ -199,7 +198,7 @@ def test_other_loopback_traffic_is_untouched(worlds):
     thread = threading.Thread(target=lambda: done.update(result=world.stream("outbound", spec)))
     thread.start()
     try:
-        assert wait_for(lambda: world.sockets_in_shortcut() == 2, timeout=5)
+        assert wait_for(lambda: world.sockets_in_shortcut() == 2)
     finally:
         resume.touch()
         thread.join(60)
@@ -213,7 +212,8 @@ def paused(world: World, token: str, direction: str = "outbound"):
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(world.stream(direction, spec)))
     thread.start()
-    time.sleep(1.0)  # connected, and its first half sent
+    # open end to end: the server has its header (and the first half follows without a pause)
+    assert wait_for(lambda: any(e.get("started") for e in world.lab.events(token)), timeout=30)
     assert thread.is_alive()
     return thread, result, resume, spec
 

@@ -191,7 +191,7 @@ def test_watch_waits_for_the_network_and_puts_accel_cni_back_after_a_rewrite(tmp
                                cwd=Path(__file__).resolve().parents[2])
 
     def chained() -> bool:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
                 if json.loads((conf / "10-bridge.conflist").read_text())["plugins"][-1]["type"] == "accel-cni":
@@ -202,8 +202,8 @@ def test_watch_waits_for_the_network_and_puts_accel_cni_back_after_a_rewrite(tmp
         return False
 
     try:
-        time.sleep(0.5)
-        assert watcher.poll() is None  # no network yet: it waits
+        said = watcher.stderr.readline()  # no network yet: it says so, once, and waits
+        assert "waiting: no CNI network configuration" in said and watcher.poll() is None
         (conf / "10-bridge.conflist").write_text(json.dumps(NETWORK))
         assert chained()
         (conf / "10-bridge.conflist").write_text(json.dumps(NETWORK))  # the network plugin's upgrade
@@ -212,6 +212,6 @@ def test_watch_waits_for_the_network_and_puts_accel_cni_back_after_a_rewrite(tmp
         watcher.send_signal(signal.SIGTERM)
         out, err = watcher.communicate(timeout=10)
     assert watcher.returncode == 0, err
-    assert err.count("waiting: no CNI network configuration") == 1  # said once, not every interval
+    assert "waiting: no CNI network configuration" not in err  # said once, not every interval
     assert out.count("added accel-cni to") == 2
     assert json.loads((conf / "10-bridge.conflist").read_text())["plugins"][-1]["type"] == "accel-cni"

@@ -8,7 +8,8 @@ The client's first line is a JSON header (a sidecar logs it as the token); then
     server_first the server sends `reply` bytes and shuts down its side first; the client reads
                  them to the end, then sends its bytes;
     pause        as normal, but the client stops after half its bytes until the file `resume`
-                 exists (a test changes the capture under an open connection meanwhile).
+                 exists (a test changes the capture under an open connection meanwhile); the
+                 server logs a "started" event once it has the header, so the test knows when.
 
 Each side reads in the header's way: "bulk" (64 KiB reads), "small" (777 bytes), "byte" (one at a
 time) or "slow" (64 KiB reads, 20 ms apart), and writes in `write` byte chunks; with io "poll"
@@ -111,6 +112,8 @@ def run_stream_server(args):
             if header is None:
                 return
             conn.setblocking(header.get("io", "poll") == "blocking")
+            if header.get("flow") == "pause":  # the test changes things under it once it is open end to end
+                log.record(role="stream-server", token=header["token"], started=True)
             reply = pattern(header["seed"] + 1, header["reply"])
             sent = "ok"
             if header.get("flow") == "server_first":
