@@ -444,15 +444,25 @@ class Lab:
         return json.loads(result.stdout)
 
     def events(self, token: str | None = None) -> list[dict]:
-        with open(self.log, encoding="utf-8") as log:
-            events = [json.loads(line) for line in log if line.strip()]
-        if token is not None:
-            events = [e for e in events if e.get("token") == token]
-        return sorted(events, key=lambda e: e["time_ns"])
+        """The events logged so far (of `token`'s request), in time order (read_events)."""
+        return read_events(self.log, token)
 
     def exists(self) -> bool:
         return any(namespace.exists() for namespace in self._namespaces) \
             or (self.cgroup is not None and self.cgroup.exists()) or self.workdir.exists()
+
+
+def read_events(log: Path, token: str | None = None) -> list[dict]:
+    """The events in an agents' log so far (of `token`'s request), in time order. An agent may
+    be writing a line as it is read: a write that crosses a page boundary becomes visible a page
+    at a time, so the text after the last newline is a line in flight, not an event yet. (Each
+    agent logs what it saw before it answers, so a request's own events are complete by the
+    time its client has its answer.)"""
+    complete = log.read_text(encoding="utf-8").rpartition("\n")[0]
+    events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+    if token is not None:
+        events = [e for e in events if e.get("token") == token]
+    return sorted(events, key=lambda e: e["time_ns"])
 
 
 def conntrack_entries(netns: str) -> int:

@@ -16,7 +16,7 @@ import pytest
 
 from accel import process
 from accel.cgroup import Cgroup
-from accel.lab.lab import PYTHON, build_agent, ensure_proxy_user, wait_for
+from accel.lab.lab import PYTHON, build_agent, ensure_proxy_user, read_events, wait_for
 from accel.netns import Netns, unique_name
 from accel.node.paths import unmount_bpffs_at
 from tests.cni_chain import Chain, PluginFailed
@@ -136,8 +136,7 @@ class CniNode:
         """Where a connection from the pod's app to the gateway's server went first."""
         process.run([PYTHON, "-I", "-S", str(self.root / "agent.pyz"), "client", "--proto", "tcp", "--dst", GATEWAY,
                      "--port", "8080", "--token", token], netns=netns, cgroup=cgroup, uid=APP, gid=APP, timeout=15)
-        with open(self.log) as log:
-            events = sorted((json.loads(line) for line in log if token in line), key=lambda e: e["time_ns"])
+        events = read_events(self.log, token)
         return events[0] if events else None
 
     def left_of(self, pods: list[tuple[str, str, str]]) -> list[str]:
@@ -383,8 +382,7 @@ def test_a_containerd_container_is_captured_and_its_deletion_leaves_nothing():
         token = "from-a-container"
         client = runtime.ctr("task", "exec", "--exec-id", "client", "web", "/bin/sh", "-c",
                              f"echo {token} | nc -w 3 {GATEWAY} 8080", check=False)
-        with open(node.log) as log:
-            events = sorted((json.loads(line) for line in log if token in line), key=lambda e: e["time_ns"])
+        events = read_events(node.log, token)
         assert [(e["agent"], e.get("original_dst")) for e in events][:2] == \
             [("sidecar", f"{GATEWAY}:8080"), ("remote", None)], (events, client.stderr)
         assert events[0]["so_original_dst"] == f"{GATEWAY}:8080"  # what the proxy asked the kernel

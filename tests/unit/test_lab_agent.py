@@ -72,3 +72,21 @@ def test_the_agent_imports_only_the_standard_library_and_itself():
                 [node.module] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] in sys.stdlib_module_names, f"{module.name} imports {name}"
+
+
+def test_events_leave_out_a_line_still_being_written(tmp_path):
+    """A CI run once failed reading the event log (JSONDecodeError, 'Unterminated string'): an
+    agent's one write of a line becomes visible a page at a time, so a reader can find half of
+    it. Here the half is written by hand; it is no event until its newline arrives."""
+    from accel.lab.lab import Lab, LabPlan
+
+    lab = Lab(LabPlan())
+    lab.log = tmp_path / "events.jsonl"
+    first = json.dumps({"time_ns": 1, "agent": "remote", "token": "a"}) + "\n"
+    second = json.dumps({"time_ns": 2, "agent": "sidecar", "token": "b"}) + "\n"
+    lab.log.write_text(first + second[:20])
+    assert [e["token"] for e in lab.events()] == ["a"]
+    with open(lab.log, "a", encoding="utf-8") as log:
+        log.write(second[20:])
+    assert [e["token"] for e in lab.events()] == ["a", "b"]
+    assert [e["agent"] for e in lab.events("b")] == ["sidecar"]
