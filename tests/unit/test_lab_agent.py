@@ -34,7 +34,7 @@ def test_help_lists_every_role(agent):
     result = run_agent(agent, "--help")
     assert result.returncode == 0, result.stderr
     usage = " ".join(result.stdout.split("\n\n")[0].split())
-    assert usage.startswith("usage: agent.pyz [-h] {server,sidecar,client,burst,http,http-get,stream-server,"
+    assert usage.startswith("usage: agent.pyz [-h] {server,sidecar,client,burst,sink,churn,http,http-get,stream-server,"
                             "stream-client} ...")
 
 

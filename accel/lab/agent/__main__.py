@@ -17,6 +17,8 @@ The log is an inherited file descriptor (--log-fd): no one else can open it.
                     --port PORT --token TOKEN [--bind ADDR] [--first-dns ADDR]
                     [--first-connect ADDR:PORT] [--become UID:GID,...] [--timeout SECONDS]
   agent.pyz burst   --targets FILE [--concurrency N] [--until FILE]   many TCP requests at once
+  agent.pyz sink    --port PORT                           accept, read to EOF, close (churn.py)
+  agent.pyz churn   --dst ADDR,... --port PORT --count N  short connections, the app closing first
   agent.pyz http    --name NAME --port PORT               an HTTP server that says what it saw
   agent.pyz http-get --url URL                            one HTTP GET, reported as JSON
   agent.pyz stream-server --name NAME --log-fd FD --port PORT   byte-exact streams (stream.py)
@@ -27,6 +29,7 @@ import argparse
 import sys
 
 from .burst import run_burst
+from .churn import run_churn, run_sink
 from .client import run_client
 from .server import run_server
 from .sidecar import run_sidecar
@@ -67,6 +70,13 @@ def main(argv=None):
     burst.add_argument("--concurrency", type=int, default=64)
     burst.add_argument("--timeout", type=float, default=10.0)
     burst.add_argument("--until", help="repeat the targets until this file exists")
+    sink = roles.add_parser("sink")
+    sink.add_argument("--port", type=int, required=True)
+    churn = roles.add_parser("churn")
+    churn.add_argument("--dst", required=True, help="comma-separated, taken round-robin")
+    churn.add_argument("--port", type=int, required=True)
+    churn.add_argument("--count", type=int, required=True)
+    churn.add_argument("--timeout", type=float, default=5.0)
     http_server = roles.add_parser("http")
     http_server.add_argument("--name", required=True)
     http_server.add_argument("--port", type=int, required=True)
@@ -85,7 +95,7 @@ def main(argv=None):
     stream_client.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     roles = {"server": run_server, "sidecar": run_sidecar, "client": run_client, "burst": run_burst,
-             "http": run_http, "http-get": run_http_get, "stream-server": run_stream_server,
+             "sink": run_sink, "churn": run_churn, "http": run_http, "http-get": run_http_get, "stream-server": run_stream_server,
              "stream-client": run_stream_client}
     roles[args.role](args)
 
