@@ -41,6 +41,13 @@
 #define ACCEL_MAX_HANDOFFS 65536
 #define ACCEL_MAX_LOST 4096        /* handoffs that could not be recorded, remembered for ENOENT */
 #define ACCEL_MAX_SHORTCUTS 262144  /* sockets of short-circuited hops, node-wide: 4 a proxied connection */
+/* A captured TCP connect goes to the proxy's address on one of ports 1..ACCEL_SPREAD_PORTS, chosen
+ * by its original destination (spread_port), and sk_lookup (inbound.c) hands it to the proxy's
+ * listener. Under REDIRECT the app's socket stays connected to the original destination, so
+ * source ports and TIME_WAIT are per destination; one proxy address and port for all of them
+ * would make every destination share one port space. Below 1024 a port is never ephemeral, so
+ * the kernel cannot pick it as the source of the very connection (no self-connect). */
+#define ACCEL_SPREAD_PORTS 1023
 
 #define SO_ORIGINAL_DST 80         /* also IP6T_SO_ORIGINAL_DST */
 #define ACCEL_PAGE_SIZE 4096
@@ -146,6 +153,8 @@ struct accel_sources {
 #define ORIGIN_INBOUND  2  /* the proxy's own hairpin to its pod, sent to the inbound listener */
 #define ORIGIN_DNS      3
 #define ORIGIN_LOST     4  /* redirected, but the record never reached the proxy's side */
+/* `lost` keeps the ORIGIN_* kind of a record it stands for: sk_lookup needs it to choose the
+ * listener (outbound or inbound) for a connection whose record could not be filed. */
 /* Whose socket it is. */
 #define ROLE_APP   1  /* the connecting side, redirected at connect() or sendmsg() */
 #define ROLE_PROXY 2  /* the proxy's accepted side of an app's redirected connection */
@@ -183,11 +192,13 @@ struct accel_shortcut_counters {
 	__u64 bytes;
 };
 
-/* The proxy's inbound listener of a pod, by address family. */
+/* A listener of the pod's proxy (on its outbound or inbound port), by address family and port:
+ * where sk_lookup hands captured connections. */
 struct accel_listener_key {
 	__u64 netns;
 	__u32 family;
-	__u32 pad;
+	__u16 port;  /* host byte order */
+	__u16 pad;
 };
 
 /* What the programs did, per pod (netns cookie) and per CPU; userspace sums the CPUs. */
@@ -200,7 +211,7 @@ struct accel_counters {
 	__u64 no_memory;         /* captured, but no memory for the socket's record: the call failed (fail closed) */
 	__u64 handoff_failed;    /* a redirected connection's record could not be handed to the proxy's side */
 	__u64 lost;              /* SO_ORIGINAL_DST for a connection whose record was lost: answered ENOENT */
-	__u64 foreign_listener;  /* a socket not of the proxy's uids/gids listened on the inbound port: ignored */
+	__u64 foreign_listener;  /* a socket not of the proxy's uids/gids listened on a proxy port: ignored */
 };
 
 BPF_HASH(pods, __u64, struct accel_pod, ACCEL_MAX_PODS);
@@ -215,7 +226,7 @@ BPF_SK_STORAGE(socket_origins, struct accel_origin);
 /* From the app's SYN until the proxy's side exists (sockops): by 4-tuple, the only thing both
  * sides know. A plain hash, never evicting: a record is either handed over, deleted when the
  * app's socket closes before the handshake completed, or refused (counted, and then remembered
- * in `lost` so that the proxy hears ENOENT rather than a made-up destination). */
+ * with its kind in `lost` so that the proxy hears ENOENT rather than a made-up destination). */
 BPF_HASH(handoffs, struct accel_tuple, struct accel_origin, ACCEL_MAX_HANDOFFS);
 BPF_TABLE("lru_hash", struct accel_tuple, __u8, lost, ACCEL_MAX_LOST);
 /* Both ends of each short-circuited app <-> proxy hop, by the 4-tuple each end sees (netns,
@@ -226,7 +237,7 @@ BPF_SOCKHASH(shortcuts, struct accel_tuple, ACCEL_MAX_SHORTCUTS);
  * delivery's two ends); the outbound hop's keep it in their record, which they have anyway. */
 BPF_SK_STORAGE(shortcut_states, __u8);
 BPF_PERCPU_HASH(shortcut_counters, __u64, struct accel_shortcut_counters, ACCEL_MAX_PODS);
-/* The proxy's inbound listeners. Declared by hand: bcc's BPF_SOCKHASH has sock_hash_update()
+/* The proxy's listeners, two ports and two families a pod. Declared by hand: bcc's BPF_SOCKHASH has sock_hash_update()
  * (sockops needs it) but no lookup() (sk_lookup needs it); this is bcc's generic table layout
  * with the one extra method, and bcc rewrites both. */
 struct listeners_table_t {
@@ -243,7 +254,7 @@ struct listeners_table_t {
 	int flags;
 };
 __attribute__((section("maps/sockhash"))) struct listeners_table_t listeners = {
-	.flags = 0, .max_entries = ACCEL_MAX_PODS * 2};
+	.flags = 0, .max_entries = ACCEL_MAX_PODS * 4};
 BPF_ANNOTATE_KV_PAIR(listeners, struct accel_listener_key, int);
 
 /* ---- helpers --------------------------------------------------------------------------- */
@@ -354,6 +365,19 @@ static __always_inline void app_tuple(struct bpf_sock_ops *skops, __u64 netns, i
 		t->local_port = local_port;
 		t->remote_port = remote_port;
 	}
+}
+
+/* The proxy port (1..ACCEL_SPREAD_PORTS) a captured TCP connect to this destination goes to: a
+ * hash of the address and port, so a destination always gets the same one (its own port space,
+ * as under REDIRECT; two destinations that hash alike share one). */
+static __always_inline __u16 spread_port(const __u8 *addr, __u16 port)
+{
+	__u32 w[4];
+
+	__builtin_memcpy(w, addr, 16);
+	__u32 h = (w[0] ^ w[1] ^ w[2] ^ w[3] ^ ((__u32)port << 16 | port)) * 2654435761u;
+
+	return 1 + (h >> 16) % ACCEL_SPREAD_PORTS;
 }
 
 /* Make clang forget what it knows of a context pointer: it may otherwise keep ctx + offset in a

@@ -6,7 +6,7 @@
  * cgroup/connect4, cgroup/connect6: capture a meshed pod's TCP (and connected UDP DNS) at
  * connect(), before a packet exists, so there is no NAT and no conntrack.
  *
- * The destination becomes the proxy's listener, chosen so that the kernel picks the source
+ * The destination becomes the proxy (for TCP on a port of its own, see spread_port), chosen so that the kernel picks the source
  * address the iptables rules would have left: the pod's address for a remote destination, the
  * local address itself for a local one (the proxy's hairpin), loopback for loopback. The
  * original destination is kept with the socket for getsockopt(SO_ORIGINAL_DST) and
@@ -15,13 +15,16 @@
  * the connection out uncaptured.
  */
 
-/* Where the proxy is reached for this verdict; returns the port (host order) and fills addr. */
+/* Where the proxy is reached for this verdict; returns the port (host order) and fills addr. TCP
+ * to the outbound or inbound listener goes to the port spread_port() gives the original
+ * destination, which sk_lookup hands to that listener (inbound.c): the destinations keep port
+ * spaces of their own, as under REDIRECT. */
 static __always_inline __u16 proxy_address(__u64 netns, const struct accel_pod *pod, int verdict,
 					   const struct accel_flow *f, __u8 *addr)
 {
 	if (verdict == VERDICT_INBOUND) {  /* the destination is local: keep it, change the port */
 		__builtin_memcpy(addr, f->dst, 16);
-		return pod->inbound_port;
+		return spread_port(f->dst, f->port);
 	}
 	if (verdict == VERDICT_DNS) {  /* the agent's DNS proxy listens on loopback only */
 		loopback_of(addr, f->v4);
@@ -40,7 +43,7 @@ static __always_inline __u16 proxy_address(__u64 netns, const struct accel_pod *
 	} else {
 		loopback_of(addr, f->v4);
 	}
-	return pod->proxy_port;
+	return f->tcp ? spread_port(f->dst, f->port) : pod->proxy_port;
 }
 
 /* bind() to the pod's address, when the destination is not local and nothing is bound: the

@@ -3,10 +3,13 @@
 #include "accel.h"
 #include "decide.h"
 /*
- * sk_lookup, one link per meshed pod's network namespace: a new inbound TCP connection for a
- * captured port is handed to the proxy's inbound listener instead of the app's socket. Nothing
- * is rewritten: the client's source address is kept, and the proxy's accepted socket has the
- * original destination as its local address (the TPROXY contract).
+ * sk_lookup, one link per meshed pod's network namespace, for each new TCP connection:
+ * - a captured connect of the pod (connect.c sent it to one of the proxy's spread ports, and
+ *   sockops filed its record by 4-tuple): handed to the proxy's outbound listener, or for the
+ *   proxy's hairpin its inbound listener;
+ * - inbound for a captured port: handed to the proxy's inbound listener instead of the app's
+ *   socket. Nothing is rewritten: the client's source address is kept, and the proxy's
+ *   accepted socket has the original destination as its local address (the TPROXY contract).
  *
  * Which connections it captures is decide_inbound() (decide.h), after istio-iptables' inbound
  * rules: REDIRECT mode never captures the tunnel port; TPROXY mode does (its mangle chain has no
@@ -21,10 +24,10 @@
 
 #define ACCEL_POD_NETNS 0x6163636c6e65746eULL  /* "acclnetn": replaced at load, per pod */
 
-/* Hand the connection to the pod's listener of this family: 0, or why it could not. */
-static __always_inline int assign(struct bpf_sk_lookup *ctx, __u64 netns, __u32 family)
+/* Hand the connection to the pod's listener of this family on `port`: 0, or why it could not. */
+static __always_inline int assign(struct bpf_sk_lookup *ctx, __u64 netns, __u32 family, __u16 port)
 {
-	struct accel_listener_key key = {.netns = netns, .family = family};
+	struct accel_listener_key key = {.netns = netns, .family = family, .port = port};
 	struct bpf_sock *listener = (struct bpf_sock *)listeners.lookup(&key);
 
 	if (!listener)
@@ -33,6 +36,45 @@ static __always_inline int assign(struct bpf_sk_lookup *ctx, __u64 netns, __u32 
 
 	bpf_sk_release(listener);
 	return error;
+}
+
+/* To the proxy's listener on `port`: SK_PASS, or SK_DROP (counted) when none can take it (none
+ * listens, or only an IPv6-only one for an IPv4 connection): refused, as REDIRECT to a port
+ * nobody listens on is, and never handed to anyone else uncaptured. */
+static __always_inline int steer(struct bpf_sk_lookup *ctx, __u64 netns, __u16 port)
+{
+	int error = assign(ctx, netns, ctx->family, port);
+
+	if (error && ctx->family == AF_INET)
+		error = assign(ctx, netns, AF_INET6, port);  /* a dual-stack IPv6 listener takes IPv4 too */
+	if (error) {
+		COUNT(netns, refused);
+		return SK_DROP;
+	}
+	return SK_PASS;
+}
+
+/* The ORIGIN_* kind of the captured connect this SYN belongs to (its record is filed by 4-tuple
+ * at TCP_CONNECT_CB, before the SYN is sent), or 0: not one. */
+static __always_inline int handed_off(struct bpf_sk_lookup *ctx, __u64 netns)
+{
+	struct accel_tuple t = {.netns = netns, .local_port = bpf_ntohs(ctx->remote_port),
+				.remote_port = ctx->local_port};
+
+	if (ctx->family == AF_INET) {
+		map_v4(t.local, ctx->remote_ip4);
+		map_v4(t.remote, ctx->local_ip4);
+	} else {
+		LOAD_IP6(t.local, ctx->remote_ip6);
+		LOAD_IP6(t.remote, ctx->local_ip6);
+	}
+	struct accel_origin *record = handoffs.lookup(&t);
+
+	if (record)
+		return record->kind;
+	__u8 *kind = lost.lookup(&t);
+
+	return kind ? *kind : 0;
 }
 
 int inbound(struct bpf_sk_lookup *ctx)
@@ -47,25 +89,25 @@ int inbound(struct bpf_sk_lookup *ctx)
 
 	if (!pod)
 		return SK_PASS;
+	__u16 local_port = ctx->local_port;
+
+	if (local_port >= 1 && local_port <= ACCEL_SPREAD_PORTS) {
+		int kind = handed_off(ctx, netns);
+
+		if (kind)  /* the proxy's hairpin goes to the inbound listener, everything else outbound */
+			return steer(ctx, netns, kind == ORIGIN_INBOUND ? pod->inbound_port : pod->proxy_port);
+	}
 	__u8 remote[16];
 
 	if (ctx->family == AF_INET)
 		map_v4(remote, ctx->remote_ip4);
 	else
 		LOAD_IP6(remote, ctx->remote_ip6);
-	if (decide_inbound(netns, pod, remote, ctx->family == AF_INET, ctx->local_port) != VERDICT_INBOUND)
+	if (decide_inbound(netns, pod, remote, ctx->family == AF_INET, local_port) != VERDICT_INBOUND)
 		return SK_PASS;
-	int error = assign(ctx, netns, ctx->family);
+	int verdict = steer(ctx, netns, pod->inbound_port);
 
-	if (error && ctx->family == AF_INET)
-		error = assign(ctx, netns, AF_INET6);  /* a dual-stack IPv6 listener takes IPv4 too */
-	if (error) {
-		/* captured, but no proxy listener can take it (none listens, or only an IPv6-only one
-		 * for an IPv4 connection): refused, as REDIRECT to a port nobody listens on is, and
-		 * never handed to the app uncaptured */
-		COUNT(netns, refused);
-		return SK_DROP;
-	}
-	COUNT(netns, inbound);
-	return SK_PASS;
+	if (verdict == SK_PASS)
+		COUNT(netns, inbound);
+	return verdict;
 }

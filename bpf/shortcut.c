@@ -7,7 +7,7 @@
  *
  * Only the hops between an app and its own proxy join `shortcuts`, both ends in the same pod:
  *   outbound  the app's redirected socket (when its connect completes) and the proxy's accepted
- *             socket on the outbound port that took its record (sockops.c);
+ *             socket of the outbound listener that took its record (sockops.c);
  *   inbound   the proxy's connection from 127.0.0.6 (::6) to the app, and the app's accepted
  *             socket of that connection.
  * Every other socket stays out of the map, so sk_msg never runs for it.
@@ -41,7 +41,7 @@ static __always_inline void shortcut_join(struct bpf_sock_ops *skops, __u64 netn
 		return;
 	app_tuple(skops, netns, 0, &t);  /* as this socket sees it */
 	if (origin) {
-		if (origin->kind != ORIGIN_OUTBOUND || (passive ? t.local_port : t.remote_port) != pod->proxy_port)
+		if (origin->kind != ORIGIN_OUTBOUND)  /* TCP to the outbound listener, on a spread port */
 			return;
 		origin->shortcut = SHORTCUT_UNDECIDED;
 	} else {

@@ -3,18 +3,19 @@
 #include "accel.h"
 /*
  * sockops: hand a redirected connection's original destination from the app's socket to the
- * proxy's, and register the proxy's inbound listener.
+ * proxy's, and register the proxy's listeners.
  *
  * TCP_CONNECT_CB         a redirected socket now has its 4-tuple: file its record in `handoffs`
- *                        (or, if that fails, in `lost`), and watch the socket's state.
+ *                        (or, if that fails, its kind in `lost`), and watch the socket's state.
+ *                        sk_lookup finds it there for the SYN that follows (inbound.c).
  * PASSIVE_ESTABLISHED_CB the proxy's side of the connection exists (before the proxy accepts
  *                        it): move the record into that socket's storage, where it lives as
  *                        long as the proxy's socket and nothing can evict it. The app may close
  *                        at once, even before the proxy accepts.
  * STATE_CB               the app's socket closed before the handshake completed: drop its
  *                        record.
- * TCP_LISTEN_CB          a socket of the proxy's uids/gids listens on the inbound capture port:
- *                        it is the listener sk_lookup steers inbound connections to.
+ * TCP_LISTEN_CB          a socket of the proxy's uids/gids listens on its outbound or inbound
+ *                        port: a listener sk_lookup steers captured connections to.
  * ACTIVE_ESTABLISHED_CB  and PASSIVE_ESTABLISHED_CB: the ends of an app <-> proxy hop join the
  *                        short-circuit (shortcut.c), in a pod that has it.
  */
@@ -35,7 +36,6 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
 {
 	struct bpf_sock *sk = skops->sk;
 	struct accel_tuple t = {};
-	__u8 marked = 1;
 
 	if (!sk)
 		return;
@@ -48,7 +48,7 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
 	app_tuple(skops, netns, 0, &t);
 	if (handoffs.update(&t, origin) != 0) {
 		COUNT(netns, handoff_failed);
-		lost.update(&t, &marked);  /* an LRU: this always finds room */
+		lost.update(&t, &origin->kind);  /* an LRU: this always finds room */
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
 }
@@ -58,13 +58,13 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops, _
 	struct accel_pod *pod = pod_of(netns);
 	struct bpf_sock *sk = skops->sk;
 	struct accel_tuple t = {};
-	__u8 marked = 1;
 
 	if (!pod || !sk)
 		return;
 	__u16 port = skops->local_port;
 
-	if (!is_proxy_port(pod, port)) {
+	/* a redirected connection arrives on a spread port (TCP) or the DNS port: nowhere else */
+	if (port > ACCEL_SPREAD_PORTS && !is_proxy_port(pod, port)) {
 		shortcut_join(skops, netns, pod, NULL, 1);  /* perhaps the app's side of an inbound delivery */
 		return;
 	}
@@ -79,13 +79,16 @@ static __always_inline void on_passive_established(struct bpf_sock_ops *skops, _
 		moved.kind = ORIGIN_LOST;
 		lost.delete(&t);
 	} else {
-		return;  /* not a redirected connection: someone dialled the proxy's port itself */
+		/* not a redirected connection: an app's own low port (perhaps the inbound delivery's
+		 * app side), or someone dialled the proxy's port itself */
+		shortcut_join(skops, netns, pod, NULL, 1);
+		return;
 	}
 	struct accel_origin *origin = socket_origins.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 
 	if (!origin) {
 		COUNT(netns, no_memory);
-		lost.update(&t, &marked);  /* getsockopt finds it there: ENOENT, never a made-up answer */
+		lost.update(&t, &moved.kind);  /* getsockopt finds it there: ENOENT, never a made-up answer */
 		return;
 	}
 	*origin = moved;
@@ -97,7 +100,9 @@ static __always_inline void on_listen(struct bpf_sock_ops *skops, __u64 netns)
 {
 	struct accel_pod *pod = pod_of(netns);
 
-	if (!pod || !(pod->flags & ACCEL_IN_CAPTURE) || skops->local_port != pod->inbound_port)
+	__u16 port = skops->local_port;
+
+	if (!pod || (port != pod->proxy_port && port != pod->inbound_port))
 		return;
 	/* listen() runs in the listening process: only the proxy's sockets may take captured
 	 * inbound traffic, never an app's that happens to use the port */
@@ -107,7 +112,7 @@ static __always_inline void on_listen(struct bpf_sock_ops *skops, __u64 netns)
 		COUNT(netns, foreign_listener);
 		return;
 	}
-	struct accel_listener_key key = {.netns = netns, .family = skops->family};
+	struct accel_listener_key key = {.netns = netns, .family = skops->family, .port = port};
 
 	listeners.sock_hash_update(skops, &key, BPF_ANY);
 }

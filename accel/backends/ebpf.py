@@ -103,7 +103,7 @@ class EbpfBackend(Backend):
         handle = datapath.pods[target.netns]
         return {"backend": self.name, "applied": True, "cgroup": str(datapath.cgroup.path),
                 "links": sorted(datapath.links), "sk_lookup": handle.sk_lookup_link is not None,
-                "inbound_listeners": sorted({2: "ipv4", 10: "ipv6"}[f] for f in handle.listeners),
+                "listeners": datapath.listeners(target.netns),
                 "handoffs_in_flight": datapath.handoffs_in_flight(),
                 "shortcut": handle.shortcut, "shortcut_sockets": datapath.shortcut_sockets(),
                 "counters": datapath.counters(target.netns),

@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pyroute2 import DiagSocket
@@ -31,7 +31,7 @@ from ..spec import CaptureSpec
 from . import btf, libbpf, objects, probe
 from .follow import Follower, NamespaceFacts
 from .programs import CGROUP_PROGRAMS, PROGRAMS, SHORTCUT, SK_LOOKUP
-from .maps import (AF_INET, AF_INET6, COUNTERS, IN_CAPTURE, IPV6 as IPV6_FLAG, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
+from .maps import (AF_INET, AF_INET6, COUNTERS, IPV6 as IPV6_FLAG, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
                    SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
                    NamespaceEntries, PodEntries, PortKey, PrefixKey, ShortcutCounters, Tuple, namespace_entries,
                    new_config_id, pod_entries)
@@ -66,7 +66,7 @@ class Compiled:
         self.objects = loaded
         try:
             self.programs = loaded.programs
-            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "listeners", "shortcuts")}
+            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "shortcuts")}
             self._check_mirrors()
         except BaseException:
             loaded.close()
@@ -175,7 +175,6 @@ class PodHandle:
     follower: Follower | None = None
     sk_lookup_link: int | None = None
     pin: Path | None = None  # where its sk_lookup link is pinned, on a node
-    listeners: list[int] = field(default_factory=list)  # address families registered
     pod: object | None = None  # its entry in `pods` (a maps.Pod), once written
     shortcut: bool = False  # its app <-> proxy hops are short-circuited
 
@@ -244,10 +243,10 @@ class Datapath:
             if pin is not None:
                 libbpf.obj_pin(handle.sk_lookup_link, str(pin))
             handle.pod = entries.pod
-            handle.listeners = self.register_listeners(netns)  # those listening already: no refusal window
+            self.register_listeners(netns)  # those listening already: no refusal window
             faults.point("pod-add:entries")
             self.write_pod(cookie, entries.pod)  # now it is meshed
-            handle.listeners = self.register_listeners(netns)  # and any that began listening meanwhile
+            self.register_listeners(netns)  # and any that began listening meanwhile
             if follow:
                 handle.follower = follower
                 follower.start()
@@ -292,7 +291,11 @@ class Datapath:
             raise
         old, handle.config, handle.pod, handle.shortcut = handle.config, entries.config, entries.pod, shortcut
         self._delete_config(old)
-        handle.listeners = self.register_listeners(netns)
+        ports = {entries.pod.proxy_port, entries.pod.inbound_port}
+        for key in self._listener_keys(handle.cookie):
+            if key.port not in ports:  # the proxy's old port: captured connections no longer go there
+                libbpf.map_delete(self.compiled.maps["listeners"], key)
+        self.register_listeners(netns)
 
     def remove_pod(self, netns: str) -> None:
         """Unmesh the pod in one step (its entry in `pods` goes first), then clear the rest: its
@@ -310,8 +313,8 @@ class Datapath:
             os.close(handle.sk_lookup_link)
         if handle.pin is not None:
             handle.pin.unlink(missing_ok=True)  # the last reference: the link detaches
-        for family in (AF_INET, AF_INET6):
-            libbpf.map_delete(maps["listeners"], ListenerKey(netns=handle.cookie, family=family))
+        for key in self._listener_keys(handle.cookie):
+            libbpf.map_delete(maps["listeners"], key)
         self._delete_config(handle.config)
         with self._lock:
             self._delete_namespace(handle.cookie)
@@ -422,29 +425,28 @@ class Datapath:
         finally:
             os.close(program)  # the link holds the program
 
-    def register_listeners(self, netns: str) -> list[int]:
-        """Put the proxy's inbound listeners (IPv4 and IPv6) into the listener map: sockets on the
-        inbound port held by a process of the proxy's uids or gids, the test sockops applies when a
-        socket starts listening later."""
+    def register_listeners(self, netns: str) -> None:
+        """Put the proxy's listeners that listen already into the listener map (sockops puts in
+        those that start listening later)."""
+        handle = self.pods[netns]
+        if handle.pod is not None:
+            register_listeners(self.compiled.maps["listeners"], netns, handle.cookie, handle.pod)
+
+    def _listener_keys(self, cookie: int) -> list[ListenerKey]:
+        return [key for key in libbpf.map_keys(self.compiled.maps["listeners"], ListenerKey) if key.netns == cookie]
+
+    def listeners(self, netns: str) -> dict[str, list[str]]:
+        """The pod's registered listeners, as the map holds them: {"outbound": ["ipv4", ...],
+        "inbound": [...]}, the families sk_lookup can hand captured connections to."""
         handle = self.pods[netns]
         pod = handle.pod
-        if pod is None or not pod.flags & IN_CAPTURE:
-            return []
-        uids, gids = set(pod.uids[:pod.n_uids]), set(pod.gids[:pod.n_gids])
-        registered = []
-        for family, inode in in_netns(netns, _listening_sockets, pod.inbound_port):
-            for pid, fd, uid, gid in _socket_holders(netns, inode):
-                if uid not in uids and gid not in gids:
-                    continue
-                copy = libbpf.pidfd_getfd(pid, fd)
-                try:
-                    libbpf.map_update(self.compiled.maps["listeners"], ListenerKey(netns=handle.cookie, family=family),
-                                      ctypes.c_uint32(copy))
-                finally:
-                    os.close(copy)
-                registered.append(family)
-                break
-        return sorted(set(registered))
+        found: dict[str, list[str]] = {"outbound": [], "inbound": []}
+        for key in self._listener_keys(handle.cookie):
+            family = {AF_INET: "ipv4", AF_INET6: "ipv6"}.get(key.family, str(key.family))
+            for role, port in (("outbound", pod.proxy_port if pod else None), ("inbound", pod.inbound_port if pod else None)):
+                if key.port == port:
+                    found[role].append(family)
+        return {role: sorted(families) for role, families in found.items()}
 
     # -- what the kernel holds ----------------------------------------------------------------
 
@@ -465,6 +467,29 @@ class Datapath:
     def handoffs_in_flight(self) -> int:
         """Records between an app's SYN and its proxy's side of the connection, node-wide."""
         return len(libbpf.map_keys(self.compiled.maps["handoffs"], Tuple))
+
+
+def register_listeners(listeners_map: int, netns: str, cookie: int, pod: Pod) -> None:
+    """Register the proxy's sockets listening already on its outbound and inbound ports (held by
+    a process of its uids or gids: the test sockops applies to a socket that starts listening
+    later), taken from their process with pidfd_getfd."""
+    uids, gids = set(pod.uids[:pod.n_uids]), set(pod.gids[:pod.n_gids])
+    for port in sorted({pod.proxy_port, pod.inbound_port}):
+        families = set()
+        for family, inode in in_netns(netns, _listening_sockets, port):
+            if family in families:
+                continue  # one socket a family and port (a reuseport group: the kernel picks among it)
+            for pid, fd, uid, gid in _socket_holders(netns, inode):
+                if uid not in uids and gid not in gids:
+                    continue
+                copy = libbpf.pidfd_getfd(pid, fd)
+                try:
+                    libbpf.map_update(listeners_map, ListenerKey(netns=cookie, family=family, port=port),
+                                      ctypes.c_uint32(copy))
+                finally:
+                    os.close(copy)
+                families.add(family)
+                break
 
 
 def _pod_routing(netns: str, ipv6: bool, verb: str) -> None:

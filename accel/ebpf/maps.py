@@ -21,6 +21,9 @@ from ..spec import WILDCARD, CaptureSpec
 from ..userns import IdMap
 
 MAX_IDS = 8
+# A captured TCP connect goes to the proxy on one of ports 1..SPREAD_PORTS, by its original
+# destination (bpf/accel.h, spread_port): destinations keep port spaces of their own.
+SPREAD_PORTS = 1023
 
 # accel_pod.flags
 IPV6 = 1 << 0
@@ -96,7 +99,8 @@ class Tuple(ctypes.Structure):
 
 
 class ListenerKey(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+    _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("port", ctypes.c_uint16),
+                ("pad", ctypes.c_uint16)]
 
 
 # What the programs count per pod and per CPU (bpf/accel.h explains each).
@@ -130,7 +134,8 @@ MIRRORS = {
     "shortcut_states": (ctypes.c_int, ctypes.c_uint8),
     "socket_origins": (ctypes.c_int, Origin),
     "handoffs": (Tuple, Origin),
-    "lost": (Tuple, ctypes.c_uint8),
+    "lost": (Tuple, ctypes.c_uint8),  # the ORIGIN_* kind of the record it stands for
+    "listeners": (ListenerKey, ctypes.c_int),
 }
 
 

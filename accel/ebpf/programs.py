@@ -39,7 +39,7 @@ class Program:
 
 PROGRAMS = (
     Program("connect4", "cgroup/connect4", PROG_CGROUP_SOCK_ADDR, ATTACH_INET4_CONNECT, NODE_CGROUP,
-            "TCP connect -> proxy outbound port (DNS over TCP -> DNS port)"),
+            "TCP connect -> the proxy on a port of its destination's own (DNS over TCP -> DNS port)"),
     Program("connect6", "cgroup/connect6", PROG_CGROUP_SOCK_ADDR, ATTACH_INET6_CONNECT, NODE_CGROUP,
             "the same for IPv6 sockets, IPv4-mapped addresses as IPv4"),
     Program("sendmsg4", "cgroup/sendmsg4", PROG_CGROUP_SOCK_ADDR, ATTACH_UDP4_SENDMSG, NODE_CGROUP,
@@ -58,9 +58,10 @@ PROGRAMS = (
             "SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for the proxy; every other call passes through"),
     Program("sockops", "sockops", PROG_SOCK_OPS, ATTACH_CGROUP_SOCK_OPS, NODE_CGROUP,
             "hands a redirected connection's record from the app's socket to the proxy's; registers the "
-            "proxy's inbound listener"),
+            "proxy's listeners"),
     Program("inbound", "sk_lookup", PROG_SK_LOOKUP, ATTACH_SK_LOOKUP, POD_NETNS,
-            "inbound TCP -> the proxy's inbound listener, no NAT (a copy per pod)"),
+            "captured connects -> the proxy's outbound listener, inbound TCP -> its inbound "
+            "listener, no NAT (a copy per pod)"),
     Program("shortcut", "sk_msg", PROG_SK_MSG, ATTACH_SK_MSG_VERDICT, SHORTCUTS_MAP,
             "data between an app and its proxy straight into the other end's receive queue (pods with the "
             "short-circuit)"),

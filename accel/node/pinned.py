@@ -17,6 +17,7 @@ what only the kernel knows (records of live connections, listening sockets, coun
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
@@ -25,16 +26,17 @@ from pathlib import Path
 
 from .. import faults, inputs, userns
 from ..ebpf import libbpf, objects
-from ..ebpf.datapath import Compiled, Datapath, DatapathError, attach_links
+from ..ebpf.datapath import Compiled, Datapath, DatapathError, attach_links, register_listeners
 from ..ebpf.follow import read_facts
-from ..ebpf.maps import POD_NETNS_PLACEHOLDER, namespace_entries, pod_entries
+from ..ebpf.maps import POD_NETNS_PLACEHOLDER, Pod, namespace_entries, pod_entries
 from ..ebpf.programs import CGROUP_PROGRAMS, LINKED_PROGRAMS, SHORTCUT, SK_LOOKUP
 from .paths import NodeError, NodePaths
 from .state import RECORD_FILE, NodeState
 
 MAPS, PROGRAMS, LINKS, PODS = "maps", "programs", "links", "pods"
 # Maps whose entries the state describes: a changed layout is migrated by writing them anew.
-DERIVED_MAPS = ("pods", "ports", "groups", "prefixes", "sources")
+# `listeners` holds sockets, but the state names their pods: they are found listening again.
+DERIVED_MAPS = ("pods", "ports", "groups", "prefixes", "sources", "listeners")
 
 
 @dataclass
@@ -128,12 +130,17 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                     return report
                 report.action = "upgraded"
                 _migrate(compiled, migrating, state)
-                for name, fd in links.items():  # each program in one step; the maps they share are ready
-                    libbpf.link_update(fd, compiled.programs[name])
-                    report.swapped.append(name)
+                _register_listeners(compiled, state)
+                # Receivers before senders: each pod's sk_lookup, then the programs that take a
+                # connection over, then connect, so that no connection is steered where no
+                # program of its version is waiting for it. Each swap is one step.
                 for record in (state.pods.values() if state else ()):
                     if record.pin and record.cookie is not None:
                         _swap_sk_lookup(compiled, Path(record.pin), record.cookie)
+                for name, fd in sorted(links.items(), key=lambda item: item[0].startswith("connect")):
+                    libbpf.link_update(fd, compiled.programs[name])
+                    report.swapped.append(name)
+                _register_listeners(compiled, state)  # any that began listening meanwhile
             else:  # nothing attached yet (or a first `up` that died half-way): attach, then pin
                 for fd in links.values():
                     if fd is not None:
@@ -211,6 +218,21 @@ def _migrate(compiled: Compiled, names: list[str], state: NodeState | None) -> N
             continue  # the namespace is gone: reconciling removes the pod
         datapath.write_namespace(None, namespace_entries(record.cookie, list(facts.local), list(facts.sources)))
         datapath.write_pod(record.cookie, entries.pod)
+
+
+def _register_listeners(compiled: Compiled, state: NodeState | None) -> None:
+    """Put the state's pods' proxy listeners that listen already into the listener map (a map
+    made anew is empty; sockops only sees a socket when it starts listening)."""
+    for record in (state.pods.values() if state else ()):
+        if record.backend != "ebpf" or record.phase != "ready" or record.cookie is None:
+            continue
+        pod = libbpf.map_lookup(compiled.maps["pods"], ctypes.c_uint64(record.cookie), Pod)
+        if pod is None:
+            continue
+        try:
+            register_listeners(compiled.maps["listeners"], record.netns, record.cookie, pod)
+        except OSError:
+            continue  # the namespace is gone: reconciling removes the pod
 
 
 def _swap_sk_lookup(compiled: Compiled, pin: Path, cookie: int) -> None:

@@ -169,7 +169,8 @@ def test_removal_leaves_no_bpf_object_and_the_pod_as_before():
         assert rule_state(pod.netns) == rules  # and never a netfilter rule along the way
         assert len(lookups) == 1 and sk_lookup_links(pod.netns) == []
     assert (direct, captured, after) == (["remote"], ["sidecar", "remote"], ["remote"])
-    assert status["applied"] and status["sk_lookup"] and status["inbound_listeners"] == ["ipv4", "ipv6"]
+    assert status["applied"] and status["sk_lookup"]
+    assert status["listeners"] == {"outbound": ["ipv4", "ipv6"], "inbound": ["ipv4", "ipv6"]}
     assert {name for _, name in attached["prog"] - before["prog"]} >= {"connect4", "getsockopt", "inbound", "sockops"}
     assert attached["link"] - before["link"]
     wait_for(lambda: bpf_objects() == before)  # maps are freed after an RCU grace period

@@ -88,7 +88,7 @@ def test_only_the_proxys_sockets_take_captured_inbound_traffic(order):
             backend.remove(pod)
     assert v6["result"] == "refused"
     assert v4["result"] == "ok" and v4_path == ["sidecar", "pod"]
-    assert status["inbound_listeners"] == ["ipv4"]
+    assert status["listeners"]["inbound"] == ["ipv4"]
     assert status["counters"]["refused"] == 1
     assert status["counters"]["foreign_listener"] == (1 if order == "listening-after-apply" else 0)
 

@@ -297,8 +297,8 @@ def test_restarts_upgrades_and_kills_under_traffic(node, tmp_path):
         node.accel("pod", "add", "--netns", second.name, "--id", "pod-b", "--", *STOCK)
         second.remove()  # a registered pod's namespace goes away while accel does nothing
         # a new version's harmless change: one more test (of a port that is never 0) before a listener counts
-        newer = changed_bpf(tmp_path, "skops->local_port != pod->inbound_port",
-                            "!skops->local_port || skops->local_port != pod->inbound_port", "sockops.c")
+        newer = changed_bpf(tmp_path, "port != pod->proxy_port && port != pod->inbound_port",
+                            "port != pod->proxy_port && (!port || port != pod->inbound_port)", "sockops.c")
         upgraded = node.json("up", env={"ACCEL_BPF_DIR": str(newer), "ACCEL_CACHE_DIR": str(tmp_path / "cache")})
         assert upgraded["action"] == "upgraded" and upgraded["swapped"] and upgraded["links"] == first["links"]
         assert upgraded["programs"]["sockops"]["tag"] != first["programs"]["sockops"]["tag"]

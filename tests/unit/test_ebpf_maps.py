@@ -144,6 +144,7 @@ def test_accel_h_defines_match_maps_py():
                                           "SOURCE_HAS_V4", "SOURCE_HAS_V6", "ORIGIN_OUTBOUND", "ORIGIN_INBOUND",
                                           "ORIGIN_DNS", "ORIGIN_LOST", "ROLE_APP", "ROLE_PROXY")})
     pairs["ACCEL_MAX_IDS"] = "MAX_IDS"
+    pairs["ACCEL_SPREAD_PORTS"] = "SPREAD_PORTS"
     assert {c: header.get(c) for c in pairs} == {c: getattr(m, p) for c, p in pairs.items()}
     # every flag bit of accel.h has its Python name
     flags = {name for name in header if name.startswith("ACCEL_") and not name.startswith("ACCEL_MAX")
