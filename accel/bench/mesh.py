@@ -4,7 +4,9 @@
       load generator (uid 1000) --capture--> HAProxy     HAProxy :15006 <--capture-- from the node
                                   :15001 (uid 1337)  --->  (uid 1337)  --> nginx :8080 (1 worker)
 
-Both capture directions are paid, as between two meshed pods. Every mode gets a world of its
+Both capture directions are paid, as between two meshed pods. The server pod also answers 64
+service addresses on port 80 (nginx), the churn workload's destinations. The pods keep the
+kernel's default sysctls (port range, TIME_WAIT reuse), as a user's pods have them. Every mode gets a world of its
 own, built alike, so that no mode inherits another's conntrack table or TIME_WAIT sockets:
 
 - none: the client dials the server directly; the sidecars idle (the ceiling);
@@ -29,7 +31,6 @@ from .. import constants, process
 from ..backends import get_backend
 from ..backends.libnft import listing
 from ..lab import POD_ADDRESSES, Lab, LabPlan, conntrack_entries
-from ..netns import sysctl
 from ..spec import CaptureSpec
 
 SERVER_PORT = 8080
@@ -39,11 +40,12 @@ APP_UID = 1000
 CLIENT, SERVER = "pod", "remote"  # the lab's pod under test is the client, its remote pod the server
 SERVER_ADDRESS = POD_ADDRESSES[SERVER][0]
 DIRECT_MODES = ("none", "explicit")
-POD_SYSCTLS = {  # the same in every mode: room for connection-per-request runs
-    "net.ipv4.ip_local_port_range": "1024 65000",
-    "net.ipv4.tcp_tw_reuse": "1",
-    "net.core.somaxconn": "4096",
-}
+# The churn workload's destinations: services on port 80, answered by the server pod's nginx.
+CHURN_SERVICES = tuple(f"203.0.113.{n}" for n in range(1, 65))
+CHURN_PORT = 80
+# What bounds connection churn, as the pods have it: the kernel's defaults (nothing is set).
+SYSCTLS = ("net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_fin_timeout",
+           "net.core.somaxconn")
 
 HAPROXY = """global
     nbthread 1
@@ -79,6 +81,7 @@ http {{
     default_type application/octet-stream;
     server {{
         listen {port} backlog=4096;
+        listen {churn_port} backlog=4096;
         location = / {{ return 200 "ok\\n"; }}
         location = /bulk {{ alias {bulk}; }}
     }}
@@ -98,7 +101,7 @@ class Mesh:
         """`scale_pods`: that many more idle pods in the lab (LabPlan.scale_pods); `capture`: what
         applies the spec instead of the mode's backend (a node's pod add: scale.NodeCapture)."""
         self.mode, self.spec, self.bulk_file, self.cpus = mode, spec, bulk_file, cpus
-        self.lab = Lab(LabPlan(recording_agents=False, scale_pods=scale_pods))
+        self.lab = Lab(LabPlan(recording_agents=False, scale_pods=scale_pods, service_addresses=CHURN_SERVICES))
         self.backend = capture or (None if mode in DIRECT_MODES else get_backend(mode))
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -124,14 +127,11 @@ class Mesh:
 
     def _start(self):
         lab, work = self.lab, self.lab.workdir
-        for role in (CLIENT, SERVER):
-            for key, value in POD_SYSCTLS.items():
-                sysctl(lab.pods[role].netns, key, value)
         (work / "nginx-tmp").mkdir()
         (work / "haproxy").mkdir()  # the sidecars' stats sockets, made by the proxy uid
         os.chown(work / "haproxy", PROXY_UID, PROXY_UID)
         nginx = work / "nginx.conf"
-        nginx.write_text(NGINX.format(dir=work, port=SERVER_PORT, bulk=self.bulk_file))
+        nginx.write_text(NGINX.format(dir=work, port=SERVER_PORT, churn_port=CHURN_PORT, bulk=self.bulk_file))
         lab.start(SERVER, ["nginx", "-e", str(work / "nginx-error.log"), "-c", str(nginx), "-g", "daemon off;"],
                   listens=(SERVER_PORT,), cpus=self.cpus)
         explicit = self.mode == "explicit"
@@ -163,6 +163,18 @@ class Mesh:
     def target(self) -> tuple[str, int]:
         """Where the load generator connects: the sidecar itself in explicit mode, else the server."""
         return ("127.0.0.1", OUTBOUND_PORT) if self.mode == "explicit" else (SERVER_ADDRESS, SERVER_PORT)
+
+    def churn_targets(self) -> tuple[list[str], int]:
+        """Where the churn workload connects: the sidecar itself in explicit mode, else the
+        services (each a destination of its own, as an app's many upstreams are)."""
+        return (["127.0.0.1"], OUTBOUND_PORT) if self.mode == "explicit" else (list(CHURN_SERVICES), CHURN_PORT)
+
+    def sysctls(self) -> dict[str, str]:
+        """The client pod's settings that bound churn (SYSCTLS), as its namespace has them."""
+        def read():
+            return {key: " ".join(Path("/proc/sys", key.replace(".", "/")).read_text().split()) for key in SYSCTLS}
+
+        return process.in_netns(self.lab.pods[CLIENT].netns, read)
 
     def url(self, path: str = "/") -> str:
         address, port = self.target()

@@ -242,6 +242,17 @@ def print_report(document: dict, console: Console | None = None) -> None:
                       "and highest round. Kernel entries (at the largest N): rules, set elements or trie entries "
                       "read back from the client pod.[/dim]")
 
+    churn = churn_rows(document)
+    if churn:
+        table = Table(title="churn: short connections, the app closing first", title_justify="left", pad_edge=False,
+                      box=box.SIMPLE_HEAD, collapse_padding=True)
+        for number, column in enumerate(CHURN_COLUMNS):
+            table.add_column(column, justify="left" if number == 0 else "right")
+        for row in churn:
+            table.add_row(*row)
+        console.print(table)
+        console.print(f"[dim]{churn_legend(document)}[/dim]")
+
     budgeted = list((document.get("budget") or {}).get("modes") or {})
     if budgeted:
         _print_fitted(console, BUDGET_TITLE, _fitted(console, budgeted, lambda modes, titled:
@@ -481,6 +492,28 @@ def _budget_table(document: dict, modes: list[str], titled: bool = True) -> Tabl
     return table
 
 
+CHURN_COLUMNS = ("mode", "connections", "errors", "EADDRNOTAVAIL", "rate /s", "connect p50", "connect p99")
+
+
+def churn_rows(document: dict) -> list[tuple[str, ...]]:
+    """The churn workload, a row a mode (CHURN_COLUMNS); none if it did not run."""
+    rows = []
+    for mode, run in ((document.get("churn") or {}).get("modes") or {}).items():
+        rows.append((mode, f"{run['connections']:,}", f"{run['errors']:,}", f"{run['eaddrnotavail']:,}",
+                     f"{run['rate']:,.0f}", f"{run['connect_p50_us']:,.0f} µs", f"{run['connect_p99_us']:,.0f} µs"))
+    return rows
+
+
+def churn_legend(document: dict) -> str:
+    churn = document["churn"]
+    sysctls = (document.get("env") or {}).get("pod_sysctls") or {}
+    settings = ", ".join(f"{key.rsplit('.', 1)[-1]} {value}" for key, value in sysctls.items())
+    return (f"Churn: {churn['rate']:,} short connections/s offered for {churn['seconds']} s, one at a time, "
+            "round-robin over 64 services (explicit: its sidecar), the app closing first so that TIME_WAIT stays "
+            "on its side; EADDRNOTAVAIL: connects that found no source port. Pod sysctls as the kernel sets them"
+            + (f": {settings}." if settings else "."))
+
+
 def markdown(document: dict) -> str:
     """The main and scaling tables, the program budget and the targets as Markdown, for publishing a run."""
     modes = list(document["modes"])
@@ -498,6 +531,11 @@ def markdown(document: dict) -> str:
         for mode, rates, kept, entries, install in rows:
             lines.append(f"| {mode} | " + " | ".join(_bracketed(*rate) for rate in rates)
                          + f" | {kept} | {entries} | {install} |")
+    churn = churn_rows(document)
+    if churn:
+        lines += ["", "| " + " | ".join(CHURN_COLUMNS) + " |", "|---|" + "---:|" * (len(CHURN_COLUMNS) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in churn]
+        lines += ["", churn_legend(document)]
     budget = _budget(document)
     if budget is not None:
         columns, rows = budget

@@ -27,7 +27,7 @@ from .. import inputs, process
 from ..netns import unique_name
 from ..spec import CaptureSpec
 from .mesh import CLIENT, DIRECT_MODES, SERVER, Mesh
-from .workloads import WORKLOADS, Tools, run_workload
+from .workloads import CHURN_RATE, CHURN_SECONDS, WORKLOADS, Tools, run_churn, run_workload
 
 MODES = ("none", "explicit", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "ebpf+sockmap")
 BUDGET_WORKLOAD = "crr1"  # a connection per request, one at a time: what a connection costs
@@ -48,11 +48,12 @@ class BenchConfig:
     scaling_rounds: int = 5
     scaling_sizes: tuple[int, ...] = SCALING_SIZES
     workloads: tuple[str, ...] = WORKLOADS
+    churn_seconds: int = CHURN_SECONDS  # 0: no churn workload
 
     @classmethod
     def quick(cls, modes: tuple[str, ...] = MODES) -> BenchConfig:
-        """Every figure in about three minutes: fewer, shorter rounds."""
-        return cls(modes=modes, rounds=3, seconds=1, scaling_rounds=1)
+        """Every figure but churn's in about three minutes: fewer, shorter rounds."""
+        return cls(modes=modes, rounds=3, seconds=1, scaling_rounds=1, churn_seconds=0)
 
     def __post_init__(self):
         unknown = [m for m in self.modes if m not in MODE_CHOICES]
@@ -60,8 +61,8 @@ class BenchConfig:
             raise ValueError(f"unknown mode {unknown[0]!r} (expected {', '.join(MODE_CHOICES)})")
         if REFERENCE not in self.modes:
             raise ValueError(f"modes must include {REFERENCE} (every ratio divides by it)")
-        if self.rounds < 1 or self.seconds < 1 or self.scaling_rounds < 0:
-            raise ValueError("rounds and seconds must be at least 1 (scaling rounds at least 0)")
+        if self.rounds < 1 or self.seconds < 1 or self.scaling_rounds < 0 or self.churn_seconds < 0:
+            raise ValueError("rounds and seconds must be at least 1 (scaling rounds and churn seconds at least 0)")
 
     @property
     def capture_modes(self) -> tuple[str, ...]:
@@ -70,7 +71,8 @@ class BenchConfig:
     def measurements(self) -> int:
         main = self.rounds * len(self.workloads) * len(self.modes)
         budget = sum(mode.startswith("ebpf") for mode in self.modes)
-        return main + budget + self.scaling_rounds * len(self.scaling_sizes) * (len(self.capture_modes) + 1)
+        churn = len(self.modes) if self.churn_seconds else 0
+        return main + budget + churn + self.scaling_rounds * len(self.scaling_sizes) * (len(self.capture_modes) + 1)
 
 
 @dataclass
@@ -172,7 +174,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
     progress = progress or (lambda what, measured: None)
     spec_args = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
     spec = stock_spec()
-    samples, scaling, install, entries, paths, budget = Samples(), Samples(), {}, {}, {}, {}
+    samples, scaling, install, entries, paths, budget, churn = Samples(), Samples(), {}, {}, {}, {}, {}
     with workbench() as bench, contextlib.ExitStack() as stack:
         tools, pods_cpu = bench.tools, bench.pods_cpu
         meshes = {}
@@ -202,6 +204,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                 progress(f"program time per connection: {BUDGET_WORKLOAD} {mode}", False)
                 budget[mode] = measure_budget(meshes[mode], tools, config.seconds)
                 progress("", True)
+        for mode in config.modes if config.churn_seconds else ():
+            progress(f"churn: {CHURN_RATE:,} connections/s for {config.churn_seconds} s, {mode}", False)
+            churn[mode] = run_churn(meshes[mode], tools, config.churn_seconds)
+            progress("", True)
+        pod_sysctls = meshes[config.modes[0]].sysctls()
         scaled = (REFERENCE, *config.capture_modes)
         for size in config.scaling_sizes if config.scaling_rounds else ():
             sized = with_excluded_cidrs(spec_args, size)
@@ -219,9 +226,11 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                     progress("", True)
                     scaling.add(mode, {str(size): run["figures"]["cps16"]}, run["errors"])
     document = report(config, samples, scaling, {"install_seconds": install, "capture_entries": entries},
-                      paths, environment(config, bench.pinning))
+                      paths, {**environment(config, bench.pinning), "pod_sysctls": pod_sysctls})
     if budget:
         document["budget"] = {"workload": BUDGET_WORKLOAD, "modes": budget}
+    if churn:
+        document["churn"] = {"seconds": config.churn_seconds, "rate": CHURN_RATE, "modes": churn}
     from .report import target_verdicts  # report.py imports this module
 
     document["verdicts"] = target_verdicts(document)

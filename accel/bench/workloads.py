@@ -6,6 +6,9 @@
     crr1   a new connection per request, one at a time, timed from socket() to close (crr.c):
            p50/p99 of the whole cycle, which is where capture costs
     bulk   one connection fetching a 16 MiB response over and over (wrk): Mbit/s
+    churn  (once a mode, run_churn) short connections at a steady rate to 64 services, the app
+           closing first, for longer than TIME_WAIT (churn.c): whether the pod's source ports
+           last, and what connect() costs as they fill
 
 After each, the conntrack entries in the client pod's namespace (flushed before it).
 """
@@ -23,6 +26,9 @@ from .mesh import Mesh, MeshError
 WORKLOADS = ("ka1", "ka16", "cps16", "crr1", "bulk")
 BULK_BYTES = 16 << 20
 CRR_SOURCE = Path(__file__).with_name("crr.c")
+CHURN_SOURCE = Path(__file__).with_name("churn.c")
+CHURN_SECONDS = 70  # beyond TIME_WAIT (60 s): the ports the first connections took are not back yet
+CHURN_RATE = 1000  # connections a second: 60 s of them is over twice the default port range (28,232)
 # wrk prints its own report; this script adds one JSON line with exact counts and percentiles.
 WRK_REPORT = """done = function(summary, latency, requests)
   local e = summary.errors
@@ -44,6 +50,7 @@ class Tools:
 
     directory: Path
     crr: Path
+    churn: Path
     wrk_report: Path
     bulk_file: Path
 
@@ -53,10 +60,11 @@ class Tools:
         for tool in ("wrk", "gcc", "nginx", "haproxy", "conntrack"):
             if shutil.which(tool) is None:
                 raise ToolError(f"accel bench needs {tool} (scripts/setup installs it)")
-        crr = directory / "crr"
-        result = process.run(["gcc", "-O2", "-Wall", "-o", str(crr), str(CRR_SOURCE)], timeout=120)
-        if result.returncode != 0:
-            raise ToolError(f"building the closed-loop client {CRR_SOURCE.name}: {result.stderr.strip()[-500:]}")
+        crr, churn = directory / "crr", directory / "churn"
+        for binary, source, what in ((crr, CRR_SOURCE, "the closed-loop client"), (churn, CHURN_SOURCE, "the churn client")):
+            result = process.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source)], timeout=120)
+            if result.returncode != 0:
+                raise ToolError(f"building {what} {source.name}: {result.stderr.strip()[-500:]}")
         report = directory / "report.lua"
         report.write_text(WRK_REPORT)
         bulk = directory / "bulk"
@@ -64,7 +72,7 @@ class Tools:
             handle.truncate(BULK_BYTES)  # zeros; nginx sends it with sendfile from the page cache
         for path in (report, bulk):
             path.chmod(0o644)
-        return cls(directory, crr, report, bulk)
+        return cls(directory, crr, churn, report, bulk)
 
 
 def _last_json(output: str, what: str) -> dict:
@@ -112,3 +120,13 @@ def run_workload(mesh: Mesh, tools: Tools, name: str, seconds: float) -> dict:
         raise ValueError(f"unknown workload {name!r} (expected one of {', '.join(WORKLOADS)})")
     return {"figures": figures, "errors": run["errors"] + run["non_2xx"], "connections": connections,
             "conntrack_entries": mesh.conntrack_entries()}
+
+
+def run_churn(mesh: Mesh, tools: Tools, seconds: float, rate: float = CHURN_RATE) -> dict:
+    """The churn workload (churn.c) in the mode's client pod: connections made, failed, failed for
+    want of a source port (eaddrnotavail), the rate reached, connect() p50/p99, and the pod's
+    sysctls that bound it."""
+    addresses, port = mesh.churn_targets()
+    run = _last_json(mesh.run_client([str(tools.churn), ",".join(addresses), str(port), str(seconds), str(rate)],
+                                     timeout=seconds + 120), "churn")
+    return {**run, "offered_rate": rate, "destinations": len(addresses), "sysctls": mesh.sysctls()}

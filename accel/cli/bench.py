@@ -27,7 +27,10 @@ EPILOG = (
     "\b\nWorkloads: keep-alive HTTP at 1 and 16 connections (wrk), a new connection per request\n"
     "  at 16 (wrk, Connection: close) and closed-loop at 1 (connect+request p50/p99), a 16 MiB\n"
     "  response (Mbit/s), conntrack entries left in the client pod; then rule scaling: new\n"
-    "  connections/s with 10, 1,000 and 10,000 excluded CIDRs in the spec.\n"
+    "  connections/s with 10, 1,000 and 10,000 excluded CIDRs in the spec; then churn: 1,000\n"
+    "  short connections/s to 64 services, the app closing first, for 70 s (longer than\n"
+    "  TIME_WAIT, over twice the default port range): errors, EADDRNOTAVAIL, connect() p50/p99.\n"
+    "  The pods keep the kernel's default sysctls (the report lists them).\n"
     "\b\nMethod: pods pinned to one CPU, this runner to another; rounds interleave the modes,\n"
     "  order rotated; figures are medians, ratios divide by explicit from the same rounds.\n"
     "  Each target's verdict rests on a 95% interval of the per-round ratios: met, missed, or\n"
@@ -47,12 +50,14 @@ EPILOG = (
 
 
 @click.command("bench", epilog=EPILOG)
-@click.option("--quick", is_flag=True, help="3 rounds of 1 s, scaling once: every figure in about 3 minutes.")
+@click.option("--quick", is_flag=True, help="3 rounds of 1 s, scaling once, no churn: in about 3 minutes.")
 @click.option("--rounds", type=click.IntRange(1, 100), help="Rounds of every workload in every mode [default: 5].")
 @click.option("--seconds", type=click.IntRange(1, 600), help="Length of each run [default: 5].")
 @click.option("--modes", type=NameList(MODE_CHOICES, "mode"), metavar="LIST",
               help="Comma list of modes (below), explicit among them [default: every mode but iptables].")
 @click.option("--scaling/--no-scaling", default=True, show_default=True, help="Run the rule-scaling series.")
+@click.option("--churn-seconds", type=click.IntRange(0, 600), metavar="S",
+              help="Length of the churn workload, 0 for none [default: 70; --quick: 0].")
 @click.option("--json", "json_file", type=OutputFile(stdout=True), metavar="FILE",
               help="Write the figures as JSON to FILE (- for stdout, instead of the table).")
 @click.option("--plot", "plot_file", type=OutputFile(suffix=".png"), metavar="FILE.png",
@@ -64,7 +69,7 @@ EPILOG = (
 @click.option("--pods", type=click.IntRange(1, 4000), metavar="N",
               help="Instead: node scale with N more pods captured, under ebpf and nftables (--modes "
                    "may narrow it to one): pod add times, memory, connection rate with 1 and N pods.")
-def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown_file, baseline_file, pods):
+def bench(quick, rounds, seconds, modes, scaling, churn_seconds, json_file, plot_file, markdown_file, baseline_file, pods):
     """Benchmark capture: iptables, nftables and eBPF against an explicit proxy, on real traffic.
 
     Prints a table of medians with each figure's ratio to the explicit proxy, the rule-scaling
@@ -87,7 +92,8 @@ def bench(quick, rounds, seconds, modes, scaling, json_file, plot_file, markdown
     chosen = modes or MODES
     try:
         config = BenchConfig.quick(chosen) if quick else BenchConfig(modes=chosen)
-        config = replace(config, **{k: v for k, v in (("rounds", rounds), ("seconds", seconds)) if v is not None},
+        given = (("rounds", rounds), ("seconds", seconds), ("churn_seconds", churn_seconds))
+        config = replace(config, **{k: v for k, v in given if v is not None},
                          **({} if scaling else {"scaling_rounds": 0}))
     except ValueError as error:
         raise SpecError("--modes", ",".join(chosen), str(error)) from None

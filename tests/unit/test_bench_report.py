@@ -447,3 +447,22 @@ def test_an_older_document_still_renders():
     assert "| program |" not in text and "Targets:" in text
     doc["budget"] = {"workload": "crr1", "modes": {}}  # a run with no ebpf mode
     assert "eBPF program time" not in rendered(doc, 80) and "| program |" not in markdown(doc)
+
+
+def test_churn_is_a_table_in_print_and_markdown_with_the_pods_sysctls():
+    doc = document(scaling=False)
+    doc["env"]["pod_sysctls"] = {"net.ipv4.ip_local_port_range": "32768 60999", "net.ipv4.tcp_tw_reuse": "2"}
+    run = {"connections": 70000, "errors": 0, "eaddrnotavail": 0, "rate": 999.6, "connect_p50_us": 41.0,
+           "connect_p99_us": 95.0}
+    doc["churn"] = {"seconds": 70, "rate": 1000, "modes": {
+        "iptables-nft": run, "ebpf": {**run, "errors": 41583, "eaddrnotavail": 41583, "connect_p99_us": 15800.0}}}
+    text = markdown(doc)
+    assert "| mode | connections | errors | EADDRNOTAVAIL | rate /s | connect p50 | connect p99 |" in text
+    assert "| ebpf | 70,000 | 41,583 | 41,583 | 1,000 | 41 µs | 15,800 µs |" in text
+    assert "ip_local_port_range 32768 60999, tcp_tw_reuse 2." in text
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    print_report(doc, console)
+    printed = console.file.getvalue()
+    assert "churn: short connections" in printed and "41,583" in printed
+    del doc["churn"]
+    assert "EADDRNOTAVAIL" not in markdown(doc)
