@@ -466,3 +466,13 @@ def test_churn_is_a_table_in_print_and_markdown_with_the_pods_sysctls():
     assert "churn: short connections" in printed and "41,583" in printed
     del doc["churn"]
     assert "EADDRNOTAVAIL" not in markdown(doc)
+
+
+def test_churn_runs_once_a_mode_unless_quick_and_refuses_a_negative_length():
+    from accel.bench.run import BenchConfig
+
+    full, quick = BenchConfig(modes=("explicit", "ebpf")), BenchConfig.quick(("explicit", "ebpf"))
+    assert full.churn_seconds == 70 and quick.churn_seconds == 0
+    assert full.measurements() - BenchConfig(modes=("explicit", "ebpf"), churn_seconds=0).measurements() == 2
+    with pytest.raises(ValueError, match="churn seconds"):
+        BenchConfig(modes=("explicit",), churn_seconds=-1)
