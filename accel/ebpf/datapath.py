@@ -66,7 +66,7 @@ class Compiled:
         self.objects = loaded
         try:
             self.programs = loaded.programs
-            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "shortcuts")}
+            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "listeners", "shortcuts")}
             self._check_mirrors()
         except BaseException:
             loaded.close()

@@ -135,7 +135,6 @@ MIRRORS = {
     "socket_origins": (ctypes.c_int, Origin),
     "handoffs": (Tuple, Origin),
     "lost": (Tuple, ctypes.c_uint8),  # the ORIGIN_* kind of the record it stands for
-    "listeners": (ListenerKey, ctypes.c_int),
 }
 
 

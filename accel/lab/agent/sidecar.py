@@ -124,14 +124,17 @@ def run_sidecar(args):
         local = conn.getsockname()
         answer = original_dst(conn)
         so_original = answer if isinstance(answer, tuple) else None
-        # Envoy's original_dst: SO_ORIGINAL_DST when conntrack knows it, else (TPROXY) the
-        # local address, which then is the original destination.
-        original = so_original or local
+        # Envoy's original_dst: SO_ORIGINAL_DST when conntrack knows it, else (TPROXY, inbound)
+        # the local address, which then is the original destination. Outbound is redirected in
+        # every mode: without an answer it has no original destination (under eBPF its local
+        # port is the one its destination was spread to, not a destination).
+        original = so_original or (local if listener == "inbound" else None)
         log.record(role="sidecar", proto="tcp", listener=listener, token=token, local=text(local),
-                   peer=text(peer), original_dst=text(original),
+                   peer=text(peer), original_dst=text(original) if original else None,
                    so_original_dst=text(so_original) if so_original else f"error:{answer}")
         target = upstream if listener == "dns" else original  # the DNS proxy asks its resolver
-        if listener != "dns" and target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1"):
+        if target is None or (listener != "dns" and target[1] in own_ports
+                              and target[0] in (local[0], "127.0.0.1", "::1")):
             conn.sendall(json.dumps({"error": "no original destination"}).encode() + b"\n")
             return
         bind = INBOUND_PASSTHROUGH_SOURCE[conn.family] if listener == "inbound" else None
