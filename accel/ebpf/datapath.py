@@ -32,7 +32,7 @@ from . import btf, libbpf, objects, probe
 from .follow import Follower, NamespaceFacts
 from .programs import CGROUP_PROGRAMS, PROGRAMS, SHORTCUT, SK_LOOKUP
 from .maps import (AF_INET, AF_INET6, COUNTERS, IPV6 as IPV6_FLAG, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
-                   SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
+                   STRUCT_MIRRORS, SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
                    NamespaceEntries, PodEntries, PortKey, PrefixKey, ShortcutCounters, Tuple, namespace_entries,
                    new_config_id, pod_entries)
 
@@ -113,6 +113,13 @@ class Compiled:
                 continue
             problems += _mirror_problems(name, blob, definition["btf_key_type_id"], definition["btf_value_type_id"],
                                          MIRRORS[name])
+        for struct, mirror in STRUCT_MIRRORS.items():
+            found = [(types, type_id) for types in map(objects.decoded_btf, self.objects.btf.values())
+                     if (type_id := types.find(struct, "struct")) is not None]
+            if not found:
+                problems.append(f"struct {struct}: not in the compiled object's BTF")
+            else:
+                problems += [f"struct {struct}: {problem}" for problem in btf.mismatches(*found[0], mirror)]
         if problems:
             raise DatapathError("bpf/accel.h and accel/ebpf/maps.py differ: " + "; ".join(problems))
 

@@ -136,6 +136,11 @@ MIRRORS = {
     "handoffs": (Tuple, Origin),
     "lost": (Tuple, ctypes.c_uint8),  # the ORIGIN_* kind of the record it stands for
 }
+# struct name -> mirror, for the keys of maps that have no BTF of their own (`listeners`, a
+# hand-declared sockhash): checked against the struct of that name in the compiled object's BTF.
+STRUCT_MIRRORS = {
+    "accel_listener_key": ListenerKey,
+}
 
 
 class UnsupportedSpec(ValueError):

@@ -125,6 +125,21 @@ def test_the_mirrors_are_checked_member_by_member_against_the_compiled_btf(monke
         datapath.Compiled.load()
 
 
+def test_a_struct_mirror_without_a_map_btf_is_checked_by_its_name(monkeypatch):
+    """`listeners` is a hand-declared sockhash with no BTF of its own: its key's mirror is checked
+    against the struct of that name, and a drifted one is refused."""
+    from accel.ebpf import datapath, maps
+
+    class Drifted(ctypes.Structure):  # ListenerKey with port and pad swapped: same size, other layout
+        _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("pad", ctypes.c_uint16),
+                    ("port", ctypes.c_uint16)]
+
+    monkeypatch.setitem(datapath.STRUCT_MIRRORS, "accel_listener_key", Drifted)
+    with pytest.raises(datapath.DatapathError, match="struct accel_listener_key: member port: offset 12 in the "
+                                                      "BPF object, 14 in the mirror"):
+        datapath.Compiled.load()
+
+
 def test_the_datapath_captures_when_loaded_from_the_cache(cache):
     spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS), {})
     plan = LabPlan(service_addresses=("203.0.113.10",), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
