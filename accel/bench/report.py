@@ -58,6 +58,10 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
 Z_975 = 1.959964
 BUDGET_TITLE = "eBPF program time per proxied connection"
 BUDGET_LEGEND = "eBPF program time per proxied connection, from the kernel's run-time statistics (BPF_ENABLE_STATS)"
+OPS_TITLE = "sockops calls per proxied connection, by op"
+OPS_LEGEND = ("The datapath's sockops program by callback, over a crr1 run of its own: calls a connection, and "
+              "ns a call measured by two programs of the benchmark's around it, less the hand-over between two "
+              "programs (bpf_stats' own clock reads make its per-run figure above the higher one).")
 
 Spread = tuple[float, float] | None
 
@@ -258,6 +262,10 @@ def print_report(document: dict, console: Console | None = None) -> None:
         _print_fitted(console, BUDGET_TITLE, _fitted(console, budgeted, lambda modes, titled:
                                                      _budget_table(document, modes, titled)))
         console.print(f"[dim]{_budget_legend(document)}[/dim]")
+    if _ops_modes(document):
+        _print_fitted(console, OPS_TITLE, _fitted(console, _ops_modes(document), lambda modes, titled:
+                                                  _ops_table(document, modes, titled)))
+        console.print(f"[dim]{OPS_LEGEND}[/dim]")
 
     for line in path_lines(document) + target_lines(document):
         console.print(line)
@@ -492,6 +500,64 @@ def _budget_table(document: dict, modes: list[str], titled: bool = True) -> Tabl
     return table
 
 
+def ops_rows(document: dict, shown: list[str] | None = None) \
+        -> tuple[list[tuple[str, str]], list[tuple[str, list[float | None]]]] | None:
+    """The sockops account (run.measure_sockops_ops) of the `shown` modes (all by default) as
+    columns ((mode, kind): runs, ns a run, µs a connection, and "before", the baseline's runs, for
+    modes the baseline has) and rows (op, a value per column), the costliest first, then "total".
+    None without an account."""
+    modes = {mode: budget["sockops_ops"] for mode, budget in ((document.get("budget") or {}).get("modes") or {}).items()
+             if budget.get("sockops_ops") and (shown is None or mode in shown)}
+    if not modes:
+        return None
+    before = {mode: budget["sockops_ops"] for mode, budget in
+              ((document.get("budget_baseline") or {}).get("modes") or {}).items()
+              if mode in modes and budget.get("sockops_ops")}
+    columns = [(mode, kind) for mode in modes for kind in ("runs", "ns_per_run", "us", *(("before",) if mode in before
+                                                                                         else ()))]
+    names = sorted({op for ops in (*modes.values(), *before.values()) for op in ops},
+                   key=lambda op: (-max((ops.get(op) or {}).get("ns") or 0 for ops in modes.values()), op))
+
+    def cell(mode: str, kind: str, op: str | None) -> float | None:
+        ops = before.get(mode, {}) if kind == "before" else modes[mode]
+        if op is None:  # the total
+            if kind == "ns_per_run":
+                return None
+            entries = list(ops.values())
+            return sum(e["ns"] for e in entries) / 1000 if kind == "us" else sum(e["runs"] for e in entries)
+        entry = ops.get(op)
+        if entry is None:
+            return None
+        return entry["ns"] / 1000 if kind == "us" else entry["runs" if kind in ("runs", "before") else kind]
+
+    rows = [(op, [cell(mode, kind, op) for mode, kind in columns]) for op in names]
+    rows.append(("total", [cell(mode, kind, None) for mode, kind in columns]))
+    return columns, rows
+
+
+OPS_FORMATS = {"runs": "{:.1f}", "ns_per_run": "{:,.0f}", "us": "{:.2f}", "before": "{:.1f}"}
+OPS_HEADINGS = {"runs": "calls/conn", "ns_per_run": "ns/call", "us": "µs/conn", "before": "calls before"}
+
+
+def _ops_modes(document: dict) -> list[str]:
+    return [mode for mode, budget in ((document.get("budget") or {}).get("modes") or {}).items()
+            if budget.get("sockops_ops")]
+
+
+def _ops_table(document: dict, modes: list[str], titled: bool = True) -> Table:
+    columns, rows = ops_rows(document, modes)
+    table = Table(title=OPS_TITLE if titled else None, title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column("op", vertical="bottom")
+    for mode, kind in columns:
+        heading = OPS_HEADINGS[kind]
+        table.add_column(f"{_header(mode)}\n{heading}" if kind == "runs" else heading, justify="right",
+                         vertical="bottom")
+    for index, (name, values) in enumerate(rows):
+        table.add_row(name, *("-" if value is None else OPS_FORMATS[kind].format(value)
+                              for (_, kind), value in zip(columns, values)), end_section=index == len(rows) - 2)
+    return table
+
+
 CHURN_COLUMNS = ("mode", "connections", "errors", "EADDRNOTAVAIL", "rate /s", "connect p50", "connect p99")
 
 
@@ -546,6 +612,16 @@ def markdown(document: dict) -> str:
                          + " | ".join("-" if value is None else BUDGET_FORMATS[kind].format(value)
                                       for (_, kind), value in zip(columns, values)) + " |")
         lines += ["", _budget_legend(document)]
+    ops = ops_rows(document)
+    if ops is not None:
+        columns, rows = ops
+        lines += ["", "| sockops op | " + " | ".join(f"{mode} {OPS_HEADINGS[kind]}" for mode, kind in columns) + " |",
+                  "|---|" + "---:|" * len(columns)]
+        for name, values in rows:
+            lines.append(f"| {'**total**' if name == 'total' else name} | "
+                         + " | ".join("-" if value is None else OPS_FORMATS[kind].format(value)
+                                      for (_, kind), value in zip(columns, values)) + " |")
+        lines += ["", OPS_LEGEND]
     verdicts, kept = target_verdicts(document), scaling_kept(document, "ebpf")
     if verdicts or kept is not None:
         lines += ["", "Targets:", "", "| target | × | 95% CI | rounds | verdict |", "|---|---:|---:|---:|---|"]

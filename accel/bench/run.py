@@ -70,7 +70,7 @@ class BenchConfig:
 
     def measurements(self) -> int:
         main = self.rounds * len(self.workloads) * len(self.modes)
-        budget = sum(mode.startswith("ebpf") for mode in self.modes)
+        budget = 2 * sum(mode.startswith("ebpf") for mode in self.modes)  # program time, then sockops by op
         churn = len(self.modes) if self.churn_seconds else 0
         return main + budget + churn + self.scaling_rounds * len(self.scaling_sizes) * (len(self.capture_modes) + 1)
 
@@ -204,6 +204,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                 progress(f"program time per connection: {BUDGET_WORKLOAD} {mode}", False)
                 budget[mode] = measure_budget(meshes[mode], tools, config.seconds)
                 progress("", True)
+                progress(f"sockops calls by op: {BUDGET_WORKLOAD} {mode}", False)
+                budget[mode]["sockops_ops"] = measure_sockops_ops(meshes[mode], tools, config.seconds)
+                progress("", True)
         for mode in config.modes if config.churn_seconds else ():
             progress(f"churn: {CHURN_RATE:,} connections/s for {config.churn_seconds} s, {mode}", False)
             churn[mode] = run_churn(meshes[mode], tools, config.churn_seconds)
@@ -266,6 +269,18 @@ def measure_budget(mesh: Mesh, tools: Tools, seconds: float) -> dict:
              for name, p in programs.items() if p["runs"]}
     return {"connections": run["connections"], "total_ns": round(sum(p["ns"] for p in table.values()), 1),
             "programs": table}
+
+
+def measure_sockops_ops(mesh: Mesh, tools: Tools, seconds: float) -> dict:
+    """The sockops program's calls a proxied connection, op by op, with their time (op_account),
+    over a crr1 run of its own: the bracketing programs cost time the budget must not count."""
+    from .op_account import OpAccount
+
+    pods = [mesh.lab.pods[role] for role in (CLIENT, SERVER)]
+    with OpAccount() as account:
+        with account.linked([pod.cgroup.path for pod in pods], pods[0].node_cgroup.path):
+            run = run_workload(mesh, tools, BUDGET_WORKLOAD, seconds)
+        return account.read(run["connections"])
 
 
 def report(config: BenchConfig, samples: Samples, scaling: Samples, applied: dict, paths: dict, env: dict) -> dict:

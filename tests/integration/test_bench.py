@@ -89,6 +89,24 @@ def test_table_plot_and_markdown(quick):
     assert "| ebpf | " in markdown and "N=10,000 vs N=10" in markdown
 
 
+def test_the_program_budget_and_the_sockops_account(quick):
+    """Counted by the kernel: each proxied connection is three connecting sockets (the app, its
+    sidecar's upstream, the server sidecar's delivery) and three accepted ones; the app's socket
+    watches its state only until the proxy's side took its record (two callbacks)."""
+    output, document, files = quick
+    for mode in ("ebpf", "ebpf+sockmap"):
+        budget = document["budget"]["modes"][mode]
+        programs, ops = budget["programs"], budget["sockops_ops"]
+        assert programs["connect4"]["runs"] == pytest.approx(3, abs=0.1), mode
+        assert ops["TCP_CONNECT"]["runs"] == pytest.approx(3, abs=0.1), mode
+        assert ops["PASSIVE_ESTABLISHED"]["runs"] == pytest.approx(3, abs=0.1), mode
+        assert ops["STATE"]["runs"] == pytest.approx(2, abs=0.1), mode
+        # two runs of the same workload: the account's calls are the program's runs
+        assert sum(op["runs"] for op in ops.values()) == pytest.approx(programs["sockops"]["runs"], rel=0.05), mode
+        assert all(op["ns_per_run"] >= 0 for op in ops.values())
+    assert "sockops calls per proxied connection, by op" in output and "| sockops op |" in files["md"].decode()
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--modes", "iptables,bogus"], "unknown mode 'bogus'"),
     (["--modes", "none,ebpf"], "must include explicit"),
