@@ -12,8 +12,8 @@
  *                        it): move the record into that socket's storage, where it lives as
  *                        long as the proxy's socket and nothing can evict it. The app may close
  *                        at once, even before the proxy accepts.
- * STATE_CB               the app's socket closed before the handshake completed: drop its
- *                        record.
+ * STATE_CB               the app's socket closed before the proxy's side took its record: drop
+ *                        the record. Watched only until the record is taken (on_state).
  * TCP_LISTEN_CB          a socket of the proxy's uids/gids listens on its outbound or inbound
  *                        port: a listener sk_lookup steers captured connections to.
  * ACTIVE_ESTABLISHED_CB  and PASSIVE_ESTABLISHED_CB: the ends of an app <-> proxy hop join the
@@ -51,6 +51,25 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
 		lost.update(&t, &origin->kind);  /* an LRU: this always finds room */
 	}
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* The app's redirected socket changed state (only it watches, from on_connect). Its record is
+ * usually gone already, moved to the proxy's side at PASSIVE_ESTABLISHED: then the watch ends at
+ * the next change, two callbacks instead of one for every state to the close. While the record
+ * waits (the proxy's side not yet established), the close removes it. ESTABLISHED comes before
+ * the proxy's side exists (SYN-ACK, then the final ACK): nothing to ask yet. */
+static __always_inline void on_state(struct bpf_sock_ops *skops)
+{
+	__u32 state = skops->args[1];
+	struct accel_tuple t = {};
+
+	if (state == BPF_TCP_ESTABLISHED)
+		return;
+	app_tuple(skops, bpf_get_netns_cookie(skops), 0, &t);
+	if (state == BPF_TCP_CLOSE)
+		handoffs.delete(&t);
+	else if (!handoffs.lookup(&t))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags & ~BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
 static __always_inline void on_passive_established(struct bpf_sock_ops *skops, __u64 netns)
@@ -151,15 +170,9 @@ int sockops(struct bpf_sock_ops *skops)
 {
 	__u32 op = skops->op;
 
-	/* Most callbacks (RTT, window, ECN...) are not ours, and of the state changes only the
-	 * close is: leave at once, before anything costs. */
+	/* Most callbacks (RTT, window, ECN...) are not ours: leave at once, before anything costs. */
 	if (op == BPF_SOCK_OPS_STATE_CB) {
-		if (skops->args[1] == BPF_TCP_CLOSE) {
-			struct accel_tuple t = {};
-
-			app_tuple(skops, bpf_get_netns_cookie(skops), 0, &t);
-			handoffs.delete(&t);  /* usually gone already: moved to the proxy's side */
-		}
+		on_state(skops);
 		return 1;
 	}
 	if (op != BPF_SOCK_OPS_TCP_CONNECT_CB && op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB &&

@@ -2,6 +2,7 @@
 clean removal, pass-through of other getsockopt calls, and refusals that name what is missing."""
 
 import json
+import subprocess
 import threading
 
 import pytest
@@ -298,3 +299,53 @@ def test_a_local_route_for_a_whole_range_counts_as_local():
     assert outcomes["iptables"] == ["sidecar", "pod"]
     assert outcomes["ebpf"] == outcomes["iptables"]
     assert outcomes["none"] == ["pod"]
+
+
+APP_HOLDS_ESTABLISHED = """
+import socket, struct, sys
+sockets = []
+for _ in range({count}):
+    s = socket.socket()
+    s.settimeout(5)
+    s.connect(("203.0.113.10", 8081))  # returns at the SYN-ACK: the app's side is established
+    sockets.append(s)
+print("connected", flush=True)
+sys.stdin.readline()
+for s in sockets:  # linger 0: a reset, so the app's socket closes at once, never seen by the proxy
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+print("closed", flush=True)
+"""
+
+
+def test_a_record_the_proxy_never_took_goes_with_the_apps_socket():
+    """The app's socket watches its state only until the proxy's side takes the record. When the
+    proxy's side never comes (the pod drops the handshake's last ACK), the app's side is still
+    established, its record still waiting; closing the app's socket must remove it."""
+    count = 16
+    plan = LabPlan(remote_tcp_ports=(8081,), service_addresses=("203.0.113.10",),
+                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    with Lab(plan) as lab:
+        backend, pod = get_backend("ebpf"), lab.pods["pod"]
+        # the app's pure ACKs to the proxy's spread ports (1-1023) go nowhere: its SYN-ACKs do
+        process.run(["nft", "-f", "-"], netns=pod.netns, check=True, input=(
+            "table inet accel_test { chain out { type filter hook output priority 0; "
+            "tcp dport 1-1023 tcp flags & (syn | ack | fin | rst) == ack drop; }; }\n"))
+        backend.apply(pod, STOCK)
+        app = process.spawn(["/usr/bin/python3", "-I", "-S", "-c", APP_HOLDS_ESTABLISHED.format(count=count)],
+                            netns=pod.netns, cgroup=pod.cgroup, uid=APP, gid=APP, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert app.stdout.readline().strip() == "connected", app.stderr.read()
+            waiting = backend.status(pod)["handoffs_in_flight"]
+            app.stdin.write("close\n")
+            app.stdin.flush()
+            assert app.stdout.readline().strip() == "closed", app.stderr.read()
+            left = wait_for(lambda: backend.status(pod)["handoffs_in_flight"] == 0, 5) or \
+                backend.status(pod)["handoffs_in_flight"]
+        finally:
+            app.kill()
+            app.wait()
+            backend.remove(pod)
+    assert waiting == count, "the proxy's side took records it should never have seen"
+    assert left is True, f"{left} records outlived the app's sockets"
