@@ -234,7 +234,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
         document["budget"] = {"workload": BUDGET_WORKLOAD, "modes": budget}
     if churn:
         document["churn"] = {"seconds": config.churn_seconds, "rate": CHURN_RATE, "modes": churn}
-    from .report import target_verdicts  # report.py imports this module
+    from .verdicts import target_verdicts  # verdicts.py imports this module
 
     document["verdicts"] = target_verdicts(document)
     return document

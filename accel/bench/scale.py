@@ -28,7 +28,7 @@ from ..lab import Pod
 from ..node import lifecycle, pods
 from ..node.paths import NodePaths, unmount_bpffs_at
 from .mesh import Mesh, MeshError
-from .report import ratio_interval
+from .verdicts import ratio_interval
 from .run import stock_spec, workbench
 from .workloads import Tools, run_workload
 

@@ -142,7 +142,9 @@ def _bench(config: BenchConfig, json_file: str | None, plot_file: str | None, ma
            baseline: dict | None = None):
     from ..backends import BackendError
     from ..bench.mesh import MeshError
-    from ..bench.report import markdown, plot, print_report, progress_bar
+    from ..bench.markdown import markdown
+    from ..bench.plot import plot
+    from ..bench.report import print_report, progress_bar
     from ..bench.run import run_bench
     from ..bench.workloads import ToolError
     from ..lab import LabError

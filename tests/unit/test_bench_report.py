@@ -16,8 +16,11 @@ from matplotlib.container import BarContainer
 from rich.console import Console
 from rich.text import Text
 
-from accel.bench.report import (MET, MISSED, NOISE, ROUNDS_CAP, TARGETS, markdown, plot, plot_figure, print_report,
-                                ratio_interval, ratio_range, rounds_needed, t_quantile, target_lines, target_verdicts)
+from accel.bench.markdown import markdown
+from accel.bench.plot import plot, plot_figure
+from accel.bench.report import print_report, target_lines
+from accel.bench.verdicts import (MET, MISSED, NOISE, ROUNDS_CAP, TARGETS, ratio_interval, ratio_range, rounds_needed,
+                                  t_quantile, target_verdicts)
 
 FIGURES = ("ka1_rps", "ka16_rps", "ka1_p50_us", "ka1_p99_us", "cps16", "crr1_p50_us", "crr1_p99_us", "bulk_mbps")
 # per mode, cps16 in each of three rounds; every other figure scales with it
