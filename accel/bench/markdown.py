@@ -32,24 +32,10 @@ def markdown(document: dict) -> str:
         lines += ["", churn_legend(document)]
     budget = budget_rows(document)
     if budget is not None:
-        columns, rows = budget
-        lines += ["", "| program | " + " | ".join(f"{mode} {BUDGET_HEADINGS[kind]}" for mode, kind in columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
-        for name, values in rows:
-            lines.append(f"| {'**total**' if name == 'total' else name} | "
-                         + " | ".join("-" if value is None else BUDGET_FORMATS[kind].format(value)
-                                      for (_, kind), value in zip(columns, values)) + " |")
-        lines += ["", budget_legend(document)]
+        lines += ["", *_rows("program", *budget, BUDGET_HEADINGS, BUDGET_FORMATS), "", budget_legend(document)]
     ops = ops_rows(document)
     if ops is not None:
-        columns, rows = ops
-        lines += ["", "| sockops op | " + " | ".join(f"{mode} {OPS_HEADINGS[kind]}" for mode, kind in columns) + " |",
-                  "|---|" + "---:|" * len(columns)]
-        for name, values in rows:
-            lines.append(f"| {'**total**' if name == 'total' else name} | "
-                         + " | ".join("-" if value is None else OPS_FORMATS[kind].format(value)
-                                      for (_, kind), value in zip(columns, values)) + " |")
-        lines += ["", OPS_LEGEND]
+        lines += ["", *_rows("sockops op", *ops, OPS_HEADINGS, OPS_FORMATS), "", OPS_LEGEND]
     verdicts, kept = target_verdicts(document), scaling_kept(document, "ebpf")
     if verdicts or kept is not None:
         lines += ["", "Targets:", "", "| target | × | 95% CI | rounds | verdict |", "|---|---:|---:|---:|---|"]
@@ -66,3 +52,14 @@ def markdown(document: dict) -> str:
                   "t on the logs of the per-round ratios, both modes measured in the same round). Met or missed: "
                   "the whole interval on one side of the bound."]
     return "\n".join(lines) + "\n"
+
+
+def _rows(first: str, columns: list[tuple[str, str]], rows: list, headings: dict, formats: dict) -> list[str]:
+    """A program_budget table (columns of (mode, kind), rows of (name, values)) as Markdown lines."""
+    lines = [f"| {first} | " + " | ".join(f"{mode} {headings[kind]}" for mode, kind in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for name, values in rows:
+        lines.append(f"| {'**total**' if name == 'total' else name} | "
+                     + " | ".join("-" if value is None else formats[kind].format(value)
+                                  for (_, kind), value in zip(columns, values)) + " |")
+    return lines

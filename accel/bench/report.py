@@ -258,37 +258,33 @@ def target_lines(document: dict) -> list[str]:
 
 
 def _budget_table(document: dict, modes: list[str], titled: bool = True) -> Table:
-    columns, rows = budget_rows(document, modes)
-    table = Table(title=BUDGET_TITLE if titled else None, title_justify="left",
-                  pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
-    table.add_column("program", vertical="bottom")
+    return _rows_table(BUDGET_TITLE if titled else None, "program", *budget_rows(document, modes), BUDGET_HEADINGS,
+                       BUDGET_FORMATS)
+
+
+def _ops_table(document: dict, modes: list[str], titled: bool = True) -> Table:
+    return _rows_table(OPS_TITLE if titled else None, "op", *ops_rows(document, modes), OPS_HEADINGS, OPS_FORMATS)
+
+
+def _rows_table(title: str | None, first: str, columns: list[tuple[str, str]], rows: list, headings: dict,
+                formats: dict) -> Table:
+    """A program_budget table (columns of (mode, kind), rows of (name, values), the last the
+    total) for the terminal: the mode heads its first column, a ratio is coloured."""
+    table = Table(title=title, title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
+    table.add_column(first, vertical="bottom")
     for mode, kind in columns:
-        heading = BUDGET_HEADINGS[kind]
+        heading = headings[kind]
         table.add_column(f"{column_header(mode)}\n{heading}" if kind == "runs" else heading, justify="right",
                          vertical="bottom")
     for index, (name, values) in enumerate(rows):
         cells = [name]
         for (_, kind), value in zip(columns, values):
-            text = "-" if value is None else BUDGET_FORMATS[kind].format(value)
+            text = "-" if value is None else formats[kind].format(value)
             if kind == "ratio" and value is not None:  # less time is better
                 colour = "green" if value < 1 else "red" if value > 1.03 else "default"
                 text = f"[{colour}]{text}[/{colour}]"
             cells.append(text)
         table.add_row(*cells, end_section=index == len(rows) - 2)  # a rule above the total
-    return table
-
-
-def _ops_table(document: dict, modes: list[str], titled: bool = True) -> Table:
-    columns, rows = ops_rows(document, modes)
-    table = Table(title=OPS_TITLE if titled else None, title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
-    table.add_column("op", vertical="bottom")
-    for mode, kind in columns:
-        heading = OPS_HEADINGS[kind]
-        table.add_column(f"{column_header(mode)}\n{heading}" if kind == "runs" else heading, justify="right",
-                         vertical="bottom")
-    for index, (name, values) in enumerate(rows):
-        table.add_row(name, *("-" if value is None else OPS_FORMATS[kind].format(value)
-                              for (_, kind), value in zip(columns, values)), end_section=index == len(rows) - 2)
     return table
 
 
