@@ -14,7 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from accel.ebpf import btf, libbpf, objects
-from accel.ebpf.datapath import BPF_DIR, CFLAGS, Compiled, Datapath
+from accel.ebpf.compiled import BPF_DIR, CFLAGS, Compiled
+from accel.ebpf.datapath import Datapath
 from accel.ebpf.maps import U8x16, mapped, namespace_entries, new_config_id, pod_entries
 from accel.spec import CaptureSpec
 from accel.trace import UNTOUCHED, Flow, Verdict

@@ -12,163 +12,26 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import functools
 import os
-import socket
-import struct
 import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pyroute2 import DiagSocket
-
 from .. import faults, userns
 from ..cgroup import Cgroup
 from ..backends.routes import ALREADY, GONE, passthrough
-from ..process import in_netns, run
+from ..process import run
 from ..spec import CaptureSpec
-from . import btf, libbpf, objects, probe
+from . import libbpf
+from .compiled import Compiled, DatapathError, SharedCompiled
 from .follow import Follower, NamespaceFacts
-from .programs import CGROUP_PROGRAMS, PROGRAMS, SHORTCUT, SK_LOOKUP
-from .maps import (AF_INET, AF_INET6, COUNTERS, IPV6 as IPV6_FLAG, MIRRORS, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
-                   STRUCT_MIRRORS, SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
+from .pod_sockets import netns_cookie, register_listeners
+from .programs import CGROUP_PROGRAMS, SK_LOOKUP
+from .maps import (AF_INET, AF_INET6, COUNTERS, IPV6 as IPV6_FLAG, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
+                   SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
                    NamespaceEntries, PodEntries, PortKey, PrefixKey, ShortcutCounters, Tuple, namespace_entries,
                    new_config_id, pod_entries)
-
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
-# The compilation unit, in order: the map readers first (bcc rewrites map access only in the
-# main source), then one file per hook family.
-SOURCES = ("lookups.c", "connect.c", "shortcut.c", "sockops.c", "sockopt.c", "peername.c", "inbound.c", "dns.c")
-PROGRAM_TYPES = {p.name: (p.prog_type, p.attach_type) for p in PROGRAMS}
-CFLAGS = ("-Wno-unused-function",)
-SO_NETNS_COOKIE = 71
-TCP_LISTEN = 0x0A
-
-
-class DatapathError(RuntimeError):
-    pass
-
-
-def bpf_dir() -> Path:
-    """Where the C sources are: bpf/ of this checkout, or ACCEL_BPF_DIR (another version of them)."""
-    return Path(os.environ.get("ACCEL_BPF_DIR", BPF_DIR))
-
-
-def source_text() -> str:
-    return "".join((bpf_dir() / name).read_text() for name in SOURCES)
-
-
-class Compiled:
-    """One load of the programs and maps (see objects.py), its ctypes mirrors checked."""
-
-    def __init__(self, loaded: objects.Objects):
-        self.objects = loaded
-        try:
-            self.programs = loaded.programs
-            self.maps = {name: loaded.map_fd(name) for name in (*MIRRORS, "listeners", "shortcuts")}
-            self._check_mirrors()
-        except BaseException:
-            loaded.close()
-            raise
-
-    @classmethod
-    def load(cls, adopt: objects.Adopt | None = None) -> Compiled:
-        """From bpf/ (the node's cache, else bcc); `adopt` may hand in existing maps."""
-        try:
-            return cls(objects.load(source_text(), PROGRAM_TYPES, bpf_dir(), CFLAGS, adopt))
-        except objects.ObjectsError as error:
-            raise DatapathError(str(error)) from error
-        except OSError as error:
-            raise DatapathError(f"loading the datapath: {error}") from error
-
-    @classmethod
-    def from_record(cls, path: Path, adopt: objects.Adopt, load_programs: bool = True) -> Compiled:
-        """From a record saved by save_record() (a node's own copy), on existing maps."""
-        try:
-            return cls(objects.load_record(path, adopt, load_programs))
-        except objects.ObjectsError as error:
-            raise DatapathError(str(error)) from error
-        except OSError as error:
-            raise DatapathError(f"loading the datapath from {path}: {error}") from error
-
-    def close(self) -> None:
-        self.objects.close()
-
-    def attach_shortcut(self) -> int:
-        """A link from the short-circuit's sk_msg program to the map of short-circuited sockets
-        (once per load: a map takes one program). Pods without the short-circuit never put a
-        socket into that map, so for them it never runs."""
-        return libbpf.link_create(self.programs[SHORTCUT.name], self.maps["shortcuts"], SHORTCUT.attach_type)
-
-    def _check_mirrors(self):
-        """accel/ebpf/maps.py mirrors bpf/accel.h: refuse to run if they drifted apart, member by
-        member, as the compiler laid the structs out (the object's BTF)."""
-        problems = []
-        for name in MIRRORS:
-            definition = self.objects.maps[name]
-            blob = self.objects.btf.get(definition["btf"] or "")
-            if blob is None:
-                problems.append(f"map {name}: no BTF in the compiled object")
-                continue
-            problems += _mirror_problems(name, blob, definition["btf_key_type_id"], definition["btf_value_type_id"],
-                                         MIRRORS[name])
-        for struct, mirror in STRUCT_MIRRORS.items():
-            found = [(types, type_id) for types in map(objects.decoded_btf, self.objects.btf.values())
-                     if (type_id := types.find(struct, "struct")) is not None]
-            if not found:
-                problems.append(f"struct {struct}: not in the compiled object's BTF")
-            else:
-                problems += [f"struct {struct}: {problem}" for problem in btf.mismatches(*found[0], mirror)]
-        if problems:
-            raise DatapathError("bpf/accel.h and accel/ebpf/maps.py differ: " + "; ".join(problems))
-
-
-@functools.lru_cache(maxsize=64)
-def _mirror_problems(name: str, blob: bytes, key_type: int, value_type: int, mirrors: tuple) -> tuple[str, ...]:
-    """How map `name`'s key and value in `blob` differ from their mirrors (once a process for each)."""
-    types = objects.decoded_btf(blob)
-    return tuple(f"map {name} {side}: {problem}"
-                 for side, type_id, mirror in zip(("key", "value"), (key_type, value_type), mirrors)
-                 for problem in btf.mismatches(types, type_id, mirror))
-
-
-class _Shared:
-    """The process's one Compiled for labs: the datapaths of several labs share programs and maps
-    (pods are keyed by their namespace's cookie), released with the last of them."""
-
-    lock = threading.Lock()
-    compiled: Compiled | None = None
-    users = 0
-
-    shortcut_link: int | None = None
-
-    @classmethod
-    def acquire(cls) -> Compiled:
-        with cls.lock:
-            if cls.compiled is None:
-                compiled = Compiled.load()
-                try:
-                    if not probe.short_circuit_missing():  # else pods that ask for it are refused
-                        cls.shortcut_link = compiled.attach_shortcut()
-                except BaseException:
-                    compiled.close()
-                    raise
-                cls.compiled = compiled
-            cls.users += 1
-            return cls.compiled
-
-    @classmethod
-    def release(cls) -> None:
-        with cls.lock:
-            cls.users -= 1
-            if cls.users == 0 and cls.compiled is not None:
-                if cls.shortcut_link is not None:  # short-circuited sockets keep the program until they close
-                    os.close(cls.shortcut_link)
-                    cls.shortcut_link = None
-                cls.compiled.close()
-                cls.compiled = None
-
 
 @dataclass
 class PodHandle:
@@ -201,7 +64,7 @@ class Datapath:
     @classmethod
     def attach(cls, cgroup: Cgroup) -> Datapath:
         """The process's shared programs, attached at `cgroup` with links of this datapath's own."""
-        datapath = cls(_Shared.acquire(), cgroup=cgroup, release=_Shared.release)
+        datapath = cls(SharedCompiled.acquire(), cgroup=cgroup, release=SharedCompiled.release)
         try:
             datapath.links = attach_links(datapath.compiled, cgroup.path)
         except BaseException:
@@ -476,29 +339,6 @@ class Datapath:
         return len(libbpf.map_keys(self.compiled.maps["handoffs"], Tuple))
 
 
-def register_listeners(listeners_map: int, netns: str, cookie: int, pod: Pod) -> None:
-    """Register the proxy's sockets listening already on its outbound and inbound ports (held by
-    a process of its uids or gids: the test sockops applies to a socket that starts listening
-    later), taken from their process with pidfd_getfd."""
-    uids, gids = set(pod.uids[:pod.n_uids]), set(pod.gids[:pod.n_gids])
-    for port in sorted({pod.proxy_port, pod.inbound_port}):
-        families = set()
-        for family, inode in in_netns(netns, _listening_sockets, port):
-            if family in families:
-                continue  # one socket a family and port (a reuseport group: the kernel picks among it)
-            for pid, fd, uid, gid in _socket_holders(netns, inode):
-                if uid not in uids and gid not in gids:
-                    continue
-                copy = libbpf.pidfd_getfd(pid, fd)
-                try:
-                    libbpf.map_update(listeners_map, ListenerKey(netns=cookie, family=family, port=port),
-                                      ctypes.c_uint32(copy))
-                finally:
-                    os.close(copy)
-                families.add(family)
-                break
-
-
 def _pod_routing(netns: str, ipv6: bool, verb: str) -> None:
     """What istio-iptables sets up beside its rules that eBPF needs too (backends/routes.py): on
     an IPv6 pod, ::6 on lo. A namespace gone already has nothing to remove."""
@@ -536,48 +376,3 @@ def read_counters(counters_map: int, cookie: int, shortcut_map: int | None = Non
         counted.update({f"shortcut_{name}": sum(getattr(cpu, name) for cpu in carried) if carried else 0
                         for name in SHORTCUT_COUNTERS})
     return counted
-
-
-# -- facts about a pod's namespace, read from inside it ---------------------------------------
-
-def netns_cookie(netns: str) -> int:
-    """The cookie of a network namespace, as bpf_get_netns_cookie() gives it."""
-    return in_netns(netns, _netns_cookie)
-
-
-def _netns_cookie() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        return struct.unpack("Q", probe.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
-
-
-def _listening_sockets(port: int) -> list[tuple[int, int]]:
-    """(family, socket inode) of TCP sockets listening on `port`, in this thread's namespace. By
-    sock_diag, which walks only the listening hash: /proc/net/tcp walks every bucket of the
-    node-wide established hash (about 10 ms on a large host, twice a pod add)."""
-    found = []
-    with DiagSocket() as diag:  # made in the calling thread, which is in the namespace
-        diag.bind()
-        for family in (AF_INET, AF_INET6):
-            for sock in diag.get_sock_stats(family=family, states=1 << TCP_LISTEN):
-                if sock["idiag_sport"] == port:
-                    found.append((family, sock["idiag_inode"]))
-    return found
-
-
-def _socket_holders(netns: str, inode: int):
-    """(pid, fd, real uid, real gid) of processes in the namespace holding the socket with this
-    inode; the ids as the node sees them."""
-    namespace = os.stat(userns.netns_path(netns)).st_ino
-    target = f"socket:[{inode}]"
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino != namespace:
-                continue
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                                  if ":" in line)
-                    yield int(pid), int(fd), int(status["Uid"].split()[0]), int(status["Gid"].split()[0])
-                    break
-        except OSError:
-            continue

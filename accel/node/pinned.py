@@ -26,7 +26,9 @@ from pathlib import Path
 
 from .. import faults, inputs, userns
 from ..ebpf import libbpf, objects
-from ..ebpf.datapath import Compiled, Datapath, DatapathError, attach_links, register_listeners
+from ..ebpf.compiled import Compiled
+from ..ebpf.datapath import Datapath, DatapathError, attach_links
+from ..ebpf.pod_sockets import register_listeners
 from ..ebpf.follow import read_facts
 from ..ebpf.maps import POD_NETNS_PLACEHOLDER, Pod, namespace_entries, pod_entries
 from ..ebpf.programs import CGROUP_PROGRAMS, LINKED_PROGRAMS, SHORTCUT, SK_LOOKUP

@@ -112,32 +112,32 @@ def test_headers_count_by_content_not_by_place(cache, tmp_path):
 def test_the_mirrors_are_checked_member_by_member_against_the_compiled_btf(monkeypatch):
     """A mirror whose members sit at other offsets than the compiler chose is refused by name,
     even when its size is right."""
-    from accel.ebpf import datapath, maps
+    from accel.ebpf import compiled, maps
 
     class Drifted(ctypes.Structure):  # Origin with kind and port swapped: same size, other layout
         _fields_ = [("addr", maps.U8x16), ("kind", ctypes.c_uint8), ("role", ctypes.c_uint8),
                     ("port", ctypes.c_uint16), ("pad", ctypes.c_uint8 * 4)]
 
     assert ctypes.sizeof(Drifted) == ctypes.sizeof(maps.Origin)
-    monkeypatch.setitem(datapath.MIRRORS, "handoffs", (maps.Tuple, Drifted))
-    with pytest.raises(datapath.DatapathError, match="map handoffs value: member kind: offset 18 in the BPF "
+    monkeypatch.setitem(maps.MIRRORS, "handoffs", (maps.Tuple, Drifted))
+    with pytest.raises(compiled.DatapathError, match="map handoffs value: member kind: offset 18 in the BPF "
                                                       "object, 16 in the mirror"):
-        datapath.Compiled.load()
+        compiled.Compiled.load()
 
 
 def test_a_struct_mirror_without_a_map_btf_is_checked_by_its_name(monkeypatch):
     """`listeners` is a hand-declared sockhash with no BTF of its own: its key's mirror is checked
     against the struct of that name, and a drifted one is refused."""
-    from accel.ebpf import datapath, maps
+    from accel.ebpf import compiled, maps
 
     class Drifted(ctypes.Structure):  # ListenerKey with port and pad swapped: same size, other layout
         _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("pad", ctypes.c_uint16),
                     ("port", ctypes.c_uint16)]
 
-    monkeypatch.setitem(datapath.STRUCT_MIRRORS, "accel_listener_key", Drifted)
-    with pytest.raises(datapath.DatapathError, match="struct accel_listener_key: member port: offset 12 in the "
+    monkeypatch.setitem(maps.STRUCT_MIRRORS, "accel_listener_key", Drifted)
+    with pytest.raises(compiled.DatapathError, match="struct accel_listener_key: member port: offset 12 in the "
                                                       "BPF object, 14 in the mirror"):
-        datapath.Compiled.load()
+        compiled.Compiled.load()
 
 
 def test_the_datapath_captures_when_loaded_from_the_cache(cache):

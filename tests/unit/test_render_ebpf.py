@@ -8,7 +8,7 @@ from hypothesis import given
 
 from accel import inputs
 from accel.cli import main
-from accel.ebpf.datapath import BPF_DIR, SOURCES
+from accel.ebpf.compiled import BPF_DIR, SOURCES
 from accel.render import render_ebpf, render_text
 from accel.spec import WILDCARD
 from tests.strategies import capture_specs
