@@ -23,8 +23,6 @@ import json
 import os
 import pwd
 import grp
-import ipaddress
-import re
 import shutil
 import socket
 import subprocess
@@ -39,46 +37,17 @@ from pyroute2 import NetNS as Netlink  # a netlink socket in a named namespace
 from .. import cancel, faults, process
 from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
-from ..netns import Netns, existing_names, unique_name
-from ..node.paths import NodeError, mounts_under, unmount
+from ..netns import Netns, unique_name
+from .plan import NODE_V4, NODE_V6, OTHER_DNS, POD_ADDRESSES, SCALE_SIDECAR, SCALE_V4, LabPlan, MeshedPod, Pod, \
+    SidecarConfig
 
 LAB_PREFIX = "accel-lab"
-# Every prefix a run of accel names its objects with; the PID of the run follows the prefix.
-RUN_PREFIXES = ("accel-lab", "accel-bench", "accel-scratch", "accel-demo", "accel-test", "accel-soak")
 AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to each lab as one zipapp
 PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
 IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
 CLIENT_GRACE = 30  # seconds a client may run past its own timeout before it is killed
 AGENT_START = 60  # seconds an agent may take to say it is ready (it takes ~50 ms; this is for a stalled machine)
 
-NODE_V4, NODE_V6 = "198.18.0.1", "2001:db8:18::1"
-POD_ADDRESSES = {
-    "pod": ("198.18.0.10", "2001:db8:18::10"),
-    "userns-pod": ("198.18.0.11", "2001:db8:18::11"),
-    "v6-listener-pod": ("198.18.0.12", "2001:db8:18::12"),
-    "remote": ("198.18.0.20", "2001:db8:18::20"),
-    "dns": ("198.18.0.53", "2001:db8:18::53"),
-}
-OTHER_DNS = ("198.18.0.54", "2001:db8:18::54")  # a DNS server that is not the pod's resolver
-SCALE_V4 = ipaddress.ip_network("198.18.64.0/18")  # the scale pods' subnet on the bridge, the node .1
-SCALE_SIDECAR = """global
-    nbthread 1
-    maxconn 200
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend outbound
-    bind :{outbound}
-    default_backend original
-frontend inbound
-    bind :{inbound}
-    default_backend original
-backend original
-    server s 0.0.0.0:0
-"""
-LAB_NETWORKS = ("198.18.0.0/24", "2001:db8:18::/64", str(SCALE_V4))
 NAMESPACE_SYSCTLS = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
                      "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
                      # no duplicate address detection: link-local addresses are usable at once
@@ -87,56 +56,6 @@ NAMESPACE_SYSCTLS = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.
 
 class LabError(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class SidecarConfig:
-    outbound_port: int
-    inbound_port: int
-    dns_port: int
-    uid: int
-    gid: int
-    transparent: bool = False  # TPROXY: the inbound listener accepts for any address
-
-
-@dataclass(frozen=True)
-class MeshedPod:
-    """A pod under test: app servers on the plan's pod ports and, if the plan has one, a sidecar."""
-
-    role: str = "pod"
-    userns: bool = False  # a user namespace of its own: its ids are others on the node
-    inbound_families: tuple[int, ...] = (4, 6)  # the sidecar's inbound listeners
-
-
-@dataclass(frozen=True)
-class LabPlan:
-    ipv6: bool = False
-    pod_tcp_ports: tuple[int, ...] = (8080,)
-    remote_tcp_ports: tuple[int, ...] = (8080,)
-    remote_udp_ports: tuple[int, ...] = ()
-    service_addresses: tuple[str, ...] = ()  # answered by the remote pod, routed by the node
-    sidecar: SidecarConfig | None = None
-    recording_agents: bool = True  # False: bare pods (pod, remote) for processes of one's own
-    meshed: tuple[MeshedPod, ...] = (MeshedPod(),)
-    pod_local_addresses: tuple[str, ...] = ()  # more addresses on the pod's lo (CIDRs)
-    pod_dns_ports: tuple[int, ...] = ()  # DNS servers in the pods under test
-    # More pods, cheap ones for node scale (scale-1, scale-2, ...): a namespace, a cgroup and a
-    # minimal sidecar (HAProxy as the proxy uid on the outbound and inbound ports), from SCALE_V4.
-    scale_pods: int = 0
-
-
-@dataclass
-class Pod:
-    role: str
-    netns: str
-    cgroup: Cgroup
-    ipv4: str
-    ipv6: str | None
-    node_cgroup: Cgroup | None = None  # the cgroup above every pod: where node-wide BPF attaches
-    userns: bool = False  # processes of the pod live in the user namespace owning its netns
-
-    def address(self, version: int) -> str:
-        return self.ipv4 if version == 4 else self.ipv6
 
 
 @dataclass
@@ -500,58 +419,6 @@ def ensure_proxy_user():
     except KeyError:
         process.run(["useradd", "--system", "--uid", str(PROXY_UID), "--gid", str(PROXY_GID),
                      "--no-create-home", "--shell", "/usr/sbin/nologin", PROXY_USER], check=True)
-
-
-def _owner(name: str) -> int | None:
-    """The PID in an accel object's name (PREFIX-PID-RANDOM...), if it has one."""
-    for prefix in RUN_PREFIXES:
-        match = re.match(rf"{re.escape(prefix)}-(\d+)-", name)
-        if match:
-            return int(match.group(1))
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def leftovers(pid: int | None = None) -> dict[str, list[str]]:
-    """Network namespaces, cgroups and directories that accel runs made: those of process `pid`
-    (a test checking what its own run left), or else those whose process no longer exists (what
-    a crashed run left). Objects of live runs are never listed: other runs may share the machine."""
-    def mine(name: str) -> bool:
-        owner = _owner(name)
-        return owner is not None and (owner == pid if pid is not None else not _alive(owner))
-
-    root = cgroup2_mount()
-    return {
-        "namespaces": sorted(n for n in existing_names() if mine(n)),
-        "cgroups": sorted(str(p) for p in root.iterdir() if p.is_dir() and mine(p.name)),
-        "directories": sorted(str(p) for p in Path("/tmp").iterdir() if p.is_dir() and mine(p.name)),
-    }
-
-
-def cleanup_leftovers() -> dict[str, list[str]]:
-    """Remove what dead runs left (leftovers()): processes in their cgroups first, then the rest."""
-    found = leftovers()
-    for path in found["cgroups"]:
-        Cgroup(Path(path)).remove()
-    for name in found["namespaces"]:
-        Netns(name).remove()
-    for path in found["directories"]:
-        for mount_point in mounts_under(Path(path)):  # a test node's bpffs
-            try:
-                unmount(mount_point)
-            except NodeError:
-                pass
-        shutil.rmtree(path, ignore_errors=True)
-    return found
 
 
 def free_port() -> int:

@@ -20,7 +20,8 @@ from accel.backends import get_backend
 from accel.bench.mesh import CLIENT, SERVER, Mesh
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.lab.agent.stream import pattern
-from accel.lab.lab import POD_ADDRESSES, wait_for
+from accel.lab import POD_ADDRESSES
+from accel.lab.lab import wait_for
 from accel.netns import unique_name
 
 pytestmark = pytest.mark.privileged
