@@ -21,14 +21,13 @@ Understood, and nothing else (anything else is a TraceError naming the line):
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from .. import constants as c
-from .model import UNTOUCHED, Flow, Kind, TraceError, Verdict
+from .model import UNTOUCHED, Flow, Kind, TraceError, Verdict, group_id
 from .walk import ACCEPT, CONTINUE, DROP, GOTO, JUMP, OUTPUT, PREROUTING, RETURN, Base, Packet, Rule, check, trace
 
 # Each table's built-in chains, and the priority its hooks run it at (NF_IP_PRI_*).
@@ -155,14 +154,7 @@ class IptablesTracer:
     def _gid(self, name: str, where: str) -> int:
         if name.isdigit():
             return int(name)
-        if self._group_ids is not None:
-            if name not in self._group_ids:
-                raise TraceError(where, f"group {name!r} does not resolve (not in group_ids)")
-            return self._group_ids[name]
-        try:
-            return grp.getgrnam(name).gr_gid
-        except KeyError:
-            raise TraceError(where, f"group {name!r} does not resolve on this machine") from None
+        return group_id(name, self._group_ids, where)
 
     def _rule(self, table: _Table, chain: str, words: list[str], where: str, family: _Family) -> Rule:
         steps: list = []

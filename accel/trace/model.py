@@ -8,7 +8,9 @@ a specification of the capture, and two renderings can be compared flow by flow.
 from __future__ import annotations
 
 import enum
+import grp
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -142,3 +144,16 @@ class Verdict:
 
 UNTOUCHED = Verdict(Kind.UNTOUCHED)
 DROPPED = Verdict(Kind.DROP)
+
+
+def group_id(name: str, group_ids: Mapping[str, int] | None, where: str) -> int:
+    """A group name as an owner match resolves it: from `group_ids` when given (a test's own
+    groups), else from this machine's group database."""
+    if group_ids is not None:
+        if name not in group_ids:
+            raise TraceError(where, f"group {name!r} does not resolve (not in group_ids)")
+        return group_ids[name]
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise TraceError(where, f"group {name!r} does not resolve on this machine") from None

@@ -22,14 +22,14 @@ Understood, and nothing else (anything else is a TraceError naming the line):
 
 from __future__ import annotations
 
-import grp
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
 from .. import constants as c
-from .model import Flow, Kind, TraceError, Verdict
+from .model import Flow, Kind, TraceError, Verdict, group_id
+from .nft_words import (BARE_NAME, KEYWORDS, Token, member_matches, read_colon_port, read_interface, read_mark,
+                        read_name, read_network, read_port, read_proto, read_uid, split_tokens)
 from .walk import (ACCEPT, CONNTRACK_PRIORITY, CONTINUE, DROP, GOTO, JUMP, OUTPUT, PREROUTING, RETURN, Base, Packet,
                    Rule, check, trace)
 
@@ -40,19 +40,6 @@ REDIRECT_KIND = {c.NFT_CHAIN_REDIRECT: Kind.OUTBOUND, c.NFT_CHAIN_IN_REDIRECT: K
                  c.NFT_CHAIN_OUTPUT_DNS: Kind.DNS}
 SET_TYPES = {"inet_service": "port", "ipv4_addr": 4, "ipv6_addr": 6}
 CT_STATES = {"new", "established", "related", "invalid", "untracked"}
-# The words of the grammar above: never a bare name (nft would read them as the grammar).
-KEYWORDS = frozenset("""accept drop return jump goto counter redirect tproxy to meta l4proto ip ip6 saddr daddr tcp
-    udp dport sport skuid skgid mark ct state zone set iifname oifname index type hook priority flags interval
-    auto-merge table chain rule element inet add insert flush""".split())
-_BARE_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
-_NUMBER = re.compile(r"0x[0-9a-fA-F]+|[0-9]+")
-_TOKEN = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([{},;])|([^\s{},;"]+))')
-
-
-@dataclass(frozen=True)
-class _Token:
-    text: str
-    quoted: bool = False
 
 
 @dataclass
@@ -77,20 +64,6 @@ class _Table:
     sets: dict[str, _Set] = field(default_factory=dict)
 
 
-def _tokens(text: str, where: str) -> list[_Token]:
-    tokens, position = [], 0
-    while position < len(text):
-        if text[position:].strip() == "":
-            break
-        match = _TOKEN.match(text, position)
-        if not match:
-            raise TraceError(where, f"cannot read {text[position:]!r}")
-        position = match.end()
-        quoted, punctuation, word = match.groups()
-        tokens.append(_Token(quoted, True) if quoted is not None else _Token(punctuation or word))
-    return tokens
-
-
 class NftablesTracer:
     """Parses an nft -f transaction once; trace() walks it for one flow.
 
@@ -104,7 +77,7 @@ class NftablesTracer:
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.strip()
             if line and not line.startswith("#"):
-                self._command(_tokens(line, f"line {number}: {line}"), f"line {number}: {line}")
+                self._command(split_tokens(line, f"line {number}: {line}"), f"line {number}: {line}")
         self.bases = [Base(f"inet {table.name}", hook, priority, kind == "nat", table.chains, chain, where)
                       for table in self.tables.values()
                       for chain, (kind, hook, priority, where) in table.hooks.items()]
@@ -114,7 +87,7 @@ class NftablesTracer:
         return trace(self.bases, flow)
 
     # -- commands -------------------------------------------------------------------------------
-    def _command(self, tokens: list[_Token], where: str):
+    def _command(self, tokens: list[Token], where: str):
         words = [t.text for t in tokens]
         if len(words) < 3 or words[2] != "inet":
             raise TraceError(where, "only commands on family inet tables are understood")
@@ -163,7 +136,7 @@ class NftablesTracer:
             raise TraceError(where, "not a command accel's nft transactions have")
 
     def _chain(self, table: _Table, name: str, words: list[str], where: str):
-        if not _BARE_NAME.fullmatch(name) or name in KEYWORDS:
+        if not BARE_NAME.fullmatch(name) or name in KEYWORDS:
             raise TraceError(where, f"chain name {name!r} is not understood")
         if not words:
             if name in table.hooks:
@@ -197,19 +170,19 @@ class NftablesTracer:
             raise TraceError(where, "auto-merge needs flags interval")
         table.sets[name] = _Set(SET_TYPES[match.group(1)], interval, where)
 
-    def _elements(self, tokens: list[_Token], kind, interval: bool, where: str) -> list:
+    def _elements(self, tokens: list[Token], kind, interval: bool, where: str) -> list:
         values, rest = self._braced(tokens, where)
         if rest:
             raise TraceError(where, "words after the elements are not understood")
         if kind == "port":
-            return [_port(v.text, where) for v in values]
-        networks = [_network(v.text, kind, where) for v in values]
+            return [read_port(v.text, where) for v in values]
+        networks = [read_network(v.text, kind, where) for v in values]
         if not interval and any(n.prefixlen != n.max_prefixlen for n in networks):
             raise TraceError(where, "a prefix in a set without flags interval")
         return networks
 
     @staticmethod
-    def _braced(tokens: list[_Token], where: str) -> tuple[list[_Token], list[_Token]]:
+    def _braced(tokens: list[Token], where: str) -> tuple[list[Token], list[Token]]:
         """{ a, b, ... } at the start of tokens: the elements and what follows."""
         if not tokens or tokens[0].text != "{" or tokens[0].quoted:
             raise TraceError(where, "expected { ... }")
@@ -224,7 +197,7 @@ class NftablesTracer:
         return values, tokens[end + 1:]
 
     # -- rules ----------------------------------------------------------------------------------
-    def _rule(self, table: _Table, chain: str, tokens: list[_Token], where: str) -> Rule:
+    def _rule(self, table: _Table, chain: str, tokens: list[Token], where: str) -> Rule:
         steps: list[Callable[[Packet], bool]] = []
         requires: list[tuple[str, str]] = []
         action, target = CONTINUE, None
@@ -261,7 +234,7 @@ class NftablesTracer:
                 values, rest = self._braced(tokens[i:], where)
                 i = len(tokens) - len(rest)
                 members = [parse(v) for v in values]
-                return lambda actual: any(_member(actual, m) for m in members)
+                return lambda actual: any(member_matches(actual, m) for m in members)
             i += 1
             if token.text.startswith("@") and not token.quoted:
                 name = token.text[1:]
@@ -270,7 +243,7 @@ class NftablesTracer:
                 named = table.sets[name]
                 return lambda actual: actual in named, named
             member = parse(token)
-            return lambda actual: _member(actual, member)
+            return lambda actual: member_matches(actual, member)
 
         def match(get, parse, negate: bool, set_kind=None, dependency=None):
             test = value(parse)
@@ -298,7 +271,7 @@ class NftablesTracer:
                 action = JUMP if keyword == "jump" else GOTO
             elif keyword == "redirect":
                 word("to")
-                port = _colon_port(word(), where)
+                port = read_colon_port(word(), where)
                 if not l4:
                     raise TraceError(where, "redirect to :PORT needs a transport protocol match before it")
                 if chain not in REDIRECT_KIND:
@@ -313,7 +286,7 @@ class NftablesTracer:
                 if version is None:
                     raise TraceError(where, "only tproxy ip|ip6 to :PORT is understood")
                 word("to")
-                port = _colon_port(word(), where)
+                port = read_colon_port(word(), where)
                 if not l4:
                     raise TraceError(where, "tproxy needs a transport protocol match before it")
                 requires.append((PREROUTING, "tproxy is valid in prerouting only"))
@@ -328,18 +301,18 @@ class NftablesTracer:
                 attribute, hook = ("iif", PREROUTING) if keyword == "iifname" else ("oif", OUTPUT)
                 requires.append((hook, f"{keyword} is only understood in {hook}"))
                 negate = negation()
-                match(lambda p, a=attribute: getattr(p, a), lambda t: _interface(t, where), negate)
+                match(lambda p, a=attribute: getattr(p, a), lambda t: read_interface(t, where), negate)
             elif keyword in ("skuid", "skgid", "mark") or keyword == "meta":
                 selector = word() if keyword == "meta" else keyword
                 if selector == "l4proto":
                     negate = negation()
-                    match(lambda p: p.proto, lambda t: _proto(t, where), negate)
+                    match(lambda p: p.proto, lambda t: read_proto(t, where), negate)
                     l4 = l4 or not negate
                 elif selector in ("skuid", "skgid"):
                     requires.append((OUTPUT, f"{selector}: only a local socket has an owner (output)"))
                     negate = negation()
                     if selector == "skuid":
-                        match(lambda p: p.uid, lambda t: _uid(t, where), negate)
+                        match(lambda p: p.uid, lambda t: read_uid(t, where), negate)
                     else:  # the socket's fsgid only: supplementary groups never count
                         match(lambda p: p.gid, lambda t: self._gid(t, where), negate)
                 elif selector == "mark" and i < len(tokens) and tokens[i].text == "set":
@@ -351,11 +324,11 @@ class NftablesTracer:
                         word("mark")
                         steps.append(lambda p: setattr(p, "mark", p.ctmark) or True)
                     else:
-                        mark = _mark(word(), where)
+                        mark = read_mark(word(), where)
                         steps.append(lambda p, mark=mark: setattr(p, "mark", mark) or True)
                 elif selector == "mark":
                     negate = negation()
-                    match(lambda p: p.mark, lambda t: _mark(t.text, where), negate)
+                    match(lambda p: p.mark, lambda t: read_mark(t.text, where), negate)
                 else:
                     raise TraceError(where, f"meta {selector} is not understood")
             elif keyword in ("ip", "ip6"):
@@ -365,14 +338,14 @@ class NftablesTracer:
                     raise TraceError(where, f"{keyword} {field_} is not understood")
                 negate = negation()
                 match(lambda p, a="src" if field_ == "saddr" else "dst": getattr(p, a),
-                      lambda t, v=version: _network(t.text, v, where), negate, version,
+                      lambda t, v=version: read_network(t.text, v, where), negate, version,
                       dependency=lambda p, v=version: p.family == v)
             elif keyword in ("tcp", "udp"):
                 field_ = word()
                 if field_ not in ("dport", "sport"):
                     raise TraceError(where, f"{keyword} {field_} is not understood")
                 negate = negation()
-                match(lambda p, a=field_: getattr(p, a), lambda t: _port(t.text, where), negate, "port",
+                match(lambda p, a=field_: getattr(p, a), lambda t: read_port(t.text, where), negate, "port",
                       dependency=lambda p, proto=keyword: p.proto == proto)
                 l4 = True  # the dependency holds whatever the comparison
             elif keyword == "ct":
@@ -388,7 +361,7 @@ class NftablesTracer:
                     steps.append(lambda p: setattr(p, "ctmark", p.mark) or True)
                 elif selector == "mark":
                     negate = negation()
-                    match(lambda p: p.ctmark, lambda t: _mark(t.text, where), negate)
+                    match(lambda p: p.ctmark, lambda t: read_mark(t.text, where), negate)
                 elif selector == "zone":
                     word("set")
                     zone = word()
@@ -402,7 +375,7 @@ class NftablesTracer:
         return Rule(where, tuple(steps), action, target, tuple(requires))
 
     @staticmethod
-    def _states(tokens: list[_Token], i: int, where: str) -> frozenset[str]:
+    def _states(tokens: list[Token], i: int, where: str) -> frozenset[str]:
         """ct state STATE[,STATE...] (the tokenizer splits at the commas)."""
         states = []
         while True:
@@ -414,99 +387,12 @@ class NftablesTracer:
                 continue
             return frozenset(states)
 
-    def _gid(self, token: _Token, where: str) -> int:
+    def _gid(self, token: Token, where: str) -> int:
         text = token.text
         if text.isdigit() and not token.quoted:
             return int(text)
-        name = _name(token, where)
-        if self._group_ids is not None:
-            if name not in self._group_ids:
-                raise TraceError(where, f"group {name!r} does not resolve (not in group_ids)")
-            return self._group_ids[name]
-        try:
-            return grp.getgrnam(name).gr_gid
-        except KeyError:
-            raise TraceError(where, f"group {name!r} does not resolve on this machine") from None
-
-
-@dataclass(frozen=True)
-class _Interface:
-    """An interface name as nft matches it: a quoted name ending in * is a prefix."""
-
-    name: str
-    prefix: bool = False
-
-    def matches(self, actual: str | None) -> bool:
-        if actual is None:  # an interface no rule names
-            return False
-        return actual.startswith(self.name) if self.prefix else actual == self.name
-
-
-def _member(actual, member) -> bool:
-    if isinstance(member, _Interface):
-        return member.matches(actual)
-    if isinstance(member, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        return actual in member
-    return actual == member
-
-
-def _name(token: _Token, where: str) -> str:
-    """A name as nft reads it: quoted, or bare when nft's scanner sees a plain string there (a
-    keyword or a number in that place would be read as grammar)."""
-    if token.quoted:
-        if "\\" in token.text:
-            raise TraceError(where, f"escapes in {token.text!r} are not understood")
-        return token.text
-    if not _BARE_NAME.fullmatch(token.text) or token.text in KEYWORDS:
-        raise TraceError(where, f"{token.text!r} is not a name nft reads bare (it must be quoted)")
-    return token.text
-
-
-def _interface(token: _Token, where: str) -> _Interface:
-    name = _name(token, where)
-    if token.quoted and name.endswith("*"):  # nft's wildcard
-        return _Interface(name[:-1], prefix=True)
-    return _Interface(name)
-
-
-def _proto(token: _Token, where: str) -> str:
-    if token.quoted or token.text not in ("tcp", "udp"):
-        raise TraceError(where, f"l4proto {token.text!r} is not understood")
-    return token.text
-
-
-def _uid(token: _Token, where: str) -> int:
-    if token.quoted or not token.text.isdigit():
-        raise TraceError(where, f"skuid {token.text!r}: only numeric uids are understood")
-    return int(token.text)
-
-
-def _port(text: str, where: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise TraceError(where, f"{text!r} is not a port (ranges are not understood)")
-    return int(text)
-
-
-def _colon_port(text: str, where: str) -> int:
-    if not text.startswith(":"):
-        raise TraceError(where, f"only to :PORT is understood, not {text!r}")
-    return _port(text[1:], where)
-
-
-def _mark(text: str, where: str) -> int:
-    if not _NUMBER.fullmatch(text) or int(text, 0) > 0xFFFFFFFF:
-        raise TraceError(where, f"{text!r} is not a 32-bit mark")
-    return int(text, 0)
-
-
-def _network(text: str, version: int, where: str):
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        raise TraceError(where, f"{text!r} is not an address or prefix") from None
-    if network.version != version:
-        raise TraceError(where, f"{text} is not an IPv{version} address")
-    return network
+        name = read_name(token, where)
+        return group_id(name, self._group_ids, where)
 
 
 def trace_nftables(text: str, flow: Flow, *, group_ids: Mapping[str, int] | None = None) -> Verdict:
