@@ -7,6 +7,7 @@ import ipaddress
 import pwd
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Mapping
 
 from .. import constants as c
@@ -26,44 +27,17 @@ class Field:
     boolean: bool = False
 
 
-def _ports(text, label):
-    return s.parse_ports(text, label)
-
-
-def _ports_or_all(text, label):
-    return s.parse_ports(text, label, wildcard=True)
-
-
-def _uids(text, label):
-    return s.parse_ids(text, label, "uid")
-
-
-def _gids(text, label):
-    return s.parse_ids(text, label, "gid")
-
-
-def _cidrs(text, label):
-    return s.parse_cidrs(text, label)
-
-
-def _cidrs_or_all(text, label):
-    return s.parse_cidrs(text, label, wildcard=True)
-
-
-def _mark(text, label):
-    return s.parse_uint32(text, label, "packet mark")
-
-
-def _table(text, label):
-    return s.parse_uint32(text, label, "route table")
-
-
-def _groups_or_all(text, label):
-    return s.parse_groups(text, label, wildcard=True)
-
-
-def _groups(text, label):
-    return s.parse_groups(text, label)
+# The parsers of the option texts, each called as parse(text, field label).
+_ports = s.parse_ports
+_ports_or_all = partial(s.parse_ports, wildcard=True)
+_uids = partial(s.parse_ids, what="uid")
+_gids = partial(s.parse_ids, what="gid")
+_cidrs = s.parse_cidrs
+_cidrs_or_all = partial(s.parse_cidrs, wildcard=True)
+_mark = partial(s.parse_uint32, what="packet mark")
+_table = partial(s.parse_uint32, what="route table")
+_groups = s.parse_groups
+_groups_or_all = partial(s.parse_groups, wildcard=True)
 
 
 def _ignored(text, label):
