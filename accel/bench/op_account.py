@@ -102,7 +102,7 @@ class OpAccountError(RuntimeError):
 
 
 class OpAccount:
-    """The bracketing programs, loaded; link() them around a run, then read()."""
+    """The bracketing programs, loaded; linked() around a run, then read()."""
 
     def __init__(self):
         try:

@@ -64,6 +64,7 @@ def budget_rows(document: dict, shown: list[str] | None = None) \
     rows.append(("total", [cell(mode, kind, None) for mode, kind in columns]))
     return columns, rows
 
+
 BUDGET_FORMATS = {"runs": "{:.1f}", "us": "{:.2f}", "before": "{:.2f}", "ratio": "{:.2f}×"}
 
 BUDGET_HEADINGS = {"runs": "runs/conn", "us": "µs/conn", "before": "before", "ratio": "×"}
@@ -82,8 +83,8 @@ def ops_rows(document: dict, shown: list[str] | None = None) \
     columns ((mode, kind): runs, ns a run, µs a connection, and "before", the baseline's runs, for
     modes the baseline has) and rows (op, a value per column), the costliest first, then "total".
     None without an account."""
-    modes = {mode: budget["sockops_ops"] for mode, budget in ((document.get("budget") or {}).get("modes") or {}).items()
-             if budget.get("sockops_ops") and (shown is None or mode in shown)}
+    budgets = (document.get("budget") or {}).get("modes") or {}
+    modes = {mode: budgets[mode]["sockops_ops"] for mode in ops_modes(document) if shown is None or mode in shown}
     if not modes:
         return None
     before = {mode: budget["sockops_ops"] for mode, budget in
@@ -110,11 +111,13 @@ def ops_rows(document: dict, shown: list[str] | None = None) \
     rows.append(("total", [cell(mode, kind, None) for mode, kind in columns]))
     return columns, rows
 
+
 OPS_FORMATS = {"runs": "{:.1f}", "ns_per_run": "{:,.0f}", "us": "{:.2f}", "before": "{:.1f}"}
 
 OPS_HEADINGS = {"runs": "calls/conn", "ns_per_run": "ns/call", "us": "µs/conn", "before": "calls before"}
 
 
 def ops_modes(document: dict) -> list[str]:
+    """The modes whose budget has a sockops account."""
     return [mode for mode, budget in ((document.get("budget") or {}).get("modes") or {}).items()
             if budget.get("sockops_ops")]

@@ -210,8 +210,9 @@ def print_report(document: dict, console: Console | None = None) -> None:
         _print_fitted(console, BUDGET_TITLE, _fitted(console, budgeted, lambda modes, titled:
                                                      _budget_table(document, modes, titled)))
         console.print(f"[dim]{budget_legend(document)}[/dim]")
-    if ops_modes(document):
-        _print_fitted(console, OPS_TITLE, _fitted(console, ops_modes(document), lambda modes, titled:
+    accounted = ops_modes(document)
+    if accounted:
+        _print_fitted(console, OPS_TITLE, _fitted(console, accounted, lambda modes, titled:
                                                   _ops_table(document, modes, titled)))
         console.print(f"[dim]{OPS_LEGEND}[/dim]")
 
