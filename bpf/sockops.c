@@ -56,9 +56,9 @@ static __always_inline void on_connect(struct bpf_sock_ops *skops)
 /* The app's redirected socket changed state (only it watches, from on_connect). Its record is
  * usually gone already, moved to the proxy's side at PASSIVE_ESTABLISHED: then the watch ends at
  * the first change after ESTABLISHED, two callbacks in all rather than one a state up to the
- * close. While the record
- * waits (the proxy's side not yet established), the close removes it. ESTABLISHED comes before
- * the proxy's side exists (SYN-ACK, then the final ACK): nothing to ask yet. */
+ * close. While the record waits (the proxy's side not yet established), the close removes it.
+ * ESTABLISHED comes before the proxy's side exists (SYN-ACK, then the final ACK): nothing to ask
+ * yet. */
 static __always_inline void on_state(struct bpf_sock_ops *skops)
 {
 	__u32 state = skops->args[1];
