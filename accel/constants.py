@@ -32,9 +32,24 @@ HOST_IPV4_LOOPBACK_CIDR = "127.0.0.1/32"  # ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR's 
 
 # -- the stock capture ------------------------------------------------------------------------
 # What Istio's sidecar injector gives istio-init (istio-iptables) for a plain pod.
-ISTIO_INIT_DEFAULT_ARGS = ("-p", str(PROXY_PORT), "-z", str(INBOUND_CAPTURE_PORT), "-u", str(PROXY_UID),
-                           "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-                           "-d", ",".join(map(str, SIDECAR_INBOUND_EXCLUDED)))
+ISTIO_INIT_DEFAULT_ARGS = (
+    "-p",
+    str(PROXY_PORT),
+    "-z",
+    str(INBOUND_CAPTURE_PORT),
+    "-u",
+    str(PROXY_UID),
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    ",".join(map(str, SIDECAR_INBOUND_EXCLUDED)),
+)
 
 # -- iptables chains (tables nat, mangle, raw) --------------------------------------------------
 CHAIN_INBOUND = "ISTIO_INBOUND"  # PREROUTING jumps here for inbound capture

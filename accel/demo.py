@@ -33,9 +33,11 @@ def run_demo(bench: BenchConfig | None = None, console: Console | None = None) -
     spec = inputs.from_istio_args(argv, env={})
     console.rule("[bold]1. The capture: the stock istio-init sidecar")
     verbatim("istio-iptables " + " ".join(shlex.quote(arg) for arg in argv))
-    console.print(f"Proxy uid/gid {spec.proxy_uids[0]} is exempt; outbound TCP goes to :{spec.proxy_port}; "
-                  f"inbound TCP to :{spec.inbound_capture_port} except ports "
-                  f"{', '.join(map(str, spec.inbound_ports_exclude))} and the tunnel port {spec.inbound_tunnel_port}.")
+    console.print(
+        f"Proxy uid/gid {spec.proxy_uids[0]} is exempt; outbound TCP goes to :{spec.proxy_port}; "
+        f"inbound TCP to :{spec.inbound_capture_port} except ports "
+        f"{', '.join(map(str, spec.inbound_ports_exclude))} and the tunnel port {spec.inbound_tunnel_port}."
+    )
 
     rules = render_iptables(spec)
     console.rule("[bold]2. iptables: Istio's exact iptables-restore input")
@@ -45,8 +47,10 @@ def run_demo(bench: BenchConfig | None = None, console: Console | None = None) -
         console.rule(f"read back from the kernel: iptables-save -t nat, in netns {ns.name}", style="dim")
         verbatim(_without_comments(ns.run(["iptables-nft-save", "-t", "nat"], check=True).stdout))
     version = process.run(["iptables-nft", "--version"], check=True).stdout.strip()
-    console.print(f"[dim]{version}: istio-iptables picks this variant unless legacy tables already hold rules. "
-                  f"Namespace removed: {not ns.exists()}.[/dim]")
+    console.print(
+        f"[dim]{version}: istio-iptables picks this variant unless legacy tables already hold rules. "
+        f"Namespace removed: {not ns.exists()}.[/dim]"
+    )
 
     nft = render_nftables(spec)
     console.rule("[bold]3. nftables: Istio's native nftables transaction (accel's fallback)")
@@ -55,18 +59,23 @@ def run_demo(bench: BenchConfig | None = None, console: Console | None = None) -
         ns.run(["nft", "-f", "-"], input=nft, check=True)
         console.rule(f"read back from the kernel: nft list ruleset, in netns {ns.name}", style="dim")
         verbatim(ns.run(["nft", "list", "ruleset"], check=True).stdout)
-    console.print(f"[dim]Applied as one atomic transaction; family inet covers IPv4 and IPv6. "
-                  f"Namespace removed: {not ns.exists()}.[/dim]")
+    console.print(
+        f"[dim]Applied as one atomic transaction; family inet covers IPv4 and IPv6. "
+        f"Namespace removed: {not ns.exists()}.[/dim]"
+    )
 
     _ebpf_section(spec, console, verbatim)
 
     backends = ["iptables", "nftables", "ebpf", "none"]
     console.rule("[bold]5. The proof: real traffic through each backend, in a lab of pods")
-    console.print("Each backend gets a fresh lab: the pod under test (app servers and a sidecar), a remote "
-                  "pod answering service addresses, and a DNS pod. Every case is sent as real traffic; "
-                  "what the sidecar and servers saw decides the outcome.")
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
-                  transient=True) as progress:
+    console.print(
+        "Each backend gets a fresh lab: the pod under test (app servers and a sidecar), a remote "
+        "pod answering service addresses, and a DNS pod. Every case is sent as real traffic; "
+        "what the sidecar and servers saw decides the outcome."
+    )
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console, transient=True
+    ) as progress:
         task = progress.add_task("running cases", total=None)
         result = compare(spec, backends, progress=lambda: progress.advance(task))
     print_table(result, console)
@@ -101,11 +110,16 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
                 verbatim(f"link {link['id']}: program {link['prog_id']}, sk_lookup, netns_ino {link['netns_ino']}")
         finally:
             backend.remove(pod)
-    source = ("compiled by bcc, then cached" if status["programs_from"] == "compiled"
-              else "loaded from the node's cache, without bcc")
+    source = (
+        "compiled by bcc, then cached"
+        if status["programs_from"] == "compiled"
+        else "loaded from the node's cache, without bcc"
+    )
     wait_for(lambda: left() == 0)  # the kernel frees maps after an RCU grace period
-    console.print(f"[dim]Programs {source}: {status['programs_cache']}. After removal, BPF programs, maps and "
-                  f"links left: {left()}. Lab removed: {not lab.exists()}.[/dim]")
+    console.print(
+        f"[dim]Programs {source}: {status['programs_cache']}. After removal, BPF programs, maps and "
+        f"links left: {left()}. Lab removed: {not lab.exists()}.[/dim]"
+    )
 
 
 def _node_section(spec, console: Console, verbatim) -> None:
@@ -130,13 +144,18 @@ def _node_section(spec, console: Console, verbatim) -> None:
     try:
         with Lab(plan) as lab:
             pod = lab.pods["pod"]
-            env = {**os.environ, "ACCEL_CGROUP": str(lab.cgroup.path),
-                   "ACCEL_BPFFS": str(root / "bpffs"), "ACCEL_STATE_DIR": str(root / "state")}
+            env = {
+                **os.environ,
+                "ACCEL_CGROUP": str(lab.cgroup.path),
+                "ACCEL_BPFFS": str(root / "bpffs"),
+                "ACCEL_STATE_DIR": str(root / "state"),
+            }
 
             def accel(*args: str) -> str:
                 console.print(f"[bold]$ accel {shlex.join(args)}[/bold]", markup=True, highlight=False)
-                result = subprocess.run([sys.executable, "-m", "accel", *args], env=env, capture_output=True,
-                                        text=True, timeout=120)
+                result = subprocess.run(
+                    [sys.executable, "-m", "accel", *args], env=env, capture_output=True, text=True, timeout=120
+                )
                 verbatim(result.stdout + result.stderr)
                 return result.stdout
 
@@ -155,8 +174,10 @@ def _node_section(spec, console: Console, verbatim) -> None:
         shutil.rmtree(root, ignore_errors=True)
     wait_for(lambda: bpf_objects() == before)  # maps are freed after an RCU grace period
     left = sum(len(objects - before[kind]) for kind, objects in bpf_objects().items())
-    console.print(f"[dim]BPF programs, maps and links left after accel down: {left}; pins, state directory and "
-                  f"bpffs mount removed: {not (root / 'state').exists()}.[/dim]")
+    console.print(
+        f"[dim]BPF programs, maps and links left after accel down: {left}; pins, state directory and "
+        f"bpffs mount removed: {not (root / 'state').exists()}.[/dim]"
+    )
 
 
 def _bench_section(console: Console, config) -> None:
@@ -164,10 +185,12 @@ def _bench_section(console: Console, config) -> None:
     from .bench.run import run_bench
 
     console.rule("[bold]7. The cost: accel bench --quick")
-    console.print("A client pod and a server pod per mode, each with a HAProxy sidecar (uid 1337), nginx "
-                  "serving; the same workloads through each mode, rounds interleaved. Quick: "
-                  f"{config.rounds} rounds of {config.seconds} s, so expect noise of ±10%; "
-                  "docs/benchmarks.md has a full run.")
+    console.print(
+        "A client pod and a server pod per mode, each with a HAProxy sidecar (uid 1337), nginx "
+        "serving; the same workloads through each mode, rounds interleaved. Quick: "
+        f"{config.rounds} rounds of {config.seconds} s, so expect noise of ±10%; "
+        "docs/benchmarks.md has a full run."
+    )
     with progress_bar(console, config.measurements()) as step:
         document = run_bench(config, step)
     print_report(document, console)

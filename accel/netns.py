@@ -48,8 +48,7 @@ def sysctl(netns: str, key: str, value: str) -> None:
         try:
             path.write_text(value)
         except OSError as error:
-            raise process.CommandError(["sysctl", "-w", f"{key}={value}"], 1, f"in {netns}: {error.strerror}") \
-                from None
+            raise process.CommandError(["sysctl", "-w", f"{key}={value}"], 1, f"in {netns}: {error.strerror}") from None
 
     process.in_netns(netns, write)
 
@@ -68,8 +67,14 @@ class Netns:
     etc_files: {name: content} visible as /etc/<name> to commands run through run().
     """
 
-    def __init__(self, name: str, *, userns: bool = False, sysctls: dict[str, str] | None = None,
-                 etc_files: dict[str, str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        *,
+        userns: bool = False,
+        sysctls: dict[str, str] | None = None,
+        etc_files: dict[str, str] | None = None,
+    ):
         self.name, self.userns = name, userns
         self.sysctls = dict(sysctls or {})
         self.etc_files = dict(etc_files or {})
@@ -134,6 +139,7 @@ def _add_with_userns(name: str) -> None:
     """A network namespace named `name` (in /run/netns, as `ip netns add` makes them) owned by a
     new user namespace mapping ids 0-65535 to USERNS_BASE onwards. A short-lived child makes
     both; the bind mount keeps the network namespace, which keeps its user namespace."""
+
     def unshare():
         if _libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), "unshare")

@@ -58,9 +58,17 @@ def in_netns(netns: str, function, *args):
     return outcome["result"]
 
 
-def spawn(argv: list[str], *, netns: str | None = None, cgroup: Cgroup | None = None,
-          uid: int | None = None, gid: int | None = None, cpus: set[int] | None = None,
-          userns: bool = False, **popen_kwargs) -> subprocess.Popen:
+def spawn(
+    argv: list[str],
+    *,
+    netns: str | None = None,
+    cgroup: Cgroup | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    cpus: set[int] | None = None,
+    userns: bool = False,
+    **popen_kwargs,
+) -> subprocess.Popen:
     """subprocess.Popen, with the child placed in `cgroup` and `netns`, running as uid/gid, and
     pinned to `cpus` (inherited by everything it starts). `userns`: also enter the user
     namespace that owns `netns`, as the pod's own processes live there; uid/gid are then the
@@ -110,15 +118,22 @@ class CommandError(RuntimeError):
         super().__init__(f"{' '.join(argv)} exited {returncode}: {stderr.strip()}")
 
 
-def run(argv: list[str], *, input: str | None = None, timeout: float = 30, check: bool = False,
-        **kwargs) -> subprocess.CompletedProcess:
+def run(
+    argv: list[str], *, input: str | None = None, timeout: float = 30, check: bool = False, **kwargs
+) -> subprocess.CompletedProcess:
     """spawn(), waited for; output captured as text. accel's one way to run a command: the result
     comes back whatever the exit status, and with `check` a non-zero one raises CommandError.
     A SIGTERM or Ctrl-C arriving meanwhile ends the wait (see accel/cancel.py): the child is
     killed and Cancelled raised."""
     cut = cancel.armed()  # checked before the child starts: a run begun while stopping is clean-up
-    process = spawn(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    process = spawn(
+        argv,
+        stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
     deadline = time.monotonic() + timeout
     try:
         while True:

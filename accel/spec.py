@@ -56,8 +56,12 @@ class SpecError(ValueError):
         reason = self.reason
         for name in self.related:
             reason = reason.replace(name, labels.get(name, name))
-        return SpecError(labels.get(self.field, self.field), self.value, reason,
-                         tuple(labels.get(name, name) for name in self.related))
+        return SpecError(
+            labels.get(self.field, self.field),
+            self.value,
+            reason,
+            tuple(labels.get(name, name) for name in self.related),
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -238,8 +242,12 @@ class CaptureSpec:
     def _validate(self):
         for name in ("proxy_port", "inbound_capture_port", "inbound_tunnel_port"):
             check_port(name, getattr(self, name))
-        for name in ("inbound_ports_include", "inbound_ports_exclude", "outbound_ports_include",
-                     "outbound_ports_exclude"):
+        for name in (
+            "inbound_ports_include",
+            "inbound_ports_exclude",
+            "outbound_ports_include",
+            "outbound_ports_exclude",
+        ):
             ports = getattr(self, name)
             if not (ports == WILDCARD and name in _TAKE_WILDCARD):
                 _check_tuple(name, ports, int)
@@ -253,8 +261,11 @@ class CaptureSpec:
             for number in ids:
                 _check_int(name, number, 0, MAX_ID, what)
         if self.inbound_interception_mode not in (REDIRECT, TPROXY):
-            raise SpecError("inbound_interception_mode", self.inbound_interception_mode,
-                            "unknown interception mode (expected REDIRECT or TPROXY)")
+            raise SpecError(
+                "inbound_interception_mode",
+                self.inbound_interception_mode,
+                "unknown interception mode (expected REDIRECT or TPROXY)",
+            )
         _check_int("inbound_tproxy_mark", self.inbound_tproxy_mark, 1, MAX_U32, "packet mark")
         _check_int("inbound_tproxy_route_table", self.inbound_tproxy_route_table, 1, MAX_U32, "route table")
         for name in ("outbound_ip_ranges_include", "outbound_ip_ranges_exclude"):
@@ -268,8 +279,11 @@ class CaptureSpec:
                 for group in groups:
                     _check_group(name, group)
         if self.owner_groups_include != WILDCARD and len(self.owner_groups_include) > MAX_OWNER_GROUPS_INCLUDE:
-            raise SpecError("owner_groups_include", join(self.owner_groups_include),
-                            f"at most {MAX_OWNER_GROUPS_INCLUDE} groups may be included (one rule matches them all)")
+            raise SpecError(
+                "owner_groups_include",
+                join(self.owner_groups_include),
+                f"at most {MAX_OWNER_GROUPS_INCLUDE} groups may be included (one rule matches them all)",
+            )
         for name in ("kube_virt_interfaces", "exclude_interfaces"):
             _check_tuple(name, getattr(self, name), str)
             for interface in getattr(self, name):
@@ -283,26 +297,40 @@ class CaptureSpec:
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(name, getattr(self, name), "expected true or false")
         loopback = self.host_ipv4_loopback_cidr
-        if not isinstance(loopback, ipaddress.IPv4Interface) or not loopback.ip.is_loopback \
-                or not 8 <= loopback.network.prefixlen <= 32:
-            raise SpecError("host_ipv4_loopback_cidr", str(loopback),
-                            "must be an IPv4 loopback CIDR (within 127.0.0.0/8) with a prefix length of 8 to 32")
+        if (
+            not isinstance(loopback, ipaddress.IPv4Interface)
+            or not loopback.ip.is_loopback
+            or not 8 <= loopback.network.prefixlen <= 32
+        ):
+            raise SpecError(
+                "host_ipv4_loopback_cidr",
+                str(loopback),
+                "must be an IPv4 loopback CIDR (within 127.0.0.0/8) with a prefix length of 8 to 32",
+            )
         self._validate_ports_together()
 
     def _validate_ports_together(self):
         # The proxy's own connections to the pod are sent to -z (the hairpin rule); were that the
         # outbound listener, every inbound connection it forwards would come back to it.
         if self.proxy_port == self.inbound_capture_port:
-            raise SpecError("inbound_capture_port", str(self.inbound_capture_port),
-                            "the same port as proxy_port: inbound connections would reach the outbound listener, "
-                            "whose forwarding to the pod is captured to this port again (a loop)", ("proxy_port",))
+            raise SpecError(
+                "inbound_capture_port",
+                str(self.inbound_capture_port),
+                "the same port as proxy_port: inbound connections would reach the outbound listener, "
+                "whose forwarding to the pod is captured to this port again (a loop)",
+                ("proxy_port",),
+            )
         # A port has one listener: under DNS capture istio-agent's DNS proxy holds 15053 (TCP too).
         if self.dns_capture:
             for name in ("proxy_port", "inbound_capture_port"):
                 if getattr(self, name) == c.DNS_PROXY_PORT:
-                    raise SpecError(name, str(c.DNS_PROXY_PORT),
-                                    "the DNS proxy's port (redirect_dns sends DNS there): the connections "
-                                    "captured to it would reach the DNS proxy", ("redirect_dns",))
+                    raise SpecError(
+                        name,
+                        str(c.DNS_PROXY_PORT),
+                        "the DNS proxy's port (redirect_dns sends DNS there): the connections "
+                        "captured to it would reach the DNS proxy",
+                        ("redirect_dns",),
+                    )
 
     # -- derived facts the renderers share -------------------------------------------------
 
@@ -321,8 +349,7 @@ class CaptureSpec:
         With --redirect-dns, no --capture-all-dns and no nameserver, istio-iptables turns DNS
         capture off (with a warning) rather than capturing nothing.
         """
-        return self.redirect_dns and (
-            self.capture_all_dns or bool(self.dns_servers_v4) or bool(self.dns_servers_v6))
+        return self.redirect_dns and (self.capture_all_dns or bool(self.dns_servers_v4) or bool(self.dns_servers_v6))
 
     def outbound_include(self, version: int) -> tuple[Cidr, ...] | Wildcard:
         """The -i CIDRs of one IP version ('*' applies to both)."""
@@ -337,14 +364,17 @@ class CaptureSpec:
     def include_has_loopback(self) -> bool:
         """A loopback CIDR in -i turns off the 'app to itself over lo is not captured' rules."""
         return self.outbound_ip_ranges_include != WILDCARD and any(
-            c.ip.is_loopback for c in self.outbound_ip_ranges_include)
+            c.ip.is_loopback for c in self.outbound_ip_ranges_include
+        )
 
     def warnings(self) -> list[str]:
         """Options istio-iptables silently accepts though they do nothing, or stop all capture."""
         notes = []
         if self.redirect_dns and not self.dns_capture:
-            notes.append("--redirect-dns without --capture-all-dns and without a DNS server: "
-                         "DNS capture is off (as in istio-iptables)")
+            notes.append(
+                "--redirect-dns without --capture-all-dns and without a DNS server: "
+                "DNS capture is off (as in istio-iptables)"
+            )
         if self.dns_capture and not self.capture_all_dns and self.dns_servers_v6 and not self.enable_ipv6:
             notes.append("IPv6 nameservers are not captured: the pod has no IPv6 (as in istio-iptables)")
         if self.capture_all_dns and not self.redirect_dns:
@@ -352,11 +382,13 @@ class CaptureSpec:
         if self.inbound_ports_exclude and self.inbound_ports_include != WILDCARD:
             notes.append("-d/--istio-local-exclude-ports is only used with -b '*'; ignored")
         if self.owner_groups_include == ():
-            notes.append("ISTIO_OUTBOUND_OWNER_GROUPS names no group: no outbound traffic is captured "
-                         "(as in istio-iptables)")
+            notes.append(
+                "ISTIO_OUTBOUND_OWNER_GROUPS names no group: no outbound traffic is captured (as in istio-iptables)"
+            )
         if self.owner_groups_exclude and self.owner_groups_include != WILDCARD:
-            notes.append("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is only used when "
-                         "ISTIO_OUTBOUND_OWNER_GROUPS is '*'; ignored")
+            notes.append(
+                "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE is only used when ISTIO_OUTBOUND_OWNER_GROUPS is '*'; ignored"
+            )
         return notes
 
     def replace(self, **changes) -> CaptureSpec:
@@ -393,13 +425,21 @@ _BAD_IFNAME = re.compile(r"[/:\s]")
 
 def _check_interface(name, interface):
     # The kernel's dev_valid_name(): 1-15 bytes, not "." or "..", no '/', ':' or whitespace.
-    if not interface or len(interface.encode()) >= IFNAMSIZ or interface in (".", "..") \
-            or _BAD_IFNAME.search(interface):
+    if (
+        not interface
+        or len(interface.encode()) >= IFNAMSIZ
+        or interface in (".", "..")
+        or _BAD_IFNAME.search(interface)
+    ):
         raise SpecError(name, interface, "not a valid interface name (1-15 characters, no '/', ':' or spaces)")
     if "*" in interface:
         # iptables reads '*' literally, nftables as a wildcard: no rendering could mean one thing
-        raise SpecError(name, interface, "'*' in an interface name: iptables reads it as itself, nftables as a "
-                                         "wildcard; for every name with a prefix, end the prefix with '+'")
+        raise SpecError(
+            name,
+            interface,
+            "'*' in an interface name: iptables reads it as itself, nftables as a "
+            "wildcard; for every name with a prefix, end the prefix with '+'",
+        )
 
 
 def _check_dns_server(name, server, version):
@@ -411,5 +451,9 @@ def _check_dns_server(name, server, version):
         raise SpecError(name, server, f"not an IPv{version} address")
     if version == 6 and address.scope_id:
         # istio-iptables writes it into its rules as it is, and ip6tables-restore refuses them.
-        raise SpecError(name, server, "a nameserver with a zone (%...) cannot be matched by iptables, nftables "
-                                      "or eBPF rules; give it without the zone (--dns-servers)")
+        raise SpecError(
+            name,
+            server,
+            "a nameserver with a zone (%...) cannot be matched by iptables, nftables "
+            "or eBPF rules; give it without the zone (--dns-servers)",
+        )

@@ -107,8 +107,13 @@ def id_map(netns: str) -> IdMap:
             os.close(parent)
         maps = []
         for name in ("uid_map", "gid_map"):
-            result = subprocess.run(["cat", f"/proc/self/{name}"], capture_output=True, text=True,
-                                    preexec_fn=lambda: enter(fd), pass_fds=(fd,))
+            result = subprocess.run(
+                ["cat", f"/proc/self/{name}"],
+                capture_output=True,
+                text=True,
+                preexec_fn=lambda: enter(fd),
+                pass_fds=(fd,),
+            )
             if result.returncode != 0:
                 raise UsernsError(f"reading the {name} of {netns}'s user namespace: {result.stderr.strip()}")
             maps.append(_parse(result.stdout))

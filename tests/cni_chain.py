@@ -59,16 +59,24 @@ class Chain:
     def _cached(self, container: str, ifname: str) -> Path:
         return self.cache / f"{self.conflist['name']}-{container}-{ifname}"
 
-    def _exec(self, plugin: dict, command: str, container: str, netns: str, args: str, ifname: str,
-              previous: dict | None) -> dict | None:
+    def _exec(
+        self, plugin: dict, command: str, container: str, netns: str, args: str, ifname: str, previous: dict | None
+    ) -> dict | None:
         config = {**plugin, "name": self.conflist["name"], "cniVersion": self.conflist["cniVersion"]}
         if previous is not None:
             config["prevResult"] = previous
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "CNI_COMMAND": command,
-               "CNI_CONTAINERID": container, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": args,
-               "CNI_PATH": str(self.cni_path)}
-        result = process.run([str(self.cni_path / plugin["type"])], input=json.dumps(config), env=env,
-                             netns=self.netns, timeout=120)
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container,
+            "CNI_NETNS": netns,
+            "CNI_IFNAME": ifname,
+            "CNI_ARGS": args,
+            "CNI_PATH": str(self.cni_path),
+        }
+        result = process.run(
+            [str(self.cni_path / plugin["type"])], input=json.dumps(config), env=env, netns=self.netns, timeout=120
+        )
         if result.returncode != 0:
             raise PluginFailed(plugin["type"], command, result.returncode, result.stdout, result.stderr)
         if command != "ADD":

@@ -28,15 +28,28 @@ ETHERNET = bytes(14)  # XDP's test run wants a packet at least this long; the pr
 
 
 class AccelFlow(ctypes.Structure):  # struct accel_flow (bpf/decide.h)
-    _fields_ = [("dst", U8x16), ("port", ctypes.c_uint16), ("tcp", ctypes.c_uint8), ("v4", ctypes.c_uint8),
-                ("passthrough", ctypes.c_uint8), ("self", ctypes.c_uint8), ("local", ctypes.c_uint8),
-                ("from_loopback", ctypes.c_uint8), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
-                ("mark", ctypes.c_uint32)]
+    _fields_ = [
+        ("dst", U8x16),
+        ("port", ctypes.c_uint16),
+        ("tcp", ctypes.c_uint8),
+        ("v4", ctypes.c_uint8),
+        ("passthrough", ctypes.c_uint8),
+        ("self", ctypes.c_uint8),
+        ("local", ctypes.c_uint8),
+        ("from_loopback", ctypes.c_uint8),
+        ("uid", ctypes.c_uint32),
+        ("gid", ctypes.c_uint32),
+        ("mark", ctypes.c_uint32),
+    ]
 
 
 class Request(ctypes.Structure):  # struct decide_request (tests/bpf/decide_run.c)
-    _fields_ = [("netns", ctypes.c_uint64), ("flow", AccelFlow), ("direction", ctypes.c_uint32),
-                ("pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("netns", ctypes.c_uint64),
+        ("flow", AccelFlow),
+        ("direction", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 class Decisions:
@@ -102,8 +115,9 @@ class Pod:
             return VERDICT_PASS  # inbound.c leaves anything but TCP before deciding
         source = ipaddress.ip_address(flow.src)
         passthrough = source == ipaddress.ip_address("127.0.0.6" if source.version == 4 else "::6")
-        request = Request(netns=self.cookie, direction=DIRECTION_INBOUND if flow.direction == "inbound" else
-                          DIRECTION_OUTBOUND)
+        request = Request(
+            netns=self.cookie, direction=DIRECTION_INBOUND if flow.direction == "inbound" else DIRECTION_OUTBOUND
+        )
         request.flow.dst = U8x16(*mapped(address))
         request.flow.port = flow.dport
         request.flow.tcp = flow.protocol == "tcp"

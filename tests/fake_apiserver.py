@@ -21,8 +21,15 @@ TOKEN = "accel-test-token"
 
 
 def status(code: int, reason: str, message: str) -> dict:
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 class FakeApiServer(ThreadingHTTPServer):
@@ -40,11 +47,18 @@ class FakeApiServer(ThreadingHTTPServer):
 
     def kubeconfig(self, path: Path, token: str | None = None) -> Path:
         """A kubeconfig for this server (JSON is YAML)."""
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config", "current-context": "test",
-            "clusters": [{"name": "test", "cluster": {"server": self.url}}],
-            "users": [{"name": "test", "user": {"token": token or self.token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "test",
+                    "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+                    "users": [{"name": "test", "user": {"token": token or self.token}}],
+                    "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                }
+            )
+        )
         return path
 
     def __enter__(self) -> FakeApiServer:
@@ -87,17 +101,28 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def pod(namespace: str, name: str, *, annotations: dict | None = None, labels: dict | None = None,
-        proxy: dict | None = None, containers: tuple[str, ...] = ("app",), init: tuple[str, ...] = ()) -> dict:
+def pod(
+    namespace: str,
+    name: str,
+    *,
+    annotations: dict | None = None,
+    labels: dict | None = None,
+    proxy: dict | None = None,
+    containers: tuple[str, ...] = ("app",),
+    init: tuple[str, ...] = (),
+) -> dict:
     """A Pod as the API server returns it; proxy: the istio-proxy container's fields (env,
     securityContext, args), or None for a pod without one."""
     listed = [{"name": c, "image": "app"} for c in containers]
     if proxy is not None:
         listed.append({"name": "istio-proxy", "image": "proxyv2", **proxy})
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}, "labels": labels or {}},
-            "spec": {"initContainers": [{"name": c, "image": "init"} for c in init], "containers": listed},
-            "status": {"phase": "Pending"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}, "labels": labels or {}},
+        "spec": {"initContainers": [{"name": c, "image": "init"} for c in init], "containers": listed},
+        "status": {"phase": "Pending"},
+    }
 
 
 def main(argv=None) -> None:

@@ -27,8 +27,9 @@ def out(dst, dport, *, uid=APP, gid=None, src=None, lo=None, **kw) -> Flow:
         lo = address.is_loopback or dst in POD.values()
     if src is None:
         src = ("127.0.0.1" if address.version == 4 else "::1") if address.is_loopback else POD[address.version]
-    return Flow(direction="outbound", src=src, dst=dst, dport=dport, uid=uid, gid=uid if gid is None else gid,
-                lo=lo, **kw)
+    return Flow(
+        direction="outbound", src=src, dst=dst, dport=dport, uid=uid, gid=uid if gid is None else gid, lo=lo, **kw
+    )
 
 
 def proxy(dst, dport, **kw) -> Flow:
@@ -43,9 +44,11 @@ def inb(dport, *, dst=None, src=None, version=4, **kw) -> Flow:
 
 def tracers(s: CaptureSpec) -> dict[str, IptablesTracer | NftablesTracer]:
     """The three renderings of a spec, parsed once."""
-    return {"iptables": IptablesTracer(render_iptables(s).text, group_ids=CASE_GROUPS),
-            "nftables": NftablesTracer(render_nftables(s), group_ids=CASE_GROUPS),
-            "nftables-sets": NftablesTracer(render_nftables(s, sets=True), group_ids=CASE_GROUPS)}
+    return {
+        "iptables": IptablesTracer(render_iptables(s).text, group_ids=CASE_GROUPS),
+        "nftables": NftablesTracer(render_nftables(s), group_ids=CASE_GROUPS),
+        "nftables-sets": NftablesTracer(render_nftables(s, sets=True), group_ids=CASE_GROUPS),
+    }
 
 
 def gids(s: CaptureSpec) -> list[int]:
@@ -67,25 +70,47 @@ def grid(s: CaptureSpec) -> list[Flow]:
         # to one over IPv4, where the IPv4 rules apply (test_compare's mapped cases run that).
         remote = [dst for dst in remote if version == 4 or ipaddress.IPv6Address(dst).ipv4_mapped is None]
         local = [POD[version], "127.0.0.1" if version == 4 else "::1"] + (["127.0.0.5"] if version == 4 else [])
-        ports = sorted({80, c.DNS_PORT, s.inbound_tunnel_port, s.proxy_port, c.ENVOY_METRICS_PORT,
-                        *s.outbound_ports_include, *s.outbound_ports_exclude, *s.inbound_ports_exclude,
-                        *(() if s.inbound_ports_include == WILDCARD else s.inbound_ports_include)})
+        ports = sorted(
+            {
+                80,
+                c.DNS_PORT,
+                s.inbound_tunnel_port,
+                s.proxy_port,
+                c.ENVOY_METRICS_PORT,
+                *s.outbound_ports_include,
+                *s.outbound_ports_exclude,
+                *s.inbound_ports_exclude,
+                *(() if s.inbound_ports_include == WILDCARD else s.inbound_ports_include),
+            }
+        )
         owners = [(APP, APP), *((uid, APP) for uid in s.proxy_uids), *((APP, gid) for gid in gids(s) if gid != APP)]
         nics = [None, *(nic for nic in s.exclude_interfaces + s.kube_virt_interfaces if nic != "lo")]
         for dst, port, proto, (uid, gid) in itertools.product(remote + local, ports, ("tcp", "udp"), owners):
             loopback = ipaddress.ip_address(dst).is_loopback
             lo = dst in local or loopback
             for nic in [None] if lo else nics:
-                flows.append(Flow(direction="outbound", src=local[1] if loopback else local[0], dst=dst, dport=port,
-                                  protocol=proto, uid=uid, gid=gid, lo=lo, interface=None if lo else nic))
+                flows.append(
+                    Flow(
+                        direction="outbound",
+                        src=local[1] if loopback else local[0],
+                        dst=dst,
+                        dport=port,
+                        protocol=proto,
+                        uid=uid,
+                        gid=gid,
+                        lo=lo,
+                        interface=None if lo else nic,
+                    )
+                )
         for uid in s.proxy_uids[:1]:
             flows += [out(POD[version], port, uid=uid, gid=APP, src=PASSTHROUGH[version], lo=True) for port in ports]
         for port, proto, nic in itertools.product(ports + [8080], ("tcp", "udp"), nics):
             flows.append(inb(port, dst=POD[version], protocol=proto, interface=nic))
             if not ipaddress.ip_address(remote[0]).is_loopback:
                 flows.append(inb(port, dst=remote[0], protocol=proto, interface=nic))
-        for port, mark, src in itertools.product(ports, (0, s.inbound_tproxy_mark, c.OUTBOUND_MARK),
-                                                 (POD[version], PASSTHROUGH[version])):
+        for port, mark, src in itertools.product(
+            ports, (0, s.inbound_tproxy_mark, c.OUTBOUND_MARK), (POD[version], PASSTHROUGH[version])
+        ):
             flows.append(inb(port, dst=POD[version], src=src, lo=True, mark=mark))
         for server in s.dns_servers_v4 if version == 4 else s.dns_servers_v6:
             loopback = ipaddress.ip_address(server).is_loopback

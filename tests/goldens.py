@@ -24,7 +24,14 @@ def check(path: Path, actual: str) -> None:
         return
     expected = path.read_text() if path.exists() else ""
     if actual != expected:
-        diff = difflib.unified_diff(expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-                                    f"{path} (golden{'' if path.exists() else ', missing'})", "actual")
-        pytest.fail(f"{path.name} differs from its golden; ACCEL_UPDATE_GOLDENS=1 rewrites it (review the diff):\n"
-                    + "".join(diff), pytrace=False)
+        diff = difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            actual.splitlines(keepends=True),
+            f"{path} (golden{'' if path.exists() else ', missing'})",
+            "actual",
+        )
+        pytest.fail(
+            f"{path.name} differs from its golden; ACCEL_UPDATE_GOLDENS=1 rewrites it (review the diff):\n"
+            + "".join(diff),
+            pytrace=False,
+        )

@@ -19,14 +19,19 @@ def _saved(text: str, drop_empty_tables: bool) -> str:
             blocks.append(block)
             block = []
     if drop_empty_tables:
-        blocks = [b for b in blocks if any(not (l.startswith((":", "*")) or l == "COMMIT") for l in b)
-                  or any(l.startswith(":") and " - " in l for l in b)]
+        blocks = [
+            b
+            for b in blocks
+            if any(not (l.startswith((":", "*")) or l == "COMMIT") for l in b)
+            or any(l.startswith(":") and " - " in l for l in b)
+        ]
     return "\n".join("\n".join(b) for b in sorted(blocks))
 
 
 def rule_state(netns: str | None) -> dict[str, str]:
     """Every kind of rule a backend could leave: iptables (both variants, both families), nftables,
     policy routing. netns None means the host (read only)."""
+
     def out(*argv):
         return process.run(list(argv), netns=netns).stdout
 
@@ -35,7 +40,8 @@ def rule_state(netns: str | None) -> dict[str, str]:
         "iptables-legacy": _saved(out("iptables-legacy-save") + out("ip6tables-legacy-save"), True),
         "nft": out("nft", "list", "ruleset"),
         "ip-rules": out("ip", "-4", "rule") + out("ip", "-6", "rule"),
-        "ip-routes": out("ip", "-4", "route", "show", "table", "all") + out("ip", "-6", "route", "show", "table", "all"),
+        "ip-routes": out("ip", "-4", "route", "show", "table", "all")
+        + out("ip", "-6", "route", "show", "table", "all"),
     }
 
 

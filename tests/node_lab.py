@@ -21,8 +21,24 @@ TOP = Path(__file__).resolve().parents[1]
 ACCEL = str(TOP / ".venv" / "bin" / "accel")
 APP = 1000
 SERVICE = "203.0.113.10"
-STOCK = ["-p", "15001", "-z", "15006", "-u", "1337", "-m", "REDIRECT", "-i", "*", "-x", "", "-b", "*",
-         "-d", "15090,15021,15020"]
+STOCK = [
+    "-p",
+    "15001",
+    "-z",
+    "15006",
+    "-u",
+    "1337",
+    "-m",
+    "REDIRECT",
+    "-i",
+    "*",
+    "-x",
+    "",
+    "-b",
+    "*",
+    "-d",
+    "15090,15021,15020",
+]
 
 
 class Node:
@@ -31,12 +47,17 @@ class Node:
     def __init__(self, lab: Lab, root: Path):
         self.lab, self.root = lab, root
         self.bpffs, self.state = root / "bpffs", root / "state"
-        self.env = {**os.environ, "ACCEL_CGROUP": str(lab.cgroup.path), "ACCEL_BPFFS": str(self.bpffs),
-                    "ACCEL_STATE_DIR": str(self.state)}
+        self.env = {
+            **os.environ,
+            "ACCEL_CGROUP": str(lab.cgroup.path),
+            "ACCEL_BPFFS": str(self.bpffs),
+            "ACCEL_STATE_DIR": str(self.state),
+        }
 
     def accel(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-        result = subprocess.run([ACCEL, *args], capture_output=True, text=True, env={**self.env, **(env or {})},
-                                timeout=120)
+        result = subprocess.run(
+            [ACCEL, *args], capture_output=True, text=True, env={**self.env, **(env or {})}, timeout=120
+        )
         if check:
             assert result.returncode == 0, f"accel {' '.join(args)}: {result.stderr}"
         return result

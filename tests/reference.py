@@ -11,8 +11,9 @@ from pathlib import Path
 from accel import inputs
 from accel.spec import CaptureSpec
 
-REFERENCE = Path(os.environ.get(
-    "ACCEL_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference" / "istio"))
+REFERENCE = Path(
+    os.environ.get("ACCEL_REFERENCE", Path(__file__).resolve().parents[2] / "shared" / "reference" / "istio")
+)
 PROBE_LINES = ("iptables-save", "ip6tables-save")
 # Group names used by Istio's owner-group cases (and "counter", an nft keyword, for the
 # property tests); they must resolve wherever rules are loaded.
@@ -62,14 +63,18 @@ def cases_json() -> dict:
     if not path.exists():
         raise FileNotFoundError(
             f"Istio reference data not found at {REFERENCE} (expected ../shared beside the checkout; "
-            "set ACCEL_REFERENCE to its reference/istio directory)")
+            "set ACCEL_REFERENCE to its reference/istio directory)"
+        )
     return json.loads(path.read_text())
 
 
 def golden_cases() -> list[GoldenCase]:
     suites = cases_json()["suites"]
-    return [GoldenCase(suite, case["name"], case)
-            for suite in ("iptables", "nftables", "cni-sidecar") for case in suites[suite]["cases"]]
+    return [
+        GoldenCase(suite, case["name"], case)
+        for suite in ("iptables", "nftables", "cni-sidecar")
+        for case in suites[suite]["cases"]
+    ]
 
 
 def default_sidecar() -> dict:

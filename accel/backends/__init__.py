@@ -7,8 +7,16 @@ from .nftables import NftablesBackend
 from .none import NoneBackend
 from .runner import Runner
 
-BACKEND_NAMES = ("iptables", "iptables-nft", "iptables-legacy", "nftables", "nftables-sets", "ebpf", "ebpf+sockmap",
-                 "none")
+BACKEND_NAMES = (
+    "iptables",
+    "iptables-nft",
+    "iptables-legacy",
+    "nftables",
+    "nftables-sets",
+    "ebpf",
+    "ebpf+sockmap",
+    "none",
+)
 
 
 def get_backend(name: str) -> Backend:
@@ -17,8 +25,8 @@ def get_backend(name: str) -> Backend:
     app <-> proxy hops short-circuited), none."""
     if name == "iptables":
         return IptablesBackend()
-    if name.startswith("iptables-") and name[len("iptables-"):] in ("nft", "legacy"):
-        return IptablesBackend(name[len("iptables-"):])
+    if name.startswith("iptables-") and name[len("iptables-") :] in ("nft", "legacy"):
+        return IptablesBackend(name[len("iptables-") :])
     if name == "nftables":
         return NftablesBackend()
     if name == "nftables-sets":
@@ -32,5 +40,15 @@ def get_backend(name: str) -> Backend:
     raise KeyError(name)
 
 
-__all__ = ["BACKEND_NAMES", "Backend", "BackendError", "Target", "get_backend", "EbpfBackend", "IptablesBackend",
-           "NftablesBackend", "NoneBackend", "Runner"]
+__all__ = [
+    "BACKEND_NAMES",
+    "Backend",
+    "BackendError",
+    "Target",
+    "get_backend",
+    "EbpfBackend",
+    "IptablesBackend",
+    "NftablesBackend",
+    "NoneBackend",
+    "Runner",
+]

@@ -29,9 +29,11 @@ class EbpfBackend(Backend):
         return cgroup
 
     def describe(self, target: Target) -> str:
-        return (f"socket hooks at cgroup {self._cgroup_for(target).path.name} (connect, sendmsg, recvmsg, "
-                "getsockopt, getpeername, sockops) and sk_lookup in the pod's namespace; no NAT, no conntrack"
-                + ("; app <-> proxy data short-circuited (sk_msg)" if self.shortcut else ""))
+        return (
+            f"socket hooks at cgroup {self._cgroup_for(target).path.name} (connect, sendmsg, recvmsg, "
+            "getsockopt, getpeername, sockops) and sk_lookup in the pod's namespace; no NAT, no conntrack"
+            + ("; app <-> proxy data short-circuited (sk_msg)" if self.shortcut else "")
+        )
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:
         """Capture the pod as `spec` says; if it is captured already, switch it to `spec` in one
@@ -39,12 +41,14 @@ class EbpfBackend(Backend):
         try:
             check_supported(spec)
         except UnsupportedSpec as error:
-            raise BackendError(f"{self.name}: cannot capture this spec exactly: {error}; "
-                               "the nftables backend can") from None
+            raise BackendError(
+                f"{self.name}: cannot capture this spec exactly: {error}; the nftables backend can"
+            ) from None
         missing = probe.missing(short_circuit=self.shortcut)
         if missing:
-            raise BackendError(f"{self.name}: this kernel lacks " +
-                               "; ".join(f"{f.name} ({f.detail})" for f in missing))
+            raise BackendError(
+                f"{self.name}: this kernel lacks " + "; ".join(f"{f.name} ({f.detail})" for f in missing)
+            )
         from ..ebpf.datapath import Datapath, DatapathError  # bcc is only needed from here on
 
         if target.netns in self._pods:
@@ -101,13 +105,19 @@ class EbpfBackend(Backend):
         if datapath is None:
             return {"backend": self.name, "applied": False}
         handle = datapath.pods[target.netns]
-        return {"backend": self.name, "applied": True, "cgroup": str(datapath.cgroup.path),
-                "links": sorted(datapath.links), "sk_lookup": handle.sk_lookup_link is not None,
-                "listeners": datapath.listeners(target.netns),
-                "handoffs_in_flight": datapath.handoffs_in_flight(),
-                "shortcut": handle.shortcut, "shortcut_sockets": datapath.shortcut_sockets(),
-                "counters": datapath.counters(target.netns),
-                "follower": datapath.follower_status(target.netns),
-                "prefix_entries": datapath.prefix_entries(target.netns),
-                "programs_from": datapath.compiled.objects.origin,
-                "programs_cache": str(datapath.compiled.objects.cache_file)}
+        return {
+            "backend": self.name,
+            "applied": True,
+            "cgroup": str(datapath.cgroup.path),
+            "links": sorted(datapath.links),
+            "sk_lookup": handle.sk_lookup_link is not None,
+            "listeners": datapath.listeners(target.netns),
+            "handoffs_in_flight": datapath.handoffs_in_flight(),
+            "shortcut": handle.shortcut,
+            "shortcut_sockets": datapath.shortcut_sockets(),
+            "counters": datapath.counters(target.netns),
+            "follower": datapath.follower_status(target.netns),
+            "prefix_entries": datapath.prefix_entries(target.netns),
+            "programs_from": datapath.compiled.objects.origin,
+            "programs_cache": str(datapath.compiled.objects.cache_file),
+        }

@@ -46,8 +46,10 @@ def _blocks(restore: str) -> dict[str, list[str]]:
 def _merged(first: str, then: str) -> str:
     """One restore input doing `first` then `then`, table by table: each table one commit."""
     one, two = _blocks(first), _blocks(then)
-    return "".join(f"*{table}\n" + "".join(line + "\n" for line in one.get(table, []) + two.get(table, []))
-                   + "COMMIT\n" for table in dict.fromkeys([*one, *two]))
+    return "".join(
+        f"*{table}\n" + "".join(line + "\n" for line in one.get(table, []) + two.get(table, [])) + "COMMIT\n"
+        for table in dict.fromkeys([*one, *two])
+    )
 
 
 class IptablesBackend(Backend):
@@ -63,8 +65,13 @@ class IptablesBackend(Backend):
         """An iptables tool in the pod's network namespace, and in its user namespace if it has one
         (iptables-legacy's lock file then lives where the pod's root can create it)."""
         inside = self.runner.owned_by_other(target.netns)
-        return self.runner.run(argv, input=input, netns=target.netns, userns=inside,
-                               env={"XTABLES_LOCKFILE": USERNS_LOCKFILE} if inside else None)
+        return self.runner.run(
+            argv,
+            input=input,
+            netns=target.netns,
+            userns=inside,
+            env={"XTABLES_LOCKFILE": USERNS_LOCKFILE} if inside else None,
+        )
 
     def choose_variant(self, target: Target) -> tuple[str, str]:
         if self.variant:
@@ -84,8 +91,10 @@ class IptablesBackend(Backend):
         variant, _ = self.choose_variant(target)
         present = self._istio_chains(target, variant, spec.enable_ipv6)
         if present:
-            raise BackendError(f"{self.name}: {', '.join(present)} already present in {target.netns}; "
-                               "not loading Istio's rules over them")
+            raise BackendError(
+                f"{self.name}: {', '.join(present)} already present in {target.netns}; "
+                "not loading Istio's rules over them"
+            )
         rules = render_iptables(spec)
         tables_before = self._nft_tables(target, variant)
         loaded = []
@@ -117,8 +126,11 @@ class IptablesBackend(Backend):
             result = self._run([_binary(variant, version, "restore"), "--noflush"], target, input=forward)
             if result.returncode != 0:
                 for done in reversed(switched):
-                    self._run([_binary(variant, done, "restore"), "--noflush"], target,
-                              input=_merged(new.get(done, ("", ""))[1], old.get(done, ("", ""))[0]))
+                    self._run(
+                        [_binary(variant, done, "restore"), "--noflush"],
+                        target,
+                        input=_merged(new.get(done, ("", ""))[1], old.get(done, ("", ""))[0]),
+                    )
                 raise BackendError(f"{_binary(variant, version, 'restore')}: {result.stderr.strip()}")
             switched.append(version)
         routes.switch_routes(self.runner, target.netns, old_spec, spec)
@@ -149,8 +161,11 @@ class IptablesBackend(Backend):
         leaves them, empty. Delete those this apply created, if nothing else has put rules there."""
         if variant != "nft":
             return
-        empty_new = [table for table, rules in table_rule_counts(self.runner, target.netns, NFT_FAMILIES).items()
-                     if table not in before and rules == 0]
+        empty_new = [
+            table
+            for table, rules in table_rule_counts(self.runner, target.netns, NFT_FAMILIES).items()
+            if table not in before and rules == 0
+        ]
         if empty_new:
             self.runner.nft(target.netns, "".join(f"delete table {table}\n" for table in empty_new))
 
@@ -195,5 +210,9 @@ class IptablesBackend(Backend):
                     counts = chains.setdefault(table, {})
                     chain = line.split()[1]
                     counts[chain] = counts.get(chain, 0) + 1
-        return {"backend": self.name, "variant": variant, "applied": target.netns in self._applied,
-                "istio_chains": chains}
+        return {
+            "backend": self.name,
+            "variant": variant,
+            "applied": target.netns in self._applied,
+            "istio_chains": chains,
+        }

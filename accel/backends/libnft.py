@@ -42,8 +42,11 @@ def listing(runner: Runner, netns: str, what: str = "ruleset") -> list[dict]:
 
 
 def tables_in(runner: Runner, netns: str) -> set[str]:
-    return {f"{item['table']['family']} {item['table']['name']}" for item in listing(runner, netns, "tables")
-            if "table" in item}
+    return {
+        f"{item['table']['family']} {item['table']['name']}"
+        for item in listing(runner, netns, "tables")
+        if "table" in item
+    }
 
 
 def table_rule_counts(runner: Runner, netns: str, families: tuple[str, ...]) -> dict[str, int]:

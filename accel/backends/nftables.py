@@ -30,8 +30,10 @@ class NftablesBackend(Backend):
 
     def describe(self, target: Target) -> str:
         if self.sets:
-            return ("Istio's nftables rule set with its CIDR and port lists as named interval sets (beyond "
-                    "Istio), applied as one libnftables transaction")
+            return (
+                "Istio's nftables rule set with its CIDR and port lists as named interval sets (beyond "
+                "Istio), applied as one libnftables transaction"
+            )
         return "Istio's native nftables rule set, applied as one libnftables transaction"
 
     def apply(self, target: Target, spec: CaptureSpec) -> None:

@@ -15,8 +15,15 @@ from . import libnft
 
 
 class Runner:
-    def run(self, argv: list[str], *, input: str | None = None, netns: str | None = None, userns: bool = False,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self,
+        argv: list[str],
+        *,
+        input: str | None = None,
+        netns: str | None = None,
+        userns: bool = False,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess:
         """process.run(): in `netns`, and with `userns` in the user namespace owning it; `env`
         adds to accel's environment. The result comes back whatever the exit status."""
         return process.run(argv, input=input, netns=netns, userns=userns, env={**os.environ, **env} if env else None)

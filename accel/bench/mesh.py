@@ -44,8 +44,7 @@ DIRECT_MODES = ("none", "explicit")
 CHURN_SERVICES = tuple(f"203.0.113.{n}" for n in range(1, 65))
 CHURN_PORT = 80
 # What bounds connection churn, as the pods have it: the kernel's defaults (nothing is set).
-SYSCTLS = ("net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_fin_timeout",
-           "net.core.somaxconn")
+SYSCTLS = ("net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_fin_timeout", "net.core.somaxconn")
 
 HAPROXY = """global
     nbthread 1
@@ -96,8 +95,9 @@ class MeshError(RuntimeError):
 class Mesh:
     """A client/server pod pair for one mode. Use as a context manager."""
 
-    def __init__(self, mode: str, spec: CaptureSpec, bulk_file: Path, cpus: set[int] | None, *,
-                 scale_pods: int = 0, capture=None):
+    def __init__(
+        self, mode: str, spec: CaptureSpec, bulk_file: Path, cpus: set[int] | None, *, scale_pods: int = 0, capture=None
+    ):
         """`scale_pods`: that many more idle pods in the lab (LabPlan.scale_pods); `capture`: what
         applies the spec instead of the mode's backend (a node's pod add: scale.NodeCapture)."""
         self.mode, self.spec, self.bulk_file, self.cpus = mode, spec, bulk_file, cpus
@@ -132,20 +132,35 @@ class Mesh:
         os.chown(work / "haproxy", PROXY_UID, PROXY_UID)
         nginx = work / "nginx.conf"
         nginx.write_text(NGINX.format(dir=work, port=SERVER_PORT, churn_port=CHURN_PORT, bulk=self.bulk_file))
-        lab.start(SERVER, ["nginx", "-e", str(work / "nginx-error.log"), "-c", str(nginx), "-g", "daemon off;"],
-                  listens=(SERVER_PORT,), cpus=self.cpus)
+        lab.start(
+            SERVER,
+            ["nginx", "-e", str(work / "nginx-error.log"), "-c", str(nginx), "-g", "daemon off;"],
+            listens=(SERVER_PORT,),
+            cpus=self.cpus,
+        )
         explicit = self.mode == "explicit"
         sidecars = {
             CLIENT: ("outbound", OUTBOUND_PORT, f"{SERVER_ADDRESS}:{INBOUND_PORT}" if explicit else "0.0.0.0:0"),
-            SERVER: ("inbound", INBOUND_PORT,
-                     (f"{SERVER_ADDRESS}:{SERVER_PORT}" if explicit else "0.0.0.0:0") + f" source {constants.INBOUND_PASSTHROUGH_SOURCE[4]}"),
+            SERVER: (
+                "inbound",
+                INBOUND_PORT,
+                (f"{SERVER_ADDRESS}:{SERVER_PORT}" if explicit else "0.0.0.0:0")
+                + f" source {constants.INBOUND_PASSTHROUGH_SOURCE[4]}",
+            ),
         }
         for role, (frontend, port, server) in sidecars.items():
             config = work / f"haproxy-{role}.cfg"
-            config.write_text(HAPROXY.format(stats=self.stats_socket(role), frontend=frontend, port=port,
-                                             server=server))
-            lab.start(role, ["haproxy", "-db", "-f", str(config)], uid=PROXY_UID, gid=PROXY_UID,
-                      listens=(port,), cpus=self.cpus)
+            config.write_text(
+                HAPROXY.format(stats=self.stats_socket(role), frontend=frontend, port=port, server=server)
+            )
+            lab.start(
+                role,
+                ["haproxy", "-db", "-f", str(config)],
+                uid=PROXY_UID,
+                gid=PROXY_UID,
+                listens=(port,),
+                cpus=self.cpus,
+            )
         self.apply(self.spec)
 
     def apply(self, spec: CaptureSpec) -> None:
@@ -171,6 +186,7 @@ class Mesh:
 
     def sysctls(self) -> dict[str, str]:
         """The client pod's settings that bound churn (SYSCTLS), as its namespace has them."""
+
         def read():
             return {key: " ".join(Path("/proc/sys", key.replace(".", "/")).read_text().split()) for key in SYSCTLS}
 
@@ -183,8 +199,9 @@ class Mesh:
     def run_client(self, argv: list[str], timeout: float) -> str:
         """A load generator in the client pod, as an app uid, pinned like the pods; its stdout."""
         pod = self.lab.pods[CLIENT]
-        result = process.run(argv, netns=pod.netns, cgroup=pod.cgroup, uid=APP_UID, gid=APP_UID, cpus=self.cpus,
-                             timeout=timeout)
+        result = process.run(
+            argv, netns=pod.netns, cgroup=pod.cgroup, uid=APP_UID, gid=APP_UID, cpus=self.cpus, timeout=timeout
+        )
         if result.returncode != 0:
             raise MeshError(f"{self.mode}: {argv[0]} failed: {(result.stderr or result.stdout).strip()[-300:]}")
         return result.stdout
@@ -250,15 +267,18 @@ class Mesh:
         """One request; the sidecars must have carried it exactly when the mode says they do."""
         before = self._settled_sessions()
         address, port = self.target()
-        script = (f"import socket; s = socket.create_connection(({address!r}, {port}), 5); "
-                  f"s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
-                  "print(s.recv(100).split(b' ')[1].decode())")
+        script = (
+            f"import socket; s = socket.create_connection(({address!r}, {port}), 5); "
+            f"s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); "
+            "print(s.recv(100).split(b' ')[1].decode())"
+        )
         status = self.run_client(["/usr/bin/python3", "-I", "-S", "-c", script], timeout=15).strip()
         after = self.sidecar_sessions()
         carried = {role: after[role] - before[role] for role in after}
         expected = 0 if self.mode == "none" else 1
         if status != "200" or carried != {CLIENT: expected, SERVER: expected}:
-            raise MeshError(f"{self.mode}: a test request got status {status} and the sidecars carried "
-                            f"{carried} sessions (expected {expected} each): the mode does not take the "
-                            "path it claims")
-
+            raise MeshError(
+                f"{self.mode}: a test request got status {status} and the sidecars carried "
+                f"{carried} sessions (expected {expected} each): the mode does not take the "
+                "path it claims"
+            )

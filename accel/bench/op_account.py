@@ -26,9 +26,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 # enum bpf_sock_ops_op (include/uapi/linux/bpf.h)
-SOCK_OPS = ("VOID", "TIMEOUT_INIT", "RWND_INIT", "TCP_CONNECT", "ACTIVE_ESTABLISHED", "PASSIVE_ESTABLISHED",
-            "NEEDS_ECN", "BASE_RTT", "RTO", "RETRANS", "STATE", "TCP_LISTEN", "RTT", "PARSE_HDR_OPT",
-            "HDR_OPT_LEN", "WRITE_HDR_OPT")
+SOCK_OPS = (
+    "VOID",
+    "TIMEOUT_INIT",
+    "RWND_INIT",
+    "TCP_CONNECT",
+    "ACTIVE_ESTABLISHED",
+    "PASSIVE_ESTABLISHED",
+    "NEEDS_ECN",
+    "BASE_RTT",
+    "RTO",
+    "RETRANS",
+    "STATE",
+    "TCP_LISTEN",
+    "RTT",
+    "PARSE_HDR_OPT",
+    "HDR_OPT_LEN",
+    "WRITE_HDR_OPT",
+)
 
 SPAN_KINDS = ("op_timed", "op_ns", "overhead_timed", "overhead_ns")  # the enum in SOURCE
 SOURCE = r"""
@@ -110,8 +125,10 @@ class OpAccount:
         except ImportError as error:
             raise OpAccountError(f"the sockops account needs bcc (python3-bpfcc): {error}") from None
         self._bpf = BPF(text=SOURCE.encode())
-        self._programs = {name: self._bpf.load_func(name.encode(), BPF.SOCK_OPS).fd
-                          for name in ("overhead_start", "overhead_end", "op_start", "op_end")}
+        self._programs = {
+            name: self._bpf.load_func(name.encode(), BPF.SOCK_OPS).fd
+            for name in ("overhead_start", "overhead_end", "op_start", "op_end")
+        }
 
     def close(self) -> None:
         self._bpf.cleanup()
@@ -130,8 +147,10 @@ class OpAccount:
 
         links: list[int] = []
         try:
-            for cgroup, names in [*((path, ("overhead_start", "overhead_end", "op_start")) for path in pod_cgroups),
-                                  (node_cgroup, ("op_end",))]:
+            for cgroup, names in [
+                *((path, ("overhead_start", "overhead_end", "op_start")) for path in pod_cgroups),
+                (node_cgroup, ("op_end",)),
+            ]:
                 fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
                 try:
                     for name in names:
@@ -170,6 +189,9 @@ def account(totals: dict[str, list[int]], connections: int) -> dict[str, dict[st
         per_run = totals["op_ns"][op] / timed if timed else 0.0
         overhead = totals["overhead_ns"][op] / overhead_timed if overhead_timed else 0.0
         net = max(per_run - overhead, 0.0)
-        rows[name] = {"runs": round(calls / connections, 2), "ns_per_run": round(net, 1),
-                      "ns": round(net * calls / connections, 1)}
+        rows[name] = {
+            "runs": round(calls / connections, 2),
+            "ns_per_run": round(net, 1),
+            "ns": round(net * calls / connections, 1),
+        }
     return dict(sorted(rows.items(), key=lambda item: (-item[1]["ns"], -item[1]["runs"], item[0])))

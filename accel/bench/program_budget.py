@@ -10,13 +10,16 @@ BUDGET_LEGEND = "eBPF program time per proxied connection, from the kernel's run
 
 OPS_TITLE = "sockops calls per proxied connection, by op"
 
-OPS_LEGEND = ("The datapath's sockops program by callback, over a crr1 run of its own: calls a connection, and "
-              "ns a call measured by two programs of the benchmark's around it, less the hand-over between two "
-              "programs (bpf_stats' own clock reads make its per-run figure above the higher one).")
+OPS_LEGEND = (
+    "The datapath's sockops program by callback, over a crr1 run of its own: calls a connection, and "
+    "ns a call measured by two programs of the benchmark's around it, less the hand-over between two "
+    "programs (bpf_stats' own clock reads make its per-run figure above the higher one)."
+)
 
 
-def budget_rows(document: dict, shown: list[str] | None = None) \
-        -> tuple[list[tuple[str, str]], list[tuple[str, list[float | None]]]] | None:
+def budget_rows(
+    document: dict, shown: list[str] | None = None
+) -> tuple[list[tuple[str, str]], list[tuple[str, list[float | None]]]] | None:
     """The per-connection program budget of the `shown` modes (all by default) as columns ((mode,
     kind): kind runs, us, before or ratio, the last two only for modes the baseline has) and rows
     (program, a value per column): the programs by time, most first, then "total". None without
@@ -26,17 +29,20 @@ def budget_rows(document: dict, shown: list[str] | None = None) \
     if not modes:
         return None
     before = (document.get("budget_baseline") or {}).get("modes") or {}
-    columns = [(mode, kind) for mode in modes
-               for kind in ("runs", "us", *(("before", "ratio") if mode in before else ()))]
+    columns = [
+        (mode, kind) for mode in modes for kind in ("runs", "us", *(("before", "ratio") if mode in before else ()))
+    ]
     before = {mode: budget for mode, budget in before.items() if mode in modes}
 
     def most(budgets: dict, name: str) -> float:
-        return max([((budget.get("programs") or {}).get(name) or {}).get("ns") or 0 for budget in budgets.values()]
-                   or [0])
+        return max(
+            [((budget.get("programs") or {}).get(name) or {}).get("ns") or 0 for budget in budgets.values()] or [0]
+        )
 
     # a program the optimisation took away still has a row: its time before
-    names = {name for budgets in (modes, before) for budget in budgets.values()
-             for name in budget.get("programs") or {}}
+    names = {
+        name for budgets in (modes, before) for budget in budgets.values() for name in budget.get("programs") or {}
+    }
     names = sorted(names, key=lambda name: (-most(modes, name), -most(before, name), name))
 
     def entry(budgets: dict, mode: str, name: str | None) -> dict:
@@ -77,8 +83,9 @@ def budget_legend(document: dict) -> str:
     return legend
 
 
-def ops_rows(document: dict, shown: list[str] | None = None) \
-        -> tuple[list[tuple[str, str]], list[tuple[str, list[float | None]]]] | None:
+def ops_rows(
+    document: dict, shown: list[str] | None = None
+) -> tuple[list[tuple[str, str]], list[tuple[str, list[float | None]]]] | None:
     """The sockops account (run.measure_sockops_ops) of the `shown` modes (all by default) as
     columns ((mode, kind): runs, ns a run, µs a connection, and "before", the baseline's runs, for
     modes the baseline has) and rows (op, a value per column), the costliest first, then "total".
@@ -87,13 +94,20 @@ def ops_rows(document: dict, shown: list[str] | None = None) \
     modes = {mode: budgets[mode]["sockops_ops"] for mode in ops_modes(document) if shown is None or mode in shown}
     if not modes:
         return None
-    before = {mode: budget["sockops_ops"] for mode, budget in
-              ((document.get("budget_baseline") or {}).get("modes") or {}).items()
-              if mode in modes and budget.get("sockops_ops")}
-    columns = [(mode, kind) for mode in modes for kind in ("runs", "ns_per_run", "us", *(("before",) if mode in before
-                                                                                         else ()))]
-    names = sorted({op for ops in (*modes.values(), *before.values()) for op in ops},
-                   key=lambda op: (-max((ops.get(op) or {}).get("ns") or 0 for ops in modes.values()), op))
+    before = {
+        mode: budget["sockops_ops"]
+        for mode, budget in ((document.get("budget_baseline") or {}).get("modes") or {}).items()
+        if mode in modes and budget.get("sockops_ops")
+    }
+    columns = [
+        (mode, kind)
+        for mode in modes
+        for kind in ("runs", "ns_per_run", "us", *(("before",) if mode in before else ()))
+    ]
+    names = sorted(
+        {op for ops in (*modes.values(), *before.values()) for op in ops},
+        key=lambda op: (-max((ops.get(op) or {}).get("ns") or 0 for ops in modes.values()), op),
+    )
 
     def cell(mode: str, kind: str, op: str | None) -> float | None:
         ops = before.get(mode, {}) if kind == "before" else modes[mode]
@@ -119,5 +133,8 @@ OPS_HEADINGS = {"runs": "calls/conn", "ns_per_run": "ns/call", "us": "µs/conn",
 
 def ops_modes(document: dict) -> list[str]:
     """The modes whose budget has a sockops account."""
-    return [mode for mode, budget in ((document.get("budget") or {}).get("modes") or {}).items()
-            if budget.get("sockops_ops")]
+    return [
+        mode
+        for mode, budget in ((document.get("budget") or {}).get("modes") or {}).items()
+        if budget.get("sockops_ops")
+    ]

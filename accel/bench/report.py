@@ -12,11 +12,32 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .program_budget import (BUDGET_FORMATS, BUDGET_HEADINGS, BUDGET_TITLE, OPS_FORMATS, OPS_HEADINGS,
-                             OPS_LEGEND, OPS_TITLE, budget_legend, budget_rows, ops_modes, ops_rows)
+from .program_budget import (
+    BUDGET_FORMATS,
+    BUDGET_HEADINGS,
+    BUDGET_TITLE,
+    OPS_FORMATS,
+    OPS_HEADINGS,
+    OPS_LEGEND,
+    OPS_TITLE,
+    budget_legend,
+    budget_rows,
+    ops_modes,
+    ops_rows,
+)
 from .run import LOWER_IS_BETTER, REFERENCE
-from .verdicts import MET, MISSED, NOISE, Spread, advice, interval_text, ratio_range, scaling_kept, target_text, \
-    target_verdicts
+from .verdicts import (
+    MET,
+    MISSED,
+    NOISE,
+    Spread,
+    advice,
+    interval_text,
+    ratio_range,
+    scaling_kept,
+    target_text,
+    target_verdicts,
+)
 
 ROWS = [  # figure, label, format
     ("ka1_rps", "ka1 req/s", "{:,.0f}"),
@@ -29,9 +50,11 @@ ROWS = [  # figure, label, format
     ("bulk_mbps", "bulk Mbit/s", "{:,.0f}"),
     ("conntrack_entries", "conntrack", "{:,.0f}"),
 ]
-LEGEND = ("ka1/ka16: keep-alive HTTP over 1/16 connections; cps16: a new connection per request, 16 at "
-          "a time; crr1: one at a time, timed from connect to close; bulk: a 16 MiB response; conntrack: "
-          "entries cps16 left in the client pod. Under each figure, × explicit (green: better).")
+LEGEND = (
+    "ka1/ka16: keep-alive HTTP over 1/16 connections; cps16: a new connection per request, 16 at "
+    "a time; crr1: one at a time, timed from connect to close; bulk: a 16 MiB response; conntrack: "
+    "entries cps16 left in the client pod. Under each figure, × explicit (green: better)."
+)
 
 
 def figure_cell(document: dict, mode: str, figure: str, fmt: str) -> tuple[str, float | None, Spread]:
@@ -57,13 +80,26 @@ def scaling_rows(document: dict) -> tuple[list[str], list[tuple]]:
     rows = []
     for mode, by_size in document["scaling"].items():
         ratios = document["scaling_ratios"][mode]
-        rates = [(f"{by_size[s]:,.0f}", None if mode == REFERENCE else ratios[s],
-                  ratio_range(document, mode, s, "scaling_samples")) for s in sizes]
+        rates = [
+            (
+                f"{by_size[s]:,.0f}",
+                None if mode == REFERENCE else ratios[s],
+                ratio_range(document, mode, s, "scaling_samples"),
+            )
+            for s in sizes
+        ]
         kept = scaling_kept(document, mode)
         entries = document["scaling_capture_entries"].get(mode, {}).get(sizes[-1])
         install = document["scaling_install_seconds"].get(mode, {}).get(sizes[-1])
-        rows.append((mode, rates, "-" if mode == REFERENCE or kept is None else f"{kept:.2f}×",
-                     "-" if entries is None else f"{entries:,}", "-" if install is None else f"{install:.2f} s"))
+        rows.append(
+            (
+                mode,
+                rates,
+                "-" if mode == REFERENCE or kept is None else f"{kept:.2f}×",
+                "-" if entries is None else f"{entries:,}",
+                "-" if install is None else f"{install:.2f} s",
+            )
+        )
     return sizes, rows
 
 
@@ -102,8 +138,14 @@ def progress_bar(console: Console, total: int):
 
         yield log
         return
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("building the modes' pods", total=total)
 
         def step(what: str, measured: bool):
@@ -116,21 +158,25 @@ def progress_bar(console: Console, total: int):
 
 
 def _main_table(document: dict, modes: list[str], title: str | None) -> Table:
-    table = Table(title=title, title_justify="left", show_lines=True, pad_edge=False, box=box.SIMPLE_HEAD,
-                  collapse_padding=True)
+    table = Table(
+        title=title, title_justify="left", show_lines=True, pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True
+    )
     table.add_column("")
     for mode in modes:
         errors = document["modes"][mode].get("errors")
         table.add_column(column_header(mode) + (f"\n[red]{errors} errors[/red]" if errors else ""), justify="right")
     for figure, label, fmt in ROWS:
         # without the ratios' spread: eight modes leave no room for it (Markdown and the plot show it)
-        table.add_row(label, *(_coloured(*figure_cell(document, mode, figure, fmt)[:2], figure in LOWER_IS_BETTER)
-                               for mode in modes))
+        table.add_row(
+            label,
+            *(_coloured(*figure_cell(document, mode, figure, fmt)[:2], figure in LOWER_IS_BETTER) for mode in modes),
+        )
     return table
 
 
-def _fitted(console: Console, modes: list[str], build: Callable[[list[str], bool], Table],
-            repeat: str | None = None) -> list[Table]:
+def _fitted(
+    console: Console, modes: list[str], build: Callable[[list[str], bool], Table], repeat: str | None = None
+) -> list[Table]:
     """build(some modes, titled?) as one titled table when it fits the console, else as the fewest
     untitled tables that each fit (the caller prints the title above them), the modes split in
     order into groups of about the same size; `repeat` (explicit, the mode every ratio divides by)
@@ -146,9 +192,11 @@ def _fitted(console: Console, modes: list[str], build: Callable[[list[str], bool
         return [whole]
     for count in range(2, len(modes) + 1):
         size = -(-len(modes) // count)
-        groups = [modes[start:start + size] for start in range(0, len(modes), size)]
-        groups = [group if index == 0 or repeat not in modes or repeat in group else [repeat, *group]
-                  for index, group in enumerate(groups)]
+        groups = [modes[start : start + size] for start in range(0, len(modes), size)]
+        groups = [
+            group if index == 0 or repeat not in modes or repeat in group else [repeat, *group]
+            for index, group in enumerate(groups)
+        ]
         tables = [build(group, False) for group in groups]
         if all(fits(table) for table in tables):
             return tables
@@ -166,17 +214,25 @@ def print_report(document: dict, console: Console | None = None) -> None:
     console = console or Console()
     env = document["env"]
     title = "accel bench: medians, and × the explicit proxy (the floor for any capture)"
-    tables = _fitted(console, list(document["modes"]),
-                     lambda modes, titled: _main_table(document, modes, title if titled else None), REFERENCE)
+    tables = _fitted(
+        console,
+        list(document["modes"]),
+        lambda modes, titled: _main_table(document, modes, title if titled else None),
+        REFERENCE,
+    )
     _print_fitted(console, title, tables)
     console.print(f"[dim]{LEGEND}[/dim]")
 
     if document["scaling"]:
         sizes, rows = scaling_rows(document)
         first, last = sizes[0], sizes[-1]
-        scaling = Table(title="rule scaling: new connections/s with N excluded CIDRs (none match), and × explicit "
-                              "at the same N", title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD,
-                        collapse_padding=True)
+        scaling = Table(
+            title="rule scaling: new connections/s with N excluded CIDRs (none match), and × explicit at the same N",
+            title_justify="left",
+            pad_edge=False,
+            box=box.SIMPLE_HEAD,
+            collapse_padding=True,
+        )
         scaling.add_column("mode")
         for size in sizes:
             scaling.add_column(f"N={int(size):,}", justify="right")
@@ -185,19 +241,35 @@ def print_report(document: dict, console: Console | None = None) -> None:
         scaling.add_column("install", justify="right")
         for mode, rates, kept, entries, install in rows:
             # no colour here: every capture mode sits below explicit; the trend is the point
-            scaling.add_row(mode, *(text if ratio is None else f"{text}\n{ratio:.2f}×"
-                                    + (f"\n[dim]{_range(spread)}[/dim]" if spread else "")
-                                    for text, ratio, spread in rates), kept, entries, install)
+            scaling.add_row(
+                mode,
+                *(
+                    text
+                    if ratio is None
+                    else f"{text}\n{ratio:.2f}×" + (f"\n[dim]{_range(spread)}[/dim]" if spread else "")
+                    for text, ratio, spread in rates
+                ),
+                kept,
+                entries,
+                install,
+            )
         console.print(scaling)
-        console.print(f"[dim]N={int(last):,} vs N={int(first):,}: the rate kept at the largest N, each measured "
-                      "against explicit in the same rounds (the VM's drift divided out). Under a ratio, its lowest "
-                      "and highest round. Kernel entries (at the largest N): rules, set elements or trie entries "
-                      "read back from the client pod.[/dim]")
+        console.print(
+            f"[dim]N={int(last):,} vs N={int(first):,}: the rate kept at the largest N, each measured "
+            "against explicit in the same rounds (the VM's drift divided out). Under a ratio, its lowest "
+            "and highest round. Kernel entries (at the largest N): rules, set elements or trie entries "
+            "read back from the client pod.[/dim]"
+        )
 
     churn = churn_rows(document)
     if churn:
-        table = Table(title="churn: short connections, the app closing first", title_justify="left", pad_edge=False,
-                      box=box.SIMPLE_HEAD, collapse_padding=True)
+        table = Table(
+            title="churn: short connections, the app closing first",
+            title_justify="left",
+            pad_edge=False,
+            box=box.SIMPLE_HEAD,
+            collapse_padding=True,
+        )
         for number, column in enumerate(CHURN_COLUMNS):
             table.add_column(column, justify="left" if number == 0 else "right")
         for row in churn:
@@ -207,22 +279,28 @@ def print_report(document: dict, console: Console | None = None) -> None:
 
     budgeted = list((document.get("budget") or {}).get("modes") or {})
     if budgeted:
-        _print_fitted(console, BUDGET_TITLE, _fitted(console, budgeted, lambda modes, titled:
-                                                     _budget_table(document, modes, titled)))
+        _print_fitted(
+            console,
+            BUDGET_TITLE,
+            _fitted(console, budgeted, lambda modes, titled: _budget_table(document, modes, titled)),
+        )
         console.print(f"[dim]{budget_legend(document)}[/dim]")
     accounted = ops_modes(document)
     if accounted:
-        _print_fitted(console, OPS_TITLE, _fitted(console, accounted, lambda modes, titled:
-                                                  _ops_table(document, modes, titled)))
+        _print_fitted(
+            console, OPS_TITLE, _fitted(console, accounted, lambda modes, titled: _ops_table(document, modes, titled))
+        )
         console.print(f"[dim]{OPS_LEGEND}[/dim]")
 
     for line in path_lines(document) + target_lines(document):
         console.print(line)
     tools = env["tools"]
-    console.print(f"[dim]{env['kernel']}, {env['cpus']} CPUs ({env['cpu_model']}); pods on CPU "
-                  f"{env['pinning']['pods']}, runner on {env['pinning']['runner']}; {env['rounds']} rounds of "
-                  f"{env['seconds_per_run']} s, mode order rotated; {tools['haproxy']}; {tools['nginx']}; "
-                  f"{tools['wrk']}; {tools['iptables']}; {tools['nft']}.[/dim]")
+    console.print(
+        f"[dim]{env['kernel']}, {env['cpus']} CPUs ({env['cpu_model']}); pods on CPU "
+        f"{env['pinning']['pods']}, runner on {env['pinning']['runner']}; {env['rounds']} rounds of "
+        f"{env['seconds_per_run']} s, mode order rotated; {tools['haproxy']}; {tools['nginx']}; "
+        f"{tools['wrk']}; {tools['iptables']}; {tools['nft']}.[/dim]"
+    )
 
 
 def path_lines(document: dict) -> list[str]:
@@ -246,37 +324,43 @@ def target_lines(document: dict) -> list[str]:
     lines = []
     for verdict in target_verdicts(document):
         colour = {MET: "green", MISSED: "red", NOISE: "yellow"}[verdict["verdict"]]
-        lines.append(f"target {target_text(verdict)}: {verdict['estimate']:.2f}× ({interval_text(verdict)}) "
-                     f"[{colour}]{verdict['verdict']}[/{colour}]")
+        lines.append(
+            f"target {target_text(verdict)}: {verdict['estimate']:.2f}× ({interval_text(verdict)}) "
+            f"[{colour}]{verdict['verdict']}[/{colour}]"
+        )
         if verdict["verdict"] == NOISE:
             lines.append(f"  [dim]{advice(verdict)}[/dim]")
     kept = scaling_kept(document, "ebpf")
     if kept is not None:
         mark = "[green]met[/green]" if kept >= 0.95 else "[red]missed[/red]"
-        lines.append(f"target ebpf keeps ≥ 0.95× its connection rate from the smallest to the largest N: "
-                     f"{kept:.2f}× {mark}")
+        lines.append(
+            f"target ebpf keeps ≥ 0.95× its connection rate from the smallest to the largest N: {kept:.2f}× {mark}"
+        )
     return lines
 
 
 def _budget_table(document: dict, modes: list[str], titled: bool = True) -> Table:
-    return _rows_table(BUDGET_TITLE if titled else None, "program", *budget_rows(document, modes), BUDGET_HEADINGS,
-                       BUDGET_FORMATS)
+    return _rows_table(
+        BUDGET_TITLE if titled else None, "program", *budget_rows(document, modes), BUDGET_HEADINGS, BUDGET_FORMATS
+    )
 
 
 def _ops_table(document: dict, modes: list[str], titled: bool = True) -> Table:
     return _rows_table(OPS_TITLE if titled else None, "op", *ops_rows(document, modes), OPS_HEADINGS, OPS_FORMATS)
 
 
-def _rows_table(title: str | None, first: str, columns: list[tuple[str, str]], rows: list, headings: dict,
-                formats: dict) -> Table:
+def _rows_table(
+    title: str | None, first: str, columns: list[tuple[str, str]], rows: list, headings: dict, formats: dict
+) -> Table:
     """A program_budget table (columns of (mode, kind), rows of (name, values), the last the
     total) for the terminal: the mode heads its first column, a ratio is coloured."""
     table = Table(title=title, title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
     table.add_column(first, vertical="bottom")
     for mode, kind in columns:
         heading = headings[kind]
-        table.add_column(f"{column_header(mode)}\n{heading}" if kind == "runs" else heading, justify="right",
-                         vertical="bottom")
+        table.add_column(
+            f"{column_header(mode)}\n{heading}" if kind == "runs" else heading, justify="right", vertical="bottom"
+        )
     for index, (name, values) in enumerate(rows):
         cells = [name]
         for (_, kind), value in zip(columns, values):
@@ -296,8 +380,17 @@ def churn_rows(document: dict) -> list[tuple[str, ...]]:
     """The churn workload, a row a mode (CHURN_COLUMNS); none if it did not run."""
     rows = []
     for mode, run in ((document.get("churn") or {}).get("modes") or {}).items():
-        rows.append((mode, f"{run['connections']:,}", f"{run['errors']:,}", f"{run['eaddrnotavail']:,}",
-                     f"{run['rate']:,.0f}", f"{run['connect_p50_us']:,.0f} µs", f"{run['connect_p99_us']:,.0f} µs"))
+        rows.append(
+            (
+                mode,
+                f"{run['connections']:,}",
+                f"{run['errors']:,}",
+                f"{run['eaddrnotavail']:,}",
+                f"{run['rate']:,.0f}",
+                f"{run['connect_p50_us']:,.0f} µs",
+                f"{run['connect_p99_us']:,.0f} µs",
+            )
+        )
     return rows
 
 
@@ -305,10 +398,12 @@ def churn_legend(document: dict) -> str:
     churn = document["churn"]
     sysctls = (document.get("env") or {}).get("pod_sysctls") or {}
     settings = ", ".join(f"{key.rsplit('.', 1)[-1]} {value}" for key, value in sysctls.items())
-    return (f"Churn: {churn['rate']:,} short connections/s offered for {churn['seconds']} s, one at a time, "
-            "round-robin over 64 services (explicit: its sidecar), the app closing first so that TIME_WAIT stays "
-            "on its side; EADDRNOTAVAIL: connects that found no source port. Pod sysctls as the kernel sets them"
-            + (f": {settings}." if settings else "."))
+    return (
+        f"Churn: {churn['rate']:,} short connections/s offered for {churn['seconds']} s, one at a time, "
+        "round-robin over 64 services (explicit: its sidecar), the app closing first so that TIME_WAIT stays "
+        "on its side; EADDRNOTAVAIL: connects that found no source port. Pod sysctls as the kernel sets them"
+        + (f": {settings}." if settings else ".")
+    )
 
 
 def _bytes(value: int | None) -> str:
@@ -319,31 +414,49 @@ def print_scale_report(document: dict, console: Console | None = None) -> None:
     """accel bench --pods: a row per backend, then the maps' fill and the targets."""
     console = console or Console()
     count = document["pods"]
-    table = Table(title=f"Node scale: {count} pods captured beside the benchmark's two "
-                        f"({document['rounds']} rounds, {document['seconds_per_run']} s a rate run)",
-                  box=box.SIMPLE_HEAVY)
-    for column in ("backend", "pod add ms\np50/p90/max", f"all {count}\nadd / remove", "kernel\nmemory",
-                   f"cps16\n1 / {count} pods", "ratio\n(95% CI)"):
+    table = Table(
+        title=f"Node scale: {count} pods captured beside the benchmark's two "
+        f"({document['rounds']} rounds, {document['seconds_per_run']} s a rate run)",
+        box=box.SIMPLE_HEAVY,
+    )
+    for column in (
+        "backend",
+        "pod add ms\np50/p90/max",
+        f"all {count}\nadd / remove",
+        "kernel\nmemory",
+        f"cps16\n1 / {count} pods",
+        "ratio\n(95% CI)",
+    ):
         table.add_column(column, justify="left" if column == "backend" else "right")
     for backend, row in document["scale"].items():
         interval = row.get("rate_ratio_ci")
         p90 = row.get("pod_add_ms_p90")
-        table.add_row(backend,
-                      f"{row['pod_add_ms_p50']:.0f} / {'—' if p90 is None else f'{p90:.0f}'} / {row['pod_add_ms_max']:.0f}",
-                      f"{row['all_pods_s']:.2f} s / {row['remove_all_s']:.2f} s",
-                      _bytes(row["memory_bytes"]) + ("*" if "estimate" in row["memory_source"] else ""),
-                      f"{row['rate_1']:,.0f} / {row['rate_n']:,.0f}",
-                      f"{row['rate_ratio']:.3f}" + (f"\n{interval[0]:.2f}–{interval[1]:.2f}" if interval else ""))
+        table.add_row(
+            backend,
+            f"{row['pod_add_ms_p50']:.0f} / {'—' if p90 is None else f'{p90:.0f}'} / {row['pod_add_ms_max']:.0f}",
+            f"{row['all_pods_s']:.2f} s / {row['remove_all_s']:.2f} s",
+            _bytes(row["memory_bytes"]) + ("*" if "estimate" in row["memory_source"] else ""),
+            f"{row['rate_1']:,.0f} / {row['rate_n']:,.0f}",
+            f"{row['rate_ratio']:.3f}" + (f"\n{interval[0]:.2f}–{interval[1]:.2f}" if interval else ""),
+        )
     console.print(table)
-    console.print("[dim]kernel memory: ebpf, bpftool's bytes_memlock of accel's maps and programs with every pod "
-                  "captured; * nftables, the slab's growth while the pods were added (an estimate)[/dim]")
+    console.print(
+        "[dim]kernel memory: ebpf, bpftool's bytes_memlock of accel's maps and programs with every pod "
+        "captured; * nftables, the slab's growth while the pods were added (an estimate)[/dim]"
+    )
     for backend, row in document["scale"].items():
         if row.get("maps"):
-            fill = ", ".join(f"{name} {m['entries']:,}/{m['capacity']:,}" for name, m in row["maps"].items()
-                             if m.get("capacity") and m.get("entries") is not None)
+            fill = ", ".join(
+                f"{name} {m['entries']:,}/{m['capacity']:,}"
+                for name, m in row["maps"].items()
+                if m.get("capacity") and m.get("entries") is not None
+            )
             console.print(f"{backend} maps with {count + 2} pods (entries/capacity): {fill}", highlight=False)
     for verdict in document["verdicts"]:
         sign = "≤" if verdict["at_most"] else "≥"
         colour = {MET: "green", MISSED: "red"}.get(verdict["verdict"], "yellow")
-        console.print(f"target {verdict['backend']} {verdict['figure']} {sign} {verdict['bound']:g}: "
-                      f"{verdict['value']:g} [{colour}]{verdict['verdict']}[/{colour}]", highlight=False)
+        console.print(
+            f"target {verdict['backend']} {verdict['figure']} {sign} {verdict['bound']:g}: "
+            f"{verdict['value']:g} [{colour}]{verdict['verdict']}[/{colour}]",
+            highlight=False,
+        )

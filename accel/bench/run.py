@@ -35,8 +35,17 @@ MODE_CHOICES = (*MODES, "iptables")
 REFERENCE = "explicit"
 SCALING_SIZES = (10, 1000, 10000)
 SCALING_RANGE = ipaddress.ip_network("100.64.0.0/10")  # shared address space: never the server
-FIGURES = ("ka1_rps", "ka16_rps", "ka1_p50_us", "ka1_p99_us", "cps16", "crr1_p50_us", "crr1_p99_us", "bulk_mbps",
-           "conntrack_entries")
+FIGURES = (
+    "ka1_rps",
+    "ka16_rps",
+    "ka1_p50_us",
+    "ka1_p99_us",
+    "cps16",
+    "crr1_p50_us",
+    "crr1_p99_us",
+    "bulk_mbps",
+    "conntrack_entries",
+)
 LOWER_IS_BETTER = {"ka1_p50_us", "ka1_p99_us", "crr1_p50_us", "crr1_p99_us", "conntrack_entries"}
 
 
@@ -117,17 +126,31 @@ def environment(config: BenchConfig, cpus: dict) -> dict:
         found = re.search(pattern, result.stdout + result.stderr)
         return found.group(0) if found else "unknown"
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"kernel": platform.release(), "cpus": os.cpu_count(), "cpu_model": model,
-            "pinning": cpus, "rounds": config.rounds, "seconds_per_run": config.seconds,
-            "scaling_rounds": config.scaling_rounds,
-            "tools": {"haproxy": version(["haproxy", "-v"], r"HAProxy version \S+"),
-                      "nginx": version(["nginx", "-v"], r"nginx/\S+"),
-                      "wrk": version(["wrk", "-v"], r"wrk \S+"),
-                      "iptables": version(["iptables", "--version"], r"iptables v\S+ \(\S+\)"),
-                      "nft": version(["nft", "--version"], r"nftables v\S+"),
-                      "python": platform.python_version()}}
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "kernel": platform.release(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "pinning": cpus,
+        "rounds": config.rounds,
+        "seconds_per_run": config.seconds,
+        "scaling_rounds": config.scaling_rounds,
+        "tools": {
+            "haproxy": version(["haproxy", "-v"], r"HAProxy version \S+"),
+            "nginx": version(["nginx", "-v"], r"nginx/\S+"),
+            "wrk": version(["wrk", "-v"], r"wrk \S+"),
+            "iptables": version(["iptables", "--version"], r"iptables v\S+ \(\S+\)"),
+            "nft": version(["nft", "--version"], r"nftables v\S+"),
+            "python": platform.python_version(),
+        },
+    }
 
 
 def _pinning() -> tuple[set[int] | None, set[int] | None]:
@@ -147,8 +170,10 @@ class Workbench:
 
     @property
     def pinning(self) -> dict:
-        return {"pods": sorted(self.pods_cpu) if self.pods_cpu else "unpinned",
-                "runner": sorted(self.runner_cpu) if self.runner_cpu else "unpinned"}
+        return {
+            "pods": sorted(self.pods_cpu) if self.pods_cpu else "unpinned",
+            "runner": sorted(self.runner_cpu) if self.runner_cpu else "unpinned",
+        }
 
 
 @contextlib.contextmanager
@@ -192,13 +217,15 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                     run = run_workload(meshes[mode], tools, workload, config.seconds)
                     progress("", True)
                     samples.add(mode, run["figures"], run["errors"])
-                    samples.add(mode, {f"conntrack_{workload}": run["conntrack_entries"],
-                                       "connections": run["connections"]})
+                    samples.add(
+                        mode, {f"conntrack_{workload}": run["conntrack_entries"], "connections": run["connections"]}
+                    )
         for mode in config.modes:  # what the sidecars carried, against what the clients made
             after = meshes[mode].sidecar_sessions()
-            paths[mode] = {"connections": sum(samples.values[mode]["connections"]),
-                           "sidecar_sessions": {role: after[role] - sessions_before[mode][role]
-                                                for role in after}}
+            paths[mode] = {
+                "connections": sum(samples.values[mode]["connections"]),
+                "sidecar_sessions": {role: after[role] - sessions_before[mode][role] for role in after},
+            }
         for mode in config.modes:
             if mode.startswith("ebpf"):
                 progress(f"program time per connection: {BUDGET_WORKLOAD} {mode}", False)
@@ -228,8 +255,14 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
                     run = run_workload(meshes[mode], tools, "cps16", config.seconds)
                     progress("", True)
                     scaling.add(mode, {str(size): run["figures"]["cps16"]}, run["errors"])
-    document = report(config, samples, scaling, {"install_seconds": install, "capture_entries": entries},
-                      paths, {**environment(config, bench.pinning), "pod_sysctls": pod_sysctls})
+    document = report(
+        config,
+        samples,
+        scaling,
+        {"install_seconds": install, "capture_entries": entries},
+        paths,
+        {**environment(config, bench.pinning), "pod_sysctls": pod_sysctls},
+    )
     if budget:
         document["budget"] = {"workload": BUDGET_WORKLOAD, "modes": budget}
     if churn:
@@ -263,12 +296,20 @@ def measure_budget(mesh: Mesh, tools: Tools, seconds: float) -> dict:
         entry = programs.setdefault(name, {"time_ns": 0, "runs": 0})
         entry["time_ns"] += time_ns
         entry["runs"] += runs
-    table = {name: {"runs": round(p["runs"] / connections, 2),
-                    "ns_per_run": round(p["time_ns"] / p["runs"], 1) if p["runs"] else 0.0,
-                    "ns": round(p["time_ns"] / connections, 1)}
-             for name, p in programs.items() if p["runs"]}
-    return {"connections": run["connections"], "total_ns": round(sum(p["ns"] for p in table.values()), 1),
-            "programs": table}
+    table = {
+        name: {
+            "runs": round(p["runs"] / connections, 2),
+            "ns_per_run": round(p["time_ns"] / p["runs"], 1) if p["runs"] else 0.0,
+            "ns": round(p["time_ns"] / connections, 1),
+        }
+        for name, p in programs.items()
+        if p["runs"]
+    }
+    return {
+        "connections": run["connections"],
+        "total_ns": round(sum(p["ns"] for p in table.values()), 1),
+        "programs": table,
+    }
 
 
 def measure_sockops_ops(mesh: Mesh, tools: Tools, seconds: float) -> dict:
@@ -296,16 +337,32 @@ def report(config: BenchConfig, samples: Samples, scaling: Samples, applied: dic
         modes[mode] = figures
     for mode in config.modes:
         ratios[mode] = {name: _ratio(modes[mode].get(name), modes[REFERENCE].get(name)) for name in FIGURES}
-    scaled = {mode: {size: scaling.median(mode, size) for size in map(str, config.scaling_sizes)}
-              for mode in (REFERENCE, *config.capture_modes) if mode in scaling.values}
+    scaled = {
+        mode: {size: scaling.median(mode, size) for size in map(str, config.scaling_sizes)}
+        for mode in (REFERENCE, *config.capture_modes)
+        if mode in scaling.values
+    }
     # Against explicit at the same N, measured in the same rounds: what the rules cost, with the
     # VM's drift over the series divided out.
-    scaling_ratios = {mode: {size: _ratio(value, scaled[REFERENCE][size]) for size, value in by_size.items()}
-                      for mode, by_size in scaled.items()} if REFERENCE in scaled else {}
-    return {"env": env, "modes": modes, "ratios": ratios, "scaling": scaled, "scaling_ratios": scaling_ratios,
-            "scaling_install_seconds": applied["install_seconds"],
-            "scaling_capture_entries": applied["capture_entries"],
-            "samples": samples.values, "scaling_samples": scaling.values}
+    scaling_ratios = (
+        {
+            mode: {size: _ratio(value, scaled[REFERENCE][size]) for size, value in by_size.items()}
+            for mode, by_size in scaled.items()
+        }
+        if REFERENCE in scaled
+        else {}
+    )
+    return {
+        "env": env,
+        "modes": modes,
+        "ratios": ratios,
+        "scaling": scaled,
+        "scaling_ratios": scaling_ratios,
+        "scaling_install_seconds": applied["install_seconds"],
+        "scaling_capture_entries": applied["capture_entries"],
+        "samples": samples.values,
+        "scaling_samples": scaling.values,
+    }
 
 
 def _ratio(value, reference):

@@ -70,8 +70,13 @@ class NodeCapture:
             unmount_bpffs_at(self.paths.bpffs)
 
 
-def run_scale(count: int, rounds: int, seconds: float, backends: tuple[str, ...] = SCALE_BACKENDS,
-              progress: Callable[[str, bool], None] | None = None) -> dict:
+def run_scale(
+    count: int,
+    rounds: int,
+    seconds: float,
+    backends: tuple[str, ...] = SCALE_BACKENDS,
+    progress: Callable[[str, bool], None] | None = None,
+) -> dict:
     """Every backend's figures at `count` pods (see the module's doc); the report document."""
     progress = progress or (lambda what, measured: None)
     spec = stock_spec()
@@ -82,18 +87,17 @@ def run_scale(count: int, rounds: int, seconds: float, backends: tuple[str, ...]
             node_root = bench.workdir / f"node-{backend}"
             node_root.mkdir(mode=0o700)
             capture = NodeCapture(backend, node_root)
-            with Mesh(backend, spec, bench.tools.bulk_file, bench.pods_cpu, scale_pods=count,
-                      capture=capture) as mesh:
+            with Mesh(backend, spec, bench.tools.bulk_file, bench.pods_cpu, scale_pods=count, capture=capture) as mesh:
                 mesh.check_path()
                 results[backend] = _measure(mesh, capture, bench.tools, spec, count, rounds, seconds, progress)
-    document = {"pods": count, "rounds": rounds, "seconds_per_run": seconds, "scale": results,
-                "pinning": bench.pinning}
+    document = {"pods": count, "rounds": rounds, "seconds_per_run": seconds, "scale": results, "pinning": bench.pinning}
     document["verdicts"] = scale_verdicts(document)
     return document
 
 
-def _measure(mesh: Mesh, capture: NodeCapture, tools: Tools, spec, count: int, rounds: int, seconds: float,
-             progress) -> dict:
+def _measure(
+    mesh: Mesh, capture: NodeCapture, tools: Tools, spec, count: int, rounds: int, seconds: float, progress
+) -> dict:
     paths = capture.paths
     scale = [mesh.lab.pods[f"scale-{n}"] for n in range(1, count + 1)]
     run_workload(mesh, tools, "ka16", 1)  # warm caches, neighbour entries and the sidecars
@@ -127,16 +131,28 @@ def _measure(mesh: Mesh, capture: NodeCapture, tools: Tools, spec, count: int, r
         progress("", True)
     ratios = [n / one for n, one in zip(crowded, alone)]
     interval = ratio_interval(ratios)
-    return {"pod_add_ms_p50": round(statistics.median(adds), 2), "pod_add_ms_max": round(max(adds), 2),
-            "pod_add_ms_p90": round(statistics.quantiles(adds, n=10)[-1], 2) if len(adds) >= 10 else None,
-            "all_pods_s": round(statistics.median(all_s), 3), "remove_all_s": round(statistics.median(remove_s), 3),
-            "memory_bytes": memory["bytes"], "memory_source": memory["source"], "memory_parts": memory.get("parts"),
-            "maps": maps,
-            "rate_1": round(statistics.median(alone), 1), "rate_n": round(statistics.median(crowded), 1),
-            "rate_ratio": round(statistics.median(crowded) / statistics.median(alone), 4),
-            "rate_ratio_ci": None if interval is None else [round(interval[0], 4), round(interval[1], 4)],
-            "samples": {"pod_add_ms": [round(a, 2) for a in adds], "all_pods_s": [round(s, 3) for s in all_s],
-                        "remove_all_s": [round(s, 3) for s in remove_s], "rate_1": alone, "rate_n": crowded}}
+    return {
+        "pod_add_ms_p50": round(statistics.median(adds), 2),
+        "pod_add_ms_max": round(max(adds), 2),
+        "pod_add_ms_p90": round(statistics.quantiles(adds, n=10)[-1], 2) if len(adds) >= 10 else None,
+        "all_pods_s": round(statistics.median(all_s), 3),
+        "remove_all_s": round(statistics.median(remove_s), 3),
+        "memory_bytes": memory["bytes"],
+        "memory_source": memory["source"],
+        "memory_parts": memory.get("parts"),
+        "maps": maps,
+        "rate_1": round(statistics.median(alone), 1),
+        "rate_n": round(statistics.median(crowded), 1),
+        "rate_ratio": round(statistics.median(crowded) / statistics.median(alone), 4),
+        "rate_ratio_ci": None if interval is None else [round(interval[0], 4), round(interval[1], 4)],
+        "samples": {
+            "pod_add_ms": [round(a, 2) for a in adds],
+            "all_pods_s": [round(s, 3) for s in all_s],
+            "remove_all_s": [round(s, 3) for s in remove_s],
+            "rate_1": alone,
+            "rate_n": crowded,
+        },
+    }
 
 
 def _rate(mesh: Mesh, tools: Tools, seconds: float) -> float:
@@ -169,9 +185,13 @@ def _memory(capture: NodeCapture, slab_before: int) -> tuple[dict, dict | None]:
         prog = _bpftool("prog", "show", "pinned", str(pin)) or {}
         if "id" in prog:
             prog_ids.add((prog["id"], prog.get("bytes_memlock", 0)))
-    parts = {"maps": sum(b for _, b in map_ids), "programs": sum(b for _, b in prog_ids),
-             "map_count": len(map_ids), "program_count": len(prog_ids),
-             "by_map": dict(sorted(by_map.items(), key=lambda item: -item[1]))}
+    parts = {
+        "maps": sum(b for _, b in map_ids),
+        "programs": sum(b for _, b in prog_ids),
+        "map_count": len(map_ids),
+        "program_count": len(prog_ids),
+        "by_map": dict(sorted(by_map.items(), key=lambda item: -item[1])),
+    }
     document = lifecycle.status(capture.paths)[0]
     maps = {m["name"]: {"entries": m["entries"], "capacity": m["capacity"]} for m in document.get("maps", [])}
     return {"bytes": parts["maps"] + parts["programs"], "source": "bpftool bytes_memlock", "parts": parts}, maps
@@ -204,6 +224,14 @@ def scale_verdicts(document: dict) -> list[dict]:
             verdict = "met" if low >= bound else "missed" if high < bound else "not separated from noise"
         else:
             verdict = "met" if (value <= bound if at_most else value >= bound) else "missed"
-        verdicts.append({"backend": backend, "figure": figure, "bound": bound, "at_most": at_most,
-                         "value": value, "verdict": verdict})
+        verdicts.append(
+            {
+                "backend": backend,
+                "figure": figure,
+                "bound": bound,
+                "at_most": at_most,
+                "value": value,
+                "verdict": verdict,
+            }
+        )
     return verdicts

@@ -29,21 +29,55 @@ MET, MISSED, NOISE = "met", "missed", "not separated from noise"
 
 ROUNDS_CAP = 40  # more rounds than this, on this VM, is not a suggestion anyone will follow
 # Student's t, two-sided 95% (the 0.975 quantile), for 1 to 30 degrees of freedom
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T_975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 Z_975 = 1.959964
 
 Spread = tuple[float, float] | None
 
 
-def round_ratios(document: dict, mode: str, figure: str, against: str = REFERENCE,
-                 samples: str = "samples") -> list[float]:
+def round_ratios(
+    document: dict, mode: str, figure: str, against: str = REFERENCE, samples: str = "samples"
+) -> list[float]:
     """Each round's value of `mode` divided by `against`'s from the same round (rounds interleave
     the modes, so a round's drift divides out), over the rounds where both are positive."""
     by_mode = document.get(samples) or {}
     values, references = by_mode.get(mode, {}).get(figure), by_mode.get(against, {}).get(figure)
-    return [value / reference for value, reference in zip(values or (), references or ())
-            if value is not None and reference is not None and value > 0 and reference > 0]
+    return [
+        value / reference
+        for value, reference in zip(values or (), references or ())
+        if value is not None and reference is not None and value > 0 and reference > 0
+    ]
 
 
 def ratio_range(document: dict, mode: str, figure: str, samples: str = "samples") -> Spread:
@@ -75,8 +109,12 @@ def t_quantile(df: int) -> float:
     if df <= len(T_975):
         return T_975[df - 1]
     z = Z_975
-    return (z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * df ** 3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def _log_stats(ratios: list[float]) -> tuple[int, float, float]:
@@ -135,12 +173,21 @@ def target_verdicts(document: dict) -> list[dict]:
         ratios = round_ratios(document, mode, figure, against)
         interval = ratio_interval(ratios)
         verdict = _verdict(interval, bound, at_least)
-        verdicts.append({"mode": mode, "figure": figure, "against": against, "bound": bound, "at_least": at_least,
-                         "estimate": round(value / reference, 4),
-                         "ci_low": None if interval is None else round(interval[0], 4),
-                         "ci_high": None if interval is None else round(interval[1], 4),
-                         "rounds": len(ratios), "verdict": verdict,
-                         "rounds_needed": rounds_needed(ratios, bound) if verdict == NOISE else None})
+        verdicts.append(
+            {
+                "mode": mode,
+                "figure": figure,
+                "against": against,
+                "bound": bound,
+                "at_least": at_least,
+                "estimate": round(value / reference, 4),
+                "ci_low": None if interval is None else round(interval[0], 4),
+                "ci_high": None if interval is None else round(interval[1], 4),
+                "rounds": len(ratios),
+                "verdict": verdict,
+                "rounds_needed": rounds_needed(ratios, bound) if verdict == NOISE else None,
+            }
+        )
     return verdicts
 
 

@@ -61,7 +61,10 @@ class Tools:
             if shutil.which(tool) is None:
                 raise ToolError(f"accel bench needs {tool} (scripts/setup installs it)")
         crr, churn = directory / "crr", directory / "churn"
-        for binary, source, what in ((crr, CRR_SOURCE, "the closed-loop client"), (churn, CHURN_SOURCE, "the churn client")):
+        for binary, source, what in (
+            (crr, CRR_SOURCE, "the closed-loop client"),
+            (churn, CHURN_SOURCE, "the churn client"),
+        ):
             result = process.run(["gcc", "-O2", "-Wall", "-o", str(binary), str(source)], timeout=120)
             if result.returncode != 0:
                 raise ToolError(f"building {what} {source.name}: {result.stderr.strip()[-500:]}")
@@ -82,10 +85,19 @@ def _last_json(output: str, what: str) -> dict:
     raise MeshError(f"{what} printed no result: {output.strip()[-300:]}")
 
 
-def _wrk(mesh: Mesh, tools: Tools, seconds: float, connections: int, path: str = "/",
-         close: bool = False) -> dict:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s",
-            "-s", str(tools.wrk_report), *(["-H", "Connection: close"] if close else []), mesh.url(path)]
+def _wrk(mesh: Mesh, tools: Tools, seconds: float, connections: int, path: str = "/", close: bool = False) -> dict:
+    argv = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{max(1, round(seconds))}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(tools.wrk_report),
+        *(["-H", "Connection: close"] if close else []),
+        mesh.url(path),
+    ]
     result = _last_json(mesh.run_client(argv, timeout=seconds + 60), "wrk")
     result["seconds"] = result["duration_us"] / 1e6
     return result
@@ -107,10 +119,14 @@ def run_workload(mesh: Mesh, tools: Tools, name: str, seconds: float) -> dict:
         connections = run["requests"]
     elif name == "crr1":
         address, port = mesh.target()
-        run = _last_json(mesh.run_client([str(tools.crr), address, str(port), str(seconds)], timeout=seconds + 60),
-                         "crr")
-        figures = {"crr1_p50_us": run["p50_us"], "crr1_p99_us": run["p99_us"],
-                   "crr1_cps": run["connections"] / run["seconds"]}
+        run = _last_json(
+            mesh.run_client([str(tools.crr), address, str(port), str(seconds)], timeout=seconds + 60), "crr"
+        )
+        figures = {
+            "crr1_p50_us": run["p50_us"],
+            "crr1_p99_us": run["p99_us"],
+            "crr1_cps": run["connections"] / run["seconds"],
+        }
         connections = run["connections"]
     elif name == "bulk":
         run = _wrk(mesh, tools, seconds, 1, path="/bulk")
@@ -118,8 +134,12 @@ def run_workload(mesh: Mesh, tools: Tools, name: str, seconds: float) -> dict:
         connections = 1
     else:
         raise ValueError(f"unknown workload {name!r} (expected one of {', '.join(WORKLOADS)})")
-    return {"figures": figures, "errors": run["errors"] + run["non_2xx"], "connections": connections,
-            "conntrack_entries": mesh.conntrack_entries()}
+    return {
+        "figures": figures,
+        "errors": run["errors"] + run["non_2xx"],
+        "connections": connections,
+        "conntrack_entries": mesh.conntrack_entries(),
+    }
 
 
 def run_churn(mesh: Mesh, tools: Tools, seconds: float, rate: float = CHURN_RATE) -> dict:
@@ -127,6 +147,10 @@ def run_churn(mesh: Mesh, tools: Tools, seconds: float, rate: float = CHURN_RATE
     want of a source port (eaddrnotavail), the rate reached, connect() p50/p99, and the pod's
     sysctls that bound it."""
     addresses, port = mesh.churn_targets()
-    run = _last_json(mesh.run_client([str(tools.churn), ",".join(addresses), str(port), str(seconds), str(rate)],
-                                     timeout=seconds + 120), "churn")
+    run = _last_json(
+        mesh.run_client(
+            [str(tools.churn), ",".join(addresses), str(port), str(seconds), str(rate)], timeout=seconds + 120
+        ),
+        "churn",
+    )
     return {**run, "offered_rate": rate, "destinations": len(addresses), "sysctls": mesh.sysctls()}

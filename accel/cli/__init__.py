@@ -18,12 +18,16 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-@click.group("accel", cls=Main, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="\b\nExit status: 0 done (compare: every backend agrees); 1 a run failed, a\n"
-                    "  backend differed, or a command that needs root ran without it; 2 bad\n"
-                    "  input. Every error is one line on stderr: accel: error: <what>.\n"
-                    "\b\nShell completion (bash): eval \"$(_ACCEL_COMPLETE=bash_source accel)\"\n"
-                    "  (zsh: zsh_source, fish: fish_source)")
+@click.group(
+    "accel",
+    cls=Main,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="\b\nExit status: 0 done (compare: every backend agrees); 1 a run failed, a\n"
+    "  backend differed, or a command that needs root ran without it; 2 bad\n"
+    "  input. Every error is one line on stderr: accel: error: <what>.\n"
+    '\b\nShell completion (bash): eval "$(_ACCEL_COMPLETE=bash_source accel)"\n'
+    "  (zsh: zsh_source, fish: fish_source)",
+)
 @click.version_option(_version(), "--version", prog_name="accel", message="%(prog)s %(version)s")
 def main():
     """accel: Istio sidecar traffic capture with iptables, nftables or eBPF, proven equivalent.

@@ -54,23 +54,53 @@ EPILOG = (
 @click.option("--quick", is_flag=True, help="3 rounds of 1 s, scaling once, no churn: in about 3 minutes.")
 @click.option("--rounds", type=click.IntRange(1, 100), help="Rounds of every workload in every mode [default: 5].")
 @click.option("--seconds", type=click.IntRange(1, 600), help="Length of each run [default: 5].")
-@click.option("--modes", type=NameList(MODE_CHOICES, "mode"), metavar="LIST",
-              help="Comma list of modes (below), explicit among them [default: every mode but iptables].")
+@click.option(
+    "--modes",
+    type=NameList(MODE_CHOICES, "mode"),
+    metavar="LIST",
+    help="Comma list of modes (below), explicit among them [default: every mode but iptables].",
+)
 @click.option("--scaling/--no-scaling", default=True, show_default=True, help="Run the rule-scaling series.")
-@click.option("--churn-seconds", type=click.IntRange(0, 600), metavar="S",
-              help="Length of the churn workload, 0 for none [default: 70; --quick: 0].")
-@click.option("--json", "json_file", type=OutputFile(stdout=True), metavar="FILE",
-              help="Write the figures as JSON to FILE (- for stdout, instead of the table).")
-@click.option("--plot", "plot_file", type=OutputFile(suffix=".png"), metavar="FILE.png",
-              help="Draw the ratios and scaling curves to FILE.png.")
-@click.option("--markdown", "markdown_file", type=OutputFile(), metavar="FILE",
-              help="Write the tables as Markdown to FILE.")
-@click.option("--budget-baseline", "baseline_file", type=click.Path(dir_okay=False), metavar="FILE",
-              help="An earlier run's --json: show its program time per connection beside this run's.")
-@click.option("--pods", type=click.IntRange(1, 4000), metavar="N",
-              help="Instead: node scale with N more pods captured, under ebpf and nftables (--modes "
-                   "may narrow it to one): pod add times, memory, connection rate with 1 and N pods.")
-def bench(quick, rounds, seconds, modes, scaling, churn_seconds, json_file, plot_file, markdown_file, baseline_file, pods):
+@click.option(
+    "--churn-seconds",
+    type=click.IntRange(0, 600),
+    metavar="S",
+    help="Length of the churn workload, 0 for none [default: 70; --quick: 0].",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=OutputFile(stdout=True),
+    metavar="FILE",
+    help="Write the figures as JSON to FILE (- for stdout, instead of the table).",
+)
+@click.option(
+    "--plot",
+    "plot_file",
+    type=OutputFile(suffix=".png"),
+    metavar="FILE.png",
+    help="Draw the ratios and scaling curves to FILE.png.",
+)
+@click.option(
+    "--markdown", "markdown_file", type=OutputFile(), metavar="FILE", help="Write the tables as Markdown to FILE."
+)
+@click.option(
+    "--budget-baseline",
+    "baseline_file",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="An earlier run's --json: show its program time per connection beside this run's.",
+)
+@click.option(
+    "--pods",
+    type=click.IntRange(1, 4000),
+    metavar="N",
+    help="Instead: node scale with N more pods captured, under ebpf and nftables (--modes "
+    "may narrow it to one): pod add times, memory, connection rate with 1 and N pods.",
+)
+def bench(
+    quick, rounds, seconds, modes, scaling, churn_seconds, json_file, plot_file, markdown_file, baseline_file, pods
+):
     """Benchmark capture: iptables, nftables and eBPF against an explicit proxy, on real traffic.
 
     Prints a table of medians with each figure's ratio to the explicit proxy, the rule-scaling
@@ -86,16 +116,20 @@ def bench(quick, rounds, seconds, modes, scaling, churn_seconds, json_file, plot
         chosen = modes or SCALE_BACKENDS
         wrong = [m for m in chosen if m not in SCALE_BACKENDS]
         if wrong:
-            raise SpecError("--modes", ",".join(chosen), f"with --pods, only {' and '.join(SCALE_BACKENDS)} "
-                                                         f"(not {', '.join(wrong)})")
+            raise SpecError(
+                "--modes",
+                ",".join(chosen),
+                f"with --pods, only {' and '.join(SCALE_BACKENDS)} (not {', '.join(wrong)})",
+            )
         _scale(pods, rounds or (1 if quick else 5), seconds or (2 if quick else 5), tuple(chosen), json_file)
         return
     chosen = modes or MODES
     try:
         config = BenchConfig.quick(chosen) if quick else BenchConfig(modes=chosen)
         given = (("rounds", rounds), ("seconds", seconds), ("churn_seconds", churn_seconds))
-        config = replace(config, **{k: v for k, v in given if v is not None},
-                         **({} if scaling else {"scaling_rounds": 0}))
+        config = replace(
+            config, **{k: v for k, v in given if v is not None}, **({} if scaling else {"scaling_rounds": 0})
+        )
     except ValueError as error:
         raise SpecError("--modes", ",".join(chosen), str(error)) from None
     baseline = _baseline(baseline_file) if baseline_file else None
@@ -132,14 +166,23 @@ def _baseline(path: str) -> dict:
     document = load_json(path, "--budget-baseline")
     budget = document.get("budget")
     if not isinstance(budget, dict) or not isinstance(budget.get("modes"), dict) or not budget["modes"]:
-        raise SpecError("--budget-baseline", path, "has no program budget (\"budget\": {\"modes\": ...}): "
-                        "give the --json of an accel bench run that measured an ebpf mode")
+        raise SpecError(
+            "--budget-baseline",
+            path,
+            'has no program budget ("budget": {"modes": ...}): '
+            "give the --json of an accel bench run that measured an ebpf mode",
+        )
     return budget
 
 
 @needs_root("it builds network namespaces, loads rules and BPF")
-def _bench(config: BenchConfig, json_file: str | None, plot_file: str | None, markdown_file: str | None,
-           baseline: dict | None = None):
+def _bench(
+    config: BenchConfig,
+    json_file: str | None,
+    plot_file: str | None,
+    markdown_file: str | None,
+    baseline: dict | None = None,
+):
     from ..backends import BackendError
     from ..bench.mesh import MeshError
     from ..bench.markdown import markdown

@@ -45,20 +45,35 @@ class Directory(click.ParamType):
 
 
 def directory_options(function):
-    for option in reversed([
-        click.option("--conf-dir", type=Directory("the runtime's CNI configuration directory"), default=CONF_DIR,
-                     show_default=True, help="The CNI network configuration directory."),
-        click.option("--bin-dir", type=Directory("the directory the runtime runs CNI plugins from"), default=BIN_DIR,
-                     show_default=True, help="Where the runtime finds CNI plugins (Debian: /usr/lib/cni)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--conf-dir",
+                type=Directory("the runtime's CNI configuration directory"),
+                default=CONF_DIR,
+                show_default=True,
+                help="The CNI network configuration directory.",
+            ),
+            click.option(
+                "--bin-dir",
+                type=Directory("the directory the runtime runs CNI plugins from"),
+                default=BIN_DIR,
+                show_default=True,
+                help="Where the runtime finds CNI plugins (Debian: /usr/lib/cni).",
+            ),
+        ]
+    ):
         function = option(function)
     return function
 
 
 def _could_not(error: OSError) -> None:
     """A file the command could not write or read: one line, exit 1."""
-    fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}"
-         f"{' (run as root)' if isinstance(error, PermissionError) else ''}", EXIT_FAILED)
+    fail(
+        f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}"
+        f"{' (run as root)' if isinstance(error, PermissionError) else ''}",
+        EXIT_FAILED,
+    )
 
 
 @click.group("cni", cls=Group)
@@ -97,16 +112,16 @@ INSTALL_EPILOG = DIRECTORIES + (
     "  object where it is. With --watch it keeps running (until SIGTERM or Ctrl-C) and does this\n"
     "  every --interval: a network plugin that rewrites its file on upgrade drops accel-cni, and new\n"
     "  pods would start uncaptured; on a new node it waits for the network configuration to appear.\n"
-    "\b\n--config is accel-cni's object, in a file or as the JSON itself: {\"type\": \"accel-cni\"} and\n"
+    '\b\n--config is accel-cni\'s object, in a file or as the JSON itself: {"type": "accel-cni"} and\n'
     "  any of stateDir, capture (Istio's config JSON), podInfo, excludeNamespaces, logFile. Default:\n"
-    "  {\"type\": \"accel-cni\", \"stateDir\": $ACCEL_STATE_DIR or /var/lib/accel}.\n"
+    '  {"type": "accel-cni", "stateDir": $ACCEL_STATE_DIR or /var/lib/accel}.\n'
     "\b\nExit status: 0 installed (or nothing to change); 1 it could not (no network configuration\n"
     "  in --conf-dir yet, a foreign accel-cni in --bin-dir, a file it cannot write), and nothing\n"
     "  was left half-done; 2 bad input (a bad --config, naming the key; a missing directory).\n"
     "\b\nExamples:\n"
     "  accel cni install\n"
     "  accel cni install --conf-dir /etc/cni/net.d --bin-dir /usr/lib/cni --config accel-cni.json\n"
-    "  accel cni install --config '{\"type\": \"accel-cni\", \"excludeNamespaces\": [\"kube-system\"]}'\n"
+    '  accel cni install --config \'{"type": "accel-cni", "excludeNamespaces": ["kube-system"]}\'\n'
     "  accel cni install --enter-pid-file /run/accel/agent.pid --watch   # in accel's DaemonSet\n"
 )
 
@@ -114,13 +129,25 @@ INSTALL_EPILOG = DIRECTORIES + (
 @cni.command("install", epilog=INSTALL_EPILOG)
 @directory_options
 @click.option("--config", "config_file", metavar="FILE|JSON", help="accel-cni's object in the conflist.")
-@click.option("--enter-pid-file", metavar="FILE",
-              help="Install a shim that runs accel-cni in the mount namespace of the PID in FILE.")
-@click.option("--watch", is_flag=True,
-              help="Keep it so until stopped: put accel-cni back whenever the network plugin rewrites its file, "
-                   "and wait for a network configuration that is not there yet.")
-@click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True, metavar="SECONDS",
-              help="With --watch: how often to look.")
+@click.option(
+    "--enter-pid-file",
+    metavar="FILE",
+    help="Install a shim that runs accel-cni in the mount namespace of the PID in FILE.",
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep it so until stopped: put accel-cni back whenever the network plugin rewrites its file, "
+    "and wait for a network configuration that is not there yet.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=2.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --watch: how often to look.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON (a line per change with --watch).")
 def install_command(conf_dir, bin_dir, config_file, enter_pid_file, watch, interval, as_json):
     """Chain accel-cni after the node's network plugins, and put its executable where the runtime
@@ -128,8 +155,10 @@ def install_command(conf_dir, bin_dir, config_file, enter_pid_file, watch, inter
     from ..cni import config, conflist, install
 
     if enter_pid_file is not None and not enter_pid_file.startswith("/"):
-        fail(f"--enter-pid-file: expected an absolute path (got {enter_pid_file!r}): the runtime runs the shim "
-             "from a directory of its own")
+        fail(
+            f"--enter-pid-file: expected an absolute path (got {enter_pid_file!r}): the runtime runs the shim "
+            "from a directory of its own"
+        )
     plugin, label = _plugin_object(config_file)
     try:
         config.parse(plugin)
@@ -167,21 +196,26 @@ def _report_install(done, label, conf_dir, enter_pid_file, as_json, quiet_unchan
         click.echo(json.dumps(done.as_json()) if quiet_unchanged else json.dumps(done.as_json(), indent=2))
         return
     if not done.changed:
-        click.echo(f"nothing to change: accel-cni is in {done.conflist.path}{_after(done.conflist)}, and "
-                   f"{done.executable.path} is {_kind(done.executable.kind)}")
+        click.echo(
+            f"nothing to change: accel-cni is in {done.conflist.path}{_after(done.conflist)}, and "
+            f"{done.executable.path} is {_kind(done.executable.kind)}"
+        )
         return
     executable = done.executable
     if executable.action == "copied":
         click.echo(f"copied accel-cni to {executable.path}")
     elif executable.action == "written":
-        click.echo(f"wrote a shim to {executable.path} (runs accel-cni in the mount namespace of the PID in "
-                   f"{enter_pid_file})")
+        click.echo(
+            f"wrote a shim to {executable.path} (runs accel-cni in the mount namespace of the PID in {enter_pid_file})"
+        )
     elif executable.action == "updated":
         click.echo(f"updated {executable.path} (now {_kind(executable.kind)})")
     change = done.conflist
     if change.action == "added" and change.converted is not None:
-        click.echo(f"made {change.path} from {change.converted.name} (removed; uninstall puts it back) and added "
-                   f"accel-cni{_after(change)}")
+        click.echo(
+            f"made {change.path} from {change.converted.name} (removed; uninstall puts it back) and added "
+            f"accel-cni{_after(change)}"
+        )
     elif change.action == "added":
         click.echo(f"added accel-cni to {change.path}{_after(change)}")
     elif change.action == "updated":
@@ -228,8 +262,10 @@ def uninstall_command(conf_dir, bin_dir, as_json):
         print_json(done.as_json())
         return
     if not done.changed:
-        click.echo("nothing to remove: accel-cni is in no file of "
-                   f"{conf_dir}{'' if done.executable.action == 'left' else f', and {done.executable.path} is absent'}")
+        click.echo(
+            "nothing to remove: accel-cni is in no file of "
+            f"{conf_dir}{'' if done.executable.action == 'left' else f', and {done.executable.path} is absent'}"
+        )
         return
     for change in done.conflists:
         if change.action == "removed":
@@ -249,7 +285,7 @@ KUBECONFIG_EPILOG = (
     "  https://HOST:PORT, the cluster's CA file and the service account's token file, both by\n"
     "  path: a projected token rotates, and accel-cni reads the file each time it runs. Mode 0600,\n"
     "  replaced atomically; the same content is not written again. Name it in accel-cni's object:\n"
-    "  \"podInfo\": {\"source\": \"kubernetes\", \"kubeconfig\": FILE}.\n"
+    '  "podInfo": {"source": "kubernetes", "kubeconfig": FILE}.\n'
     "\b\nDefaults, inside a pod: $KUBERNETES_SERVICE_HOST, $KUBERNETES_SERVICE_PORT,\n"
     "  /var/run/secrets/kubernetes.io/serviceaccount/ca.crt and .../token.\n"
     "\b\nExit status: 0 written (or unchanged); 1 it cannot write FILE; 2 bad input (an input\n"
@@ -282,8 +318,10 @@ def kubeconfig_command(out, server_host, server_port, ca_file, token_file, as_js
     if as_json:
         print_json({"action": action, "path": out, "kubeconfig": document})
     else:
-        click.echo(f"{'wrote' if action == 'written' else 'nothing to change:'} {out} "
-                   f"(server {document['clusters'][0]['cluster']['server']})")
+        click.echo(
+            f"{'wrote' if action == 'written' else 'nothing to change:'} {out} "
+            f"(server {document['clusters'][0]['cluster']['server']})"
+        )
 
 
 COMMANDS = (cni,)

@@ -79,8 +79,11 @@ class Group(click.Group):
         width = max(map(len, self.commands), default=0)  # one column for the summaries under every heading
         for section, names in self.sections.items():
             # click cuts a summary to fit one line; here it wraps instead
-            rows = [(name.ljust(width), self.commands[name].get_short_help_str(limit=sys.maxsize))
-                    for name in names if not self.commands[name].hidden]
+            rows = [
+                (name.ljust(width), self.commands[name].get_short_help_str(limit=sys.maxsize))
+                for name in names
+                if not self.commands[name].hidden
+            ]
             if rows:
                 with formatter.section(section):
                     formatter.write_dl(rows)
@@ -143,11 +146,11 @@ def spec_options(dns: bool = True):
 
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
-        def wrapper(istio_args, istio_config, annotations, ipv6, dns_servers=None, resolv_conf=RESOLV_CONF,
-                    **kwargs):
+        def wrapper(istio_args, istio_config, annotations, ipv6, dns_servers=None, resolv_conf=RESOLV_CONF, **kwargs):
             try:
-                spec, warnings = inputs.spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers,
-                                                         resolv_conf)
+                spec, warnings = inputs.spec_from_inputs(
+                    istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf
+                )
             except SpecError as error:
                 raise AccelError(_explain(error, click.get_current_context())) from None
             return function(spec=spec, warnings=warnings, **kwargs)
@@ -155,17 +158,28 @@ def spec_options(dns: bool = True):
         options = [
             click.option("--istio-config", "istio_config", metavar="FILE", help="Istio config JSON (Go field names)."),
             click.option("--annotations", metavar="FILE", help="Pod annotations JSON, read as istio-cni does."),
-            click.option("--ipv6/--no-ipv6", default=None,
-                         help="Whether the pod has IPv6 (istio-iptables detects it from the pod's first "
-                              "address). Default: no, or what the config/annotations file says."),
+            click.option(
+                "--ipv6/--no-ipv6",
+                default=None,
+                help="Whether the pod has IPv6 (istio-iptables detects it from the pod's first "
+                "address). Default: no, or what the config/annotations file says.",
+            ),
         ]
         if dns:
             options += [
-                click.option("--dns-servers", metavar="LIST",
-                             help="Comma list of the pod's nameservers for --redirect-dns (default: read "
-                                  "--resolv-conf, as istio-iptables does, only when DNS capture needs them)."),
-                click.option("--resolv-conf", default=RESOLV_CONF, show_default=True, metavar="PATH",
-                             help="resolv.conf to read nameservers from."),
+                click.option(
+                    "--dns-servers",
+                    metavar="LIST",
+                    help="Comma list of the pod's nameservers for --redirect-dns (default: read "
+                    "--resolv-conf, as istio-iptables does, only when DNS capture needs them).",
+                ),
+                click.option(
+                    "--resolv-conf",
+                    default=RESOLV_CONF,
+                    show_default=True,
+                    metavar="PATH",
+                    help="resolv.conf to read nameservers from.",
+                ),
             ]
         options.append(click.argument("istio_args", nargs=-1, type=click.UNPROCESSED))
         for option in reversed(options):
@@ -179,8 +193,12 @@ def _explain(error: SpecError, ctx: click.Context) -> str:
     """An unknown istio-iptables flag is often one of accel's own options, given after -- or misspelled."""
     if "unknown istio-iptables flag" not in error.reason:
         return str(error)
-    own = [name for param in ctx.command.get_params(ctx) if isinstance(param, click.Option)
-           for name in (*param.opts, *param.secondary_opts)]
+    own = [
+        name
+        for param in ctx.command.get_params(ctx)
+        if isinstance(param, click.Option)
+        for name in (*param.opts, *param.secondary_opts)
+    ]
     if error.field in own:
         return f"{error}; {error.field} is an option of {ctx.command_path}: accel's own options go before --"
     istio = [flag for field in inputs.FIELDS for flag in field.flags]
@@ -276,7 +294,13 @@ def print_json(document) -> None:
 @contextlib.contextmanager
 def progress(description: str, total: int) -> Iterator[Callable[[], None]]:
     """A progress bar on stderr while a run works (gone when it ends); yields the step callback."""
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task(description, total=total)
         yield lambda: bar.advance(task)

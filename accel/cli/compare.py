@@ -8,8 +8,17 @@ import click
 from rich.console import Console
 
 from ..backends import BACKEND_NAMES
-from .common import (EXIT_FAILED, NameList, fail, needs_root, print_json, progress, refuse_unsupported,
-                     spec_options, warn)
+from .common import (
+    EXIT_FAILED,
+    NameList,
+    fail,
+    needs_root,
+    print_json,
+    progress,
+    refuse_unsupported,
+    spec_options,
+    warn,
+)
 
 EPILOG = (
     "\b\nWhat it does, per backend, in a fresh lab (network-namespace pods on this node):\n"
@@ -38,18 +47,31 @@ EPILOG = (
 
 
 @click.command("compare", epilog=EPILOG, context_settings={"ignore_unknown_options": True})
-@click.option("--backends", type=NameList(BACKEND_NAMES, "backend"), default="iptables,nftables,none",
-              show_default=True, metavar="LIST",
-              help="Comma list of backends to run (Backends below). The first iptables one is the reference "
-                   "(iptables is added first if none is listed).")
+@click.option(
+    "--backends",
+    type=NameList(BACKEND_NAMES, "backend"),
+    default="iptables,nftables,none",
+    show_default=True,
+    metavar="LIST",
+    help="Comma list of backends to run (Backends below). The first iptables one is the reference "
+    "(iptables is added first if none is listed).",
+)
 @spec_options(dns=False)
-@click.option("--cases", "patterns", metavar="PATTERNS",
-              help="Run only the cases whose names match one of these comma-separated shell patterns "
-                   "('dns-*'); each still meets the pod as in a full run [default: every case].")
+@click.option(
+    "--cases",
+    "patterns",
+    metavar="PATTERNS",
+    help="Run only the cases whose names match one of these comma-separated shell patterns "
+    "('dns-*'); each still meets the pod as in a full run [default: every case].",
+)
 @click.option("--list-cases", is_flag=True, help="Print the spec's cases (name, traffic, description) and exit.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON: spec, cases with each backend's outcome and agreement, mismatches, "
-                   "conntrack entries (with --list-cases: the cases).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON: spec, cases with each backend's outcome and agreement, mismatches, "
+    "conntrack entries (with --list-cases: the cases).",
+)
 def compare_command(backends, patterns, list_cases, as_json, spec, warnings):
     """Run real traffic through each capture backend and compare it with the iptables reference."""
     from ..compare import lab_spec
@@ -74,8 +96,18 @@ def compare_command(backends, patterns, list_cases, as_json, spec, warnings):
 
 
 def _list(cases, as_json: bool) -> None:
-    rows = [{"name": c.name, "from": c.client, "proto": c.proto, "dst": c.dst, "port": c.port, "uid": c.uid,
-             "description": c.description} for c in cases]
+    rows = [
+        {
+            "name": c.name,
+            "from": c.client,
+            "proto": c.proto,
+            "dst": c.dst,
+            "port": c.port,
+            "uid": c.uid,
+            "description": c.description,
+        }
+        for c in cases
+    ]
     if as_json:
         print_json(rows)
         return

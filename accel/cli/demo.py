@@ -6,10 +6,12 @@ import click
 
 from .common import NameList, needs_root
 
-EPILOG = ("\b\nExamples:\n"
-          "  accel demo                               # everything, about 8 minutes\n"
-          "  accel demo --bench-modes explicit,ebpf   # a shorter benchmark at the end\n"
-          "\b\nExit status: 0 done; 1 a step failed (or not root); 2 bad input.")
+EPILOG = (
+    "\b\nExamples:\n"
+    "  accel demo                               # everything, about 8 minutes\n"
+    "  accel demo --bench-modes explicit,ebpf   # a shorter benchmark at the end\n"
+    "\b\nExit status: 0 done; 1 a step failed (or not root); 2 bad input."
+)
 
 
 def _bench_modes():
@@ -19,8 +21,12 @@ def _bench_modes():
 
 
 @click.command("demo", epilog=EPILOG)
-@click.option("--bench-modes", type=_bench_modes(), metavar="LIST",
-              help="The modes of the closing accel bench --quick, explicit among them [default: every mode].")
+@click.option(
+    "--bench-modes",
+    type=_bench_modes(),
+    metavar="LIST",
+    help="The modes of the closing accel bench --quick, explicit among them [default: every mode].",
+)
 @needs_root("it creates network namespaces, loads rules and BPF")
 def demo(bench_modes):
     """Render the stock istio-init capture, load it into scratch namespaces, show the kernel's view.

@@ -41,11 +41,13 @@ def node_options():
             except OSError as error:  # the kernel refused something: say what, in one line
                 fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}", EXIT_FAILED)
 
-        for option in reversed([
-            click.option("--cgroup", metavar="PATH", help=f"Where the programs attach (${ENV_CGROUP})."),
-            click.option("--bpffs", metavar="DIR", help=f"bpffs directory for the pins (${ENV_BPFFS})."),
-            click.option("--state", metavar="DIR", help=f"State directory (${ENV_STATE})."),
-        ]):
+        for option in reversed(
+            [
+                click.option("--cgroup", metavar="PATH", help=f"Where the programs attach (${ENV_CGROUP})."),
+                click.option("--bpffs", metavar="DIR", help=f"bpffs directory for the pins (${ENV_BPFFS})."),
+                click.option("--state", metavar="DIR", help=f"State directory (${ENV_STATE})."),
+            ]
+        ):
             wrapper = option(wrapper)
         return wrapper
 
@@ -65,8 +67,13 @@ UP_EPILOG = WHERE + (
 
 
 @click.command("up", epilog=UP_EPILOG)
-@click.option("--backend", type=click.Choice(("auto", "ebpf", "nftables", "iptables")), default="auto",
-              show_default=True, help="auto: ebpf when `accel probe` passes, else nftables (it says why).")
+@click.option(
+    "--backend",
+    type=click.Choice(("auto", "ebpf", "nftables", "iptables")),
+    default="auto",
+    show_default=True,
+    help="auto: ebpf when `accel probe` passes, else nftables (it says why).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @node_options()
 @needs_root("it loads BPF programs and pins them")
@@ -83,11 +90,15 @@ def up(paths, backend, as_json):
         if report["action"] == "unchanged":
             click.echo("nothing to change: the pinned programs and maps are this accel's (same ids)")
         elif report["action"] == "upgraded":
-            click.echo(f"upgraded: swapped {', '.join(report['swapped'])} into their links; kept maps "
-                       f"{', '.join(report['kept']) or 'none'}; migrated {', '.join(report['migrated']) or 'none'}")
+            click.echo(
+                f"upgraded: swapped {', '.join(report['swapped'])} into their links; kept maps "
+                f"{', '.join(report['kept']) or 'none'}; migrated {', '.join(report['migrated']) or 'none'}"
+            )
         else:
-            click.echo(f"loaded and pinned under {paths.pins}: {len(report['programs'])} programs, "
-                       f"{len(report['links'])} cgroup links at {paths.cgroup}")
+            click.echo(
+                f"loaded and pinned under {paths.pins}: {len(report['programs'])} programs, "
+                f"{len(report['links'])} cgroup links at {paths.cgroup}"
+            )
     for line in report["reconciled"]:
         click.echo(f"reconciled: {line}")
 
@@ -110,8 +121,10 @@ def down(paths, as_json):
         click.echo("nothing to remove: accel was not up here")
     else:
         count = len(report["pods"])
-        click.echo(f"accel down: removed the capture of {count} pod{'s' * (count != 1)}, "
-                   f"{len(report['pins'])} pins, {report['state']}")
+        click.echo(
+            f"accel down: removed the capture of {count} pod{'s' * (count != 1)}, "
+            f"{len(report['pins'])} pins, {report['state']}"
+        )
 
 
 STATUS_EPILOG = WHERE + (
@@ -140,25 +153,39 @@ def status(paths, as_json):
             for column in ("program", "hook", "link id", "program id", "attached"):
                 links.add_column(column)
             for link in document["links"]:
-                links.add_row(link["program"], link["hook"], str(link.get("id", "-")), str(link.get("program_id", "-")),
-                              "yes" if link["attached"] else "[red]no[/red]")
+                links.add_row(
+                    link["program"],
+                    link["hook"],
+                    str(link.get("id", "-")),
+                    str(link.get("program_id", "-")),
+                    "yes" if link["attached"] else "[red]no[/red]",
+                )
             console.print(links)
             maps = Table(title="maps", title_justify="left")
             for column in ("map", "entries", "capacity", "fill"):
                 maps.add_column(column, justify="right" if column != "map" else "left")
             for item in document["maps"]:
-                maps.add_row(item["name"], "-" if item["entries"] is None else f"{item['entries']:,}",
-                             "-" if not item["capacity"] else f"{item['capacity']:,}",
-                             "-" if item["fill"] is None else f"{item['fill']:.1%}")
+                maps.add_row(
+                    item["name"],
+                    "-" if item["entries"] is None else f"{item['entries']:,}",
+                    "-" if not item["capacity"] else f"{item['capacity']:,}",
+                    "-" if item["fill"] is None else f"{item['fill']:.1%}",
+                )
             console.print(maps)
         pods = Table(title=f"pods ({len(document['pods'])})", title_justify="left")
         for column in ("id", "netns", "phase", "spec", "outbound", "inbound", "dns", "short-circuited"):
             pods.add_column(column)
         for pod in document["pods"]:
             counters = pod.get("counters") or {}
-            carried = (f"{counters.get('shortcut_bytes', 0) / 1e6:,.1f} MB" if pod.get("sockmap") else "off")
-            pods.add_row(pod["id"], pod["netns"], pod["phase"], pod["spec_summary"],
-                         *(str(counters.get(k, "-")) for k in ("outbound", "inbound", "dns")), carried)
+            carried = f"{counters.get('shortcut_bytes', 0) / 1e6:,.1f} MB" if pod.get("sockmap") else "off"
+            pods.add_row(
+                pod["id"],
+                pod["netns"],
+                pod["phase"],
+                pod["spec_summary"],
+                *(str(counters.get(k, "-")) for k in ("outbound", "inbound", "dns")),
+                carried,
+            )
         console.print(pods)
     for problem in problems:
         click.echo(f"accel: problem: {problem}", err=True)
@@ -184,9 +211,13 @@ POD_ADD_EPILOG = (
 @pod.command("add", epilog=POD_ADD_EPILOG, context_settings={"ignore_unknown_options": True})
 @click.option("--netns", required=True, metavar="PATH|NAME", help="The pod's network namespace.")
 @click.option("--id", "pod_id", required=True, metavar="ID", help="The pod's id (e.g. a container id).")
-@click.option("--sockmap/--no-sockmap", default=False, show_default=True,
-              help="eBPF: short-circuit the pod's app <-> sidecar hops (data straight into the other end's "
-                   "receive queue; see the README's short-circuit section).")
+@click.option(
+    "--sockmap/--no-sockmap",
+    default=False,
+    show_default=True,
+    help="eBPF: short-circuit the pod's app <-> sidecar hops (data straight into the other end's "
+    "receive queue; see the README's short-circuit section).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @spec_options()
 @node_options()
@@ -237,11 +268,19 @@ def pod_list(paths, as_json):
 
 
 @click.command("metrics", epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C).\n")
-@click.option("--listen", default=None, metavar="ADDR:PORT",
-              help="Where to serve /metrics [default: $ACCEL_METRICS_LISTEN, else 127.0.0.1:9476].")
-@click.option("--pid-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write this process's PID there while it runs (a DaemonSet's accel-cni shim enters its "
-                   "container through it; see `accel cni install --enter-pid-file`).")
+@click.option(
+    "--listen",
+    default=None,
+    metavar="ADDR:PORT",
+    help="Where to serve /metrics [default: $ACCEL_METRICS_LISTEN, else 127.0.0.1:9476].",
+)
+@click.option(
+    "--pid-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write this process's PID there while it runs (a DaemonSet's accel-cni shim enters its "
+    "container through it; see `accel cni install --enter-pid-file`).",
+)
 @node_options()
 @needs_root("it reads pinned BPF objects")
 def metrics(paths, listen, pid_file):
@@ -270,7 +309,11 @@ def _read(path: Path) -> str | None:
         return None
 
 
-@click.command("follow", epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C). Prints a line whenever the pods it follows\n  change: `following: pod-a, pod-b` (or `following: no pod`).\n")
+@click.command(
+    "follow",
+    epilog=WHERE
+    + "\b\nRuns until stopped (SIGTERM or Ctrl-C). Prints a line whenever the pods it follows\n  change: `following: pod-a, pod-b` (or `following: no pod`).\n",
+)
 @node_options()
 @needs_root("it writes the node's maps")
 def follow(paths):

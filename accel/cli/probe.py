@@ -11,8 +11,8 @@ from rich.table import Table
 from .common import EXIT_FAILED, needs_root, print_json
 
 EPILOG = (
-    "\b\n--json prints {\"ok\": true|false, \"short_circuit\": true|false, \"features\": [{\"name\": ...,\n"
-    "  \"ok\": true|false, \"detail\": ..., \"needed_for\": \"capture\"|\"short-circuit\"}, ...]}, one entry\n"
+    '\b\n--json prints {"ok": true|false, "short_circuit": true|false, "features": [{"name": ...,\n'
+    '  "ok": true|false, "detail": ..., "needed_for": "capture"|"short-circuit"}, ...]}, one entry\n'
     "  a feature, in the order of the table.\n"
     "\b\nExit status: 0 everything capture needs is there (the short-circuit may still be missing:\n"
     "  see short_circuit); 1 something capture needs is missing (or not root).\n"
@@ -36,9 +36,15 @@ def probe_command(as_json):
     ok = all(f.ok for f in features if f.needed_for == CAPTURE)
     short_circuit = all(f.ok for f in features if f.needed_for != CAPTURE)
     if as_json:
-        print_json({"ok": ok, "short_circuit": short_circuit,
-                    "features": [{"name": f.name, "ok": f.ok, "detail": f.detail, "needed_for": f.needed_for}
-                                 for f in features]})
+        print_json(
+            {
+                "ok": ok,
+                "short_circuit": short_circuit,
+                "features": [
+                    {"name": f.name, "ok": f.ok, "detail": f.detail, "needed_for": f.needed_for} for f in features
+                ],
+            }
+        )
     else:
         table = Table(title="Kernel features for the eBPF backend", title_justify="left")
         for column in ("feature", "present", "detail"):

@@ -33,7 +33,8 @@ def _flag_help() -> str:
         "\b\nistio-iptables flags (after --), read exactly as istio-iptables reads them:\n"
         + "\n".join(rows)
         + "\n\n\b\nAccepted and ignored (they do not change what is captured):\n"
-        + _wrap(ignored, 2) + "\n"
+        + _wrap(ignored, 2)
+        + "\n"
     )
 
 
@@ -43,7 +44,7 @@ EPILOG = (
     "                           istio-iptables reads it (argv wins over env). accel's\n"
     "                           own options go before the --\n"
     "  --istio-config FILE      Istio's config as JSON, Go field names\n"
-    "                           (e.g. {\"ProxyPort\": \"15001\", \"InboundPortsInclude\": \"*\"});\n"
+    '                           (e.g. {"ProxyPort": "15001", "InboundPortsInclude": "*"});\n'
     "                           absent fields take istio-iptables' defaults\n"
     "  --annotations FILE       pod annotations as istio-cni reads them: JSON with keys\n"
     "                           annotations, proxy_env, proxy_runAsUser, proxy_runAsGroup\n"
@@ -63,8 +64,8 @@ EPILOG = (
     "  spec       the spec as Istio's config JSON (--istio-config reads it back)\n"
     "  warnings   options accepted without effect, as istio-iptables ignores them\n"
     "  text       what is printed without --json\n"
-    "  families   {\"ipv4\": text, \"ipv6\": text or null} for iptables; null otherwise\n"
-    "  datapath   {\"programs\": [...], \"maps\": {...}} for ebpf; null otherwise\n"
+    '  families   {"ipv4": text, "ipv6": text or null} for iptables; null otherwise\n'
+    '  datapath   {"programs": [...], "maps": {...}} for ebpf; null otherwise\n'
     "\b\nExit status: 0 rendered; 2 bad input (one line on stderr naming the field and value).\n"
     "\b\nExamples:\n"
     "  # the stock istio-init sidecar capture\n"
@@ -83,12 +84,21 @@ EPILOG = (
 
 
 @click.command("render", epilog=EPILOG, context_settings={"ignore_unknown_options": True})
-@click.option("--backend", type=click.Choice(BACKEND_NAMES), default="iptables", show_default=True, metavar="NAME",
-              help="Which backend's rendering (Output below).")
+@click.option(
+    "--backend",
+    type=click.Choice(BACKEND_NAMES),
+    default="iptables",
+    show_default=True,
+    metavar="NAME",
+    help="Which backend's rendering (Output below).",
+)
 @click.option("--nft-sets", is_flag=True, help="Same as --backend nftables-sets.")
-@click.option("--family", type=click.Choice(["4", "6"]),
-              help="iptables backends: only the IPv4 rules (4, for iptables-restore) or only the IPv6 rules "
-                   "(6, for ip6tables-restore). Default: both, back to back.")
+@click.option(
+    "--family",
+    type=click.Choice(["4", "6"]),
+    help="iptables backends: only the IPv4 rules (4, for iptables-restore) or only the IPv6 rules "
+    "(6, for ip6tables-restore). Default: both, back to back.",
+)
 @spec_options()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (see below).")
 def render(backend, nft_sets, family, as_json, spec, warnings):
@@ -103,12 +113,16 @@ def render(backend, nft_sets, family, as_json, spec, warnings):
             raise SpecError("--nft-sets", backend, "only applies to --backend nftables")
         backend = "nftables-sets"
     if backend == "none":
-        raise SpecError("--backend", backend, "it captures nothing, so there are no rules to render "
-                                              "(it is accel compare's control)")
+        raise SpecError(
+            "--backend", backend, "it captures nothing, so there are no rules to render (it is accel compare's control)"
+        )
     iptables = backend.startswith("iptables")
     if family and not iptables:
-        raise SpecError("--family", family, "only the iptables backends write one block per family; "
-                                            f"{backend} takes both families at once")
+        raise SpecError(
+            "--family",
+            family,
+            f"only the iptables backends write one block per family; {backend} takes both families at once",
+        )
     if family == "6" and not spec.enable_ipv6:
         raise SpecError("--family", family, "the pod has no IPv6, so there are no IPv6 rules (add --ipv6)")
     refuse_unsupported(spec, [backend])
@@ -123,7 +137,15 @@ def render(backend, nft_sets, family, as_json, spec, warnings):
     else:
         text = render_nftables(spec, sets=backend == "nftables-sets")
     if as_json:
-        print_json({"backend": backend, "spec": inputs.to_istio_config(spec), "warnings": warnings, "text": text,
-                    "families": families, "datapath": datapath})
+        print_json(
+            {
+                "backend": backend,
+                "spec": inputs.to_istio_config(spec),
+                "warnings": warnings,
+                "text": text,
+                "families": families,
+                "datapath": datapath,
+            }
+        )
     else:
         click.echo(text, nl=False)

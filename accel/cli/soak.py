@@ -32,12 +32,27 @@ EPILOG = (
 
 
 @click.command("soak", epilog=EPILOG)
-@click.option("--duration", type=click.FloatRange(5, 7 * 24 * 3600), default=60, show_default=True,
-              metavar="SECONDS", help="How long the traffic and the churn run.")
-@click.option("--sockmap/--no-sockmap", default=False, show_default=True,
-              help="Short-circuit the soaked pod's app <-> sidecar hops (ebpf+sockmap).")
-@click.option("--json", "json_file", type=OutputFile(stdout=True), metavar="FILE",
-              help="Write the figures as JSON to FILE (- for stdout, instead of the table).")
+@click.option(
+    "--duration",
+    type=click.FloatRange(5, 7 * 24 * 3600),
+    default=60,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the traffic and the churn run.",
+)
+@click.option(
+    "--sockmap/--no-sockmap",
+    default=False,
+    show_default=True,
+    help="Short-circuit the soaked pod's app <-> sidecar hops (ebpf+sockmap).",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=OutputFile(stdout=True),
+    metavar="FILE",
+    help="Write the figures as JSON to FILE (- for stdout, instead of the table).",
+)
 def soak(duration, sockmap, json_file):
     """Soak the eBPF datapath: traffic of every kind while pods are added and removed.
 
@@ -53,8 +68,9 @@ def _soak(duration: float, sockmap: bool, json_file: str | None):
     from ..lab.soak import Soak, SoakConfig
 
     try:
-        report = Soak(SoakConfig(duration=duration, sockmap=sockmap),
-                      progress=lambda line: click.echo(line, err=True)).run()
+        report = Soak(
+            SoakConfig(duration=duration, sockmap=sockmap), progress=lambda line: click.echo(line, err=True)
+        ).run()
     except LabError as error:
         fail(str(error), EXIT_FAILED)
     if json_file == "-":
@@ -75,23 +91,32 @@ def _print(report: dict) -> None:
         row = report["traffic"][name]
         echo(f"  {name:<10} {row['requests']:>9,} {row['per_second']:>7} {row['failed']:>7} {row['misrouted']:>10}")
     streams = report["traffic"]["streams"]
-    echo(f"  streams: {streams['streams']} ({streams['bytes_checked'] >> 20} MiB checked), "
-         f"{streams['not_exact']} not byte-exact")
+    echo(
+        f"  streams: {streams['streams']} ({streams['bytes_checked'] >> 20} MiB checked), "
+        f"{streams['not_exact']} not byte-exact"
+    )
     churn = report["churn"]
-    echo(f"  churn: {churn['pods']} pods added and removed; pod add {churn['add_ms_p50']} ms median, "
-         f"{churn['add_ms_max']} max; pod del {churn['del_ms_p50']} ms median, {churn['del_ms_max']} max")
+    echo(
+        f"  churn: {churn['pods']} pods added and removed; pod add {churn['add_ms_p50']} ms median, "
+        f"{churn['add_ms_max']} max; pod del {churn['del_ms_p50']} ms median, {churn['del_ms_max']} max"
+    )
     maps = report["maps"]
-    echo("  maps (entries): " + ", ".join(f"{m} {maps['baseline'].get(m)} -> {maps['final'].get(m)}"
-                                         for m in maps["final"] if m in maps["baseline"]))
+    echo(
+        "  maps (entries): "
+        + ", ".join(
+            f"{m} {maps['baseline'].get(m)} -> {maps['final'].get(m)}" for m in maps["final"] if m in maps["baseline"]
+        )
+    )
     echo("  in flight, most at once: " + ", ".join(f"{m} {n}" for m, n in maps["max"].items()))
     agents = report["agents"]
     for name, memory in agents["memory_bytes"].items():
-        echo(f"  accel {name}: RSS {memory['rss_first'] >> 10} KiB first, {memory['rss_last'] >> 10} KiB last; "
-             f"fds {agents['fds']['start'][name]} -> {agents['fds']['end'][name]}")
+        echo(
+            f"  accel {name}: RSS {memory['rss_first'] >> 10} KiB first, {memory['rss_last'] >> 10} KiB last; "
+            f"fds {agents['fds']['start'][name]} -> {agents['fds']['end'][name]}"
+        )
     echo(f"  pins: {report['pins']['start']} -> {report['pins']['end']}; metrics scraped {agents['scrapes']} times")
     if report["problems"]:
         for problem in report["problems"]:
             echo(f"  FAILED: {problem}")
     else:
         echo("  passed: every check")
-

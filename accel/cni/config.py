@@ -128,13 +128,15 @@ def parse(document: object) -> PluginConfig:
 
 def _pod_info(document: object) -> KubernetesSource | DirectorySource:
     if not isinstance(document, Mapping) or document.get("source") not in POD_INFO_KEYS:
-        raise ConfigError("podInfo.source", 'expected {"source": "kubernetes", "kubeconfig": PATH} or '
-                                            '{"source": "dir", "path": DIR}')
+        raise ConfigError(
+            "podInfo.source", 'expected {"source": "kubernetes", "kubeconfig": PATH} or {"source": "dir", "path": DIR}'
+        )
     source = document["source"]
     unknown = [key for key in document if key not in POD_INFO_KEYS[source]]
     if unknown:
-        raise ConfigError(f"podInfo.{unknown[0]}",
-                          f"unknown key for source {source!r} (expected {', '.join(POD_INFO_KEYS[source])})")
+        raise ConfigError(
+            f"podInfo.{unknown[0]}", f"unknown key for source {source!r} (expected {', '.join(POD_INFO_KEYS[source])})"
+        )
     if source == "dir":
         return DirectorySource(_absolute(document, "path", "podInfo."))
     attempts = document.get("attempts", 30)
@@ -156,6 +158,8 @@ def _string(document: Mapping, key: str, prefix: str = "") -> str:
 def _absolute(document: Mapping, key: str, prefix: str = "") -> str:
     value = _string(document, key, prefix)
     if not value.startswith("/"):
-        raise ConfigError(prefix + key, f"expected an absolute path (got {value!r}): a runtime runs "
-                                        "plugins from a directory of its own")
+        raise ConfigError(
+            prefix + key,
+            f"expected an absolute path (got {value!r}): a runtime runs plugins from a directory of its own",
+        )
     return value

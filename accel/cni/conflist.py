@@ -57,8 +57,13 @@ class Change:
     skipped: tuple[str, ...] = ()  # insert: files passed over as a runtime passes over them, and why
 
     def as_json(self) -> dict:
-        return {"action": self.action, "path": str(self.path), "after": list(self.after),
-                "converted": None if self.converted is None else str(self.converted), "skipped": list(self.skipped)}
+        return {
+            "action": self.action,
+            "path": str(self.path),
+            "after": list(self.after),
+            "converted": None if self.converted is None else str(self.converted),
+            "skipped": list(self.skipped),
+        }
 
 
 def extension(name: str) -> str:
@@ -78,8 +83,10 @@ def candidates(conf_dir: Path) -> list[Path]:
         raise ConflistError(f"{conf_dir}: not a directory") from None
     except OSError as error:
         raise ConflistError(f"{conf_dir}: cannot list: {error.strerror or error}") from None
-    return sorted((Path(entry.path) for entry in entries
-                   if extension(entry.name) in EXTENSIONS and not entry.is_dir()), key=lambda p: p.name)
+    return sorted(
+        (Path(entry.path) for entry in entries if extension(entry.name) in EXTENSIONS and not entry.is_dir()),
+        key=lambda p: p.name,
+    )
 
 
 def read(path: Path) -> NetworkFile:
@@ -129,8 +136,10 @@ def primary(conf_dir: Path) -> tuple[NetworkFile, tuple[str, ...]]:
         except ValueError as error:
             skipped.append(f"{path.name}: {error}")
     found = f"no valid file: {'; '.join(skipped)}" if paths else "no .conf, .conflist or .json file"
-    raise ConflistError(f"no CNI network configuration in {conf_dir} ({found}): the node's network plugin writes "
-                        "one when it starts; try again then")
+    raise ConflistError(
+        f"no CNI network configuration in {conf_dir} ({found}): the node's network plugin writes "
+        "one when it starts; try again then"
+    )
 
 
 def is_accel(plugin: object) -> bool:
@@ -191,8 +200,10 @@ def _plan_conversion(conf_dir: Path, network: NetworkFile, plugin: dict, skipped
         # The new file must stay first: nothing may sort between the .conf and its .conflist.
         between = [path.name for path in candidates(conf_dir) if source.name < path.name < target.name]
         if between:
-            raise ConflistError(f"{between[0]} sorts between {source.name} and {target.name}: the conflist made "
-                                f"from {source.name} would not be the node's network; rename {between[0]}")
+            raise ConflistError(
+                f"{between[0]} sorts between {source.name} and {target.name}: the conflist made "
+                f"from {source.name} would not be the node's network; rename {between[0]}"
+            )
     if os.path.lexists(target) and not _converted_from(target, source.name):
         raise ConflistError(f"cannot make {source.name} into a conflist: {target} exists already (not made by accel)")
     single = {key: value for key, value in network.document.items() if key not in ("cniVersion", "name")}
@@ -200,8 +211,11 @@ def _plan_conversion(conf_dir: Path, network: NetworkFile, plugin: dict, skipped
     document["plugins"] = [single, {**plugin, CONVERTED_FROM: source.name}]
     # The .conflist is written before the .conf goes: the .conf sorts first, so a runtime reads the
     # old network until the moment the .conf is removed, and accel-cni's from then on.
-    return Plan(Change("added", target, (_type(single),), converted=source, skipped=skipped),
-                [(target, document, source)], [source])
+    return Plan(
+        Change("added", target, (_type(single),), converted=source, skipped=skipped),
+        [(target, document, source)],
+        [source],
+    )
 
 
 def _converted_from(path: Path, name: str) -> bool:
@@ -245,8 +259,9 @@ def _plan_removal(network: NetworkFile) -> Plan:
         # The .conf as it was: cniVersion and name first, where a conf keeps them, then the plugin's keys.
         single = {key: network.document[key] for key in network.document if key in ("cniVersion", "name")}
         single.update(rest[0])
-        return Plan(Change("restored", network.path, after, converted=origin),
-                    [(origin, single, network.path)], [network.path])
+        return Plan(
+            Change("restored", network.path, after, converted=origin), [(origin, single, network.path)], [network.path]
+        )
     if not rest:  # a list of accel-cni alone is no network: better none than one that sets up no interface
         return Plan(Change("dropped", network.path), removals=[network.path])
     document = {**network.document, "plugins": rest}
@@ -311,4 +326,3 @@ def write_atomically(path: Path, data: bytes, mode: int = 0o644, mode_from: Path
             os.fsync(directory)
         finally:
             os.close(directory)
-

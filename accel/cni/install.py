@@ -68,8 +68,12 @@ class Installed:
         return self.executable.action != "unchanged" or self.conflist.action != "unchanged"
 
     def as_json(self) -> dict:
-        return {"changed": self.changed, "executable": self.executable.as_json(),
-                "conflist": self.conflist.as_json(), "warnings": list(self.warnings)}
+        return {
+            "changed": self.changed,
+            "executable": self.executable.as_json(),
+            "conflist": self.conflist.as_json(),
+            "warnings": list(self.warnings),
+        }
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,11 @@ class Uninstalled:
         return bool(self.conflists) or self.executable.action == "removed"
 
     def as_json(self) -> dict:
-        return {"changed": self.changed, "conflists": [change.as_json() for change in self.conflists],
-                "executable": self.executable.as_json()}
+        return {
+            "changed": self.changed,
+            "conflists": [change.as_json() for change in self.conflists],
+            "executable": self.executable.as_json(),
+        }
 
 
 def console_script() -> Path:
@@ -102,9 +109,15 @@ def shim(enter_pid_file: str, executable: Path | None = None) -> bytes:
         raise ValueError(f"the PID file must be an absolute path (got {enter_pid_file!r})")
     if "\n" in enter_pid_file or "\0" in enter_pid_file:
         raise ValueError(f"not a file name (got {enter_pid_file!r})")
-    error = json.dumps({"cniVersion": "1.0.0", "code": CNI_TRY_AGAIN_LATER,
-                        "msg": f"accel-cni: the accel agent is not running on this node (no live PID in "
-                               f"{enter_pid_file}): try again later"}, separators=(",", ":"))
+    error = json.dumps(
+        {
+            "cniVersion": "1.0.0",
+            "code": CNI_TRY_AGAIN_LATER,
+            "msg": f"accel-cni: the accel agent is not running on this node (no live PID in "
+            f"{enter_pid_file}): try again later",
+        },
+        separators=(",", ":"),
+    )
     return f"""#!/bin/sh
 {SHIM_MARKER}
 # Runs accel-cni inside the accel agent's container (its mount namespace), where accel is installed.
@@ -155,23 +168,27 @@ def _wanted_executable(enter_pid_file: str | None) -> tuple[bytes, str]:
     try:
         data = source.read_bytes()
     except OSError:
-        raise InstallError(f"no accel-cni console script at {source}: reinstall accel (pip install) so that "
-                           "it is made, or give --enter-pid-file") from None
+        raise InstallError(
+            f"no accel-cni console script at {source}: reinstall accel (pip install) so that "
+            "it is made, or give --enter-pid-file"
+        ) from None
     if kind_of(data) != "copy":
         raise InstallError(f"{source} is not accel's accel-cni console script")
     return data, "copy"
 
 
-def install(conf_dir: Path | str, bin_dir: Path | str, plugin_object: Mapping,
-            enter_pid_file: str | None = None) -> Installed:
+def install(
+    conf_dir: Path | str, bin_dir: Path | str, plugin_object: Mapping, enter_pid_file: str | None = None
+) -> Installed:
     """Put accel-cni into the node: bin_dir/accel-cni, then its object in the node's network in
     conf_dir. Idempotent: what is already as wanted is not written. If the configuration cannot be
     changed, the executable is put back as it was. ConfigError: plugin_object is not valid."""
     conf_dir, bin_dir = Path(conf_dir), Path(bin_dir)
     parsed = config.parse(plugin_object)
     if conflist.CONVERTED_FROM in plugin_object:
-        raise config.ConfigError(conflist.CONVERTED_FROM, "accel cni install sets it when it makes a .conf into "
-                                                          "a conflist; leave it out")
+        raise config.ConfigError(
+            conflist.CONVERTED_FROM, "accel cni install sets it when it makes a .conf into a conflist; leave it out"
+        )
     if not bin_dir.is_dir():
         raise InstallError(f"{bin_dir}: no such directory")
     plan = conflist.plan_insert(conf_dir, plugin_object)  # refuses before the executable is touched
@@ -217,14 +234,20 @@ def uninstall(conf_dir: Path | str, bin_dir: Path | str) -> Uninstalled:
         return Uninstalled(changes, ExecutableChange("absent", target))
     kind = kind_of(data)
     if kind is None:
-        return Uninstalled(changes, ExecutableChange("left", target, None,
-                                                     "not accel's (neither its console script nor its shim)"))
+        return Uninstalled(
+            changes, ExecutableChange("left", target, None, "not accel's (neither its console script nor its shim)")
+        )
     target.unlink()
     return Uninstalled(changes, ExecutableChange("removed", target, kind))
 
 
-def write_kubeconfig(path: Path | str, host: str | None = None, port: int | str | None = None,
-                     ca_file: str | None = None, token_file: str | None = None) -> tuple[str, dict]:
+def write_kubeconfig(
+    path: Path | str,
+    host: str | None = None,
+    port: int | str | None = None,
+    ca_file: str | None = None,
+    token_file: str | None = None,
+) -> tuple[str, dict]:
     """Write a kubeconfig for the plugin to reach the API server: the server, the cluster's CA file,
     and the service account's token *file* (a projected token rotates; the client reads the file
     each time the plugin runs). Inputs not given come from the pod's environment. Returns the
@@ -257,8 +280,9 @@ def write_kubeconfig(path: Path | str, host: str | None = None, port: int | str 
 def _from_env(name: str, field: str) -> str:
     value = os.environ.get(name, "")
     if not value:
-        raise KubeconfigError(field, f"${name} is not set (it is in every pod; outside one, say where the API "
-                                     "server is)")
+        raise KubeconfigError(
+            field, f"${name} is not set (it is in every pod; outside one, say where the API server is)"
+        )
     return value
 
 

@@ -39,8 +39,10 @@ CAPTURE_FAILED = 103  # the kernel, or the node's backend, refused the capture
 NOT_IN_PLACE = 104  # CHECK: the pod's capture is missing or differs
 INTERNAL = 199  # a bug in accel-cni: the log file holds its traceback
 
-ABOUT = ("accel-cni: accel's chained CNI plugin. A container runtime runs it, with CNI_COMMAND and the\n"
-         "plugin's configuration on stdin; see `accel cni install --help` and the README.\n")
+ABOUT = (
+    "accel-cni: accel's chained CNI plugin. A container runtime runs it, with CNI_COMMAND and the\n"
+    "plugin's configuration on stdin; see `accel cni install --help` and the README.\n"
+)
 LOG_LIMIT = 10 * 1024 * 1024  # the log file is rotated to LOG.1 beyond this
 
 
@@ -66,8 +68,16 @@ class Call:
         return value
 
     def log(self, level: str, message: str, **fields) -> None:
-        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "level": level, "command": self.command,
-                           "container": self.environ.get("CNI_CONTAINERID", ""), "msg": message, **fields})
+        line = json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "level": level,
+                "command": self.command,
+                "container": self.environ.get("CNI_CONTAINERID", ""),
+                "msg": message,
+                **fields,
+            }
+        )
         print(line, file=sys.stderr)
         if self.log_file is not None:
             try:
@@ -119,13 +129,26 @@ def run(environ: Mapping[str, str], stdin: bytes, out: TextIO) -> int:
         return 0
     except CniError as error:
         call.log("error", error.msg, code=error.code)
-        _print(out, {"cniVersion": call.version, "code": error.code, "msg": error.msg,
-                     **({"details": error.details} if error.details else {})})
+        _print(
+            out,
+            {
+                "cniVersion": call.version,
+                "code": error.code,
+                "msg": error.msg,
+                **({"details": error.details} if error.details else {}),
+            },
+        )
         return 1
     except Exception as error:  # never a traceback on stdout: the runtime reads an error object there
         call.log("error", "internal error", traceback=traceback.format_exc())
-        _print(out, {"cniVersion": call.version, "code": INTERNAL,
-                     "msg": f"accel-cni internal error: {type(error).__name__}: {error}"})
+        _print(
+            out,
+            {
+                "cniVersion": call.version,
+                "code": INTERNAL,
+                "msg": f"accel-cni internal error: {type(error).__name__}: {error}",
+            },
+        )
         return 1
 
 
@@ -138,8 +161,10 @@ def _add(call: Call, config, document: Mapping) -> dict:
         return _passed_through(previous, call.version)
     from ..node import pods
 
-    outcome = _node_call(lambda paths: pods.add(paths, container, netns, decision.spec, name=decision.pod,
-                                                shortcut=config.sockmap), config)
+    outcome = _node_call(
+        lambda paths: pods.add(paths, container, netns, decision.spec, name=decision.pod, shortcut=config.sockmap),
+        config,
+    )
     call.log("info", f"captured: {outcome}", pod=decision.pod, netns=netns, warnings=list(decision.warnings))
     return _passed_through(previous, call.version)
 
@@ -229,8 +254,9 @@ def _version(document: Mapping, command: str) -> str:
     if not isinstance(version, str) or not version:
         raise CniError(INVALID_CONFIG, "cniVersion is missing from the network configuration")
     if version not in c.CNI_VERSIONS:
-        raise CniError(INCOMPATIBLE_VERSION, f"cniVersion {version} is not one accel-cni speaks "
-                                             f"({', '.join(c.CNI_VERSIONS)})")
+        raise CniError(
+            INCOMPATIBLE_VERSION, f"cniVersion {version} is not one accel-cni speaks ({', '.join(c.CNI_VERSIONS)})"
+        )
     if command == "CHECK" and version in ("0.3.0", "0.3.1"):
         raise CniError(INCOMPATIBLE_VERSION, f"CHECK needs cniVersion 0.4.0 or later (got {version})")
     return version
@@ -240,8 +266,11 @@ def _pod_ips(previous) -> list[str]:
     """The pod's addresses, from the previous plugin's result ("ips": [{"address": "10.1.2.3/24"}])."""
     if not isinstance(previous, Mapping):
         return []
-    return [str(ip["address"]).split("/")[0] for ip in previous.get("ips") or []
-            if isinstance(ip, Mapping) and ip.get("address")]
+    return [
+        str(ip["address"]).split("/")[0]
+        for ip in previous.get("ips") or []
+        if isinstance(ip, Mapping) and ip.get("address")
+    ]
 
 
 def _passed_through(previous, version: str) -> dict:

@@ -108,8 +108,20 @@ def _skip_reason(pod: Pod) -> str | None:
 
 def _go_bool(text: str | None) -> bool | None:
     """Go's strconv.ParseBool, which istio-cni uses; None for anything else."""
-    return {"1": True, "t": True, "T": True, "TRUE": True, "true": True, "True": True,
-            "0": False, "f": False, "F": False, "FALSE": False, "false": False, "False": False}.get(text or "")
+    return {
+        "1": True,
+        "t": True,
+        "T": True,
+        "TRUE": True,
+        "true": True,
+        "True": True,
+        "0": False,
+        "f": False,
+        "F": False,
+        "FALSE": False,
+        "false": False,
+        "False": False,
+    }.get(text or "")
 
 
 def _file_pod(source: DirectorySource, stem: str) -> Pod | None:
@@ -166,10 +178,15 @@ def _read_pod(source: KubernetesSource, namespace: str, name: str) -> dict:
             return json.loads(response.data)
         except ApiException as error:
             if error.status in (401, 403):
-                raise PodInfoError(f"the API server refused to give pod {namespace}/{name} ({error.status} "
-                                   f"{error.reason}): check accel's RBAC and kubeconfig", transient=False) from None
+                raise PodInfoError(
+                    f"the API server refused to give pod {namespace}/{name} ({error.status} "
+                    f"{error.reason}): check accel's RBAC and kubeconfig",
+                    transient=False,
+                ) from None
             last = f"{error.status} {error.reason}"
         except Exception as error:  # urllib3 connection errors, timeouts
             last = f"{type(error).__name__}: {error}"
-    raise PodInfoError(f"could not read pod {namespace}/{name} from the API server after {source.attempts} "
-                       f"attempts: {last}", transient=True)
+    raise PodInfoError(
+        f"could not read pod {namespace}/{name} from the API server after {source.attempts} attempts: {last}",
+        transient=True,
+    )

@@ -45,14 +45,24 @@ class Comparison:
             "spec": inputs.to_istio_config(self.spec),
             "reference": self.reference,
             "backends": {name: run.description for name, run in self.runs.items()},
-            "cases": [{
-                "name": case.name,
-                "description": case.description,
-                "traffic": {"from": case.client, "proto": case.proto, "dst": case.dst, "port": case.port,
-                            "uid": case.uid, "gid": case.gid, "bind": case.bind},
-                "outcomes": {name: run.outcomes[case.name] for name, run in self.runs.items()},
-                "agrees": {name: self.agrees(name, case) for name in self.runs if name != self.reference},
-            } for case in self.cases],
+            "cases": [
+                {
+                    "name": case.name,
+                    "description": case.description,
+                    "traffic": {
+                        "from": case.client,
+                        "proto": case.proto,
+                        "dst": case.dst,
+                        "port": case.port,
+                        "uid": case.uid,
+                        "gid": case.gid,
+                        "bind": case.bind,
+                    },
+                    "outcomes": {name: run.outcomes[case.name] for name, run in self.runs.items()},
+                    "agrees": {name: self.agrees(name, case) for name in self.runs if name != self.reference},
+                }
+                for case in self.cases
+            ],
             "mismatches": {name: self.mismatches(name) for name in self.runs if name != self.reference},
             "conntrack_entries": {name: run.conntrack_entries for name, run in self.runs.items()},
         }

@@ -14,9 +14,11 @@ _SERVER_NAMES = {"pod": "app", "remote": "remote", "dns": "dns"}
 _PROXY_NAMES = {"outbound": "proxy-out", "inbound": "proxy-in", "dns": "proxy-dns"}
 # How a request went is summed up by its path; agreement is decided on the whole outcome.
 _SUMMED_UP = ("result", "path")
-LEGEND = ("✓ the same outcome as the reference; ✗ a different one; ≠ none differs (it captures nothing). "
-          "proxy-out/-in/-dns: the sidecar's outbound, inbound and DNS listeners; app, remote, dns: the server "
-          "that answered (app is the pod under test); --json has every detail")
+LEGEND = (
+    "✓ the same outcome as the reference; ✗ a different one; ≠ none differs (it captures nothing). "
+    "proxy-out/-in/-dns: the sidecar's outbound, inbound and DNS listeners; app, remote, dns: the server "
+    "that answered (app is the pod under test); --json has every detail"
+)
 
 
 def _hop(hop: str) -> str:
@@ -37,8 +39,11 @@ def summary(outcome: dict) -> str:
 def _difference(outcome: dict, reference: dict) -> str:
     """A differing outcome: its path, and what else differs when the path is the same."""
     text = summary(outcome)
-    details = [f"{key} {outcome.get(key)}" for key in sorted(set(outcome) | set(reference))
-               if key not in _SUMMED_UP and outcome.get(key) != reference.get(key)]
+    details = [
+        f"{key} {outcome.get(key)}"
+        for key in sorted(set(outcome) | set(reference))
+        if key not in _SUMMED_UP and outcome.get(key) != reference.get(key)
+    ]
     return "; ".join([text, *details]) if summary(reference) == text else text
 
 
@@ -63,8 +68,12 @@ def print_table(comparison: Comparison, console: Console) -> None:
     others = [name for name in names if name != comparison.reference]
     # Every column may fold as a last resort, so nothing is ever cut off; hops and names are
     # words, so the cells wrap between them first.
-    cases = Table(title="Capture on real traffic, compared with " + comparison.reference, title_justify="left",
-                  box=box.SIMPLE_HEAD, expand=False)
+    cases = Table(
+        title="Capture on real traffic, compared with " + comparison.reference,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        expand=False,
+    )
     # Case names whole when they leave room for the outcomes, else folded too.
     longest = max((len(case.name) for case in comparison.cases), default=0)
     cases.add_column("case", style="bold", no_wrap=longest <= console.width // 2, overflow="fold")
@@ -76,16 +85,19 @@ def print_table(comparison: Comparison, console: Console) -> None:
         cases.add_row(*row, *([_others(comparison, case, others)] if others else []))
     console.print(cases)
 
-    totals = Table(title="Per backend: the cases that differ from the reference, the conntrack entries it created",
-                   title_justify="left", box=box.SIMPLE_HEAD, expand=False)
+    totals = Table(
+        title="Per backend: the cases that differ from the reference, the conntrack entries it created",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        expand=False,
+    )
     totals.add_column("backend", no_wrap=True, overflow="fold")
     totals.add_column("differ", justify="right", overflow="fold")
     totals.add_column("conntrack", justify="right", overflow="fold")
     totals.add_column("what it is", overflow="fold")
     for name in names:
         differing = "reference" if name == comparison.reference else str(comparison.mismatches(name))
-        totals.add_row(name, differing, str(comparison.runs[name].conntrack_entries),
-                       comparison.runs[name].description)
+        totals.add_row(name, differing, str(comparison.runs[name].conntrack_entries), comparison.runs[name].description)
     console.print(totals)
     console.print(Text(LEGEND, style="dim"))
     failing = [n for n in others if n != "none" and comparison.mismatches(n)]
@@ -94,5 +106,7 @@ def print_table(comparison: Comparison, console: Console) -> None:
     else:
         agreeing = [n for n in others if n != "none"]
         if agreeing:
-            console.print(f"[green]{', '.join(agreeing)} captured exactly what {comparison.reference} captured, "
-                          f"on all {len(comparison.cases)} cases[/green]")
+            console.print(
+                f"[green]{', '.join(agreeing)} captured exactly what {comparison.reference} captured, "
+                f"on all {len(comparison.cases)} cases[/green]"
+            )

@@ -98,21 +98,34 @@ def _set_up(lab: Lab, backend, name: str, case: Case) -> None:
             raise LabError(f"{case.name}: {' '.join(argv)}: {result.stderr.strip()}")
     if not backend.wait_synced(pod, FOLLOW_TIMEOUT):
         follower = backend.status(pod).get("follower") or {}
-        raise LabError(f"{case.name}: {name} did not follow the change of {pod.netns} in {FOLLOW_TIMEOUT} s "
-                       f"(its follower: {follower})")
+        raise LabError(
+            f"{case.name}: {name} did not follow the change of {pod.netns} in {FOLLOW_TIMEOUT} s "
+            f"(its follower: {follower})"
+        )
 
 
 def _run_case(lab: Lab, case: Case, number: int) -> dict:
     faults.point("compare:case")
     cancel.check()  # a case not begun when SIGTERM came is not begun at all
     token = f"{'late-' if case.late else ''}c{number}-{secrets.token_hex(3)}"  # a valid DNS label
-    client = lab.client(case.client, proto=case.proto, dst=case.dst, port=case.port, token=token,
-                        uid=case.uid, gid=case.gid, bind=case.bind, first=case.first, become=case.become)
+    client = lab.client(
+        case.client,
+        proto=case.proto,
+        dst=case.dst,
+        port=case.port,
+        token=token,
+        uid=case.uid,
+        gid=case.gid,
+        bind=case.bind,
+        first=case.first,
+        become=case.become,
+    )
     return observe(client, _events(lab, case, token))
 
 
-def run_backend(name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan,
-                progress: Callable[[], None] | None = None) -> BackendRun:
+def run_backend(
+    name: str, spec: CaptureSpec, cases: list[Case], plan: LabPlan, progress: Callable[[], None] | None = None
+) -> BackendRun:
     backend = get_backend(name)
     with Lab(plan) as lab:
         pods = [lab.pods[meshed.role] for meshed in plan.meshed]

@@ -16,12 +16,40 @@ MAGIC = 0xEB9F
 HEADER = struct.Struct("<HBBIIIII")
 TYPE = struct.Struct("<III")
 
-KINDS = {1: "int", 2: "ptr", 3: "array", 4: "struct", 5: "union", 6: "enum", 7: "fwd", 8: "typedef",
-         9: "volatile", 10: "const", 11: "restrict", 12: "func", 13: "func_proto", 14: "var", 15: "datasec",
-         16: "float", 17: "decl_tag", 18: "type_tag", 19: "enum64"}
+KINDS = {
+    1: "int",
+    2: "ptr",
+    3: "array",
+    4: "struct",
+    5: "union",
+    6: "enum",
+    7: "fwd",
+    8: "typedef",
+    9: "volatile",
+    10: "const",
+    11: "restrict",
+    12: "func",
+    13: "func_proto",
+    14: "var",
+    15: "datasec",
+    16: "float",
+    17: "decl_tag",
+    18: "type_tag",
+    19: "enum64",
+}
 # bytes of kind-specific data after each btf_type: (fixed, per vlen entry); the type section can only be walked with it
-_EXTRA = {"int": (4, 0), "array": (12, 0), "struct": (0, 12), "union": (0, 12), "enum": (0, 8), "enum64": (0, 12),
-          "func_proto": (0, 8), "var": (4, 0), "datasec": (0, 12), "decl_tag": (4, 0)}
+_EXTRA = {
+    "int": (4, 0),
+    "array": (12, 0),
+    "struct": (0, 12),
+    "union": (0, 12),
+    "enum": (0, 8),
+    "enum64": (0, 12),
+    "func_proto": (0, 8),
+    "var": (4, 0),
+    "datasec": (0, 12),
+    "decl_tag": (4, 0),
+}
 _MODIFIERS = {"typedef", "volatile", "const", "restrict", "type_tag"}
 _SIZED = {"int", "struct", "union", "enum", "enum64", "float", "datasec"}
 # kinds whose third word is a type id rather than a size
@@ -92,7 +120,7 @@ class Btf:
         if offset >= end - start:
             raise BtfError(f"string offset {offset} is past the string section")
         stop = self._data.find(b"\0", start + offset, end)
-        return self._data[start + offset:stop if stop >= 0 else end].decode()
+        return self._data[start + offset : stop if stop >= 0 else end].decode()
 
     def type(self, type_id: int) -> BtfType:
         """The decoded type; void (0) is kind "void" so callers can walk references without special cases."""
@@ -198,8 +226,14 @@ def mismatches(btf: Btf, type_id: int, ctype: type) -> list[str]:
     problems = []
     is_struct = btf.type(btf.resolve(type_id)).kind in ("struct", "union")
     if is_struct != _is_record(ctype):
-        problems.append("kind: " + ("a struct in the BPF object, not in the mirror" if is_struct
-                                    else "a struct in the mirror, not in the BPF object"))
+        problems.append(
+            "kind: "
+            + (
+                "a struct in the BPF object, not in the mirror"
+                if is_struct
+                else "a struct in the mirror, not in the BPF object"
+            )
+        )
     elif is_struct:
         ours = {name: (offset, size) for name, offset, size in layout(btf, type_id)}
         theirs = {name: (offset, size) for name, offset, size in ctypes_layout(ctype)}
@@ -213,8 +247,9 @@ def mismatches(btf: Btf, type_id: int, ctype: type) -> list[str]:
                 problems.append(f"member {label}: offset {offset} in the BPF object, {their_offset} in the mirror")
             if size != their_size:
                 problems.append(f"member {label}: size {size} in the BPF object, {their_size} in the mirror")
-        problems += [f"member {name}: in the mirror, missing from the BPF object"
-                     for name in theirs if name not in ours]
+        problems += [
+            f"member {name}: in the mirror, missing from the BPF object" for name in theirs if name not in ours
+        ]
     size, their_size = btf.size_of(type_id), ctypes.sizeof(ctype)
     if size != their_size:
         problems.append(f"total size: {size} in the BPF object, {their_size} in the mirror")

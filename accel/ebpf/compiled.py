@@ -86,11 +86,15 @@ class Compiled:
             if blob is None:
                 problems.append(f"map {name}: no BTF in the compiled object")
                 continue
-            problems += _mirror_problems(name, blob, definition["btf_key_type_id"], definition["btf_value_type_id"],
-                                         MIRRORS[name])
+            problems += _mirror_problems(
+                name, blob, definition["btf_key_type_id"], definition["btf_value_type_id"], MIRRORS[name]
+            )
         for struct, mirror in STRUCT_MIRRORS.items():
-            found = [(types, type_id) for types in map(objects.decoded_btf, self.objects.btf.values())
-                     if (type_id := types.find(struct, "struct")) is not None]
+            found = [
+                (types, type_id)
+                for types in map(objects.decoded_btf, self.objects.btf.values())
+                if (type_id := types.find(struct, "struct")) is not None
+            ]
             if not found:
                 problems.append(f"struct {struct}: not in the compiled object's BTF")
             else:
@@ -103,9 +107,11 @@ class Compiled:
 def _mirror_problems(name: str, blob: bytes, key_type: int, value_type: int, mirrors: tuple) -> tuple[str, ...]:
     """How map `name`'s key and value in `blob` differ from their mirrors (once a process for each)."""
     types = objects.decoded_btf(blob)
-    return tuple(f"map {name} {side}: {problem}"
-                 for side, type_id, mirror in zip(("key", "value"), (key_type, value_type), mirrors)
-                 for problem in btf.mismatches(types, type_id, mirror))
+    return tuple(
+        f"map {name} {side}: {problem}"
+        for side, type_id, mirror in zip(("key", "value"), (key_type, value_type), mirrors)
+        for problem in btf.mismatches(types, type_id, mirror)
+    )
 
 
 class SharedCompiled:

@@ -28,10 +28,32 @@ from .compiled import Compiled, DatapathError, SharedCompiled
 from .follow import Follower, NamespaceFacts
 from .pod_sockets import netns_cookie, register_listeners
 from .programs import CGROUP_PROGRAMS, SK_LOOKUP
-from .maps import (AF_INET, AF_INET6, COUNTERS, IPV6 as IPV6_FLAG, POD_NETNS_PLACEHOLDER, PREFIX_LOCAL, PREFIX_V6,
-                   SHORTCUT as SHORTCUT_FLAG, SHORTCUT_COUNTERS, Counters, GroupKey, ListenerKey, Pod, Sources,
-                   NamespaceEntries, PodEntries, PortKey, PrefixKey, ShortcutCounters, Tuple, namespace_entries,
-                   new_config_id, pod_entries)
+from .maps import (
+    AF_INET,
+    AF_INET6,
+    COUNTERS,
+    IPV6 as IPV6_FLAG,
+    POD_NETNS_PLACEHOLDER,
+    PREFIX_LOCAL,
+    PREFIX_V6,
+    SHORTCUT as SHORTCUT_FLAG,
+    SHORTCUT_COUNTERS,
+    Counters,
+    GroupKey,
+    ListenerKey,
+    Pod,
+    Sources,
+    NamespaceEntries,
+    PodEntries,
+    PortKey,
+    PrefixKey,
+    ShortcutCounters,
+    Tuple,
+    namespace_entries,
+    new_config_id,
+    pod_entries,
+)
+
 
 @dataclass
 class PodHandle:
@@ -54,8 +76,9 @@ class Datapath:
     lab's), serving every pod below it. A lab's datapath attaches its own links and lives as long
     as the process; a node's is opened from its pins by each short-lived accel command."""
 
-    def __init__(self, compiled: Compiled, links: dict[str, int] | None = None, cgroup: Cgroup | None = None,
-                 release=None):
+    def __init__(
+        self, compiled: Compiled, links: dict[str, int] | None = None, cgroup: Cgroup | None = None, release=None
+    ):
         self.compiled, self.cgroup, self._release = compiled, cgroup, release
         self.links: dict[str, int] = links or {}
         self.pods: dict[str, PodHandle] = {}
@@ -85,8 +108,16 @@ class Datapath:
 
     # -- pods -------------------------------------------------------------------------------
 
-    def add_pod(self, netns: str, spec: CaptureSpec, *, follow: bool = True, pin: Path | None = None,
-                config: int | None = None, shortcut: bool = False) -> PodHandle:
+    def add_pod(
+        self,
+        netns: str,
+        spec: CaptureSpec,
+        *,
+        follow: bool = True,
+        pin: Path | None = None,
+        config: int | None = None,
+        shortcut: bool = False,
+    ) -> PodHandle:
         """Mesh the pod in network namespace `netns` (a name in /run/netns or a path). Everything
         is written before the pod's entry in `pods`, whose write makes it meshed in one step; the
         sk_lookup link passes everything until then. Undone entirely if a step fails. `follow`:
@@ -133,7 +164,10 @@ class Datapath:
     def pod_entries_in_maps(self) -> dict[int, Pod]:
         """Every pod's entry in `pods`, by netns cookie, whoever wrote it."""
         maps = self.compiled.maps
-        return {key.value: libbpf.map_lookup(maps["pods"], key, Pod) for key in libbpf.map_keys(maps["pods"], ctypes.c_uint64)}
+        return {
+            key.value: libbpf.map_lookup(maps["pods"], key, Pod)
+            for key in libbpf.map_keys(maps["pods"], ctypes.c_uint64)
+        }
 
     def adopt_pod(self, netns: str, cookie: int, config: int, pin: Path | None) -> PodHandle:
         """A pod another process meshed (a node's), to change or remove from this one."""
@@ -143,8 +177,9 @@ class Datapath:
         handle.shortcut = bool(handle.pod is not None and handle.pod.flags & SHORTCUT_FLAG)
         return handle
 
-    def update_pod(self, netns: str, spec: CaptureSpec, config: int | None = None,
-                   shortcut: bool | None = None) -> None:
+    def update_pod(
+        self, netns: str, spec: CaptureSpec, config: int | None = None, shortcut: bool | None = None
+    ) -> None:
         """Change a meshed pod's spec (and short-circuit, if given) in one step: the new
         configuration's lists are written beside the old ones, then one update of the pod's entry
         switches every program to them. Turning the short-circuit off leaves the hops already in
@@ -201,8 +236,10 @@ class Datapath:
             if error.errno not in (errno.E2BIG, errno.ENOSPC):  # a full hash, a full trie
                 raise
             capacity = libbpf.map_info(self.compiled.maps[name]).max_entries
-            raise DatapathError(f"map {name} is full ({capacity:,} entries, node-wide): this pod does not "
-                                "fit; remove pods or raise its capacity in bpf/accel.h") from None
+            raise DatapathError(
+                f"map {name} is full ({capacity:,} entries, node-wide): this pod does not "
+                "fit; remove pods or raise its capacity in bpf/accel.h"
+            ) from None
 
     def write_spec(self, entries: PodEntries) -> None:
         present = ctypes.c_uint8(1)
@@ -244,8 +281,11 @@ class Datapath:
     def namespace_in_maps(self, cookie: int) -> NamespaceEntries:
         """The facts of a pod's namespace as the maps hold them now (written by any process)."""
         maps, owner = self.compiled.maps, cookie.to_bytes(8, sys.byteorder)
-        local = [key for key in libbpf.map_keys(maps["prefixes"], PrefixKey)
-                 if bytes(key.owner) == owner and key.kind & ~PREFIX_V6 == PREFIX_LOCAL]
+        local = [
+            key
+            for key in libbpf.map_keys(maps["prefixes"], PrefixKey)
+            if bytes(key.owner) == owner and key.kind & ~PREFIX_V6 == PREFIX_LOCAL
+        ]
         sources = libbpf.map_lookup(maps["sources"], ctypes.c_uint64(cookie), Sources) or Sources()
         return NamespaceEntries(cookie, local, sources)
 
@@ -280,9 +320,11 @@ class Datapath:
         follower = self.pods[netns].follower
         if follower is None:
             return None
-        return {"following": follower.stopped is None,
-                "error": None if follower.error is None else repr(follower.error),
-                "resyncs": follower.resyncs}
+        return {
+            "following": follower.stopped is None,
+            "error": None if follower.error is None else repr(follower.error),
+            "resyncs": follower.resyncs,
+        }
 
     def _attach_sk_lookup(self, netns: str, cookie: int) -> int:
         program = self.compiled.objects.copy(SK_LOOKUP.name, {POD_NETNS_PLACEHOLDER: cookie})
@@ -313,7 +355,10 @@ class Datapath:
         found: dict[str, list[str]] = {"outbound": [], "inbound": []}
         for key in self._listener_keys(handle.cookie):
             family = {AF_INET: "ipv4", AF_INET6: "ipv6"}.get(key.family, str(key.family))
-            for role, port in (("outbound", pod.proxy_port if pod else None), ("inbound", pod.inbound_port if pod else None)):
+            for role, port in (
+                ("outbound", pod.proxy_port if pod else None),
+                ("inbound", pod.inbound_port if pod else None),
+            ):
                 if key.port == port:
                     found[role].append(family)
         return {role: sorted(families) for role, families in found.items()}
@@ -322,8 +367,9 @@ class Datapath:
 
     def counters(self, netns: str) -> dict[str, int]:
         """The pod's counters, summed over the CPUs."""
-        return read_counters(self.compiled.maps["counters"], self.pods[netns].cookie,
-                             self.compiled.maps["shortcut_counters"])
+        return read_counters(
+            self.compiled.maps["counters"], self.pods[netns].cookie, self.compiled.maps["shortcut_counters"]
+        )
 
     def shortcut_sockets(self) -> int:
         """Sockets in the short-circuit now, node-wide (both ends of each hop)."""
@@ -373,6 +419,10 @@ def read_counters(counters_map: int, cookie: int, shortcut_map: int | None = Non
     counted = {name: sum(getattr(cpu, name) for cpu in per_cpu) if per_cpu else 0 for name in COUNTERS}
     if shortcut_map is not None:
         carried = libbpf.map_lookup(shortcut_map, ctypes.c_uint64(cookie), ShortcutCounters * cpus)
-        counted.update({f"shortcut_{name}": sum(getattr(cpu, name) for cpu in carried) if carried else 0
-                        for name in SHORTCUT_COUNTERS})
+        counted.update(
+            {
+                f"shortcut_{name}": sum(getattr(cpu, name) for cpu in carried) if carried else 0
+                for name in SHORTCUT_COUNTERS
+            }
+        )
     return counted

@@ -62,8 +62,7 @@ def _read_facts() -> NamespaceFacts:
         candidates = []
         for entry in ip.get_addr():
             address = ipaddress.ip_address(entry.get_attr("IFA_ADDRESS"))
-            if entry["index"] not in lo and not (address.is_loopback or address.is_link_local
-                                                 or str(address) == "::6"):
+            if entry["index"] not in lo and not (address.is_loopback or address.is_link_local or str(address) == "::6"):
                 candidates.append(address)
         sources = []
         for probe in SOURCE_PROBES:

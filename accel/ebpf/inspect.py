@@ -22,5 +22,6 @@ def sk_lookup_links(netns: str) -> list[dict]:
     """The sk_lookup links attached to a named network namespace (`bpftool net show` does not
     list sk_lookup; `bpftool link show` does, with the namespace's inode)."""
     inode = os.stat(f"/run/netns/{netns}").st_ino
-    return [link for link in _listing("link") if link.get("attach_type") == "sk_lookup"
-            and link.get("netns_ino") == inode]
+    return [
+        link for link in _listing("link") if link.get("attach_type") == "sk_lookup" and link.get("netns_ino") == inode
+    ]

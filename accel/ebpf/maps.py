@@ -61,17 +61,32 @@ U8x16 = ctypes.c_uint8 * 16
 
 
 class Pod(ctypes.Structure):
-    _fields_ = [("config", ctypes.c_uint64), ("proxy_port", ctypes.c_uint16), ("inbound_port", ctypes.c_uint16),
-                ("tunnel_port", ctypes.c_uint16), ("dns_port", ctypes.c_uint16), ("flags", ctypes.c_uint32),
-                ("loopback_v4", ctypes.c_uint32), ("loopback_v4_mask", ctypes.c_uint32),
-                ("uids", ctypes.c_uint32 * MAX_IDS), ("gids", ctypes.c_uint32 * MAX_IDS), ("n_uids", ctypes.c_uint8),
-                ("n_gids", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 2), ("tproxy_mark", ctypes.c_uint32),
-                ("pad2", ctypes.c_uint32)]
+    _fields_ = [
+        ("config", ctypes.c_uint64),
+        ("proxy_port", ctypes.c_uint16),
+        ("inbound_port", ctypes.c_uint16),
+        ("tunnel_port", ctypes.c_uint16),
+        ("dns_port", ctypes.c_uint16),
+        ("flags", ctypes.c_uint32),
+        ("loopback_v4", ctypes.c_uint32),
+        ("loopback_v4_mask", ctypes.c_uint32),
+        ("uids", ctypes.c_uint32 * MAX_IDS),
+        ("gids", ctypes.c_uint32 * MAX_IDS),
+        ("n_uids", ctypes.c_uint8),
+        ("n_gids", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 2),
+        ("tproxy_mark", ctypes.c_uint32),
+        ("pad2", ctypes.c_uint32),
+    ]
 
 
 class PortKey(ctypes.Structure):
-    _fields_ = [("config", ctypes.c_uint64), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint16),
-                ("pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("config", ctypes.c_uint64),
+        ("port", ctypes.c_uint16),
+        ("kind", ctypes.c_uint16),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 class GroupKey(ctypes.Structure):
@@ -80,8 +95,12 @@ class GroupKey(ctypes.Structure):
 
 class PrefixKey(ctypes.Structure):
     _pack_ = 1
-    _fields_ = [("prefixlen", ctypes.c_uint32), ("owner", ctypes.c_uint8 * 8), ("kind", ctypes.c_uint8),
-                ("addr", U8x16)]
+    _fields_ = [
+        ("prefixlen", ctypes.c_uint32),
+        ("owner", ctypes.c_uint8 * 8),
+        ("kind", ctypes.c_uint8),
+        ("addr", U8x16),
+    ]
 
 
 class Sources(ctypes.Structure):
@@ -89,23 +108,48 @@ class Sources(ctypes.Structure):
 
 
 class Origin(ctypes.Structure):
-    _fields_ = [("addr", U8x16), ("port", ctypes.c_uint16), ("kind", ctypes.c_uint8), ("role", ctypes.c_uint8),
-                ("shortcut", ctypes.c_uint8), ("pad", ctypes.c_uint8 * 3)]
+    _fields_ = [
+        ("addr", U8x16),
+        ("port", ctypes.c_uint16),
+        ("kind", ctypes.c_uint8),
+        ("role", ctypes.c_uint8),
+        ("shortcut", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 3),
+    ]
 
 
 class Tuple(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("local", U8x16), ("remote", U8x16), ("local_port", ctypes.c_uint16),
-                ("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]
+    _fields_ = [
+        ("netns", ctypes.c_uint64),
+        ("local", U8x16),
+        ("remote", U8x16),
+        ("local_port", ctypes.c_uint16),
+        ("remote_port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint32),
+    ]
 
 
 class ListenerKey(ctypes.Structure):
-    _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("port", ctypes.c_uint16),
-                ("pad", ctypes.c_uint16)]
+    _fields_ = [
+        ("netns", ctypes.c_uint64),
+        ("family", ctypes.c_uint32),
+        ("port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint16),
+    ]
 
 
 # What the programs count per pod and per CPU (bpf/accel.h explains each).
-COUNTERS = ("outbound", "inbound", "dns", "passed", "refused", "no_memory", "handoff_failed", "lost",
-            "foreign_listener")
+COUNTERS = (
+    "outbound",
+    "inbound",
+    "dns",
+    "passed",
+    "refused",
+    "no_memory",
+    "handoff_failed",
+    "lost",
+    "foreign_listener",
+)
 
 
 class Counters(ctypes.Structure):
@@ -161,9 +205,12 @@ def _network_u32(address: ipaddress.IPv4Address) -> int:
 
 def _prefix(owner: int, kind: int, network) -> PrefixKey:
     bits = network.prefixlen + (96 if network.version == 4 else 0)
-    return PrefixKey(prefixlen=PREFIX_KEY_BITS + bits, owner=(ctypes.c_uint8 * 8)(*owner.to_bytes(8, sys.byteorder)),
-                     kind=kind | (PREFIX_V6 if network.version == 6 else 0),
-                     addr=U8x16(*mapped(network.network_address)))
+    return PrefixKey(
+        prefixlen=PREFIX_KEY_BITS + bits,
+        owner=(ctypes.c_uint8 * 8)(*owner.to_bytes(8, sys.byteorder)),
+        kind=kind | (PREFIX_V6 if network.version == 6 else 0),
+        addr=U8x16(*mapped(network.network_address)),
+    )
 
 
 def new_config_id() -> int:
@@ -197,8 +244,9 @@ def check_supported(spec: CaptureSpec) -> None:
     """Refuse what socket-level hooks cannot reproduce exactly, naming every such option at once."""
     problems = []
     if spec.exclude_interfaces:
-        problems.append("-c/--istio-exclude-interfaces: a connect() hook cannot see the interface a packet will "
-                        "leave by")
+        problems.append(
+            "-c/--istio-exclude-interfaces: a connect() hook cannot see the interface a packet will leave by"
+        )
     if spec.kube_virt_interfaces:
         problems.append("-k/--kube-virt-interfaces: traffic forwarded from a VM interface never passes a socket hook")
     if spec.drop_invalid:
@@ -250,12 +298,21 @@ def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap(), shortcut: 
     flags |= HAS_IN_PORTS_EXCLUDE if spec.inbound_ports_include == WILDCARD and spec.inbound_ports_exclude else 0
     flags |= SHORTCUT if shortcut else 0
     loopback = spec.host_ipv4_loopback_cidr.network
-    pod = Pod(config=config, proxy_port=spec.proxy_port, inbound_port=spec.inbound_capture_port,
-              tunnel_port=spec.inbound_tunnel_port, dns_port=constants.DNS_PROXY_PORT, flags=flags,
-              loopback_v4=_network_u32(loopback.network_address), loopback_v4_mask=_network_u32(loopback.netmask),
-              n_uids=len(spec.proxy_uids), n_gids=len(spec.proxy_gids), tproxy_mark=spec.inbound_tproxy_mark)
-    pod.uids[:len(spec.proxy_uids)] = [ids.uid(u) for u in spec.proxy_uids]
-    pod.gids[:len(spec.proxy_gids)] = [ids.gid(g) for g in spec.proxy_gids]
+    pod = Pod(
+        config=config,
+        proxy_port=spec.proxy_port,
+        inbound_port=spec.inbound_capture_port,
+        tunnel_port=spec.inbound_tunnel_port,
+        dns_port=constants.DNS_PROXY_PORT,
+        flags=flags,
+        loopback_v4=_network_u32(loopback.network_address),
+        loopback_v4_mask=_network_u32(loopback.netmask),
+        n_uids=len(spec.proxy_uids),
+        n_gids=len(spec.proxy_gids),
+        tproxy_mark=spec.inbound_tproxy_mark,
+    )
+    pod.uids[: len(spec.proxy_uids)] = [ids.uid(u) for u in spec.proxy_uids]
+    pod.gids[: len(spec.proxy_gids)] = [ids.gid(g) for g in spec.proxy_gids]
     entries = PodEntries(config, pod)
 
     def ports(values, kind):
@@ -287,7 +344,10 @@ def namespace_entries(netns: int, local_networks: list[str], addresses: list) ->
     (the source a redirected connection keeps)."""
     v4 = next((a for a in addresses if a.version == 4), None)
     v6 = next((a for a in addresses if a.version == 6), None)
-    sources = Sources(v4=_network_u32(v4) if v4 else 0, v6=U8x16(*(v6.packed if v6 else bytes(16))),
-                      flags=(SOURCE_HAS_V4 if v4 else 0) | (SOURCE_HAS_V6 if v6 else 0))
+    sources = Sources(
+        v4=_network_u32(v4) if v4 else 0,
+        v6=U8x16(*(v6.packed if v6 else bytes(16))),
+        flags=(SOURCE_HAS_V4 if v4 else 0) | (SOURCE_HAS_V6 if v6 else 0),
+    )
     local = [_prefix(netns, PREFIX_LOCAL, ipaddress.ip_network(n, strict=False)) for n in local_networks]
     return NamespaceEntries(netns, local, sources)

@@ -95,8 +95,13 @@ class Objects:
 Adopt = Callable[[str, dict], "int | None"]
 
 
-def load(source: str, programs: dict[str, tuple[int, int]], include_dir: Path | None = None,
-         cflags: tuple[str, ...] = (), adopt: Adopt | None = None) -> Objects:
+def load(
+    source: str,
+    programs: dict[str, tuple[int, int]],
+    include_dir: Path | None = None,
+    cflags: tuple[str, ...] = (),
+    adopt: Adopt | None = None,
+) -> Objects:
     """The programs (name -> (program type, attach type)) of `source`, whose #includes come
     from `include_dir`: from the node's cache when it holds this compilation, else compiled by
     bcc and then cached. `adopt` may hand in existing maps: the programs then use those."""
@@ -187,16 +192,21 @@ def _members_compatible(old: list | None, new: list | None) -> bool:
     added = [member for member in new if member not in kept]
     if any(member not in new for member in kept):
         return False  # a member of the pinned layout moved, changed size or went
-    return all(any(start <= offset and offset + size <= end for start, end in padding)
-               for name, offset, size in added)
+    return all(any(start <= offset and offset + size <= end for start, end in padding) for name, offset, size in added)
 
 
 def layout_of_map(map_fd: int) -> dict:
     """layout() of a map the kernel holds (e.g. a pinned one), from its info and its BTF."""
     info = libbpf.map_info(map_fd)
-    definition = {"type": info.type, "key_size": info.key_size, "value_size": info.value_size,
-                  "max_entries": info.max_entries, "map_flags": info.map_flags,
-                  "btf_key_type_id": info.btf_key_type_id, "btf_value_type_id": info.btf_value_type_id}
+    definition = {
+        "type": info.type,
+        "key_size": info.key_size,
+        "value_size": info.value_size,
+        "max_entries": info.max_entries,
+        "map_flags": info.map_flags,
+        "btf_key_type_id": info.btf_key_type_id,
+        "btf_value_type_id": info.btf_value_type_id,
+    }
     return layout(definition, libbpf.btf_data(info.btf_id) if info.btf_id else None)
 
 
@@ -208,20 +218,31 @@ def _cache_key(source: str, headers: dict[str, str], cflags: list[str], programs
         version_file = Path(list(spec.submodule_search_locations)[0]) / "version.py"
         bcc_version = version_file.read_text() if version_file.exists() else "unknown"
     uname = os.uname()
-    material = json.dumps({"format": FORMAT, "source": source, "headers": headers, "cflags": cflags,
-                           "programs": programs, "bcc": bcc_version,
-                           "kernel": [uname.release, uname.version, uname.machine]}, sort_keys=True)
+    material = json.dumps(
+        {
+            "format": FORMAT,
+            "source": source,
+            "headers": headers,
+            "cflags": cflags,
+            "programs": programs,
+            "bcc": bcc_version,
+            "kernel": [uname.release, uname.version, uname.machine],
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(material.encode()).hexdigest()
 
 
 # -- compiling -----------------------------------------------------------------------------------
 
+
 def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
     try:
         from bcc import BPF, lib  # Debian's python3-bpfcc: only needed when the cache misses
     except ImportError as error:
-        raise ObjectsError(f"bcc is not installed (python3-bpfcc) and the cache has no compiled "
-                           f"datapath for this kernel: {error}") from None
+        raise ObjectsError(
+            f"bcc is not installed (python3-bpfcc) and the cache has no compiled datapath for this kernel: {error}"
+        ) from None
     with _stderr_kept() as said:
         try:
             bpf = BPF(text=source.encode(), cflags=cflags)
@@ -234,10 +255,16 @@ def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
         maps, by_fd, btfs, labels = {}, {}, {}, {}
         for name, fd in _tables(lib, bpf.module):
             info = libbpf.map_info(fd)
-            maps[name] = {"type": info.type, "key_size": info.key_size, "value_size": info.value_size,
-                          "max_entries": info.max_entries, "map_flags": info.map_flags,
-                          "btf_key_type_id": info.btf_key_type_id, "btf_value_type_id": info.btf_value_type_id,
-                          "btf": None}
+            maps[name] = {
+                "type": info.type,
+                "key_size": info.key_size,
+                "value_size": info.value_size,
+                "max_entries": info.max_entries,
+                "map_flags": info.map_flags,
+                "btf_key_type_id": info.btf_key_type_id,
+                "btf_value_type_id": info.btf_value_type_id,
+                "btf": None,
+            }
             if info.btf_value_type_id:  # labelled by order, not by kernel id: records are reproducible
                 label = labels.setdefault(info.btf_id, str(len(labels)))
                 btfs.setdefault(label, base64.b64encode(libbpf.btf_data(info.btf_id)).decode())
@@ -246,8 +273,12 @@ def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
         compiled = {}
         for name, (prog_type, attach_type) in programs.items():
             instructions, relocations = _unbind_maps(bytes(bpf.dump_func(name.encode())), by_fd, name)
-            compiled[name] = {"type": prog_type, "attach": attach_type, "relocations": relocations,
-                              "instructions": base64.b64encode(instructions).decode()}
+            compiled[name] = {
+                "type": prog_type,
+                "attach": attach_type,
+                "relocations": relocations,
+                "instructions": base64.b64encode(instructions).decode(),
+            }
         license = lib.bpf_module_license(bpf.module).decode()
     finally:
         bpf.cleanup()
@@ -290,8 +321,10 @@ def _unbind_maps(code: bytes, by_fd: dict[int, str], program: str) -> tuple[byte
         if opcode != BPF_LD_IMM64 or source == 0:
             continue
         if source != BPF_PSEUDO_MAP_FD or immediate not in by_fd:
-            raise ObjectsError(f"{program}: instruction {index} loads a pseudo value of kind {source} "
-                               f"({immediate}) that the cache cannot relocate")
+            raise ObjectsError(
+                f"{program}: instruction {index} loads a pseudo value of kind {source} "
+                f"({immediate}) that the cache cannot relocate"
+            )
         relocations.append([index, by_fd[immediate]])
         struct.pack_into("<i", code, index * 8 + 4, 0)
     return bytes(code), relocations
@@ -299,8 +332,10 @@ def _unbind_maps(code: bytes, by_fd: dict[int, str], program: str) -> tuple[byte
 
 # -- loading a record ----------------------------------------------------------------------------
 
-def _instantiate(record: dict, origin: str, path: Path, adopt: Adopt | None = None,
-                 load_programs: bool = True) -> Objects:
+
+def _instantiate(
+    record: dict, origin: str, path: Path, adopt: Adopt | None = None, load_programs: bool = True
+) -> Objects:
     objects = Objects({}, {}, origin, path, record=record)
     try:
         btf_fds = {}
@@ -310,8 +345,11 @@ def _instantiate(record: dict, origin: str, path: Path, adopt: Adopt | None = No
             objects._fds.append(btf_fds[btf_id])
         for name, definition in record["maps"].items():
             given = adopt(name, layout(definition, objects.btf.get(definition["btf"] or ""))) if adopt else None
-            fd = os.dup(given) if given is not None else libbpf.map_create(name, definition,
-                                                                           btf_fds.get(definition["btf"], 0))
+            fd = (
+                os.dup(given)
+                if given is not None
+                else libbpf.map_create(name, definition, btf_fds.get(definition["btf"], 0))
+            )
             objects._fds.append(fd)
             objects.maps[name] = {"fd": fd, "adopted": given is not None, **definition}
         for name, program in record["programs"].items():
@@ -333,6 +371,7 @@ def _instantiate(record: dict, origin: str, path: Path, adopt: Adopt | None = No
 
 
 # -- the cache file ------------------------------------------------------------------------------
+
 
 def _trusted(path: Path) -> bool:
     """Only a file and directory that no one but us could have written: it becomes kernel code."""
@@ -372,4 +411,3 @@ def _write(path: Path, record: dict) -> None:
                 stale.unlink(missing_ok=True)
     except OSError:
         pass
-

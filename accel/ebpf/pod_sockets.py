@@ -25,7 +25,7 @@ def register_listeners(listeners_map: int, netns: str, cookie: int, pod: Pod) ->
     """Register the proxy's sockets listening already on its outbound and inbound ports (held by
     a process of its uids or gids: the test sockops applies to a socket that starts listening
     later), taken from their process with pidfd_getfd."""
-    uids, gids = set(pod.uids[:pod.n_uids]), set(pod.gids[:pod.n_gids])
+    uids, gids = set(pod.uids[: pod.n_uids]), set(pod.gids[: pod.n_gids])
     for port in sorted({pod.proxy_port, pod.inbound_port}):
         families = set()
         for family, inode in in_netns(netns, _listening_sockets, port):
@@ -36,8 +36,9 @@ def register_listeners(listeners_map: int, netns: str, cookie: int, pod: Pod) ->
                     continue
                 copy = libbpf.pidfd_getfd(pid, fd)
                 try:
-                    libbpf.map_update(listeners_map, ListenerKey(netns=cookie, family=family, port=port),
-                                      ctypes.c_uint32(copy))
+                    libbpf.map_update(
+                        listeners_map, ListenerKey(netns=cookie, family=family, port=port), ctypes.c_uint32(copy)
+                    )
                 finally:
                     os.close(copy)
                 families.add(family)
@@ -79,8 +80,11 @@ def _socket_holders(netns: str, inode: int):
                 continue
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
-                    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                                  if ":" in line)
+                    status = dict(
+                        line.split(":", 1)
+                        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if ":" in line
+                    )
                     yield int(pid), int(fd), int(status["Uid"].split()[0]), int(status["Gid"].split()[0])
                     break
         except OSError:

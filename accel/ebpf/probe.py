@@ -42,8 +42,11 @@ def _program(prog_type: int, attach_type: int = 0) -> tuple[bool, str]:
 
 def _map(map_type: int, key: int, value: int, flags: int = 0) -> tuple[bool, str]:
     try:
-        os.close(libbpf.map_create(PROBE, {"type": map_type, "key_size": key, "value_size": value,
-                                           "max_entries": 16, "map_flags": flags}))
+        os.close(
+            libbpf.map_create(
+                PROBE, {"type": map_type, "key_size": key, "value_size": value, "max_entries": 16, "map_flags": flags}
+            )
+        )
         return True, "creates"
     except OSError as error:
         return False, error.strerror
@@ -64,9 +67,21 @@ def _socket_storage() -> tuple[bool, str]:
     except OSError as error:
         return False, f"BTF load: {error.strerror}"
     try:
-        os.close(libbpf.map_create(PROBE, {
-            "type": libbpf.MAP_SK_STORAGE, "key_size": 4, "value_size": 4, "max_entries": 0,
-            "map_flags": BPF_F_NO_PREALLOC, "btf_key_type_id": 1, "btf_value_type_id": 1}, btf))
+        os.close(
+            libbpf.map_create(
+                PROBE,
+                {
+                    "type": libbpf.MAP_SK_STORAGE,
+                    "key_size": 4,
+                    "value_size": 4,
+                    "max_entries": 0,
+                    "map_flags": BPF_F_NO_PREALLOC,
+                    "btf_key_type_id": 1,
+                    "btf_value_type_id": 1,
+                },
+                btf,
+            )
+        )
         return True, "creates"
     except OSError as error:
         return False, error.strerror
@@ -118,13 +133,15 @@ def _sockmap_link() -> tuple[bool, str]:
     """An sk_msg program linked to a sockhash (BPF_LINK_TYPE_SOCKMAP), both the probe's own and
     gone at once: what a node pins, and upgrades in place."""
     try:
-        program = libbpf.prog_load(PROBE, programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT, RETURN_1,
-                                   "Dual BSD/GPL")
+        program = libbpf.prog_load(
+            PROBE, programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT, RETURN_1, "Dual BSD/GPL"
+        )
     except OSError as error:
         return False, f"sk_msg: {error.strerror}"
     try:
-        sockhash = libbpf.map_create(PROBE, {"type": libbpf.MAP_SOCKHASH, "key_size": 16, "value_size": 4,
-                                             "max_entries": 16, "map_flags": 0})
+        sockhash = libbpf.map_create(
+            PROBE, {"type": libbpf.MAP_SOCKHASH, "key_size": 16, "value_size": 4, "max_entries": 16, "map_flags": 0}
+        )
         try:
             os.close(libbpf.link_create(program, sockhash, programs.ATTACH_SK_MSG_VERDICT))
             return True, "links"
@@ -145,42 +162,62 @@ def probe() -> list[Feature]:
     checks = {
         "bpf syscall": lambda: _map(libbpf.MAP_HASH, 4, 4),
         "cgroup v2 mount": _cgroup2,
-        "cgroup connect4/6 hooks": lambda: _all(_program(sock_addr, programs.ATTACH_INET4_CONNECT),
-                                                 _program(sock_addr, programs.ATTACH_INET6_CONNECT)),
-        "cgroup sendmsg/recvmsg hooks": lambda: _all(*(_program(sock_addr, a) for a in (
-            programs.ATTACH_UDP4_SENDMSG, programs.ATTACH_UDP6_SENDMSG, programs.ATTACH_UDP4_RECVMSG,
-            programs.ATTACH_UDP6_RECVMSG))),
+        "cgroup connect4/6 hooks": lambda: _all(
+            _program(sock_addr, programs.ATTACH_INET4_CONNECT), _program(sock_addr, programs.ATTACH_INET6_CONNECT)
+        ),
+        "cgroup sendmsg/recvmsg hooks": lambda: _all(
+            *(
+                _program(sock_addr, a)
+                for a in (
+                    programs.ATTACH_UDP4_SENDMSG,
+                    programs.ATTACH_UDP6_SENDMSG,
+                    programs.ATTACH_UDP4_RECVMSG,
+                    programs.ATTACH_UDP6_RECVMSG,
+                )
+            )
+        ),
         "cgroup getsockopt hook": lambda: _program(programs.PROG_CGROUP_SOCKOPT, programs.ATTACH_CGROUP_GETSOCKOPT),
-        "cgroup getpeername hooks": lambda: _all(_program(sock_addr, programs.ATTACH_INET4_GETPEERNAME),
-                                                  _program(sock_addr, programs.ATTACH_INET6_GETPEERNAME)),
+        "cgroup getpeername hooks": lambda: _all(
+            _program(sock_addr, programs.ATTACH_INET4_GETPEERNAME),
+            _program(sock_addr, programs.ATTACH_INET6_GETPEERNAME),
+        ),
         "sockops": lambda: _program(programs.PROG_SOCK_OPS),
         "sk_lookup": lambda: _program(programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP),
         "LPM trie map": lambda: _map(libbpf.MAP_LPM_TRIE, 8, 1, BPF_F_NO_PREALLOC),
         "sockhash map": lambda: _map(libbpf.MAP_SOCKHASH, 16, 4),
         "LRU hash map": lambda: _map(libbpf.MAP_LRU_HASH, 8, 8),
         "socket storage map": _socket_storage,
-        "netns cookie helper": lambda: _helper({"sock_addr": connect, "sockops": sockops, "sockopt": sockopt},
-                                               libbpf.FUNC_GET_NETNS_COOKIE),
-        "caller's uid/gid in sockops (who listens)": lambda: _helper({"sock_addr": connect, "sockops": sockops},
-                                                                      libbpf.FUNC_GET_CURRENT_UID_GID),
-        "socket storage helpers": lambda: _all(_helper({"sock_addr": connect, "sockops": sockops, "sockopt": sockopt},
-                                                       libbpf.FUNC_SK_STORAGE_GET),
-                                               _helper({"sock_addr": connect}, libbpf.FUNC_SK_STORAGE_DELETE)),
-        "error returns from hooks (bpf_set_retval)": lambda: _helper({"sock_addr": connect, "sockopt": sockopt},
-                                                                      libbpf.FUNC_SET_RETVAL),
-        "sk_assign in sk_lookup": lambda: _helper({"sk_lookup": (programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP)},
-                                                  libbpf.FUNC_SK_ASSIGN),
+        "netns cookie helper": lambda: _helper(
+            {"sock_addr": connect, "sockops": sockops, "sockopt": sockopt}, libbpf.FUNC_GET_NETNS_COOKIE
+        ),
+        "caller's uid/gid in sockops (who listens)": lambda: _helper(
+            {"sock_addr": connect, "sockops": sockops}, libbpf.FUNC_GET_CURRENT_UID_GID
+        ),
+        "socket storage helpers": lambda: _all(
+            _helper({"sock_addr": connect, "sockops": sockops, "sockopt": sockopt}, libbpf.FUNC_SK_STORAGE_GET),
+            _helper({"sock_addr": connect}, libbpf.FUNC_SK_STORAGE_DELETE),
+        ),
+        "error returns from hooks (bpf_set_retval)": lambda: _helper(
+            {"sock_addr": connect, "sockopt": sockopt}, libbpf.FUNC_SET_RETVAL
+        ),
+        "sk_assign in sk_lookup": lambda: _helper(
+            {"sk_lookup": (programs.PROG_SK_LOOKUP, programs.ATTACH_SK_LOOKUP)}, libbpf.FUNC_SK_ASSIGN
+        ),
         "BTF": _btf,
         "pidfd_getfd": _pidfd_getfd,
     }
     # The short-circuit's program loads with the others (the datapath is one object)...
     sk_msg = {"sk_msg": (programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT)}
-    checks.update({
-        "sk_msg programs": lambda: _program(programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT),
-        "msg_redirect_hash, netns cookie and socket storage in sk_msg": lambda: _all(
-            _helper(sk_msg, libbpf.FUNC_MSG_REDIRECT_HASH), _helper(sk_msg, libbpf.FUNC_GET_NETNS_COOKIE),
-            _helper(sk_msg, libbpf.FUNC_SK_STORAGE_GET)),
-    })
+    checks.update(
+        {
+            "sk_msg programs": lambda: _program(programs.PROG_SK_MSG, programs.ATTACH_SK_MSG_VERDICT),
+            "msg_redirect_hash, netns cookie and socket storage in sk_msg": lambda: _all(
+                _helper(sk_msg, libbpf.FUNC_MSG_REDIRECT_HASH),
+                _helper(sk_msg, libbpf.FUNC_GET_NETNS_COOKIE),
+                _helper(sk_msg, libbpf.FUNC_SK_STORAGE_GET),
+            ),
+        }
+    )
     return [Feature(name, *check()) for name, check in checks.items()] + short_circuit_features()
 
 

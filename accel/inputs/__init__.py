@@ -24,24 +24,49 @@ from .istio_config import from_istio_config, read_istio_config, to_istio_config
 # The stock sidecar: istio-init's arguments as Istio's injector writes them (no DNS capture).
 ISTIO_INIT_DEFAULT_ARGS = c.ISTIO_INIT_DEFAULT_ARGS
 
-__all__ = ["ANNOTATIONS", "FIELDS", "ISTIO_INIT_DEFAULT_ARGS", "Field", "Parsed", "from_annotations",
-           "from_istio_args", "from_istio_config", "load_json", "parse_istio_argv", "read_istio_args",
-           "read_istio_config", "read_nameservers", "spec_from_inputs", "split_dns_servers", "to_istio_config"]
+__all__ = [
+    "ANNOTATIONS",
+    "FIELDS",
+    "ISTIO_INIT_DEFAULT_ARGS",
+    "Field",
+    "Parsed",
+    "from_annotations",
+    "from_istio_args",
+    "from_istio_config",
+    "load_json",
+    "parse_istio_argv",
+    "read_istio_args",
+    "read_istio_config",
+    "read_nameservers",
+    "spec_from_inputs",
+    "split_dns_servers",
+    "to_istio_config",
+]
 
 
-def spec_from_inputs(istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf
-                     ) -> tuple[CaptureSpec, list[str]]:
+def spec_from_inputs(
+    istio_args, istio_config, annotations, ipv6, dns_servers, resolv_conf
+) -> tuple[CaptureSpec, list[str]]:
     """One CaptureSpec from whichever input was given, plus warnings about the input and ignored options."""
-    given = [name for name, value in (("istio-iptables arguments", istio_args),
-                                      ("--istio-config", istio_config),
-                                      ("--annotations", annotations)) if value]
+    given = [
+        name
+        for name, value in (
+            ("istio-iptables arguments", istio_args),
+            ("--istio-config", istio_config),
+            ("--annotations", annotations),
+        )
+        if value
+    ]
     if len(given) > 1:
         raise SpecError("input", ", ".join(given), "give only one of them")
     servers = None if dns_servers is None else split_list(dns_servers)
     notes = [] if dns_servers is None else empty_item_notes("--dns-servers", dns_servers)
     if istio_config or annotations:
-        parsed = (read_istio_config(load_json(istio_config, "--istio-config")) if istio_config
-                  else from_annotations(load_json(annotations, "--annotations")))
+        parsed = (
+            read_istio_config(load_json(istio_config, "--istio-config"))
+            if istio_config
+            else from_annotations(load_json(annotations, "--annotations"))
+        )
         if servers is not None:
             override = build_spec(dns_given(servers, "--dns-servers"), {}, base=parsed.spec)
             parsed = Parsed(override.spec, parsed.warnings + override.warnings)

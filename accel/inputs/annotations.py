@@ -29,10 +29,12 @@ def _cni_mode(text, label):
 
 def _no_empty_items(parse, **options):
     """istio-cni validates port and CIDR annotations item by item without dropping empty ones: it refuses them."""
+
     def strict(text, label):
         if text.strip() and not all(item.strip() for item in text.split(",")):
             raise SpecError(label, text, "empty item in the list (istio-cni refuses it)")
         return parse(text, label, **options)
+
     return strict
 
 
@@ -44,11 +46,13 @@ ANNOTATIONS = {
     "redirectMode": Annotation("sidecar.istio.io/interceptionMode", "REDIRECT", _cni_mode),
     "includeIPCidrs": Annotation("traffic.sidecar.istio.io/includeOutboundIPRanges", "*", _CIDRS_OR_ALL),
     "excludeIPCidrs": Annotation("traffic.sidecar.istio.io/excludeOutboundIPRanges", "", _CIDRS),
-    "excludeInboundPorts": Annotation("traffic.sidecar.istio.io/excludeInboundPorts", str(c.MERGED_METRICS_PORT),
-                                      _PORTS),
+    "excludeInboundPorts": Annotation(
+        "traffic.sidecar.istio.io/excludeInboundPorts", str(c.MERGED_METRICS_PORT), _PORTS
+    ),
     "includeInboundPorts": Annotation("traffic.sidecar.istio.io/includeInboundPorts", "*", _PORTS_OR_ALL),
-    "excludeOutboundPorts": Annotation("traffic.sidecar.istio.io/excludeOutboundPorts", str(c.MERGED_METRICS_PORT),
-                                       _PORTS),
+    "excludeOutboundPorts": Annotation(
+        "traffic.sidecar.istio.io/excludeOutboundPorts", str(c.MERGED_METRICS_PORT), _PORTS
+    ),
     "includeOutboundPorts": Annotation("traffic.sidecar.istio.io/includeOutboundPorts", "", _PORTS),
     "excludeInterfaces": Annotation("traffic.sidecar.istio.io/excludeInterfaces", "", s.parse_interfaces),
     "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "", s.parse_interfaces),
@@ -132,10 +136,15 @@ def from_annotations(document: Mapping[str, object], base: CaptureSpec | None = 
 
 
 # The spec attribute each annotation sets (statusPort sets none; the interfaces pair is handled apart).
-_ANNOTATED = {"redirectMode": "inbound_interception_mode", "includeIPCidrs": "outbound_ip_ranges_include",
-              "excludeIPCidrs": "outbound_ip_ranges_exclude", "includeInboundPorts": "inbound_ports_include",
-              "excludeOutboundPorts": "outbound_ports_exclude", "includeOutboundPorts": "outbound_ports_include",
-              "excludeInterfaces": "exclude_interfaces"}
+_ANNOTATED = {
+    "redirectMode": "inbound_interception_mode",
+    "includeIPCidrs": "outbound_ip_ranges_include",
+    "excludeIPCidrs": "outbound_ip_ranges_exclude",
+    "includeInboundPorts": "inbound_ports_include",
+    "excludeOutboundPorts": "outbound_ports_exclude",
+    "includeOutboundPorts": "outbound_ports_include",
+    "excludeInterfaces": "exclude_interfaces",
+}
 
 
 def _string_map(document, key) -> dict[str, str]:
@@ -165,8 +174,9 @@ def _detect_ipv6(pod_ips, dual_stack: bool) -> bool:
         return False
     if not isinstance(pod_ips, list):
         raise SpecError("pod_ips", pod_ips, "expected a list of addresses")
-    usable = [a for a in (s.parse_address(str(t), "pod_ips") for t in pod_ips)
-              if not a.is_loopback and not a.is_link_local]
+    usable = [
+        a for a in (s.parse_address(str(t), "pod_ips") for t in pod_ips) if not a.is_loopback and not a.is_link_local
+    ]
     if dual_stack:
         return any(a.version == 6 for a in usable)
     return bool(usable) and usable[0].version == 6

@@ -50,87 +50,234 @@ def _ignored_bool(text, label):
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("ProxyPort", "proxy_port", ("--envoy-port", "-p"), (), str(c.PROXY_PORT), s.parse_port,
-          "port outbound TCP is redirected to"),
-    Field("InboundCapturePort", "inbound_capture_port", ("--inbound-capture-port", "-z"),
-          ("INBOUND_CAPTURE_PORT",), str(c.INBOUND_CAPTURE_PORT), s.parse_port,
-          "port inbound TCP (and the proxy's own hairpin) is redirected to; not -p's"),
-    Field("InboundTunnelPort", "inbound_tunnel_port", ("--inbound-tunnel-port", "-e"),
-          ("INBOUND_TUNNEL_PORT",), str(c.INBOUND_TUNNEL_PORT), s.parse_port,
-          "HBONE tunnel port: never captured inbound"),
-    Field("ProxyUID", "proxy_uids", ("--proxy-uid", "-u"), ("PROXY_UID",),
-          f"'': uid of $ENVOY_USER ({c.PROXY_USER}), else {c.PROXY_UID}", _uids,
-          "comma list of uids whose traffic is never captured outbound"),
-    Field("ProxyGID", "proxy_gids", ("--proxy-gid", "-g"), ("PROXY_GID",), "'': the uid list", _gids,
-          "comma list of gids whose traffic is never captured outbound"),
-    Field("InboundInterceptionMode", "inbound_interception_mode",
-          ("--istio-inbound-interception-mode", "-m"), ("ISTIO_INBOUND_INTERCEPTION_MODE",),
-          "'' (REDIRECT)", s.parse_mode, "REDIRECT (nat) or TPROXY (mangle, source kept)"),
-    Field("InboundTProxyMark", "inbound_tproxy_mark", ("--istio-inbound-tproxy-mark", "-t"),
-          ("ISTIO_INBOUND_TPROXY_MARK",), str(c.TPROXY_MARK), _mark, "packet mark used by TPROXY mode"),
-    Field("InboundTProxyRouteTable", "inbound_tproxy_route_table",
-          ("--istio-inbound-tproxy-route-table", "-r"), ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",),
-          str(c.TPROXY_ROUTE_TABLE), _table, "policy-routing table used by TPROXY mode"),
-    Field("InboundPortsInclude", "inbound_ports_include", ("--istio-inbound-ports", "-b"),
-          ("ISTIO_INBOUND_PORTS",), "'' (none)", _ports_or_all,
-          "inbound ports to capture: comma list, '*' for all, '' for none"),
-    Field("InboundPortsExclude", "inbound_ports_exclude", ("--istio-local-exclude-ports", "-d"),
-          ("ISTIO_LOCAL_EXCLUDE_PORTS",), "''", _ports,
-          "inbound ports never captured (only with -b '*')"),
-    Field("ExcludeInterfaces", "exclude_interfaces", ("--istio-exclude-interfaces", "-c"),
-          ("ISTIO_EXCLUDE_INTERFACES",), "''", s.parse_interfaces,
-          "interfaces whose traffic is never captured"),
-    Field("OutboundIPRangesInclude", "outbound_ip_ranges_include", ("--istio-service-cidr", "-i"),
-          ("ISTIO_SERVICE_CIDR",), "'' (none)", _cidrs_or_all,
-          "outbound destinations to capture: CIDR list, '*' for all, '' for none"),
-    Field("OutboundIPRangesExclude", "outbound_ip_ranges_exclude",
-          ("--istio-service-exclude-cidr", "-x"), ("ISTIO_SERVICE_EXCLUDE_CIDR",), "''", _cidrs,
-          "outbound destinations never captured (beats -i and -q)"),
-    Field("OutboundPortsInclude", "outbound_ports_include", ("--istio-outbound-ports", "-q"),
-          ("ISTIO_OUTBOUND_PORTS",), "''", _ports,
-          "outbound TCP ports captured whatever the destination"),
-    Field("OutboundPortsExclude", "outbound_ports_exclude",
-          ("--istio-local-outbound-ports-exclude", "-o"), ("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",),
-          "''", _ports, "outbound TCP/UDP ports never captured"),
-    Field("RerouteVirtualInterfaces", "kube_virt_interfaces", ("--kube-virt-interfaces", "-k"),
-          ("KUBE_VIRT_INTERFACES",), "''", s.parse_interfaces,
-          "interfaces (e.g. KubeVirt VMs) whose inbound traffic is treated as outbound"),
-    Field("RedirectDNS", "redirect_dns", ("--redirect-dns",), ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"),
-          "false", s.parse_bool, "capture DNS to the resolv.conf servers to 15053", boolean=True),
-    Field("CaptureAllDNS", "capture_all_dns", ("--capture-all-dns",), ("CAPTURE_ALL_DNS",), "false",
-          s.parse_bool, "with --redirect-dns: capture all port-53 traffic", boolean=True),
-    Field("DropInvalid", "drop_invalid", ("--drop-invalid",), ("DROP_INVALID", "INVALID_DROP"),
-          "false", s.parse_bool, "drop conntrack-INVALID packets instead of resetting", boolean=True),
-    Field("OwnerGroupsInclude", "owner_groups_include", (), ("ISTIO_OUTBOUND_OWNER_GROUPS",), "*",
-          _groups_or_all, "groups (names or gids) whose outbound traffic is captured (env only)"),
-    Field("OwnerGroupsExclude", "owner_groups_exclude", (), ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",),
-          "''", _groups, "groups never captured, when the include list is '*' (env only)"),
-    Field("HostIPv4LoopbackCidr", "host_ipv4_loopback_cidr", (), ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",),
-          "127.0.0.1/32", s.parse_cidr, "IPv4 loopback destinations never captured (env only)"),
+    Field(
+        "ProxyPort",
+        "proxy_port",
+        ("--envoy-port", "-p"),
+        (),
+        str(c.PROXY_PORT),
+        s.parse_port,
+        "port outbound TCP is redirected to",
+    ),
+    Field(
+        "InboundCapturePort",
+        "inbound_capture_port",
+        ("--inbound-capture-port", "-z"),
+        ("INBOUND_CAPTURE_PORT",),
+        str(c.INBOUND_CAPTURE_PORT),
+        s.parse_port,
+        "port inbound TCP (and the proxy's own hairpin) is redirected to; not -p's",
+    ),
+    Field(
+        "InboundTunnelPort",
+        "inbound_tunnel_port",
+        ("--inbound-tunnel-port", "-e"),
+        ("INBOUND_TUNNEL_PORT",),
+        str(c.INBOUND_TUNNEL_PORT),
+        s.parse_port,
+        "HBONE tunnel port: never captured inbound",
+    ),
+    Field(
+        "ProxyUID",
+        "proxy_uids",
+        ("--proxy-uid", "-u"),
+        ("PROXY_UID",),
+        f"'': uid of $ENVOY_USER ({c.PROXY_USER}), else {c.PROXY_UID}",
+        _uids,
+        "comma list of uids whose traffic is never captured outbound",
+    ),
+    Field(
+        "ProxyGID",
+        "proxy_gids",
+        ("--proxy-gid", "-g"),
+        ("PROXY_GID",),
+        "'': the uid list",
+        _gids,
+        "comma list of gids whose traffic is never captured outbound",
+    ),
+    Field(
+        "InboundInterceptionMode",
+        "inbound_interception_mode",
+        ("--istio-inbound-interception-mode", "-m"),
+        ("ISTIO_INBOUND_INTERCEPTION_MODE",),
+        "'' (REDIRECT)",
+        s.parse_mode,
+        "REDIRECT (nat) or TPROXY (mangle, source kept)",
+    ),
+    Field(
+        "InboundTProxyMark",
+        "inbound_tproxy_mark",
+        ("--istio-inbound-tproxy-mark", "-t"),
+        ("ISTIO_INBOUND_TPROXY_MARK",),
+        str(c.TPROXY_MARK),
+        _mark,
+        "packet mark used by TPROXY mode",
+    ),
+    Field(
+        "InboundTProxyRouteTable",
+        "inbound_tproxy_route_table",
+        ("--istio-inbound-tproxy-route-table", "-r"),
+        ("ISTIO_INBOUND_TPROXY_ROUTE_TABLE",),
+        str(c.TPROXY_ROUTE_TABLE),
+        _table,
+        "policy-routing table used by TPROXY mode",
+    ),
+    Field(
+        "InboundPortsInclude",
+        "inbound_ports_include",
+        ("--istio-inbound-ports", "-b"),
+        ("ISTIO_INBOUND_PORTS",),
+        "'' (none)",
+        _ports_or_all,
+        "inbound ports to capture: comma list, '*' for all, '' for none",
+    ),
+    Field(
+        "InboundPortsExclude",
+        "inbound_ports_exclude",
+        ("--istio-local-exclude-ports", "-d"),
+        ("ISTIO_LOCAL_EXCLUDE_PORTS",),
+        "''",
+        _ports,
+        "inbound ports never captured (only with -b '*')",
+    ),
+    Field(
+        "ExcludeInterfaces",
+        "exclude_interfaces",
+        ("--istio-exclude-interfaces", "-c"),
+        ("ISTIO_EXCLUDE_INTERFACES",),
+        "''",
+        s.parse_interfaces,
+        "interfaces whose traffic is never captured",
+    ),
+    Field(
+        "OutboundIPRangesInclude",
+        "outbound_ip_ranges_include",
+        ("--istio-service-cidr", "-i"),
+        ("ISTIO_SERVICE_CIDR",),
+        "'' (none)",
+        _cidrs_or_all,
+        "outbound destinations to capture: CIDR list, '*' for all, '' for none",
+    ),
+    Field(
+        "OutboundIPRangesExclude",
+        "outbound_ip_ranges_exclude",
+        ("--istio-service-exclude-cidr", "-x"),
+        ("ISTIO_SERVICE_EXCLUDE_CIDR",),
+        "''",
+        _cidrs,
+        "outbound destinations never captured (beats -i and -q)",
+    ),
+    Field(
+        "OutboundPortsInclude",
+        "outbound_ports_include",
+        ("--istio-outbound-ports", "-q"),
+        ("ISTIO_OUTBOUND_PORTS",),
+        "''",
+        _ports,
+        "outbound TCP ports captured whatever the destination",
+    ),
+    Field(
+        "OutboundPortsExclude",
+        "outbound_ports_exclude",
+        ("--istio-local-outbound-ports-exclude", "-o"),
+        ("ISTIO_LOCAL_OUTBOUND_PORTS_EXCLUDE",),
+        "''",
+        _ports,
+        "outbound TCP/UDP ports never captured",
+    ),
+    Field(
+        "RerouteVirtualInterfaces",
+        "kube_virt_interfaces",
+        ("--kube-virt-interfaces", "-k"),
+        ("KUBE_VIRT_INTERFACES",),
+        "''",
+        s.parse_interfaces,
+        "interfaces (e.g. KubeVirt VMs) whose inbound traffic is treated as outbound",
+    ),
+    Field(
+        "RedirectDNS",
+        "redirect_dns",
+        ("--redirect-dns",),
+        ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"),
+        "false",
+        s.parse_bool,
+        "capture DNS to the resolv.conf servers to 15053",
+        boolean=True,
+    ),
+    Field(
+        "CaptureAllDNS",
+        "capture_all_dns",
+        ("--capture-all-dns",),
+        ("CAPTURE_ALL_DNS",),
+        "false",
+        s.parse_bool,
+        "with --redirect-dns: capture all port-53 traffic",
+        boolean=True,
+    ),
+    Field(
+        "DropInvalid",
+        "drop_invalid",
+        ("--drop-invalid",),
+        ("DROP_INVALID", "INVALID_DROP"),
+        "false",
+        s.parse_bool,
+        "drop conntrack-INVALID packets instead of resetting",
+        boolean=True,
+    ),
+    Field(
+        "OwnerGroupsInclude",
+        "owner_groups_include",
+        (),
+        ("ISTIO_OUTBOUND_OWNER_GROUPS",),
+        "*",
+        _groups_or_all,
+        "groups (names or gids) whose outbound traffic is captured (env only)",
+    ),
+    Field(
+        "OwnerGroupsExclude",
+        "owner_groups_exclude",
+        (),
+        ("ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",),
+        "''",
+        _groups,
+        "groups never captured, when the include list is '*' (env only)",
+    ),
+    Field(
+        "HostIPv4LoopbackCidr",
+        "host_ipv4_loopback_cidr",
+        (),
+        ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",),
+        "127.0.0.1/32",
+        s.parse_cidr,
+        "IPv4 loopback destinations never captured (env only)",
+    ),
     # Options that change how istio-iptables runs, not what it captures: accepted and ignored.
     Field("DryRun", None, ("--dry-run", "-n"), ("DRY_RUN",), "false", _ignored_bool, "", boolean=True),
-    Field("DualStack", None, ("--dual-stack",), ("DUAL_STACK", "ISTIO_DUAL_STACK"), "false",
-          _ignored_bool, "", boolean=True),
-    Field("IptablesProbePort", None, ("--iptables-probe-port",), ("IPTABLES_PROBE_PORT",), "15002",
-          _ignored, ""),
+    Field(
+        "DualStack",
+        None,
+        ("--dual-stack",),
+        ("DUAL_STACK", "ISTIO_DUAL_STACK"),
+        "false",
+        _ignored_bool,
+        "",
+        boolean=True,
+    ),
+    Field("IptablesProbePort", None, ("--iptables-probe-port",), ("IPTABLES_PROBE_PORT",), "15002", _ignored, ""),
     Field("ProbeTimeout", None, ("--probe-timeout",), ("PROBE_TIMEOUT",), "5s", _ignored, ""),
-    Field("SkipRuleApply", None, ("--skip-rule-apply",), ("SKIP_RULE_APPLY",), "false",
-          _ignored_bool, "", boolean=True),
-    Field("RunValidation", None, ("--run-validation",), ("RUN_VALIDATION",), "false",
-          _ignored_bool, "", boolean=True),
-    Field("NetworkNamespace", None, ("--network-namespace",), ("NETWORK_NAMESPACE",), "''",
-          _ignored, ""),
-    Field("HostFilesystemPodNetwork", None, ("--cni-mode",), ("CNI_MODE",), "false",
-          _ignored_bool, "", boolean=True),
+    Field(
+        "SkipRuleApply", None, ("--skip-rule-apply",), ("SKIP_RULE_APPLY",), "false", _ignored_bool, "", boolean=True
+    ),
+    Field("RunValidation", None, ("--run-validation",), ("RUN_VALIDATION",), "false", _ignored_bool, "", boolean=True),
+    Field("NetworkNamespace", None, ("--network-namespace",), ("NETWORK_NAMESPACE",), "''", _ignored, ""),
+    Field("HostFilesystemPodNetwork", None, ("--cni-mode",), ("CNI_MODE",), "false", _ignored_bool, "", boolean=True),
     Field("Reconcile", None, ("--reconcile",), ("RECONCILE",), "false", _ignored_bool, "", boolean=True),
-    Field("CleanupOnly", None, ("--cleanup-only",), ("CLEANUP_ONLY",), "false", _ignored_bool, "",
-          boolean=True),
-    Field("ForceApply", None, ("--force-apply",), ("FORCE_APPLY",), "false", _ignored_bool, "",
-          boolean=True),
-    Field("NativeNftables", None, ("--native-nftables",), ("NATIVE_NFTABLES",), "false",
-          _ignored_bool, "", boolean=True),
-    Field("ForceIptablesBinary", None, ("--force-iptables-binary",), ("FORCE_IPTABLES_BINARY",), "''",
-          _ignored, ""),
+    Field("CleanupOnly", None, ("--cleanup-only",), ("CLEANUP_ONLY",), "false", _ignored_bool, "", boolean=True),
+    Field("ForceApply", None, ("--force-apply",), ("FORCE_APPLY",), "false", _ignored_bool, "", boolean=True),
+    Field(
+        "NativeNftables", None, ("--native-nftables",), ("NATIVE_NFTABLES",), "false", _ignored_bool, "", boolean=True
+    ),
+    Field("ForceIptablesBinary", None, ("--force-iptables-binary",), ("FORCE_IPTABLES_BINARY",), "''", _ignored, ""),
 )
 
 BY_GO = {f.go: f for f in FIELDS}
@@ -173,8 +320,9 @@ class Parsed:
     warnings: tuple[str, ...]
 
 
-def given_from_texts(texts: Mapping[str, tuple[str, str]], labels: Mapping[str, str],
-                     default_uid: str) -> dict[str, Given]:
+def given_from_texts(
+    texts: Mapping[str, tuple[str, str]], labels: Mapping[str, str], default_uid: str
+) -> dict[str, Given]:
     """{attribute: Given} from {Go field: (text, label)}; labels name the attributes given no text.
 
     As in istio-iptables, an empty -u is default_uid ($ENVOY_USER's) and an empty -g the -u list.
@@ -192,8 +340,12 @@ def given_from_texts(texts: Mapping[str, tuple[str, str]], labels: Mapping[str, 
         value = field.parse(text, label)
         if field.go == "InboundPortsInclude" and value == () and text.strip():
             # istio-iptables tests the text, not the list: it would add its inbound jump, capturing nothing.
-            raise SpecError(label, text, "no port in the list (istio-iptables would still jump to its inbound "
-                                         "chain, capturing nothing); give '' for no inbound capture")
+            raise SpecError(
+                label,
+                text,
+                "no port in the list (istio-iptables would still jump to its inbound "
+                "chain, capturing nothing); give '' for no inbound capture",
+            )
         if field.attr is not None:
             given[field.attr] = Given(value, label, text)
     return given
@@ -238,13 +390,19 @@ def item_notes(given: Given) -> list[str]:
     items = given.value if isinstance(given.value, tuple) else (given.value,)
     for item, count in Counter(items).items():
         if count > 1:
-            notes.append(f"{given.label}: {_item_text(item)} is listed {count} times; kept, as istio-iptables "
-                         "keeps it (its rules repeat)")
+            notes.append(
+                f"{given.label}: {_item_text(item)} is listed {count} times; kept, as istio-iptables "
+                "keeps it (its rules repeat)"
+            )
     for item in items:
-        if isinstance(item, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)) \
-                and item.ip != item.network.network_address:
-            notes.append(f"{given.label}: {s.cidr_text(item)} has host bits set; written as given, as "
-                         f"istio-iptables writes it (it matches {item.network})")
+        if (
+            isinstance(item, (ipaddress.IPv4Interface, ipaddress.IPv6Interface))
+            and item.ip != item.network.network_address
+        ):
+            notes.append(
+                f"{given.label}: {s.cidr_text(item)} has host bits set; written as given, as "
+                f"istio-iptables writes it (it matches {item.network})"
+            )
     return notes
 
 

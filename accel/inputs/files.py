@@ -18,8 +18,14 @@ def _read_bytes(path: str, label: str) -> bytes:
         raise SpecError(label, path, f"cannot read file: {error}") from None
 
 
-_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-               type(None): "null"}
+_JSON_KINDS = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def load_json(path: str, label: str) -> dict:
@@ -28,8 +34,9 @@ def load_json(path: str, label: str) -> dict:
     try:
         document = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as error:
-        raise SpecError(label, path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") \
-            from None
+        raise SpecError(
+            label, path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})"
+        ) from None
     except json.JSONDecodeError as error:
         raise SpecError(label, path, f"not valid JSON: {error.msg} at line {error.lineno}") from None
     except ValueError as error:  # e.g. a number longer than Python converts

@@ -7,15 +7,32 @@ from typing import Mapping
 
 from .. import constants as c
 from ..spec import CaptureSpec, SpecError
-from .fields import BY_FLAG, FIELDS, Given, Parsed, build_spec, default_proxy_uid, dns_given, flag_label, \
-    given_from_texts
+from .fields import (
+    BY_FLAG,
+    FIELDS,
+    Given,
+    Parsed,
+    build_spec,
+    default_proxy_uid,
+    dns_given,
+    flag_label,
+    given_from_texts,
+)
 from .files import read_nameservers
 
 # Istio's logging flags, accepted on every istio-iptables command line (the stock istio-init
 # passes --log_output_level). None of them takes part in capture. Value: whether it is boolean.
-LOG_FLAGS = {"--log_as_json": True, "--log_caller": False, "--log_output_level": False,
-             "--log_rotate": False, "--log_rotate_max_age": False, "--log_rotate_max_backups": False,
-             "--log_rotate_max_size": False, "--log_stacktrace_level": False, "--log_target": False}
+LOG_FLAGS = {
+    "--log_as_json": True,
+    "--log_caller": False,
+    "--log_output_level": False,
+    "--log_rotate": False,
+    "--log_rotate_max_age": False,
+    "--log_rotate_max_backups": False,
+    "--log_rotate_max_size": False,
+    "--log_stacktrace_level": False,
+    "--log_target": False,
+}
 
 # How errors and warnings name each CaptureSpec attribute: by the flag (or env variable).
 LABELS = {f.attr: flag_label(f) for f in FIELDS if f.attr is not None}
@@ -56,8 +73,14 @@ def parse_istio_argv(argv: list[str]) -> dict[str, str]:
     return values
 
 
-def read_istio_args(argv: list[str], env: Mapping[str, str] | None = None, *, enable_ipv6: bool = False,
-                    dns_servers: list[str] | None = None, resolv_conf: str = "/etc/resolv.conf") -> Parsed:
+def read_istio_args(
+    argv: list[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    enable_ipv6: bool = False,
+    dns_servers: list[str] | None = None,
+    resolv_conf: str = "/etc/resolv.conf",
+) -> Parsed:
     """The spec `istio-iptables ARGV` with environment ENV would capture, and warnings about the input.
 
     What istio-iptables detects on the node is given instead: enable_ipv6 (the pod's first
@@ -80,11 +103,16 @@ def read_istio_args(argv: list[str], env: Mapping[str, str] | None = None, *, en
     return build_spec(given, LABELS)
 
 
-def from_istio_args(argv: list[str], env: Mapping[str, str] | None = None, *, enable_ipv6: bool = False,
-                    dns_servers: list[str] | None = None, resolv_conf: str = "/etc/resolv.conf") -> CaptureSpec:
+def from_istio_args(
+    argv: list[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    enable_ipv6: bool = False,
+    dns_servers: list[str] | None = None,
+    resolv_conf: str = "/etc/resolv.conf",
+) -> CaptureSpec:
     """A CaptureSpec exactly as `istio-iptables ARGV` with environment ENV would capture (read_istio_args)."""
-    return read_istio_args(argv, env, enable_ipv6=enable_ipv6, dns_servers=dns_servers,
-                           resolv_conf=resolv_conf).spec
+    return read_istio_args(argv, env, enable_ipv6=enable_ipv6, dns_servers=dns_servers, resolv_conf=resolv_conf).spec
 
 
 def _dns_servers(given: Mapping[str, Given], servers: list[str] | None, resolv_conf: str) -> dict[str, Given]:

@@ -14,8 +14,12 @@ DETECTED = ("EnableIPv6", "DNSServersV4", "DNSServersV6")
 # Other Go fields of config.Config that may appear in a dumped config; none affects capture.
 OTHER_GO_FIELDS = ("TraceLogging", "EnableInboundIPv6")
 
-LABELS = {**{f.attr: f.go for f in FIELDS if f.attr is not None},
-          "enable_ipv6": "EnableIPv6", "dns_servers_v4": "DNSServersV4", "dns_servers_v6": "DNSServersV6"}
+LABELS = {
+    **{f.attr: f.go for f in FIELDS if f.attr is not None},
+    "enable_ipv6": "EnableIPv6",
+    "dns_servers_v4": "DNSServersV4",
+    "dns_servers_v6": "DNSServersV6",
+}
 
 
 def read_istio_config(config: Mapping[str, object]) -> Parsed:
@@ -55,6 +59,7 @@ def _as_text(key: str, value: object) -> str:
 
 def to_istio_config(spec: CaptureSpec) -> dict[str, object]:
     """The spec as Istio's config JSON: from_istio_config(to_istio_config(x)) == x."""
+
     def listed(values):
         return values if values == s.WILDCARD else s.join(values)
 

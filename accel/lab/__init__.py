@@ -4,5 +4,18 @@ from .lab import LAB_PREFIX, Lab, LabError, conntrack_entries
 from .leftovers import cleanup_leftovers, leftovers
 from .plan import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, MeshedPod, Pod, SidecarConfig
 
-__all__ = ["LAB_NETWORKS", "LAB_PREFIX", "OTHER_DNS", "POD_ADDRESSES", "Lab", "LabError", "LabPlan", "MeshedPod", "Pod",
-           "SidecarConfig", "cleanup_leftovers", "conntrack_entries", "leftovers"]
+__all__ = [
+    "LAB_NETWORKS",
+    "LAB_PREFIX",
+    "OTHER_DNS",
+    "POD_ADDRESSES",
+    "Lab",
+    "LabError",
+    "LabPlan",
+    "MeshedPod",
+    "Pod",
+    "SidecarConfig",
+    "cleanup_leftovers",
+    "conntrack_entries",
+    "leftovers",
+]

@@ -38,8 +38,18 @@ from .. import cancel, faults, process
 from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
 from ..netns import Netns, unique_name
-from .plan import NODE_V4, NODE_V6, OTHER_DNS, POD_ADDRESSES, SCALE_SIDECAR, SCALE_V4, LabPlan, MeshedPod, Pod, \
-    SidecarConfig
+from .plan import (
+    NODE_V4,
+    NODE_V6,
+    OTHER_DNS,
+    POD_ADDRESSES,
+    SCALE_SIDECAR,
+    SCALE_V4,
+    LabPlan,
+    MeshedPod,
+    Pod,
+    SidecarConfig,
+)
 
 LAB_PREFIX = "accel-lab"
 AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to each lab as one zipapp
@@ -48,10 +58,14 @@ IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable 
 CLIENT_GRACE = 30  # seconds a client may run past its own timeout before it is killed
 AGENT_START = 60  # seconds an agent may take to say it is ready (it takes ~50 ms; this is for a stalled machine)
 
-NAMESPACE_SYSCTLS = {"net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.default.rp_filter": "0",
-                     "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
-                     # no duplicate address detection: link-local addresses are usable at once
-                     "net.ipv6.conf.all.accept_dad": "0", "net.ipv6.conf.default.accept_dad": "0"}
+NAMESPACE_SYSCTLS = {
+    "net.ipv4.conf.all.rp_filter": "0",
+    "net.ipv4.conf.default.rp_filter": "0",
+    "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
+    # no duplicate address detection: link-local addresses are usable at once
+    "net.ipv6.conf.all.accept_dad": "0",
+    "net.ipv6.conf.default.accept_dad": "0",
+}
 
 
 class LabError(RuntimeError):
@@ -168,8 +182,15 @@ class Lab:
         for role in roles:
             ipv4, ipv6 = POD_ADDRESSES[role]
             userns = role in meshed and meshed[role].userns
-            pod = Pod(role, self._namespace(f"{self.name}-{role}", userns), self.cgroup.child(role), ipv4,
-                      ipv6 if plan.ipv6 else None, node_cgroup=self.cgroup, userns=userns)
+            pod = Pod(
+                role,
+                self._namespace(f"{self.name}-{role}", userns),
+                self.cgroup.child(role),
+                ipv4,
+                ipv6 if plan.ipv6 else None,
+                node_cgroup=self.cgroup,
+                userns=userns,
+            )
             self._wire(pod)
             self.pods[role] = pod
         for role in meshed:
@@ -178,8 +199,13 @@ class Lab:
                 if role == "pod":
                     for cidr in plan.pod_local_addresses:
                         address, length = cidr.split("/")
-                        ns.addr("add", index=lo, address=address, prefixlen=int(length),
-                                **({"flags": IFA_F_NODAD} if ":" in address else {}))
+                        ns.addr(
+                            "add",
+                            index=lo,
+                            address=address,
+                            prefixlen=int(length),
+                            **({"flags": IFA_F_NODAD} if ":" in address else {}),
+                        )
         if plan.scale_pods:
             self._build_scale_pods(node_v4=str(SCALE_V4[1]))
         if "dns" in self.pods:
@@ -189,21 +215,37 @@ class Lab:
             lo = ns.link_lookup(ifname="lo")[0]
             for address in plan.service_addresses:  # off-link: on lo, routed by the node
                 v6 = ":" in address
-                ns.addr("add", index=lo, address=address, prefixlen=128 if v6 else 32,
-                        **({"flags": IFA_F_NODAD} if v6 else {}))
-                node.route("add", dst=f"{address}/{128 if v6 else 32}", gateway=remote.address(6 if v6 else 4),
-                           family=10 if v6 else 2)
+                ns.addr(
+                    "add",
+                    index=lo,
+                    address=address,
+                    prefixlen=128 if v6 else 32,
+                    **({"flags": IFA_F_NODAD} if v6 else {}),
+                )
+                node.route(
+                    "add",
+                    dst=f"{address}/{128 if v6 else 32}",
+                    gateway=remote.address(6 if v6 else 4),
+                    family=10 if v6 else 2,
+                )
 
     def _build_scale_pods(self, node_v4: str):
         if self.plan.scale_pods > SCALE_V4.num_addresses - 3:
-            raise LabError(f"at most {SCALE_V4.num_addresses - 3} scale pods fit in {SCALE_V4} "
-                           f"({self.plan.scale_pods} asked)")
+            raise LabError(
+                f"at most {SCALE_V4.num_addresses - 3} scale pods fit in {SCALE_V4} ({self.plan.scale_pods} asked)"
+            )
         with Netlink(self.node) as node:
             node.addr("add", index=node.link_lookup(ifname="br0")[0], address=node_v4, prefixlen=SCALE_V4.prefixlen)
         for number in range(1, self.plan.scale_pods + 1):
             role = f"scale-{number}"
-            pod = Pod(role, self._namespace(f"{self.name}-{role}"), self.cgroup.child(role), str(SCALE_V4[1 + number]),
-                      None, node_cgroup=self.cgroup)
+            pod = Pod(
+                role,
+                self._namespace(f"{self.name}-{role}"),
+                self.cgroup.child(role),
+                str(SCALE_V4[1 + number]),
+                None,
+                node_cgroup=self.cgroup,
+            )
             self._wire(pod, prefixlen=SCALE_V4.prefixlen, gateway=node_v4)
             self.pods[role] = pod
 
@@ -214,8 +256,13 @@ class Lab:
         config.write_text(SCALE_SIDECAR.format(outbound=car.outbound_port, inbound=car.inbound_port))
         config.chmod(0o644)
         for number in range(1, self.plan.scale_pods + 1):
-            self.start(f"scale-{number}", ["haproxy", "-db", "-f", str(config)], uid=car.uid, gid=car.gid,
-                       listens=(car.outbound_port, car.inbound_port))
+            self.start(
+                f"scale-{number}",
+                ["haproxy", "-db", "-f", str(config)],
+                uid=car.uid,
+                gid=car.gid,
+                listens=(car.outbound_port, car.inbound_port),
+            )
 
     def _add_other_dns(self, dns: Pod):
         with Netlink(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
@@ -248,9 +295,17 @@ class Lab:
 
     def _start(self, pod: Pod, *args: str):
         cancel.check()
-        agent = process.spawn(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, userns=pod.userns,
-                              pass_fds=(self._log_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+        agent = process.spawn(
+            self._agent_command(*args),
+            netns=pod.netns,
+            cgroup=pod.cgroup,
+            userns=pod.userns,
+            pass_fds=(self._log_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._agents.append(agent)
         self._agent_pod[agent.pid] = pod.role
         self._step("lab:agent")
@@ -259,15 +314,32 @@ class Lab:
     def _start_agents(self):
         plan, log = self.plan, str(self._log_fd)
         started = [
-            self._start(self.pods["remote"], "server", "--name", "remote", "--log-fd", log,
-                        *_flags("--tcp", plan.remote_tcp_ports), *_flags("--udp", plan.remote_udp_ports)),
-            self._start(self.pods["dns"], "server", "--name", "dns", "--log-fd", log, "--dns", "53",
-                        "--udplite", "53"),
+            self._start(
+                self.pods["remote"],
+                "server",
+                "--name",
+                "remote",
+                "--log-fd",
+                log,
+                *_flags("--tcp", plan.remote_tcp_ports),
+                *_flags("--udp", plan.remote_udp_ports),
+            ),
+            self._start(self.pods["dns"], "server", "--name", "dns", "--log-fd", log, "--dns", "53", "--udplite", "53"),
         ]
         for meshed in plan.meshed:
             pod = self.pods[meshed.role]
-            started.append(self._start(pod, "server", "--name", meshed.role, "--log-fd", log,
-                                       *_flags("--tcp", plan.pod_tcp_ports), *_flags("--dns", plan.pod_dns_ports)))
+            started.append(
+                self._start(
+                    pod,
+                    "server",
+                    "--name",
+                    meshed.role,
+                    "--log-fd",
+                    log,
+                    *_flags("--tcp", plan.pod_tcp_ports),
+                    *_flags("--dns", plan.pod_dns_ports),
+                )
+            )
             if plan.sidecar:
                 started.append(self._start(pod, *self._sidecar_args(meshed)))
         for agent in started:
@@ -275,11 +347,26 @@ class Lab:
 
     def _sidecar_args(self, meshed: MeshedPod) -> list[str]:
         car = self.plan.sidecar
-        return ["sidecar", "--log-fd", str(self._log_fd), "--outbound", str(car.outbound_port),
-                "--inbound", str(car.inbound_port), "--dns", str(car.dns_port), "--uid", str(car.uid),
-                "--gid", str(car.gid), "--upstream-dns", POD_ADDRESSES["dns"][0],
-                "--inbound-families", ",".join(map(str, meshed.inbound_families)),
-                *(["--transparent"] if car.transparent else [])]
+        return [
+            "sidecar",
+            "--log-fd",
+            str(self._log_fd),
+            "--outbound",
+            str(car.outbound_port),
+            "--inbound",
+            str(car.inbound_port),
+            "--dns",
+            str(car.dns_port),
+            "--uid",
+            str(car.uid),
+            "--gid",
+            str(car.gid),
+            "--upstream-dns",
+            POD_ADDRESSES["dns"][0],
+            "--inbound-families",
+            ",".join(map(str, meshed.inbound_families)),
+            *(["--transparent"] if car.transparent else []),
+        ]
 
     @staticmethod
     def _wait_ready(agent: subprocess.Popen) -> None:
@@ -287,8 +374,9 @@ class Lab:
         line = agent.stdout.readline() if cancel.wait_readable(agent.stdout.fileno(), AGENT_START) else ""
         if line.strip() != "ready":
             agent.kill()
-            raise LabError(f"lab agent {' '.join(agent.args[4:6])} did not start: "
-                           f"{agent.stderr.read().strip() or line.strip()}")
+            raise LabError(
+                f"lab agent {' '.join(agent.args[4:6])} did not start: {agent.stderr.read().strip() or line.strip()}"
+            )
 
     def start_agent(self, role: str, *args: str) -> subprocess.Popen:
         """Another long-running agent role in a pod (e.g. stream-server), logging events to the
@@ -315,14 +403,31 @@ class Lab:
         self._wait_ready(agent)
         return agent
 
-    def start(self, role: str, argv: list[str], *, uid: int | None = None, gid: int | None = None,
-              listens: tuple[int, ...] = (), cpus: set[int] | None = None) -> subprocess.Popen:
+    def start(
+        self,
+        role: str,
+        argv: list[str],
+        *,
+        uid: int | None = None,
+        gid: int | None = None,
+        listens: tuple[int, ...] = (),
+        cpus: set[int] | None = None,
+    ) -> subprocess.Popen:
         """Another process in a pod (a real proxy, a server), removed with the lab; waits until
         it listens on `listens` (TCP ports)."""
         pod = self.pods[role]
-        started = process.spawn(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, cpus=cpus,
-                                userns=pod.userns, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+        started = process.spawn(
+            argv,
+            netns=pod.netns,
+            cgroup=pod.cgroup,
+            uid=uid,
+            gid=gid,
+            cpus=cpus,
+            userns=pod.userns,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self._agents.append(started)
 
         def listening():
@@ -337,27 +442,65 @@ class Lab:
     def agent(self, role: str, *args: str, uid: int = 0, gid: int = 0, timeout: float = 120) -> str:
         """Run an agent role (burst, http-get, ...) in a pod to completion; its standard output."""
         pod = self.pods[role]
-        result = process.run(self._agent_command(*args), netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid,
-                             userns=pod.userns, timeout=timeout)
+        result = process.run(
+            self._agent_command(*args),
+            netns=pod.netns,
+            cgroup=pod.cgroup,
+            uid=uid,
+            gid=gid,
+            userns=pod.userns,
+            timeout=timeout,
+        )
         if result.returncode != 0:
             raise LabError(f"agent {args[0]} in {role} failed: {result.stderr.strip()[-500:]}")
         return result.stdout
 
-    def client(self, role: str, *, proto: str, dst: str, port: int, token: str, uid: int, gid: int,
-               bind: str | None = None, first: tuple[str, str] | None = None, timeout: float = 2.0,
-               become: tuple[tuple[int, int], ...] = ()) -> dict:
+    def client(
+        self,
+        role: str,
+        *,
+        proto: str,
+        dst: str,
+        port: int,
+        token: str,
+        uid: int,
+        gid: int,
+        bind: str | None = None,
+        first: tuple[str, str] | None = None,
+        timeout: float = 2.0,
+        become: tuple[tuple[int, int], ...] = (),
+    ) -> dict:
         """Run one request from a pod, as uid/gid; returns what the client saw. `first`: what the
         same socket does before, ("dns", server) or ("connect", "addr:port"); `become`: the
         (uid, gid) steps the process takes after starting, before making its socket."""
         pod = self.pods[role]
-        argv = self._agent_command("client", "--proto", proto, "--dst", dst, "--port", str(port),
-                                   "--token", token, "--timeout", str(timeout), *(["--bind", bind] if bind else []),
-                                   *([f"--first-{first[0]}", first[1]] if first else []),
-                                   *(["--become", ",".join(f"{u}:{g}" for u, g in become)] if become else []))
+        argv = self._agent_command(
+            "client",
+            "--proto",
+            proto,
+            "--dst",
+            dst,
+            "--port",
+            str(port),
+            "--token",
+            token,
+            "--timeout",
+            str(timeout),
+            *(["--bind", bind] if bind else []),
+            *([f"--first-{first[0]}", first[1]] if first else []),
+            *(["--become", ",".join(f"{u}:{g}" for u, g in become)] if become else []),
+        )
         # The wait allows for a stalled machine (a CI run once saw a client that had printed its
         # timeout still alive 10 s later): only a client that never ends should abort a run.
-        result = process.run(argv, netns=pod.netns, cgroup=pod.cgroup, uid=uid, gid=gid, userns=pod.userns,
-                             timeout=timeout + CLIENT_GRACE)
+        result = process.run(
+            argv,
+            netns=pod.netns,
+            cgroup=pod.cgroup,
+            uid=uid,
+            gid=gid,
+            userns=pod.userns,
+            timeout=timeout + CLIENT_GRACE,
+        )
         if result.returncode != 0:
             return {"result": f"client-failed:{result.stderr.strip()[-200:]}"}
         return json.loads(result.stdout)
@@ -367,8 +510,11 @@ class Lab:
         return read_events(self.log, token)
 
     def exists(self) -> bool:
-        return any(namespace.exists() for namespace in self._namespaces) \
-            or (self.cgroup is not None and self.cgroup.exists()) or self.workdir.exists()
+        return (
+            any(namespace.exists() for namespace in self._namespaces)
+            or (self.cgroup is not None and self.cgroup.exists())
+            or self.workdir.exists()
+        )
 
 
 def read_events(log: Path, token: str | None = None) -> list[dict]:
@@ -402,8 +548,12 @@ def build_agent(target: Path) -> Path:
     """The agent package as one zipapp at `target`, readable by every uid (the proxy's runs it).
     `python3 -I -S target ROLE ...` runs it from the archive: -I keeps the environment and the
     working directory off sys.path, -S site-packages, so it imports only itself and the stdlib."""
-    zipapp.create_archive(AGENT.parent, target, main=f"{AGENT.name}.__main__:main",
-                          filter=lambda path: path.parts[0] == AGENT.name and path.suffix == ".py")
+    zipapp.create_archive(
+        AGENT.parent,
+        target,
+        main=f"{AGENT.name}.__main__:main",
+        filter=lambda path: path.parts[0] == AGENT.name and path.suffix == ".py",
+    )
     target.chmod(0o644)
     return target
 
@@ -417,8 +567,21 @@ def ensure_proxy_user():
     try:
         pwd.getpwuid(PROXY_UID)
     except KeyError:
-        process.run(["useradd", "--system", "--uid", str(PROXY_UID), "--gid", str(PROXY_GID),
-                     "--no-create-home", "--shell", "/usr/sbin/nologin", PROXY_USER], check=True)
+        process.run(
+            [
+                "useradd",
+                "--system",
+                "--uid",
+                str(PROXY_UID),
+                "--gid",
+                str(PROXY_GID),
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                PROXY_USER,
+            ],
+            check=True,
+        )
 
 
 def free_port() -> int:

@@ -40,6 +40,7 @@ def leftovers(pid: int | None = None) -> dict[str, list[str]]:
     """Network namespaces, cgroups and directories that accel runs made: those of process `pid`
     (a test checking what its own run left), or else those whose process no longer exists (what
     a crashed run left). Objects of live runs are never listed: other runs may share the machine."""
+
     def mine(name: str) -> bool:
         owner = _owner(name)
         return owner is not None and (owner == pid if pid is not None else not _alive(owner))

@@ -79,9 +79,13 @@ class Soak:
     def __init__(self, config: SoakConfig, progress: Callable[[str], None] = lambda line: None):
         self.config = config
         self.progress = progress
-        self.plan = LabPlan(service_addresses=(SERVICE,), pod_tcp_ports=(SERVICE_PORT,),
-                            remote_tcp_ports=(SERVICE_PORT,), scale_pods=CHURN_PODS,
-                            sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+        self.plan = LabPlan(
+            service_addresses=(SERVICE,),
+            pod_tcp_ports=(SERVICE_PORT,),
+            remote_tcp_ports=(SERVICE_PORT,),
+            scale_pods=CHURN_PODS,
+            sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+        )
         self.problems: list[str] = []
         self.samples = _Samples()
         self.churn: list[dict] = []
@@ -93,15 +97,22 @@ class Soak:
     # -- the node ---------------------------------------------------------------------------
 
     def _accel(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "accel", *args], capture_output=True, text=True,
-                                env=self.env, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "accel", *args], capture_output=True, text=True, env=self.env, timeout=120
+        )
         if check and result.returncode != 0:
             raise LabError(f"accel {' '.join(args[:2])}: {result.stderr.strip()[-300:]}")
         return result
 
     def _daemon(self, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "accel", *args], env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=stdout, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "accel", *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def _status(self) -> dict:
         return lifecycle.status(self.paths)[0]
@@ -122,9 +133,13 @@ class Soak:
             with Lab(self.plan) as lab:
                 self.lab = lab
                 self.paths = NodePaths(lab.cgroup.path, self.root / "bpffs", self.root / "state")
-                self.env = {**os.environ, "ACCEL_CGROUP": str(self.paths.cgroup), "ACCEL_BPFFS": str(self.paths.bpffs),
-                            "ACCEL_STATE_DIR": str(self.paths.state),
-                            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+                self.env = {
+                    **os.environ,
+                    "ACCEL_CGROUP": str(self.paths.cgroup),
+                    "ACCEL_BPFFS": str(self.paths.bpffs),
+                    "ACCEL_STATE_DIR": str(self.paths.state),
+                    "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                }
                 try:
                     return self._run(lab, daemons)
                 finally:
@@ -145,13 +160,26 @@ class Soak:
     def _run(self, lab: Lab, daemons: list[subprocess.Popen]) -> dict:
         config = self.config
         self._accel("up", "--backend", "ebpf")
-        self._accel("pod", "add", "--netns", lab.pods["pod"].netns, "--id", POD_ID, "--dns-servers",
-                    POD_ADDRESSES["dns"][0], *(["--sockmap"] if config.sockmap else []), "--", *SPEC_ARGS)
+        self._accel(
+            "pod",
+            "add",
+            "--netns",
+            lab.pods["pod"].netns,
+            "--id",
+            POD_ID,
+            "--dns-servers",
+            POD_ADDRESSES["dns"][0],
+            *(["--sockmap"] if config.sockmap else []),
+            "--",
+            *SPEC_ARGS,
+        )
         lab.start_agent("remote", "stream-server", "--name", "remote-stream", "--port", str(STREAM_PORT))
         lab.start_agent("pod", "stream-server", "--name", "pod-stream", "--port", str(STREAM_PORT))
         port = free_port()
-        daemons += [self._daemon("follow", stdout=subprocess.PIPE),
-                    self._daemon("metrics", "--listen", f"127.0.0.1:{port}")]
+        daemons += [
+            self._daemon("follow", stdout=subprocess.PIPE),
+            self._daemon("metrics", "--listen", f"127.0.0.1:{port}"),
+        ]
         follow, metrics = daemons
         following = LastLine(follow.stdout)
         if not wait_for(lambda: _scrape(port) is not None, timeout=20):
@@ -167,16 +195,23 @@ class Soak:
         classes = {  # class: (pod the client runs in, its targets)
             "outbound": ("pod", [{"dst": SERVICE, "port": SERVICE_PORT, "token": f"out{i}"} for i in range(16)]),
             "inbound": ("remote", [{"dst": pod_v4, "port": SERVICE_PORT, "token": f"in{i}"} for i in range(16)]),
-            "dns": ("pod", [{"dst": POD_ADDRESSES["dns"][0], "port": 53, "token": f"dns{i}", "proto": "dns"}
-                            for i in range(16)]),
+            "dns": (
+                "pod",
+                [{"dst": POD_ADDRESSES["dns"][0], "port": 53, "token": f"dns{i}", "proto": "dns"} for i in range(16)],
+            ),
         }
-        threads = [threading.Thread(target=self._burst, args=(name, role, targets, stop_file), daemon=True)
-                   for name, (role, targets) in classes.items()]
-        threads += [threading.Thread(target=self._streams, args=(direction,), daemon=True)
-                    for direction in ("outbound", "inbound")]
-        threads += [threading.Thread(target=self._churn, args=(baseline_maps,), daemon=True),
-                    threading.Thread(target=self._sample, args=(port, {"follow": follow, "metrics": metrics}),
-                                     daemon=True)]
+        threads = [
+            threading.Thread(target=self._burst, args=(name, role, targets, stop_file), daemon=True)
+            for name, (role, targets) in classes.items()
+        ]
+        threads += [
+            threading.Thread(target=self._streams, args=(direction,), daemon=True)
+            for direction in ("outbound", "inbound")
+        ]
+        threads += [
+            threading.Thread(target=self._churn, args=(baseline_maps,), daemon=True),
+            threading.Thread(target=self._sample, args=(port, {"follow": follow, "metrics": metrics}), daemon=True),
+        ]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -185,8 +220,10 @@ class Soak:
                 self._stop.wait(min(10.0, config.duration - elapsed))
                 if self._stop.is_set():
                     break
-                self.progress(f"soak: {time.monotonic() - started:.0f}/{config.duration:.0f} s, "
-                              f"{len(self.churn)} churn pods, {len(self.streams)} streams")
+                self.progress(
+                    f"soak: {time.monotonic() - started:.0f}/{config.duration:.0f} s, "
+                    f"{len(self.churn)} churn pods, {len(self.streams)} streams"
+                )
         finally:
             self._stop.set()
             stop_file.touch()
@@ -195,9 +232,15 @@ class Soak:
         elapsed = time.monotonic() - started
         if not following.wait_for(f"following: {POD_ID}", FOLLOW_TIMEOUT):  # the last churn pod is gone
             self.problems.append(f"accel follow still follows more than {POD_ID}: {following.last!r}")
-        return self._report(lab, elapsed, baseline_maps, baseline_pins, fds_before,
-                            {"follow": _fds(follow.pid), "metrics": _fds(metrics.pid)},
-                            [d for d in daemons if d.poll() is not None])
+        return self._report(
+            lab,
+            elapsed,
+            baseline_maps,
+            baseline_pins,
+            fds_before,
+            {"follow": _fds(follow.pid), "metrics": _fds(metrics.pid)},
+            [d for d in daemons if d.poll() is not None],
+        )
 
     # -- the workers ------------------------------------------------------------------------
 
@@ -205,23 +248,57 @@ class Soak:
         path = self.lab.workdir / f"soak-{name}.json"
         path.write_text(json.dumps(targets))
         try:
-            out = self.lab.agent(role, "burst", "--targets", str(path), "--concurrency", str(self.config.concurrency),
-                                 "--timeout", "5", "--until", str(stop_file), uid=APP, gid=APP,
-                                 timeout=self.config.duration + 120)
+            out = self.lab.agent(
+                role,
+                "burst",
+                "--targets",
+                str(path),
+                "--concurrency",
+                str(self.config.concurrency),
+                "--timeout",
+                "5",
+                "--until",
+                str(stop_file),
+                uid=APP,
+                gid=APP,
+                timeout=self.config.duration + 120,
+            )
             self.bursts[name] = json.loads(out)
         except (LabError, subprocess.TimeoutExpired) as error:
             self.problems.append(f"{name} traffic: {error}")
 
     def _streams(self, direction: str) -> None:
-        role, dst = ("pod", POD_ADDRESSES["remote"][0]) if direction == "outbound" else ("remote", POD_ADDRESSES["pod"][0])
+        role, dst = (
+            ("pod", POD_ADDRESSES["remote"][0]) if direction == "outbound" else ("remote", POD_ADDRESSES["pod"][0])
+        )
         number = 0
         while not self._stop.is_set():
             number += 1
-            header = {"token": f"stream-{direction}-{number}", "send": STREAM_BYTES, "reply": STREAM_BYTES,
-                      "server_read": "bulk", "client_read": "bulk", "write": 65536, "seed": number * 2}
+            header = {
+                "token": f"stream-{direction}-{number}",
+                "send": STREAM_BYTES,
+                "reply": STREAM_BYTES,
+                "server_read": "bulk",
+                "client_read": "bulk",
+                "write": 65536,
+                "seed": number * 2,
+            }
             try:
-                client = json.loads(self.lab.agent(role, "stream-client", "--dst", dst, "--port", str(STREAM_PORT),
-                                                   "--header", json.dumps(header), uid=APP, gid=APP, timeout=60))
+                client = json.loads(
+                    self.lab.agent(
+                        role,
+                        "stream-client",
+                        "--dst",
+                        dst,
+                        "--port",
+                        str(STREAM_PORT),
+                        "--header",
+                        json.dumps(header),
+                        uid=APP,
+                        gid=APP,
+                        timeout=60,
+                    )
+                )
             except (LabError, subprocess.TimeoutExpired, ValueError) as error:
                 client = {"error": str(error)[-200:]}
             self.streams.append({"direction": direction, "header": header, "client": client})
@@ -239,8 +316,18 @@ class Soak:
             netns = bare.name if bare else self.lab.pods[f"scale-{number % CHURN_PODS + 1}"].netns
             try:
                 began = time.monotonic()
-                added = self._accel("pod", "add", "--netns", netns, "--id", pod_id, "--",
-                                    *inputs.ISTIO_INIT_DEFAULT_ARGS, *extra, check=False)
+                added = self._accel(
+                    "pod",
+                    "add",
+                    "--netns",
+                    netns,
+                    "--id",
+                    pod_id,
+                    "--",
+                    *inputs.ISTIO_INIT_DEFAULT_ARGS,
+                    *extra,
+                    check=False,
+                )
                 entry["add_ms"] = (time.monotonic() - began) * 1000
                 if added.returncode != 0:
                     entry["problem"] = f"pod add: {added.stderr.strip()[-200:]}"
@@ -253,8 +340,11 @@ class Soak:
                 if removed.returncode != 0:
                     entry.setdefault("problem", f"pod del: {removed.stderr.strip()[-200:]}")
                 now = self._map_entries()
-                left = {m: now.get(m, 0) - baseline_maps.get(m, 0) for m in POD_MAPS
-                        if now.get(m, 0) != baseline_maps.get(m, 0)}
+                left = {
+                    m: now.get(m, 0) - baseline_maps.get(m, 0)
+                    for m in POD_MAPS
+                    if now.get(m, 0) != baseline_maps.get(m, 0)
+                }
                 if left:
                     entry.setdefault("problem", f"entries left after pod del: {left}")
             finally:
@@ -277,8 +367,16 @@ class Soak:
 
     # -- the verdict ------------------------------------------------------------------------
 
-    def _report(self, lab: Lab, elapsed: float, baseline_maps: dict, baseline_pins: list, fds_before: dict,
-                fds_after: dict, exited: list) -> dict:
+    def _report(
+        self,
+        lab: Lab,
+        elapsed: float,
+        baseline_maps: dict,
+        baseline_pins: list,
+        fds_before: dict,
+        fds_after: dict,
+        exited: list,
+    ) -> dict:
         problems = list(self.problems)
         problems += [f"accel {' '.join(d.args[3:4])} exited ({d.returncode}): {d.stderr.read()[-200:]}" for d in exited]
         events: dict[str, list[dict]] = {}
@@ -288,30 +386,46 @@ class Soak:
         for name in ("outbound", "inbound", "dns"):
             results = self.bursts.get(name, [])
             failed = [r for r in results if r["result"] != "ok"]
-            misrouted = [r["token"] for r in results if r["result"] == "ok" and not _routed(name, r, events.get(r["token"], []))]
-            traffic[name] = {"requests": len(results), "failed": len(failed), "misrouted": len(misrouted),
-                             "per_second": round(len(results) / elapsed, 1)}
+            misrouted = [
+                r["token"] for r in results if r["result"] == "ok" and not _routed(name, r, events.get(r["token"], []))
+            ]
+            traffic[name] = {
+                "requests": len(results),
+                "failed": len(failed),
+                "misrouted": len(misrouted),
+                "per_second": round(len(results) / elapsed, 1),
+            }
             if failed:
                 problems.append(f"{name}: {len(failed)} of {len(results)} failed, e.g. {failed[0]}")
             if misrouted:
-                problems.append(f"{name}: {len(misrouted)} reached another destination than their own, e.g. {misrouted[0]}")
+                problems.append(
+                    f"{name}: {len(misrouted)} reached another destination than their own, e.g. {misrouted[0]}"
+                )
             if not results:
                 problems.append(f"{name}: no traffic")
         bad_streams = [s for s in self.streams if not _stream_exact(s, events)]
-        traffic["streams"] = {"streams": len(self.streams), "bytes_checked": 2 * STREAM_BYTES * len(self.streams),
-                              "not_exact": len(bad_streams)}
+        traffic["streams"] = {
+            "streams": len(self.streams),
+            "bytes_checked": 2 * STREAM_BYTES * len(self.streams),
+            "not_exact": len(bad_streams),
+        }
         if bad_streams:
-            problems.append(f"streams: {len(bad_streams)} not byte-exact, e.g. {bad_streams[0]['header']['token']}: "
-                            f"{bad_streams[0]['client']}")
+            problems.append(
+                f"streams: {len(bad_streams)} not byte-exact, e.g. {bad_streams[0]['header']['token']}: "
+                f"{bad_streams[0]['client']}"
+            )
         churn_problems = [c for c in self.churn if "problem" in c]
         problems += [f"churn pod {c['number']}: {c['problem']}" for c in churn_problems[:3]]
         add_ms = [c["add_ms"] for c in self.churn if "add_ms" in c]
         del_ms = [c["del_ms"] for c in self.churn if "del_ms" in c]
-        churn = {"pods": len(self.churn), "problems": len(churn_problems),
-                 "add_ms_p50": _round(statistics.median(add_ms)) if add_ms else None,
-                 "add_ms_max": _round(max(add_ms)) if add_ms else None,
-                 "del_ms_p50": _round(statistics.median(del_ms)) if del_ms else None,
-                 "del_ms_max": _round(max(del_ms)) if del_ms else None}
+        churn = {
+            "pods": len(self.churn),
+            "problems": len(churn_problems),
+            "add_ms_p50": _round(statistics.median(add_ms)) if add_ms else None,
+            "add_ms_max": _round(max(add_ms)) if add_ms else None,
+            "del_ms_p50": _round(statistics.median(del_ms)) if del_ms else None,
+            "del_ms_max": _round(max(del_ms)) if del_ms else None,
+        }
         if len(self.churn) < 2:
             problems.append(f"churn: only {len(self.churn)} pods added and removed")
 
@@ -320,14 +434,20 @@ class Soak:
         pod = next((p for p in status["pods"] if p["id"] == POD_ID), None)
         counters = (pod or {}).get("counters") or {}
         errors = {kind: counters.get(kind, 0) for kind in ERROR_COUNTERS}
-        maps = {"baseline": {m: baseline_maps.get(m) for m in POD_MAPS + CONNECTION_MAPS if m in baseline_maps},
-                "max": {m: self.samples.map_max.get(m) for m in CONNECTION_MAPS if m in self.samples.map_max},
-                "final": {m: final_maps.get(m) for m in POD_MAPS + CONNECTION_MAPS if m in final_maps}}
-        changed = {m: (baseline_maps.get(m), final_maps.get(m)) for m in POD_MAPS if final_maps.get(m) != baseline_maps.get(m)}
+        maps = {
+            "baseline": {m: baseline_maps.get(m) for m in POD_MAPS + CONNECTION_MAPS if m in baseline_maps},
+            "max": {m: self.samples.map_max.get(m) for m in CONNECTION_MAPS if m in self.samples.map_max},
+            "final": {m: final_maps.get(m) for m in POD_MAPS + CONNECTION_MAPS if m in final_maps},
+        }
+        changed = {
+            m: (baseline_maps.get(m), final_maps.get(m)) for m in POD_MAPS if final_maps.get(m) != baseline_maps.get(m)
+        }
         if changed:
             problems.append(f"maps: pod entries not back where they were (before, after): {changed}")
         if self.samples.map_max.get("handoffs", 0) > HANDOFF_BOUND:
-            problems.append(f"maps: {self.samples.map_max['handoffs']} handoffs in flight at once (bound {HANDOFF_BOUND})")
+            problems.append(
+                f"maps: {self.samples.map_max['handoffs']} handoffs in flight at once (bound {HANDOFF_BOUND})"
+            )
         if self.samples.map_max.get("lost", 0) or final_maps.get("lost", 0):
             problems.append("maps: a handoff was lost (an original destination could not be recorded)")
         if any(errors.values()):
@@ -343,7 +463,7 @@ class Soak:
         for name, series in self.samples.rss.items():
             if not series:
                 continue
-            first_half = max(series[:max(1, len(series) // 2)])
+            first_half = max(series[: max(1, len(series) // 2)])
             memory[name] = {"rss_first": series[0], "rss_first_half_max": first_half, "rss_last": series[-1]}
             if series[-1] > first_half + MEMORY_SLACK:
                 problems.append(f"memory: accel {name} grew from {first_half >> 10} KiB to {series[-1] >> 10} KiB")
@@ -352,12 +472,24 @@ class Soak:
         leftover = sorted(n for n in existing_names() if n.startswith(f"accel-soak-{os.getpid()}-"))
         if leftover:
             problems.append(f"churn namespaces left: {leftover}")
-        return {"ok": not problems, "pid": os.getpid(), "seconds": round(elapsed, 1), "sockmap": self.config.sockmap, "traffic": traffic,
-                "churn": churn, "maps": maps, "datapath_errors": errors,
-                "agents": {"memory_bytes": memory, "fds": {"start": fds_before, "end": fds_after},
-                           "scrapes": self.samples.scrapes},
-                "pins": {"start": len(baseline_pins), "end": len(pins_after)}, "leftover_namespaces": leftover,
-                "problems": problems}
+        return {
+            "ok": not problems,
+            "pid": os.getpid(),
+            "seconds": round(elapsed, 1),
+            "sockmap": self.config.sockmap,
+            "traffic": traffic,
+            "churn": churn,
+            "maps": maps,
+            "datapath_errors": errors,
+            "agents": {
+                "memory_bytes": memory,
+                "fds": {"start": fds_before, "end": fds_after},
+                "scrapes": self.samples.scrapes,
+            },
+            "pins": {"start": len(baseline_pins), "end": len(pins_after)},
+            "leftover_namespaces": leftover,
+            "problems": problems,
+        }
 
 
 def _routed(name: str, result: dict, events: list[dict]) -> bool:
@@ -367,8 +499,9 @@ def _routed(name: str, result: dict, events: list[dict]) -> bool:
         return any(e.get("listener") == "dns" for e in sidecar) and any(e.get("agent") == "dns" for e in events)
     reply = result.get("reply") or {}
     if name == "outbound":
-        return reply.get("agent") == "remote" and any(e.get("so_original_dst") == f"{SERVICE}:{SERVICE_PORT}"
-                                                      for e in sidecar)
+        return reply.get("agent") == "remote" and any(
+            e.get("so_original_dst") == f"{SERVICE}:{SERVICE_PORT}" for e in sidecar
+        )
     return reply.get("agent") == "pod" and any(e.get("listener") == "inbound" for e in sidecar)
 
 
@@ -400,8 +533,11 @@ def _expected(seed: int, size: int) -> dict:
 def _stream_exact(stream: dict, events: dict[str, list[dict]]) -> bool:
     header, client = stream["header"], stream["client"]
     server = next((e["received"] for e in events.get(header["token"], []) if "received" in e), None)
-    return client.get("sent") == "ok" and client.get("received") == _expected(header["seed"] + 1, header["reply"]) \
+    return (
+        client.get("sent") == "ok"
+        and client.get("received") == _expected(header["seed"] + 1, header["reply"])
         and server == _expected(header["seed"], header["send"])
+    )
 
 
 def _round(value: float) -> float:

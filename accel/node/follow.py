@@ -28,8 +28,11 @@ class NodeFollower:
     def sync_once(self) -> None:
         """Follow the pods the state names now, and stop following those it no longer names."""
         current = node_state.load(self.paths.state)
-        wanted = {} if current is None or current.backend != "ebpf" else \
-            {r.id: r for r in current.pods.values() if r.phase == "ready"}
+        wanted = (
+            {}
+            if current is None or current.backend != "ebpf"
+            else {r.id: r for r in current.pods.values() if r.phase == "ready"}
+        )
         if current is not None and current.up_at != self._up_at:  # `up` may have made maps anew: reopen
             self.close_datapath()
             self._up_at = current.up_at
@@ -58,8 +61,9 @@ class NodeFollower:
             if self._datapath is None:
                 self._datapath = pinned.open_for_pods(self.paths)
             old = self._datapath.namespace_in_maps(record.cookie)
-            self._datapath.write_namespace(old, namespace_entries(record.cookie, list(facts.local),
-                                                                  list(facts.sources)))
+            self._datapath.write_namespace(
+                old, namespace_entries(record.cookie, list(facts.local), list(facts.sources))
+            )
 
     def close_datapath(self) -> None:
         if self._datapath is not None:
@@ -76,4 +80,3 @@ class NodeFollower:
             for follower in self.followers.values():
                 follower.stop()
             self.close_datapath()
-

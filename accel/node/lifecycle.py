@@ -36,8 +36,9 @@ def choose(requested: str) -> tuple[str, str]:
     missing = probe.missing()
     if not missing:
         return "ebpf", "auto: this kernel has every feature the eBPF backend needs (accel probe)"
-    return "nftables", ("auto: this kernel lacks " + "; ".join(f"{f.name} ({f.detail})" for f in missing)
-                        + ", so nftables")
+    return "nftables", (
+        "auto: this kernel lacks " + "; ".join(f"{f.name} ({f.detail})" for f in missing) + ", so nftables"
+    )
 
 
 def up(paths: NodePaths, requested: str = "auto") -> dict:
@@ -48,19 +49,22 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
         current = node_state.load(paths.state)
         if current is not None and requested != "auto" and requested != current.backend:
             raise NodeError(f"accel is up here with the {current.backend} backend: run accel down first to change it")
-        backend, why = (current.backend, current.why) if current is not None and requested == "auto" \
-            else choose(requested)
+        backend, why = (
+            (current.backend, current.why) if current is not None and requested == "auto" else choose(requested)
+        )
         if backend == "ebpf":
             missing = probe.missing()
             if missing:
-                raise NodeError("the eBPF backend needs what this kernel lacks: " +
-                                "; ".join(f"{f.name} ({f.detail})" for f in missing))
+                raise NodeError(
+                    "the eBPF backend needs what this kernel lacks: "
+                    + "; ".join(f"{f.name} ({f.detail})" for f in missing)
+                )
             if paths.cgroup is None:  # not given: where it was, else the kubelet's pod cgroup
-                paths = replace(paths, cgroup=Path(current.cgroup) if current and current.cgroup
-                                else default_cgroup())
+                paths = replace(paths, cgroup=Path(current.cgroup) if current and current.cgroup else default_cgroup())
             if current is not None and current.cgroup not in (None, str(paths.cgroup)):
-                raise NodeError(f"accel is up here at cgroup {current.cgroup}: run accel down first to move it "
-                                f"to {paths.cgroup}")
+                raise NodeError(
+                    f"accel is up here at cgroup {current.cgroup}: run accel down first to move it to {paths.cgroup}"
+                )
         node_state.make(paths.state)
         mounted = current.mounted_bpffs if current else False
         report: dict = {"backend": backend, "why": why}
@@ -89,15 +93,29 @@ def up(paths: NodePaths, requested: str = "auto") -> dict:
             reconciled += pods.drop_unknown(paths, current)
             if current is not None:
                 reconciled += pods.restore(paths, current)
-            report.update(action=loaded.action, programs=loaded.programs, links=loaded.links, kept=loaded.kept,
-                          migrated=loaded.migrated, swapped=loaded.swapped)
+            report.update(
+                action=loaded.action,
+                programs=loaded.programs,
+                links=loaded.links,
+                kept=loaded.kept,
+                migrated=loaded.migrated,
+                swapped=loaded.swapped,
+            )
             datapath = {"programs": loaded.programs, "links": loaded.links}
         else:
             report["action"] = "unchanged" if current is not None else "loaded"
             datapath = {}
         if current is None:
-            current = NodeState(backend, why, version(), str(paths.cgroup) if backend == "ebpf" else None,
-                                str(paths.bpffs), mounted, time.time(), datapath)
+            current = NodeState(
+                backend,
+                why,
+                version(),
+                str(paths.cgroup) if backend == "ebpf" else None,
+                str(paths.bpffs),
+                mounted,
+                time.time(),
+                datapath,
+            )
         else:
             current.version, current.datapath, current.mounted_bpffs = version(), datapath, mounted
             current.up_at = time.time()
@@ -136,9 +154,13 @@ def down(paths: NodePaths) -> dict:
         if current is not None and current.mounted_bpffs:
             unmount_bpffs_at(paths.bpffs)
         shutil.rmtree(paths.state, ignore_errors=True)
-    return {"pods": removed_pods, "pins": removed_pins, "state": str(paths.state),
-            "was_up": current is not None or damaged is not None,
-            **({"damaged_state": damaged} if damaged else {})}
+    return {
+        "pods": removed_pods,
+        "pins": removed_pins,
+        "state": str(paths.state),
+        "was_up": current is not None or damaged is not None,
+        **({"damaged_state": damaged} if damaged else {}),
+    }
 
 
 def status(paths: NodePaths) -> tuple[dict, list[str]]:
@@ -151,17 +173,27 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
             problem += f", but a datapath is pinned under {paths.pins}: accel up adopts it"
         return {"up": False, "state": str(paths.state)}, [problem]
     problems: list[str] = []
-    document = {"up": True, "backend": current.backend, "why": current.why, "version": current.version,
-                "up_at": current.up_at, "cgroup": current.cgroup, "state": str(paths.state)}
+    document = {
+        "up": True,
+        "backend": current.backend,
+        "why": current.why,
+        "version": current.version,
+        "up_at": current.up_at,
+        "cgroup": current.cgroup,
+        "state": str(paths.state),
+    }
     counters_map = shortcut_map = None
     if current.backend == "ebpf":
         document["pins"] = str(paths.pins)
         document["links"], document["maps"], counters_map = _datapath_status(paths, problems)
         shortcut_map = pinned.pinned_fd(paths.pins / pinned.MAPS / "shortcut_counters")
         if any(r.shortcut for r in current.pods.values()) and not any(
-                link["program"] == SHORTCUT.name and link["attached"] for link in document["links"]):
-            problems.append("pods ask for the short-circuit, but its program is not linked to its map "
-                            "(their hops go by TCP): run accel up")
+            link["program"] == SHORTCUT.name and link["attached"] for link in document["links"]
+        ):
+            problems.append(
+                "pods ask for the short-circuit, but its program is not linked to its map "
+                "(their hops go by TCP): run accel up"
+            )
     document["pods"] = []
     for record in sorted(current.pods.values(), key=lambda r: r.id):
         gone = pods.netns_identity(record.netns) != tuple(record.netns_id)
@@ -169,10 +201,17 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
             problems.append(f"pod {record.id}: its network namespace {record.netns} is gone (accel up cleans it)")
         elif record.phase != "ready":
             problems.append(f"pod {record.id}: {record.phase} (a command stopped half-way; accel up finishes it)")
-        entry = {"id": record.id, "name": record.name, "netns": record.netns, "phase": record.phase,
-                 "backend": record.backend, "sockmap": record.shortcut, "spec": record.spec,
-                 "spec_summary": _summary(record.spec) + (", sockmap" if record.shortcut else ""),
-                 "namespace_gone": gone}
+        entry = {
+            "id": record.id,
+            "name": record.name,
+            "netns": record.netns,
+            "phase": record.phase,
+            "backend": record.backend,
+            "sockmap": record.shortcut,
+            "spec": record.spec,
+            "spec_summary": _summary(record.spec) + (", sockmap" if record.shortcut else ""),
+            "namespace_gone": gone,
+        }
         if counters_map is not None and record.cookie is not None:
             entry["counters"] = read_counters(counters_map, record.cookie, shortcut_map)
         document["pods"].append(entry)
@@ -200,8 +239,17 @@ def _datapath_status(paths: NodePaths, problems: list[str]):
         attached = info.prog_id != 0 and info.target_id != 0
         if not attached:
             problems.append(f"link {program.name}: pinned but detached (its cgroup is gone?)")
-        links.append({"program": program.name, "hook": program.hook, "pin": str(pin), "id": info.id,
-                      "program_id": info.prog_id, "cgroup_id": info.target_id, "attached": attached})
+        links.append(
+            {
+                "program": program.name,
+                "hook": program.hook,
+                "pin": str(pin),
+                "id": info.id,
+                "program_id": info.prog_id,
+                "cgroup_id": info.target_id,
+                "attached": attached,
+            }
+        )
     maps, counters_map = [], None
     for pin in sorted((paths.pins / pinned.MAPS).glob("*")):
         fd = pinned.pinned_fd(pin)
@@ -212,8 +260,15 @@ def _datapath_status(paths: NodePaths, problems: list[str]):
         fill = entries / info.max_entries if entries is not None and info.max_entries else None
         if fill is not None and fill > MAP_FULL:
             problems.append(f"map {pin.name}: {entries} of {info.max_entries} entries ({fill:.0%})")
-        maps.append({"name": pin.name, "id": info.id, "entries": entries, "capacity": info.max_entries or None,
-                     "fill": round(fill, 4) if fill is not None else None})
+        maps.append(
+            {
+                "name": pin.name,
+                "id": info.id,
+                "entries": entries,
+                "capacity": info.max_entries or None,
+                "fill": round(fill, 4) if fill is not None else None,
+            }
+        )
         if pin.name == "counters":
             counters_map = fd
         else:
@@ -230,13 +285,15 @@ def _entries(fd: int, info) -> int | None:
 
 def _summary(document: dict) -> str:
     """The spec in one short line for a table: ports and mode, what is captured each way, extras."""
+
     def either(include: str, exclude: str) -> str:
         include, exclude = document.get(include) or "-", document.get(exclude)
         return include + (f" except {exclude}" if exclude else "")
 
-    parts = [f"{document.get('ProxyPort')}/{document.get('InboundCapturePort')} "
-             f"{document.get('InboundInterceptionMode')}",
-             "out " + either("OutboundIPRangesInclude", "OutboundIPRangesExclude"),
-             "in " + either("InboundPortsInclude", "InboundPortsExclude")]
+    parts = [
+        f"{document.get('ProxyPort')}/{document.get('InboundCapturePort')} {document.get('InboundInterceptionMode')}",
+        "out " + either("OutboundIPRangesInclude", "OutboundIPRangesExclude"),
+        "in " + either("InboundPortsInclude", "InboundPortsExclude"),
+    ]
     parts += [name for key, name in (("RedirectDNS", "dns"), ("EnableIPv6", "ipv6")) if document.get(key)]
     return ", ".join(parts)

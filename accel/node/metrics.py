@@ -30,16 +30,25 @@ class NodeCollector:
         info.add_metric([document["backend"], document["version"]], 1)
         yield info
         yield GaugeMetricFamily("accel_pods", "Pods captured on this node", value=len(document["pods"]))
-        yield GaugeMetricFamily("accel_last_up_timestamp_seconds", "When accel up last ran to the end",
-                                value=document["up_at"])
-        redirects = CounterMetricFamily("accel_redirects", "Connections and DNS queries sent to the sidecar",
-                                        labels=["pod", "direction"])
-        passed = CounterMetricFamily("accel_passed", "Connections and datagrams of captured pods left alone",
-                                     labels=["pod"])
-        errors = CounterMetricFamily("accel_datapath_errors", "What the datapath refused or could not record "
-                                     "(see the README's limits)", labels=["pod", "kind"])
-        messages = CounterMetricFamily("accel_shortcut_messages", "Sends between an app and its sidecar put "
-                                       "straight into the other end's receive queue (--sockmap)", labels=["pod"])
+        yield GaugeMetricFamily(
+            "accel_last_up_timestamp_seconds", "When accel up last ran to the end", value=document["up_at"]
+        )
+        redirects = CounterMetricFamily(
+            "accel_redirects", "Connections and DNS queries sent to the sidecar", labels=["pod", "direction"]
+        )
+        passed = CounterMetricFamily(
+            "accel_passed", "Connections and datagrams of captured pods left alone", labels=["pod"]
+        )
+        errors = CounterMetricFamily(
+            "accel_datapath_errors",
+            "What the datapath refused or could not record (see the README's limits)",
+            labels=["pod", "kind"],
+        )
+        messages = CounterMetricFamily(
+            "accel_shortcut_messages",
+            "Sends between an app and its sidecar put straight into the other end's receive queue (--sockmap)",
+            labels=["pod"],
+        )
         carried = CounterMetricFamily("accel_shortcut_bytes", "Bytes the short-circuit carried", labels=["pod"])
         for pod in document["pods"]:
             counters = pod.get("counters")
@@ -55,10 +64,12 @@ class NodeCollector:
                 carried.add_metric([pod["id"]], counters["shortcut_bytes"])
         yield from (redirects, passed, errors, messages, carried)
         if "maps" in document:
-            entries = GaugeMetricFamily("accel_bpf_map_entries", "Entries in each of the datapath's maps",
-                                        labels=["map"])
-            capacity = GaugeMetricFamily("accel_bpf_map_capacity", "Capacity of each of the datapath's maps",
-                                         labels=["map"])
+            entries = GaugeMetricFamily(
+                "accel_bpf_map_entries", "Entries in each of the datapath's maps", labels=["map"]
+            )
+            capacity = GaugeMetricFamily(
+                "accel_bpf_map_capacity", "Capacity of each of the datapath's maps", labels=["map"]
+            )
             for item in document["maps"]:
                 if item["entries"] is not None:
                     entries.add_metric([item["name"]], item["entries"])

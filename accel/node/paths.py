@@ -69,8 +69,10 @@ def default_cgroup() -> Path:
     for name in KUBELET_CGROUPS:
         if (root / name).is_dir():
             return root / name
-    raise NodeError(f"no kubelet pod cgroup ({' or '.join(KUBELET_CGROUPS)}) under {root}: pass --cgroup "
-                    f"(or {ENV_CGROUP}) with the cgroup that holds the pods")
+    raise NodeError(
+        f"no kubelet pod cgroup ({' or '.join(KUBELET_CGROUPS)}) under {root}: pass --cgroup "
+        f"(or {ENV_CGROUP}) with the cgroup that holds the pods"
+    )
 
 
 def bpffs_mounted_at(directory: Path) -> Path | None:

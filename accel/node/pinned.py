@@ -97,9 +97,11 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
         if name in DERIVED_MAPS:
             migrating.append(name)
             return None
-        raise NodeError(f"map {name}: this accel lays it out otherwise than the pinned one, and its entries (what "
-                        f"only the kernel knows) cannot be carried over: upgrade with an accel that keeps its layout, "
-                        f"or run accel down and accel up (live connections then lose their records)")
+        raise NodeError(
+            f"map {name}: this accel lays it out otherwise than the pinned one, and its entries (what "
+            f"only the kernel knows) cannot be carried over: upgrade with an accel that keeps its layout, "
+            f"or run accel down and accel up (live connections then lose their records)"
+        )
 
     try:
         compiled = Compiled.load(adopt)
@@ -136,7 +138,7 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                 # Receivers before senders: each pod's sk_lookup, then the programs that take a
                 # connection over, then connect, so that no connection is steered where no
                 # program of its version is waiting for it. Each swap is one step.
-                for record in (state.pods.values() if state else ()):
+                for record in state.pods.values() if state else ():
                     if record.pin and record.cookie is not None:
                         _swap_sk_lookup(compiled, Path(record.pin), record.cookie)
                 for name, fd in sorted(links.items(), key=lambda item: item[0].startswith("connect")):
@@ -225,7 +227,7 @@ def _migrate(compiled: Compiled, names: list[str], state: NodeState | None) -> N
 def _register_listeners(compiled: Compiled, state: NodeState | None) -> None:
     """Put the state's pods' proxy listeners that listen already into the listener map (a map
     made anew is empty; sockops only sees a socket when it starts listening)."""
-    for record in (state.pods.values() if state else ()):
+    for record in state.pods.values() if state else ():
         if record.backend != "ebpf" or record.phase != "ready" or record.cookie is None:
             continue
         pod = libbpf.map_lookup(compiled.maps["pods"], ctypes.c_uint64(record.cookie), Pod)

@@ -52,8 +52,9 @@ def check_id(pod_id: str) -> None:
         raise NodeError(f"--id {pod_id!r}: 1-255 letters, digits and _ . : @ -, starting with a letter or digit")
 
 
-def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str | None = None,
-        shortcut: bool = False) -> str:
+def add(
+    paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str | None = None, shortcut: bool = False
+) -> str:
     """Capture the pod: "added", "unchanged" (same namespace, spec and short-circuit), or
     "replaced" (changed: switched in one step). name: what its runtime calls it (NAMESPACE/NAME),
     for status; shortcut: short-circuit its app <-> proxy hops (eBPF only)."""
@@ -62,8 +63,10 @@ def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str 
     if identity is None:
         raise NodeError(f"network namespace {netns}: no such namespace")
     if identity[0] != os.stat("/proc/self/ns/net").st_dev:  # not on nsfs: a bind mount that did not reach us
-        raise NodeError(f"network namespace {netns}: not one here (an empty mount point: if accel runs in "
-                        "a container, mount the runtime's netns directory with HostToContainer propagation)")
+        raise NodeError(
+            f"network namespace {netns}: not one here (an empty mount point: if accel runs in "
+            "a container, mount the runtime's netns directory with HostToContainer propagation)"
+        )
     document = inputs.to_istio_config(spec)
     with node_state.locked(paths.state):
         current = _loaded(paths)
@@ -82,8 +85,7 @@ def add(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, name: str 
             return "replaced"
         if existing is not None:  # the id now names another namespace: the old one's capture goes
             _remove(paths, current, existing)
-        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding", name=name,
-                           shortcut=shortcut)
+        record = PodRecord(pod_id, netns, identity, document, current.backend, "adding", name=name, shortcut=shortcut)
         if current.backend == "ebpf":
             record.cookie, record.config = netns_cookie(netns), new_config_id()
             record.pin = str(pinned.pod_pin(paths, pod_id))
@@ -135,8 +137,10 @@ def verify(paths: NodePaths, pod_id: str, netns: str, spec: CaptureSpec, shortcu
     if record.spec != inputs.to_istio_config(spec):
         problems.append(f"pod {pod_id} is captured with another spec than its pod information gives now")
     if record.shortcut != shortcut:
-        problems.append(f"pod {pod_id} is captured {'with' if record.shortcut else 'without'} the short-circuit, "
-                        f"its configuration says {'with' if shortcut else 'without'}")
+        problems.append(
+            f"pod {pod_id} is captured {'with' if record.shortcut else 'without'} the short-circuit, "
+            f"its configuration says {'with' if shortcut else 'without'}"
+        )
     if record.backend == "ebpf":
         problems += _ebpf_verify(paths, record, identity)
     else:
@@ -195,8 +199,13 @@ def restore(paths: NodePaths, current: NodeState) -> list[str]:
     done = []
     datapath = pinned.open_for_pods(paths)
     try:
-        missing = [record for record in current.pods.values() if record.backend == "ebpf" and record.phase == "ready"
-                   and datapath.adopt_pod(record.netns, record.cookie, record.config, None).pod is None]
+        missing = [
+            record
+            for record in current.pods.values()
+            if record.backend == "ebpf"
+            and record.phase == "ready"
+            and datapath.adopt_pod(record.netns, record.cookie, record.config, None).pod is None
+        ]
         datapath.pods.clear()
     finally:
         datapath.close()
@@ -237,8 +246,9 @@ def _remove(paths: NodePaths, current: NodeState, record: PodRecord) -> None:
 def _ebpf_add(paths: NodePaths, record: PodRecord, spec: CaptureSpec) -> None:
     datapath = pinned.open_for_pods(paths)
     try:
-        handle = datapath.add_pod(record.netns, spec, follow=False, pin=Path(record.pin), config=record.config,
-                                  shortcut=record.shortcut)
+        handle = datapath.add_pod(
+            record.netns, spec, follow=False, pin=Path(record.pin), config=record.config, shortcut=record.shortcut
+        )
         os.close(handle.sk_lookup_link)  # pinned: the pin holds it
         datapath.pods.clear()  # the pod outlives this process: closing the datapath must not remove it
     except (DatapathError, UnsupportedSpec, OSError) as error:
@@ -270,8 +280,9 @@ def _ebpf_verify(paths: NodePaths, record: PodRecord, identity: tuple[int, int])
     return problems
 
 
-def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: CaptureSpec, document: dict,
-             shortcut: bool) -> None:
+def _replace(
+    paths: NodePaths, current: NodeState, record: PodRecord, spec: CaptureSpec, document: dict, shortcut: bool
+) -> None:
     """Switch a captured pod to another spec (or short-circuit) in one step."""
     if record.backend == "ebpf":
         config = new_config_id()
@@ -292,6 +303,7 @@ def _replace(paths: NodePaths, current: NodeState, record: PodRecord, spec: Capt
 
 
 # -- nftables and iptables: the rules in the pod's namespace ------------------------------------
+
 
 def _rules_add(backend_name: str, netns: str, spec: CaptureSpec) -> dict:
     backend = get_backend(backend_name)

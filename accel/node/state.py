@@ -65,10 +65,14 @@ class NodeState:
     def from_json(cls, document: dict) -> NodeState:
         document = dict(document)
         if document.pop("format", None) != FORMAT:
-            raise NodeError("the state directory holds another format of accel's state: run the accel that wrote it "
-                            "(accel down), or remove the directory")
-        pods = {key: PodRecord(**{**value, "netns_id": tuple(value["netns_id"])})
-                for key, value in document.pop("pods").items()}
+            raise NodeError(
+                "the state directory holds another format of accel's state: run the accel that wrote it "
+                "(accel down), or remove the directory"
+            )
+        pods = {
+            key: PodRecord(**{**value, "netns_id": tuple(value["netns_id"])})
+            for key, value in document.pop("pods").items()
+        }
         return cls(**document, pods=pods)
 
 

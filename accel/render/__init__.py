@@ -6,8 +6,15 @@ from .nftables import render_nftables
 
 RENDERERS = ("iptables", "nftables", "ebpf")
 
-__all__ = ["RENDERERS", "IptablesRules", "render_ebpf", "render_ebpf_text", "render_iptables", "render_nftables",
-           "render_text"]
+__all__ = [
+    "RENDERERS",
+    "IptablesRules",
+    "render_ebpf",
+    "render_ebpf_text",
+    "render_iptables",
+    "render_nftables",
+    "render_text",
+]
 
 
 def render_text(spec, backend: str) -> str:

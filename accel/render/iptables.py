@@ -15,14 +15,33 @@ from ..spec import WILDCARD, CaptureSpec, cidr_text
 
 NAT, MANGLE, RAW = "nat", "mangle", "raw"
 INBOUND, REDIRECT, IN_REDIRECT = c.CHAIN_INBOUND, c.CHAIN_REDIRECT, c.CHAIN_IN_REDIRECT
-OUTPUT, OUTPUT_DNS, DIVERT, TPROXY_CHAIN, DROP = (c.CHAIN_OUTPUT, c.CHAIN_OUTPUT_DNS, c.CHAIN_DIVERT, c.CHAIN_TPROXY,
-                                                  c.CHAIN_DROP)
+OUTPUT, OUTPUT_DNS, DIVERT, TPROXY_CHAIN, DROP = (
+    c.CHAIN_OUTPUT,
+    c.CHAIN_OUTPUT_DNS,
+    c.CHAIN_DIVERT,
+    c.CHAIN_TPROXY,
+    c.CHAIN_DROP,
+)
 # as the rules' text spells them
 DNS_PORT, DNS_PROXY_PORT, OUTBOUND_MARK = str(c.DNS_PORT), str(c.DNS_PROXY_PORT), str(c.OUTBOUND_MARK)
 
 # Never declared with -N: the kernel's chains and the standard targets.
-_NOT_CHAINS = {"PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING", "RETURN", "ACCEPT",
-               "DROP", "REJECT", "REDIRECT", "MARK", "TPROXY", "CT", "CONNMARK"}
+_NOT_CHAINS = {
+    "PREROUTING",
+    "INPUT",
+    "FORWARD",
+    "OUTPUT",
+    "POSTROUTING",
+    "RETURN",
+    "ACCEPT",
+    "DROP",
+    "REJECT",
+    "REDIRECT",
+    "MARK",
+    "TPROXY",
+    "CT",
+    "CONNMARK",
+}
 
 
 @dataclass(frozen=True)
@@ -89,8 +108,11 @@ class _Restore:
         for table in self._tables():
             ours = declared.get(table, [])
             out.append(f"*{table}")
-            out.extend(f"-D {rule.chain} {' '.join(rule.words)}" for rule in reversed(self.rules)
-                       if rule.table == table and rule.chain not in ours)
+            out.extend(
+                f"-D {rule.chain} {' '.join(rule.words)}"
+                for rule in reversed(self.rules)
+                if rule.table == table and rule.chain not in ours
+            )
             out.extend(f"-F {chain}" for chain in ours)
             out.extend(f"-X {chain}" for chain in ours)
             out.append("COMMIT")
@@ -123,7 +145,9 @@ class _Builder:
     """
 
     def __init__(self, spec: CaptureSpec):
-        self.families = [_Restore(Family(4, cidr_text(spec.host_ipv4_loopback_cidr), f"{c.INBOUND_PASSTHROUGH_SOURCE[4]}/32"))]
+        self.families = [
+            _Restore(Family(4, cidr_text(spec.host_ipv4_loopback_cidr), f"{c.INBOUND_PASSTHROUGH_SOURCE[4]}/32"))
+        ]
         if spec.enable_ipv6:
             self.families.append(_Restore(Family(6, "::1/128", f"{c.INBOUND_PASSTHROUGH_SOURCE[6]}/128")))
 
@@ -182,9 +206,26 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
                 ports = ("-m", "multiport", "!", "--dports", f"{DNS_PORT},{tunnel}")
             else:
                 ports = ("!", "--dport", tunnel)
-            b.add(NAT, OUTPUT, lambda f, ports=ports, number=number, owner=owner: (
-                "-o", "lo", "!", "-d", f.loopback, "-p", "tcp", *ports,
-                "-m", "owner", owner, number, "-j", IN_REDIRECT))
+            b.add(
+                NAT,
+                OUTPUT,
+                lambda f, ports=ports, number=number, owner=owner: (
+                    "-o",
+                    "lo",
+                    "!",
+                    "-d",
+                    f.loopback,
+                    "-p",
+                    "tcp",
+                    *ports,
+                    "-m",
+                    "owner",
+                    owner,
+                    number,
+                    "-j",
+                    IN_REDIRECT,
+                ),
+            )
             if not spec.include_has_loopback:
                 tcp_not_dns = ("-p", "tcp", "!", "--dport", DNS_PORT) if dns else ()
                 b.add(NAT, OUTPUT, "-o", "lo", *tcp_not_dns, "-m", "owner", "!", owner, number, "-j", "RETURN")
@@ -215,8 +256,7 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
         else:
             for cidr in include:
                 for nic in spec.kube_virt_interfaces:
-                    b.insert(NAT, "PREROUTING", 1, "-i", nic, "-d", cidr_text(cidr), "-j", REDIRECT,
-                             only=version)
+                    b.insert(NAT, "PREROUTING", 1, "-i", nic, "-d", cidr_text(cidr), "-j", REDIRECT, only=version)
                 b.add(NAT, OUTPUT, "-d", cidr_text(cidr), "-j", REDIRECT, only=version)
 
     if spec.tproxy:
@@ -226,18 +266,41 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
         b.add(MANGLE, "OUTPUT", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN")
         for owner, ids in (("--uid-owner", spec.proxy_uids), ("--gid-owner", spec.proxy_gids)):
             for number in map(str, ids):
-                b.add(MANGLE, "OUTPUT", lambda f, owner=owner, number=number: (
-                    "!", "-d", f.loopback, "-p", "tcp", "-o", "lo", "-m", "owner", owner, number,
-                    "-j", "MARK", "--set-mark", OUTBOUND_MARK))
+                b.add(
+                    MANGLE,
+                    "OUTPUT",
+                    lambda f, owner=owner, number=number: (
+                        "!",
+                        "-d",
+                        f.loopback,
+                        "-p",
+                        "tcp",
+                        "-o",
+                        "lo",
+                        "-m",
+                        "owner",
+                        owner,
+                        number,
+                        "-j",
+                        "MARK",
+                        "--set-mark",
+                        OUTBOUND_MARK,
+                    ),
+                )
         b.add(MANGLE, "OUTPUT", "-p", "tcp", "-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark")
         b.insert(MANGLE, INBOUND, 1, "-p", "tcp", "-m", "mark", "--mark", mark, "-j", "RETURN")
         b.insert(MANGLE, INBOUND, 2, lambda f: ("-p", "tcp", "-s", f.passthrough_source, "-i", "lo", "-j", "RETURN"))
-        b.insert(MANGLE, INBOUND, 3, "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark", OUTBOUND_MARK,
-                 "-j", "RETURN")
+        b.insert(
+            MANGLE, INBOUND, 3, "-p", "tcp", "-i", "lo", "-m", "mark", "!", "--mark", OUTBOUND_MARK, "-j", "RETURN"
+        )
 
     v4, *v6 = b.families
-    return IptablesRules(ipv4=v4.text(), ipv6=v6[0].text() if v6 else None,
-                         undo_ipv4=v4.undo_text(), undo_ipv6=v6[0].undo_text() if v6 else None)
+    return IptablesRules(
+        ipv4=v4.text(),
+        ipv6=v6[0].text() if v6 else None,
+        undo_ipv4=v4.undo_text(),
+        undo_ipv6=v6[0].undo_text() if v6 else None,
+    )
 
 
 def _inbound(b: _Builder, spec: CaptureSpec):
@@ -248,9 +311,23 @@ def _inbound(b: _Builder, spec: CaptureSpec):
         mark = str(spec.inbound_tproxy_mark)
         b.add(MANGLE, DIVERT, "-j", "MARK", "--set-mark", mark)
         b.add(MANGLE, DIVERT, "-j", "ACCEPT")
-        b.add(MANGLE, TPROXY_CHAIN, lambda f: (
-            "!", "-d", f.loopback, "-p", "tcp", "-j", "TPROXY", "--tproxy-mark", f"{mark}/0xffffffff",
-            "--on-port", str(spec.inbound_capture_port)))
+        b.add(
+            MANGLE,
+            TPROXY_CHAIN,
+            lambda f: (
+                "!",
+                "-d",
+                f.loopback,
+                "-p",
+                "tcp",
+                "-j",
+                "TPROXY",
+                "--tproxy-mark",
+                f"{mark}/0xffffffff",
+                "--on-port",
+                str(spec.inbound_capture_port),
+            ),
+        )
         table = MANGLE
     else:
         table = NAT
@@ -290,15 +367,53 @@ def _dns(b: _Builder, spec: CaptureSpec):
             continue
         for version in (4, 6):
             for server in servers[version]:
-                b.add(NAT, OUTPUT_DNS, "-p", proto, "--dport", DNS_PORT, "-d", f"{server}/{bits[version]}",
-                      *redirect, only=version)
+                b.add(
+                    NAT,
+                    OUTPUT_DNS,
+                    "-p",
+                    proto,
+                    "--dport",
+                    DNS_PORT,
+                    "-d",
+                    f"{server}/{bits[version]}",
+                    *redirect,
+                    only=version,
+                )
     # Zone 1: the proxy and upstream resolvers; zone 2: apps and the proxy's DNS listener.
     for owner, ids in (("--uid-owner", spec.proxy_uids), ("--gid-owner", spec.proxy_gids)):
         for number in map(str, ids):
-            b.add(RAW, OUTPUT_DNS, "-p", "udp", "--dport", DNS_PORT, "-m", "owner", owner, number,
-                  "-j", "CT", "--zone", "1")
-            b.add(RAW, OUTPUT_DNS, "-p", "udp", "--sport", DNS_PROXY_PORT, "-m", "owner", owner, number,
-                  "-j", "CT", "--zone", "2")
+            b.add(
+                RAW,
+                OUTPUT_DNS,
+                "-p",
+                "udp",
+                "--dport",
+                DNS_PORT,
+                "-m",
+                "owner",
+                owner,
+                number,
+                "-j",
+                "CT",
+                "--zone",
+                "1",
+            )
+            b.add(
+                RAW,
+                OUTPUT_DNS,
+                "-p",
+                "udp",
+                "--sport",
+                DNS_PROXY_PORT,
+                "-m",
+                "owner",
+                owner,
+                number,
+                "-j",
+                "CT",
+                "--zone",
+                "2",
+            )
     if capture_all:
         b.add(RAW, "PREROUTING", "-j", INBOUND)
         b.add(RAW, OUTPUT_DNS, "-p", "udp", "--dport", DNS_PORT, "-j", "CT", "--zone", "2")
@@ -309,7 +424,21 @@ def _dns(b: _Builder, spec: CaptureSpec):
             b.add(RAW, "PREROUTING", "-j", INBOUND, only=version)
         for server in servers[version]:
             address = f"{server}/{bits[version]}"
-            b.add(RAW, OUTPUT_DNS, "-p", "udp", "--dport", DNS_PORT, "-d", address, "-j", "CT", "--zone", "2",
-                  only=version)
-            b.add(RAW, INBOUND, "-p", "udp", "--sport", DNS_PORT, "-s", address, "-j", "CT", "--zone", "1",
-                  only=version)
+            b.add(
+                RAW,
+                OUTPUT_DNS,
+                "-p",
+                "udp",
+                "--dport",
+                DNS_PORT,
+                "-d",
+                address,
+                "-j",
+                "CT",
+                "--zone",
+                "2",
+                only=version,
+            )
+            b.add(
+                RAW, INBOUND, "-p", "udp", "--sport", DNS_PORT, "-s", address, "-j", "CT", "--zone", "1", only=version
+            )

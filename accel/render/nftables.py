@@ -17,23 +17,42 @@ from ..spec import WILDCARD, CaptureSpec, SpecError, cidr_text
 NAT, MANGLE, RAW = c.NFT_TABLE_NAT, c.NFT_TABLE_MANGLE, c.NFT_TABLE_RAW
 PREROUTING, OUTPUT_BASE = "prerouting", "output"
 INBOUND, REDIRECT, IN_REDIRECT = c.NFT_CHAIN_INBOUND, c.NFT_CHAIN_REDIRECT, c.NFT_CHAIN_IN_REDIRECT
-OUTPUT, OUTPUT_DNS, DIVERT, TPROXY_CHAIN, DROP = (c.NFT_CHAIN_OUTPUT, c.NFT_CHAIN_OUTPUT_DNS, c.NFT_CHAIN_DIVERT,
-                                                  c.NFT_CHAIN_TPROXY, c.NFT_CHAIN_DROP)
+OUTPUT, OUTPUT_DNS, DIVERT, TPROXY_CHAIN, DROP = (
+    c.NFT_CHAIN_OUTPUT,
+    c.NFT_CHAIN_OUTPUT_DNS,
+    c.NFT_CHAIN_DIVERT,
+    c.NFT_CHAIN_TPROXY,
+    c.NFT_CHAIN_DROP,
+)
 DNS_PROXY_PORT, OUTBOUND_MARK = str(c.DNS_PROXY_PORT), str(c.OUTBOUND_MARK)
 PASSTHROUGH_V4, PASSTHROUGH_V6 = f"{c.INBOUND_PASSTHROUGH_SOURCE[4]}/32", f"{c.INBOUND_PASSTHROUGH_SOURCE[6]}/128"
 
 # Tables in transaction order; chains in declaration order, base chains with their hook.
 # Priorities are numeric: nft 1.0.6 rejects the name "dstnat" on an output hook.
 TABLES: dict[str, list[tuple[str, str | None]]] = {
-    NAT: [(PREROUTING, "type nat hook prerouting priority -100"),
-          (OUTPUT_BASE, "type nat hook output priority -100"),
-          (INBOUND, None), (REDIRECT, None), (IN_REDIRECT, None), (OUTPUT, None), (OUTPUT_DNS, None)],
-    MANGLE: [(PREROUTING, "type filter hook prerouting priority -150"),
-             (OUTPUT_BASE, "type route hook output priority -150"),
-             (DIVERT, None), (TPROXY_CHAIN, None), (INBOUND, None), (DROP, None)],
-    RAW: [(PREROUTING, "type filter hook prerouting priority -300"),
-          (OUTPUT_BASE, "type filter hook output priority -300"),
-          (INBOUND, None), (OUTPUT_DNS, None)],
+    NAT: [
+        (PREROUTING, "type nat hook prerouting priority -100"),
+        (OUTPUT_BASE, "type nat hook output priority -100"),
+        (INBOUND, None),
+        (REDIRECT, None),
+        (IN_REDIRECT, None),
+        (OUTPUT, None),
+        (OUTPUT_DNS, None),
+    ],
+    MANGLE: [
+        (PREROUTING, "type filter hook prerouting priority -150"),
+        (OUTPUT_BASE, "type route hook output priority -150"),
+        (DIVERT, None),
+        (TPROXY_CHAIN, None),
+        (INBOUND, None),
+        (DROP, None),
+    ],
+    RAW: [
+        (PREROUTING, "type filter hook prerouting priority -300"),
+        (OUTPUT_BASE, "type filter hook output priority -300"),
+        (INBOUND, None),
+        (OUTPUT_DNS, None),
+    ],
 }
 
 
@@ -43,7 +62,8 @@ TABLES: dict[str, list[tuple[str, str | None]]] = {
 # unchanged, and quoted otherwise. The keywords are those of nftables' src/scanner.l (a recent
 # version, a superset of Debian's 1.0.6: an extra entry only costs an unneeded quote).
 _NFT_STRING = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
-_NFT_KEYWORDS = frozenset("""
+_NFT_KEYWORDS = frozenset(
+    """
     a-rwnd abort accept ackseq add addr ah all and arp asconf asconf-ack auto-merge avgpkt burst
     bypass bytes cfi cgroup cgroupv2 chain chains check checksum chunk classid code comment comp
     constant continue cookie-ack cookie-echo count counter counters cpi cpu create csumcov ct
@@ -70,7 +90,8 @@ _NFT_KEYWORDS = frozenset("""
     synproxys table tables tag taddr tcp th time timeout timestamp to tos tproxy trace transparent
     tsecr tsn tsval ttl tunnel tunnels type typeof udp udplite undefine until update urgptr used
     value version vlan vm vmap vni vtag week wildcard window with wscale xml xor xt
-    8021ad 8021q""".split())
+    8021ad 8021q""".split()
+)
 
 
 def nft_name(name: str, field: str, *, numeric: bool = False) -> str:
@@ -151,8 +172,11 @@ class _Builder:
                     continue
                 # Intervals (CIDRs) may overlap in a spec: auto-merge folds them as nft requires.
                 flags = " flags interval ; auto-merge ;" if set_type.endswith("_addr") else ""
-                out += [f"add set inet {table} {name} {{ type {set_type} ;{flags} }}", f"flush set inet {table} {name}",
-                        f"add element inet {table} {name} {{ {', '.join(elements)} }}"]
+                out += [
+                    f"add set inet {table} {name} {{ type {set_type} ;{flags} }}",
+                    f"flush set inet {table} {name}",
+                    f"add element inet {table} {name} {{ {', '.join(elements)} }}",
+                ]
             count: dict[str, int] = {}
             for rule in rules:
                 # iptables' "-I CHAIN 1" is index 0 here, but nft can only insert before an
@@ -225,23 +249,32 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
         for group in spec.owner_groups_exclude:
             b.add(NAT, OUTPUT, f"skgid {nft_name(group, 'owner_groups_exclude', numeric=True)}", "return")
     else:
-        b.add(NAT, OUTPUT, " ".join(f"skgid != {nft_name(g, 'owner_groups_include', numeric=True)}"
-                                    for g in spec.owner_groups_include), "return")
+        b.add(
+            NAT,
+            OUTPUT,
+            " ".join(
+                f"skgid != {nft_name(g, 'owner_groups_include', numeric=True)}" for g in spec.owner_groups_include
+            ),
+            "return",
+        )
 
     if dns:
         _dns(b, spec)
 
     b.add(NAT, OUTPUT, f"ip daddr {lo4}", "return")
     b.add6(NAT, OUTPUT, "ip6 daddr ::1/128", "return")
-    for match in b.match_any(NAT, "outbound-exclude-v4", "ip daddr", "ipv4_addr",
-                             [cidr_text(c) for c in spec.outbound_exclude(4)]):
+    for match in b.match_any(
+        NAT, "outbound-exclude-v4", "ip daddr", "ipv4_addr", [cidr_text(c) for c in spec.outbound_exclude(4)]
+    ):
         b.add(NAT, OUTPUT, match, "return")
     if b.ipv6:
-        for match in b.match_any(NAT, "outbound-exclude-v6", "ip6 daddr", "ipv6_addr",
-                                 [cidr_text(c) for c in spec.outbound_exclude(6)]):
+        for match in b.match_any(
+            NAT, "outbound-exclude-v6", "ip6 daddr", "ipv6_addr", [cidr_text(c) for c in spec.outbound_exclude(6)]
+        ):
             b.add6(NAT, OUTPUT, match, "return")
-    for match in b.match_any(NAT, "outbound-ports-include", "tcp dport", "inet_service",
-                             [str(p) for p in spec.outbound_ports_include]):
+    for match in b.match_any(
+        NAT, "outbound-ports-include", "tcp dport", "inet_service", [str(p) for p in spec.outbound_ports_include]
+    ):
         b.add(NAT, OUTPUT, match, f"jump {REDIRECT}")
     if spec.outbound_ip_ranges_include == WILDCARD:
         # One family-less jump: unlike iptables, this also captures IPv6 on a pod without IPv6.
@@ -253,8 +286,9 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
             if version == 6 and not b.ipv6:
                 continue
             cidrs = [cidr_text(c) for c in spec.outbound_include(version)]
-            for match in b.match_any(NAT, f"outbound-include-v{version}", f"{keyword} daddr",
-                                     f"ipv{version}_addr", cidrs):
+            for match in b.match_any(
+                NAT, f"outbound-include-v{version}", f"{keyword} daddr", f"ipv{version}_addr", cidrs
+            ):
                 for nic in virtual:
                     add(NAT, PREROUTING, f"{nic} {match}".strip(), f"jump {REDIRECT}", index=0)
                 add(NAT, OUTPUT, match, f"jump {REDIRECT}")
@@ -264,10 +298,18 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
         b.add(MANGLE, OUTPUT_BASE, f"oifname lo meta l4proto tcp mark {mark}", "return")
         for owner, ids in (("skuid", spec.proxy_uids), ("skgid", spec.proxy_gids)):
             for number in ids:
-                b.add(MANGLE, OUTPUT_BASE, f"oifname lo meta l4proto tcp ip daddr != {lo4} {owner} {number}",
-                      f"meta mark set {OUTBOUND_MARK}")
-                b.add6(MANGLE, OUTPUT_BASE, f"oifname lo meta l4proto tcp ip6 daddr != ::1/128 {owner} {number}",
-                       f"meta mark set {OUTBOUND_MARK}")
+                b.add(
+                    MANGLE,
+                    OUTPUT_BASE,
+                    f"oifname lo meta l4proto tcp ip daddr != {lo4} {owner} {number}",
+                    f"meta mark set {OUTBOUND_MARK}",
+                )
+                b.add6(
+                    MANGLE,
+                    OUTPUT_BASE,
+                    f"oifname lo meta l4proto tcp ip6 daddr != ::1/128 {owner} {number}",
+                    f"meta mark set {OUTBOUND_MARK}",
+                )
         b.add(MANGLE, OUTPUT_BASE, f"meta l4proto tcp ct mark {mark}", "meta mark set ct mark")
         b.add(MANGLE, INBOUND, f"meta l4proto tcp mark {mark}", "return", index=0)
         b.add(MANGLE, INBOUND, f"iifname lo meta l4proto tcp ip saddr {PASSTHROUGH_V4}", "return", index=1)
@@ -285,17 +327,26 @@ def _inbound(b: _Builder, spec: CaptureSpec, lo4: str):
         mark = spec.inbound_tproxy_mark
         b.add(MANGLE, DIVERT, "", f"meta mark set {mark}")
         b.add(MANGLE, DIVERT, "", "accept")
-        b.add(MANGLE, TPROXY_CHAIN, f"meta l4proto tcp ip daddr != {lo4} tproxy ip to :{port} meta mark set {mark}",
-              "accept")
-        b.add6(MANGLE, TPROXY_CHAIN,
-               f"meta l4proto tcp ip6 daddr != ::1/128 tproxy ip6 to :{port} meta mark set {mark}", "accept")
+        b.add(
+            MANGLE,
+            TPROXY_CHAIN,
+            f"meta l4proto tcp ip daddr != {lo4} tproxy ip to :{port} meta mark set {mark}",
+            "accept",
+        )
+        b.add6(
+            MANGLE,
+            TPROXY_CHAIN,
+            f"meta l4proto tcp ip6 daddr != ::1/128 tproxy ip6 to :{port} meta mark set {mark}",
+            "accept",
+        )
         table = MANGLE
     else:
         table = NAT
     b.add(table, PREROUTING, "meta l4proto tcp", f"jump {INBOUND}")
     if spec.inbound_ports_include == WILDCARD:
-        for match in b.match_any(table, "inbound-ports-exclude", "tcp dport", "inet_service",
-                                 [str(p) for p in spec.inbound_ports_exclude]):
+        for match in b.match_any(
+            table, "inbound-ports-exclude", "tcp dport", "inet_service", [str(p) for p in spec.inbound_ports_exclude]
+        ):
             b.add(table, INBOUND, f"meta l4proto tcp {match}", "return")
         if spec.tproxy:
             b.add(MANGLE, INBOUND, "meta l4proto tcp ct state related,established", f"jump {DIVERT}")
@@ -305,8 +356,9 @@ def _inbound(b: _Builder, spec: CaptureSpec, lo4: str):
         return
     # With a set, TPROXY's per-port pairs become one pair: the ports are disjoint, so each
     # packet meets the same verdict.
-    for match in b.match_any(table, "inbound-ports-include", "tcp dport", "inet_service",
-                             [str(p) for p in spec.inbound_ports_include]):
+    for match in b.match_any(
+        table, "inbound-ports-include", "tcp dport", "inet_service", [str(p) for p in spec.inbound_ports_include]
+    ):
         if spec.tproxy:
             b.add(MANGLE, INBOUND, f"meta l4proto tcp ct state related,established {match}", f"jump {DIVERT}")
             b.add(MANGLE, INBOUND, f"meta l4proto tcp {match}", f"jump {TPROXY_CHAIN}")

@@ -11,5 +11,19 @@ from .iptables import IptablesTracer, trace_iptables
 from .model import DROPPED, INBOUND, OUTBOUND, REDIRECT, TPROXY, UNTOUCHED, Flow, Kind, TraceError, Verdict
 from .nftables import NftablesTracer, trace_nftables
 
-__all__ = ["DROPPED", "INBOUND", "OUTBOUND", "REDIRECT", "TPROXY", "UNTOUCHED", "Flow", "IptablesTracer", "Kind",
-           "NftablesTracer", "TraceError", "Verdict", "trace_iptables", "trace_nftables"]
+__all__ = [
+    "DROPPED",
+    "INBOUND",
+    "OUTBOUND",
+    "REDIRECT",
+    "TPROXY",
+    "UNTOUCHED",
+    "Flow",
+    "IptablesTracer",
+    "Kind",
+    "NftablesTracer",
+    "TraceError",
+    "Verdict",
+    "trace_iptables",
+    "trace_nftables",
+]

@@ -31,9 +31,11 @@ from .model import UNTOUCHED, Flow, Kind, TraceError, Verdict, group_id
 from .walk import ACCEPT, CONTINUE, DROP, GOTO, JUMP, OUTPUT, PREROUTING, RETURN, Base, Packet, Rule, check, trace
 
 # Each table's built-in chains, and the priority its hooks run it at (NF_IP_PRI_*).
-BUILTIN = {"nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
-           "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
-           "raw": ("PREROUTING", "OUTPUT")}
+BUILTIN = {
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "raw": ("PREROUTING", "OUTPUT"),
+}
 PRIORITY = {"raw": -300, "mangle": -150, "nat": -100}
 HOOKS = {"PREROUTING": PREROUTING, "OUTPUT": OUTPUT}
 VERDICTS = {"RETURN": RETURN, "ACCEPT": ACCEPT, "DROP": DROP}
@@ -41,10 +43,26 @@ EXTENSIONS = ("REDIRECT", "TPROXY", "MARK", "CONNMARK", "CT")
 # The chain a REDIRECT sits in says what it captures for (the ports are the spec's).
 REDIRECT_KIND = {c.CHAIN_REDIRECT: Kind.OUTBOUND, c.CHAIN_IN_REDIRECT: Kind.INBOUND, c.CHAIN_OUTPUT_DNS: Kind.DNS}
 CT_STATES = {"NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED"}
-MODULES = {"owner": ("--uid-owner", "--gid-owner"), "multiport": ("--dports",), "conntrack": ("--ctstate",),
-           "mark": ("--mark",), "connmark": ("--mark",)}
-NEGATABLE = {"-s", "-d", "-i", "-o", "--dport", "--sport", "--dports", "--uid-owner", "--gid-owner",
-             "--ctstate", "--mark"}
+MODULES = {
+    "owner": ("--uid-owner", "--gid-owner"),
+    "multiport": ("--dports",),
+    "conntrack": ("--ctstate",),
+    "mark": ("--mark",),
+    "connmark": ("--mark",),
+}
+NEGATABLE = {
+    "-s",
+    "-d",
+    "-i",
+    "-o",
+    "--dport",
+    "--sport",
+    "--dports",
+    "--uid-owner",
+    "--gid-owner",
+    "--ctstate",
+    "--mark",
+}
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|[0-9]+")
 _CHAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,28}")
 
@@ -78,9 +96,20 @@ class IptablesTracer:
         self._group_ids = group_ids
         self.families: dict[int, _Family] = _assign_families(self._parse(text))
         for family in self.families.values():
-            family.bases = [Base(table.name, HOOKS[chain], PRIORITY[table.name], table.name == "nat",
-                                 table.chains, chain, table.where)
-                            for table in family.tables.values() for chain in HOOKS if chain in table.chains]
+            family.bases = [
+                Base(
+                    table.name,
+                    HOOKS[chain],
+                    PRIORITY[table.name],
+                    table.name == "nat",
+                    table.chains,
+                    chain,
+                    table.where,
+                )
+                for table in family.tables.values()
+                for chain in HOOKS
+                if chain in table.chains
+            ]
             check(family.bases)
 
     def trace(self, flow: Flow) -> Verdict:
@@ -120,8 +149,7 @@ class IptablesTracer:
             if words[0] == "-N" and len(words) == 2:
                 self._declare(table, words[1], where)
             elif words[0] == "-A" and len(words) >= 2:
-                self._chain(table, words[1], where).append(
-                    self._rule(table, words[1], words[2:], where, families[-1]))
+                self._chain(table, words[1], where).append(self._rule(table, words[1], words[2:], where, families[-1]))
             elif words[0] == "-I" and len(words) >= 2:
                 rules = self._chain(table, words[1], where)
                 position, rest = (int(words[2]), words[3:]) if len(words) > 2 and words[2].isdigit() else (1, words[2:])
@@ -260,8 +288,18 @@ class IptablesTracer:
         attribute = "mark" if module == "mark" else "ctmark"
         return lambda p: getattr(p, attribute) & mask == value_
 
-    def _target(self, table: _Table, chain: str, option: str, target: str, rest: list[str], steps: list,
-                requires: list, proto: str | None, where: str) -> Rule:
+    def _target(
+        self,
+        table: _Table,
+        chain: str,
+        option: str,
+        target: str,
+        rest: list[str],
+        steps: list,
+        requires: list,
+        proto: str | None,
+        where: str,
+    ) -> Rule:
         def rule(action=CONTINUE, jump=None, effect=None):
             return Rule(where, tuple(steps) + ((effect,) if effect else ()), action, jump, tuple(requires))
 
@@ -275,8 +313,10 @@ class IptablesTracer:
 
         if option == "-g" or target not in VERDICTS and target not in EXTENSIONS:
             if target not in table.user:
-                raise TraceError(where, f"{option} {target}: no such chain in {table.name} "
-                                        "(or a target the tracer does not understand)")
+                raise TraceError(
+                    where,
+                    f"{option} {target}: no such chain in {table.name} (or a target the tracer does not understand)",
+                )
             if rest:
                 raise TraceError(where, f"words after {option} {target} are not understood")
             return rule(GOTO if option == "-g" else JUMP, target)
@@ -298,8 +338,9 @@ class IptablesTracer:
             if proto is None:
                 raise TraceError(where, "REDIRECT --to-ports needs -p tcp|udp")
             if chain not in REDIRECT_KIND:
-                raise TraceError(where, f"REDIRECT in {chain}: the tracer knows REDIRECTs only in "
-                                        f"{', '.join(REDIRECT_KIND)}")
+                raise TraceError(
+                    where, f"REDIRECT in {chain}: the tracer knows REDIRECTs only in {', '.join(REDIRECT_KIND)}"
+                )
             kind, port = REDIRECT_KIND[chain], _port(values[port_option], where)
             return rule(ACCEPT, effect=lambda p: p.redirect_to(kind, port) or True)
         if target == "TPROXY":
@@ -315,6 +356,7 @@ class IptablesTracer:
                 p.tproxy_to(port)
                 p.mark = (p.mark & ~mask & 0xFFFFFFFF) ^ mark
                 return True
+
             return rule(ACCEPT, effect=tproxy)
         if target == "MARK":
             if set(values) != {"--set-mark"}:
@@ -324,10 +366,15 @@ class IptablesTracer:
             def set_mark(p: Packet) -> bool:  # zero the mask's bits, then OR the value in
                 p.mark = (p.mark & ~mask & 0xFFFFFFFF) | mark
                 return True
+
             return rule(effect=set_mark)
         # CT
-        if table.name != "raw" or set(values) != {"--zone"} or not values["--zone"].isdigit() \
-                or int(values["--zone"]) > 65535:
+        if (
+            table.name != "raw"
+            or set(values) != {"--zone"}
+            or not values["--zone"].isdigit()
+            or int(values["--zone"]) > 65535
+        ):
             raise TraceError(where, "only -j CT --zone N, in raw, is understood")
         zone = int(values["--zone"])
         return rule(effect=lambda p: p.set_zone(zone) or True)

@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from .model import TraceError
 
 # The words of the grammar above: never a bare name (nft would read them as the grammar).
-KEYWORDS = frozenset("""accept drop return jump goto counter redirect tproxy to meta l4proto ip ip6 saddr daddr tcp
+KEYWORDS = frozenset(
+    """accept drop return jump goto counter redirect tproxy to meta l4proto ip ip6 saddr daddr tcp
     udp dport sport skuid skgid mark ct state zone set iifname oifname index type hook priority flags interval
-    auto-merge table chain rule element inet add insert flush""".split())
+    auto-merge table chain rule element inet add insert flush""".split()
+)
 BARE_NAME = re.compile(r"[A-Za-z_.][A-Za-z0-9/_.-]*")
 _NUMBER = re.compile(r"0x[0-9a-fA-F]+|[0-9]+")
 _TOKEN = re.compile(r'\s*(?:"((?:[^"\\]|\\.)*)"|([{},;])|([^\s{},;"]+))')

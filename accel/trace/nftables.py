@@ -28,16 +28,46 @@ from typing import Callable, Mapping
 
 from .. import constants as c
 from .model import Flow, Kind, TraceError, Verdict, group_id
-from .nft_words import (BARE_NAME, KEYWORDS, Token, member_matches, read_colon_port, read_interface, read_mark,
-                        read_name, read_network, read_port, read_proto, read_uid, split_tokens)
-from .walk import (ACCEPT, CONNTRACK_PRIORITY, CONTINUE, DROP, GOTO, JUMP, OUTPUT, PREROUTING, RETURN, Base, Packet,
-                   Rule, check, trace)
+from .nft_words import (
+    BARE_NAME,
+    KEYWORDS,
+    Token,
+    member_matches,
+    read_colon_port,
+    read_interface,
+    read_mark,
+    read_name,
+    read_network,
+    read_port,
+    read_proto,
+    read_uid,
+    split_tokens,
+)
+from .walk import (
+    ACCEPT,
+    CONNTRACK_PRIORITY,
+    CONTINUE,
+    DROP,
+    GOTO,
+    JUMP,
+    OUTPUT,
+    PREROUTING,
+    RETURN,
+    Base,
+    Packet,
+    Rule,
+    check,
+    trace,
+)
 
 CHAIN_TYPES = {"nat": (PREROUTING, OUTPUT), "filter": (PREROUTING, OUTPUT), "route": (OUTPUT,)}
 VERDICTS = {"accept": ACCEPT, "drop": DROP, "return": RETURN}
 # The chain a redirect sits in says what it captures for (the ports are the spec's).
-REDIRECT_KIND = {c.NFT_CHAIN_REDIRECT: Kind.OUTBOUND, c.NFT_CHAIN_IN_REDIRECT: Kind.INBOUND,
-                 c.NFT_CHAIN_OUTPUT_DNS: Kind.DNS}
+REDIRECT_KIND = {
+    c.NFT_CHAIN_REDIRECT: Kind.OUTBOUND,
+    c.NFT_CHAIN_IN_REDIRECT: Kind.INBOUND,
+    c.NFT_CHAIN_OUTPUT_DNS: Kind.DNS,
+}
 SET_TYPES = {"inet_service": "port", "ipv4_addr": 4, "ipv6_addr": 6}
 CT_STATES = {"new", "established", "related", "invalid", "untracked"}
 
@@ -78,9 +108,11 @@ class NftablesTracer:
             line = raw.strip()
             if line and not line.startswith("#"):
                 self._command(split_tokens(line, f"line {number}: {line}"), f"line {number}: {line}")
-        self.bases = [Base(f"inet {table.name}", hook, priority, kind == "nat", table.chains, chain, where)
-                      for table in self.tables.values()
-                      for chain, (kind, hook, priority, where) in table.hooks.items()]
+        self.bases = [
+            Base(f"inet {table.name}", hook, priority, kind == "nat", table.chains, chain, where)
+            for table in self.tables.values()
+            for chain, (kind, hook, priority, where) in table.hooks.items()
+        ]
         check(self.bases)
 
     def trace(self, flow: Flow) -> Verdict:
@@ -143,13 +175,23 @@ class NftablesTracer:
                 raise TraceError(where, f"{name} was added as a base chain")
             table.chains.setdefault(name, [])
             return
-        if len(words) != 9 or words[0] != "{" or words[1] != "type" or words[3] != "hook" or words[5] != "priority" \
-                or words[7:] != [";", "}"] or not re.fullmatch(r"-?[0-9]+", words[6]):
+        if (
+            len(words) != 9
+            or words[0] != "{"
+            or words[1] != "type"
+            or words[3] != "hook"
+            or words[5] != "priority"
+            or words[7:] != [";", "}"]
+            or not re.fullmatch(r"-?[0-9]+", words[6])
+        ):
             raise TraceError(where, "only { type T hook H priority N ; } is understood for a base chain")
         kind, hook, priority = words[2], words[4], int(words[6])
         if kind not in CHAIN_TYPES or hook not in CHAIN_TYPES[kind]:
-            raise TraceError(where, f"a {kind} chain on hook {hook} is not understood (the tracer walks "
-                                    "nat/filter prerouting and output, route output)")
+            raise TraceError(
+                where,
+                f"a {kind} chain on hook {hook} is not understood (the tracer walks "
+                "nat/filter prerouting and output, route output)",
+            )
         if kind == "nat" and priority <= CONNTRACK_PRIORITY:
             raise TraceError(where, "a nat chain must run after conntrack (priority above -200)")
         if name in table.chains and table.hooks.get(name, (None, None, None))[:3] != (kind, hook, priority):
@@ -163,8 +205,11 @@ class NftablesTracer:
         spec = " ".join(words)
         match = re.fullmatch(r"\{ type (\S+) ;( flags interval ;)?( auto-merge ;)? \}", spec)
         if not match or match.group(1) not in SET_TYPES:
-            raise TraceError(where, "only { type inet_service|ipv4_addr|ipv6_addr ; [flags interval ;] "
-                                    "[auto-merge ;] } is understood for a set")
+            raise TraceError(
+                where,
+                "only { type inet_service|ipv4_addr|ipv6_addr ; [flags interval ;] "
+                "[auto-merge ;] } is understood for a set",
+            )
         interval = bool(match.group(2))
         if match.group(3) and not interval:
             raise TraceError(where, "auto-merge needs flags interval")
@@ -194,7 +239,7 @@ class NftablesTracer:
         values = inner[::2]
         if not values or any(t.text != "," for t in inner[1::2]) or any(t.text in "{},;" for t in values):
             raise TraceError(where, "elements must be a comma list")
-        return values, tokens[end + 1:]
+        return values, tokens[end + 1 :]
 
     # -- rules ----------------------------------------------------------------------------------
     def _rule(self, table: _Table, chain: str, tokens: list[Token], where: str) -> Rule:
@@ -275,8 +320,9 @@ class NftablesTracer:
                 if not l4:
                     raise TraceError(where, "redirect to :PORT needs a transport protocol match before it")
                 if chain not in REDIRECT_KIND:
-                    raise TraceError(where, f"redirect in {chain}: the tracer knows redirects only in "
-                                            f"{', '.join(REDIRECT_KIND)}")
+                    raise TraceError(
+                        where, f"redirect in {chain}: the tracer knows redirects only in {', '.join(REDIRECT_KIND)}"
+                    )
                 kind = REDIRECT_KIND[chain]
                 requires.append(("nat", "redirect is valid in nat chains only"))
                 steps.append(lambda p, kind=kind, port=port: p.redirect_to(kind, port) or True)
@@ -296,6 +342,7 @@ class NftablesTracer:
                         return False
                     p.tproxy_to(port)
                     return True
+
                 steps.append(tproxy)
             elif keyword in ("iifname", "oifname"):
                 attribute, hook = ("iif", PREROUTING) if keyword == "iifname" else ("oif", OUTPUT)
@@ -337,16 +384,25 @@ class NftablesTracer:
                 if field_ not in ("saddr", "daddr"):
                     raise TraceError(where, f"{keyword} {field_} is not understood")
                 negate = negation()
-                match(lambda p, a="src" if field_ == "saddr" else "dst": getattr(p, a),
-                      lambda t, v=version: read_network(t.text, v, where), negate, version,
-                      dependency=lambda p, v=version: p.family == v)
+                match(
+                    lambda p, a="src" if field_ == "saddr" else "dst": getattr(p, a),
+                    lambda t, v=version: read_network(t.text, v, where),
+                    negate,
+                    version,
+                    dependency=lambda p, v=version: p.family == v,
+                )
             elif keyword in ("tcp", "udp"):
                 field_ = word()
                 if field_ not in ("dport", "sport"):
                     raise TraceError(where, f"{keyword} {field_} is not understood")
                 negate = negation()
-                match(lambda p, a=field_: getattr(p, a), lambda t: read_port(t.text, where), negate, "port",
-                      dependency=lambda p, proto=keyword: p.proto == proto)
+                match(
+                    lambda p, a=field_: getattr(p, a),
+                    lambda t: read_port(t.text, where),
+                    negate,
+                    "port",
+                    dependency=lambda p, proto=keyword: p.proto == proto,
+                )
                 l4 = True  # the dependency holds whatever the comparison
             elif keyword == "ct":
                 selector = word()

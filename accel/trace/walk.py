@@ -100,8 +100,10 @@ def check(bases: list[Base]):
         seen: dict[int, Base] = {}
         for base in group:
             if base.priority in seen:
-                raise TraceError(base.where, f"two base chains on hook {hook} at priority {base.priority}: "
-                                             "their order is not defined")
+                raise TraceError(
+                    base.where,
+                    f"two base chains on hook {hook} at priority {base.priority}: their order is not defined",
+                )
             seen[base.priority] = base
     for base in bases:
         _check_from(base, base.start, [], set())

@@ -13,8 +13,24 @@ pytestmark = pytest.mark.privileged
 BACKENDS = ["iptables", "iptables-legacy", "nftables"]
 SPECS = {
     "stock": (list(inputs.ISTIO_INIT_DEFAULT_ARGS), False),
-    "tproxy-dns-ipv6": (["-m", "TPROXY", "-b", "*", "-i", "*", "-x", "10.0.0.0/8", "-k", "eth9",
-                         "--redirect-dns", "--capture-all-dns", "--drop-invalid"], True),
+    "tproxy-dns-ipv6": (
+        [
+            "-m",
+            "TPROXY",
+            "-b",
+            "*",
+            "-i",
+            "*",
+            "-x",
+            "10.0.0.0/8",
+            "-k",
+            "eth9",
+            "--redirect-dns",
+            "--capture-all-dns",
+            "--drop-invalid",
+        ],
+        True,
+    ),
 }
 
 
@@ -56,8 +72,9 @@ def test_iptables_picks_its_variant_as_istio_iptables_does():
     with Netns.scratch("accel-test") as ns:
         backend = get_backend("iptables")
         assert backend.choose_variant(Pod(ns.name))[0] == "nft"
-        ns.run(["iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"],
-               check=True)
+        ns.run(
+            ["iptables-legacy", "-t", "filter", "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT"], check=True
+        )
         variant, reason = backend.choose_variant(Pod(ns.name))
         assert variant == "legacy" and "legacy tables already hold rules" in reason
 

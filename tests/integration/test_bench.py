@@ -20,8 +20,21 @@ CAPTURE = (*NETFILTER, "ebpf", "ebpf+sockmap")
 def quick(tmp_path_factory):
     directory = tmp_path_factory.mktemp("bench")
     # --quick with 2 rounds, not 3: every figure and check, in a minute less of the suite
-    result = CliRunner().invoke(main, ["bench", "--quick", "--rounds", "2", "--json", str(directory / "bench.json"),
-                                       "--plot", str(directory / "bench.png"), "--markdown", str(directory / "bench.md")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            "--quick",
+            "--rounds",
+            "2",
+            "--json",
+            str(directory / "bench.json"),
+            "--plot",
+            str(directory / "bench.png"),
+            "--markdown",
+            str(directory / "bench.md"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     files = {name: (directory / f"bench.{name}").read_bytes() for name in ("png", "md")}
     return result.stdout, json.loads((directory / "bench.json").read_text()), files
@@ -107,12 +120,15 @@ def test_the_program_budget_and_the_sockops_account(quick):
     assert "sockops calls per proxied connection, by op" in output and "| sockops op |" in files["md"].decode()
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--modes", "iptables,bogus"], "unknown mode 'bogus'"),
-    (["--modes", "none,ebpf"], "must include explicit"),
-    (["--plot", "out.svg"], "must name a .png file"),
-    (["--rounds", "0"], "0 is not in the range"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--modes", "iptables,bogus"], "unknown mode 'bogus'"),
+        (["--modes", "none,ebpf"], "must include explicit"),
+        (["--plot", "out.svg"], "must name a .png file"),
+        (["--rounds", "0"], "0 is not in the range"),
+    ],
+)
 def test_bad_options_change_nothing(argv, needle):
     result = CliRunner().invoke(main, ["bench", *argv])
     assert result.exit_code == 2 and needle in result.output

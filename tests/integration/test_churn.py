@@ -37,23 +37,43 @@ def test_more_connections_than_source_ports_all_succeed_through_every_backend():
         # the kernel's defaults but a narrow port range: TIME_WAIT is reused only for loopback
         sysctl(pod.netns, "net.ipv4.ip_local_port_range", " ".join(map(str, PORT_RANGE)))
         sysctl(pod.netns, "net.ipv4.tcp_tw_reuse", "2")
-        lab.start("pod", [PYTHON, "-I", "-S", str(lab.workdir / "agent.pyz"), "sink", "--port", "15001"],
-                  uid=PROXY, gid=PROXY, listens=(15001,))
+        lab.start(
+            "pod",
+            [PYTHON, "-I", "-S", str(lab.workdir / "agent.pyz"), "sink", "--port", "15001"],
+            uid=PROXY,
+            gid=PROXY,
+            listens=(15001,),
+        )
         outcomes, counters = {}, {}
         for name in BACKENDS:
             backend = get_backend(name)
             backend.apply(pod, SPEC)
             try:
                 outcomes[name] = {
-                    family: json.loads(lab.agent("pod", "churn", "--dst", ",".join(destinations), "--port", "80",
-                                                 "--count", str(CONNECTIONS), uid=APP, gid=APP))
-                    for family, destinations in FAMILIES.items()}
+                    family: json.loads(
+                        lab.agent(
+                            "pod",
+                            "churn",
+                            "--dst",
+                            ",".join(destinations),
+                            "--port",
+                            "80",
+                            "--count",
+                            str(CONNECTIONS),
+                            uid=APP,
+                            gid=APP,
+                        )
+                    )
+                    for family, destinations in FAMILIES.items()
+                }
                 if name == "ebpf":
                     counters = backend.status(pod)["counters"]
             finally:
                 backend.remove(pod)
-    failed = {name: {family: result["errors"] for family, result in by_family.items() if result["errors"]}
-              for name, by_family in outcomes.items()}
+    failed = {
+        name: {family: result["errors"] for family, result in by_family.items() if result["errors"]}
+        for name, by_family in outcomes.items()
+    }
     assert failed == {name: {} for name in BACKENDS}
     assert all(result["ok"] == CONNECTIONS for by_family in outcomes.values() for result in by_family.values())
     assert counters["outbound"] == CONNECTIONS * len(FAMILIES) and counters["refused"] == 0

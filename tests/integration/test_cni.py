@@ -50,22 +50,51 @@ class CniNode:
         for directory in (self.bin, self.conf_dir, self.annotations, self.root / "cache"):
             directory.mkdir()
         self.cgroup = Cgroup.create(self.root.name)
-        self.env = {**os.environ, "ACCEL_CGROUP": str(self.cgroup.path), "ACCEL_BPFFS": str(self.bpffs),
-                    "ACCEL_STATE_DIR": str(self.state)}
+        self.env = {
+            **os.environ,
+            "ACCEL_CGROUP": str(self.cgroup.path),
+            "ACCEL_BPFFS": str(self.bpffs),
+            "ACCEL_STATE_DIR": str(self.state),
+        }
         self.node = self.namespace(sysctls={"net.ipv4.ip_forward": "1"})
         self.accel("up", "--backend", self.backend)
         for plugin in ("loopback", "bridge", "host-local"):
             (self.bin / plugin).symlink_to(DEBIAN_PLUGINS / plugin)
-        (self.conf_dir / "10-test.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0", "name": "test-net",
-            "plugins": [{"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": False,
-                         "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]],
-                                  "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.root / "ipam")}}]}))
-        self.plugin_config = {"type": "accel-cni", "stateDir": str(self.state), "logFile": str(self.root / "cni.log"),
-                              "podInfo": {"source": "dir", "path": str(self.annotations)}}
+        (self.conf_dir / "10-test.conflist").write_text(
+            json.dumps(
+                {
+                    "cniVersion": "1.0.0",
+                    "name": "test-net",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": "cni0",
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": SUBNET}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.root / "ipam"),
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+        self.plugin_config = {
+            "type": "accel-cni",
+            "stateDir": str(self.state),
+            "logFile": str(self.root / "cni.log"),
+            "podInfo": {"source": "dir", "path": str(self.annotations)},
+        }
         self.install(self.plugin_config)
-        self.loopback = Chain({"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]},
-                              self.bin, self.root / "cache", self.node)
+        self.loopback = Chain(
+            {"cniVersion": "1.0.0", "name": "lo", "plugins": [{"type": "loopback"}]},
+            self.bin,
+            self.root / "cache",
+            self.node,
+        )
         build_agent(self.root / "agent.pyz")
         self.log = self.root / "events.jsonl"
         self.log_fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
@@ -73,10 +102,19 @@ class CniNode:
 
     def install(self, plugin_config: dict) -> None:
         (self.root / "accel-cni.json").write_text(json.dumps(plugin_config))
-        self.accel("cni", "install", "--conf-dir", str(self.conf_dir), "--bin-dir", str(self.bin),
-                   "--config", str(self.root / "accel-cni.json"))
-        self.chain = Chain(json.loads((self.conf_dir / "10-test.conflist").read_text()), self.bin,
-                           self.root / "cache", self.node)
+        self.accel(
+            "cni",
+            "install",
+            "--conf-dir",
+            str(self.conf_dir),
+            "--bin-dir",
+            str(self.bin),
+            "--config",
+            str(self.root / "accel-cni.json"),
+        )
+        self.chain = Chain(
+            json.loads((self.conf_dir / "10-test.conflist").read_text()), self.bin, self.root / "cache", self.node
+        )
 
     def destroy(self) -> None:
         for agent in self.agents:
@@ -119,23 +157,65 @@ class CniNode:
         return f"/run/netns/{netns}", f"c-{name}", args
 
     def start(self, netns: str, cgroup: Cgroup | None, *args: str) -> None:
-        agent = process.spawn([PYTHON, "-I", "-S", str(self.root / "agent.pyz"), *args, "--log-fd", str(self.log_fd)],
-                              netns=netns, cgroup=cgroup, pass_fds=(self.log_fd,), stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        agent = process.spawn(
+            [PYTHON, "-I", "-S", str(self.root / "agent.pyz"), *args, "--log-fd", str(self.log_fd)],
+            netns=netns,
+            cgroup=cgroup,
+            pass_fds=(self.log_fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.agents.append(agent)
         assert agent.stdout.readline().strip() == "ready", agent.stderr.read()
 
     def sidecar(self, netns: str, name: str) -> Cgroup:
         """The pod's processes go in a cgroup of their own below the node's, as the kubelet's do."""
         cgroup = self.cgroup.child(name)
-        self.start(netns, cgroup, "sidecar", "--outbound", "15001", "--inbound", "15006", "--dns", "15053",
-                   "--uid", "1337", "--gid", "1337", "--upstream-dns", GATEWAY)
+        self.start(
+            netns,
+            cgroup,
+            "sidecar",
+            "--outbound",
+            "15001",
+            "--inbound",
+            "15006",
+            "--dns",
+            "15053",
+            "--uid",
+            "1337",
+            "--gid",
+            "1337",
+            "--upstream-dns",
+            GATEWAY,
+        )
         return cgroup
 
     def first_hop(self, netns: str, cgroup: Cgroup, token: str) -> dict | None:
         """Where a connection from the pod's app to the gateway's server went first."""
-        process.run([PYTHON, "-I", "-S", str(self.root / "agent.pyz"), "client", "--proto", "tcp", "--dst", GATEWAY,
-                     "--port", "8080", "--token", token], netns=netns, cgroup=cgroup, uid=APP, gid=APP, timeout=15)
+        process.run(
+            [
+                PYTHON,
+                "-I",
+                "-S",
+                str(self.root / "agent.pyz"),
+                "client",
+                "--proto",
+                "tcp",
+                "--dst",
+                GATEWAY,
+                "--port",
+                "8080",
+                "--token",
+                token,
+            ],
+            netns=netns,
+            cgroup=cgroup,
+            uid=APP,
+            gid=APP,
+            timeout=15,
+        )
         events = read_events(self.log, token)
         return events[0] if events else None
 
@@ -190,8 +270,9 @@ def test_a_pod_through_the_chain_is_captured_checked_and_deleted_without_residue
     result = node.chain.add(container, netns, args)
     assert result["cniVersion"] == "1.0.0" and result["ips"][0]["address"].startswith("10.99.0.")  # bridge's, through
     pods = node.json("pod", "list")
-    assert [(p["id"], p["name"], p["phase"], p["backend"]) for p in pods] == \
-        [(container, "test/web", "ready", node.backend)]
+    assert [(p["id"], p["name"], p["phase"], p["backend"]) for p in pods] == [
+        (container, "test/web", "ready", node.backend)
+    ]
     cgroup = node.sidecar(netns, "web")
     hop = node.first_hop(netns, cgroup, "through-chain")
     assert hop is not None and hop["agent"] == "sidecar" and hop["original_dst"] == f"{GATEWAY}:8080", hop
@@ -202,21 +283,27 @@ def test_a_pod_through_the_chain_is_captured_checked_and_deleted_without_residue
     node.chain.delete(container, netns, args)  # again: a runtime may repeat DEL
     with open(node.root / "cni.log") as log:
         lines = [json.loads(line) for line in log]
-    assert [(line["command"], line["msg"]) for line in lines if line["container"] == container][:1] == \
-        [("ADD", "captured: added")]
+    assert [(line["command"], line["msg"]) for line in lines if line["container"] == container][:1] == [
+        ("ADD", "captured: added")
+    ]
 
 
 def test_pods_without_a_sidecar_are_left_alone_and_annotations_choose_the_capture(cni_node):
     node = cni_node
     plain, plain_id, plain_args = node.pod("plain")  # no annotation file: not a sidecar pod
     disabled, disabled_id, disabled_args = node.pod("off", {**STATUS, "sidecar.istio.io/inject": "false"})
-    annotated, annotated_id, annotated_args = node.pod("narrow", {
-        **STATUS, "traffic.sidecar.istio.io/excludeOutboundIPRanges": f"{GATEWAY}/32"})
-    for netns, container, args in ((plain, plain_id, plain_args), (disabled, disabled_id, disabled_args),
-                                   (annotated, annotated_id, annotated_args)):
+    annotated, annotated_id, annotated_args = node.pod(
+        "narrow", {**STATUS, "traffic.sidecar.istio.io/excludeOutboundIPRanges": f"{GATEWAY}/32"}
+    )
+    for netns, container, args in (
+        (plain, plain_id, plain_args),
+        (disabled, disabled_id, disabled_args),
+        (annotated, annotated_id, annotated_args),
+    ):
         assert node.chain.add(container, netns, args)["ips"]
-    assert [(p["id"], p["spec"]["OutboundIPRangesExclude"]) for p in node.json("pod", "list")] == \
-        [(annotated_id, f"{GATEWAY}/32")]
+    assert [(p["id"], p["spec"]["OutboundIPRangesExclude"]) for p in node.json("pod", "list")] == [
+        (annotated_id, f"{GATEWAY}/32")
+    ]
     cgroup = node.sidecar(annotated, "narrow")
     assert node.first_hop(annotated, cgroup, "excluded-by-annotation")["agent"] == "remote"
     for netns, container, args in ((plain, plain_id, plain_args), (disabled, disabled_id, disabled_args)):
@@ -266,6 +353,7 @@ def test_twenty_pods_added_in_parallel_through_the_chain(cni_node):
                 action(container, netns, args)
             except BaseException as error:  # noqa: BLE001 - collected and asserted below
                 failures.append(error)
+
         threads = [threading.Thread(target=run, args=(pod,)) for pod in pods]
         for thread in threads:
             thread.start()
@@ -298,8 +386,18 @@ class Containerd:
         self.runs: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        for directory in ("root", "state", "etc-upper", "etc-work", "rootfs/bin", "rootfs/proc", "rootfs/dev",
-                          "rootfs/sys", "rootfs/etc", "rootfs/tmp"):
+        for directory in (
+            "root",
+            "state",
+            "etc-upper",
+            "etc-work",
+            "rootfs/bin",
+            "rootfs/proc",
+            "rootfs/dev",
+            "rootfs/sys",
+            "rootfs/etc",
+            "rootfs/tmp",
+        ):
             (self.root / directory).mkdir(parents=True)
         shutil.copy("/bin/busybox", self.rootfs / "bin" / "busybox")
         for applet in ("sh", "nc", "sleep", "echo"):
@@ -307,23 +405,33 @@ class Containerd:
         (self.root / "config.toml").write_text(
             f'version = 2\nroot = "{self.root / "root"}"\nstate = "{self.root / "state"}"\n'
             'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'[grpc]\n  address = "{self.socket}"\n')
+            f'[grpc]\n  address = "{self.socket}"\n'
+        )
         r = self.root
-        private = (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc-upper,workdir={r}/etc-work /etc && "
-                   f"mkdir -p /etc/cni/net.d && mount --bind {self.node.conf_dir} /etc/cni/net.d && "
-                   f"mount -t tmpfs tmpfs /opt && mkdir -p /opt/cni/bin && mount --bind {self.node.bin} /opt/cni/bin && "
-                   f"mount -t tmpfs tmpfs /run && exec containerd --config {r}/config.toml")
-        self.daemon = process.spawn(["unshare", "--mount", "--propagation", "private", "sh", "-c", private],
-                                    netns=self.node.node, cgroup=self.node.runtime_cgroup(),
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=open(r / "containerd.log", "w"))
+        private = (
+            f"mount -t overlay overlay -o lowerdir=/etc,upperdir={r}/etc-upper,workdir={r}/etc-work /etc && "
+            f"mkdir -p /etc/cni/net.d && mount --bind {self.node.conf_dir} /etc/cni/net.d && "
+            f"mount -t tmpfs tmpfs /opt && mkdir -p /opt/cni/bin && mount --bind {self.node.bin} /opt/cni/bin && "
+            f"mount -t tmpfs tmpfs /run && exec containerd --config {r}/config.toml"
+        )
+        self.daemon = process.spawn(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", private],
+            netns=self.node.node,
+            cgroup=self.node.runtime_cgroup(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(r / "containerd.log", "w"),
+        )
         assert wait_for(lambda: self.socket.exists() or self.daemon.poll() is not None, timeout=20)
         assert self.daemon.poll() is None, (r / "containerd.log").read_text()[-2000:]
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """ctr inside containerd's mount namespace, so that the plugins it runs see the node's CNI dirs."""
-        result = process.run(["nsenter", "--target", str(self.daemon.pid), "--mount", "--",
-                              "ctr", "--address", str(self.socket), *args], netns=self.node.node, timeout=60)
+        result = process.run(
+            ["nsenter", "--target", str(self.daemon.pid), "--mount", "--", "ctr", "--address", str(self.socket), *args],
+            netns=self.node.node,
+            timeout=60,
+        )
         if check:
             assert result.returncode == 0, f"ctr {' '.join(args)}: {result.stderr}"
         return result
@@ -331,11 +439,34 @@ class Containerd:
     def run(self, name: str, cgroup: str) -> int:
         """Start a container from the busybox root filesystem with `ctr run --cni --rm`, in the
         cgroup path given (runc makes it, under the node's); its task's PID once it runs."""
-        run = process.spawn(["nsenter", "--target", str(self.daemon.pid), "--mount", "--",
-                             "ctr", "--address", str(self.socket), "run", "--cni", "--rm", "--null-io", "--rootfs",
-                             "--cgroup", cgroup, str(self.rootfs), name, "/bin/sleep", "600"],
-                            netns=self.node.node, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+        run = process.spawn(
+            [
+                "nsenter",
+                "--target",
+                str(self.daemon.pid),
+                "--mount",
+                "--",
+                "ctr",
+                "--address",
+                str(self.socket),
+                "run",
+                "--cni",
+                "--rm",
+                "--null-io",
+                "--rootfs",
+                "--cgroup",
+                cgroup,
+                str(self.rootfs),
+                name,
+                "/bin/sleep",
+                "600",
+            ],
+            netns=self.node.node,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.runs.append(run)
 
         def running() -> int | None:
@@ -380,11 +511,22 @@ def test_a_containerd_container_is_captured_and_its_deletion_leaves_nothing():
         assert [(p["id"], p["netns"], p["phase"]) for p in pods] == [(container, f"/proc/{pid}/ns/net", "ready")]
         node.sidecar(f"/proc/{pid}/ns/net", "web-sidecar")
         token = "from-a-container"
-        client = runtime.ctr("task", "exec", "--exec-id", "client", "web", "/bin/sh", "-c",
-                             f"echo {token} | nc -w 3 {GATEWAY} 8080", check=False)
+        client = runtime.ctr(
+            "task",
+            "exec",
+            "--exec-id",
+            "client",
+            "web",
+            "/bin/sh",
+            "-c",
+            f"echo {token} | nc -w 3 {GATEWAY} 8080",
+            check=False,
+        )
         events = read_events(node.log, token)
-        assert [(e["agent"], e.get("original_dst")) for e in events][:2] == \
-            [("sidecar", f"{GATEWAY}:8080"), ("remote", None)], (events, client.stderr)
+        assert [(e["agent"], e.get("original_dst")) for e in events][:2] == [
+            ("sidecar", f"{GATEWAY}:8080"),
+            ("remote", None),
+        ], (events, client.stderr)
         assert events[0]["so_original_dst"] == f"{GATEWAY}:8080"  # what the proxy asked the kernel
         runtime.ctr("task", "kill", "--signal", "SIGKILL", "web")
         runtime.runs[0].wait(timeout=60)  # ctr run removes the network (CNI DEL) and the container
@@ -405,14 +547,28 @@ def test_the_daemonset_shim_runs_the_plugin_in_the_agents_mount_namespace(cni_no
     with the agent gone, ADD says try again later and DEL does not hold a teardown up."""
     node = cni_node
     pid_file = node.root / "run" / "agent.pid"
-    agent = process.spawn(["unshare", "--mount", "--propagation", "slave", "sleep", "600"],  # HostToContainer
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = process.spawn(
+        ["unshare", "--mount", "--propagation", "slave", "sleep", "600"],  # HostToContainer
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         pid_file.parent.mkdir()
         pid_file.write_text(f"{agent.pid}\n")
         (node.root / "accel-cni.json").write_text(json.dumps(node.plugin_config))
-        node.accel("cni", "install", "--conf-dir", str(node.conf_dir), "--bin-dir", str(node.bin),
-                   "--config", str(node.root / "accel-cni.json"), "--enter-pid-file", str(pid_file))
+        node.accel(
+            "cni",
+            "install",
+            "--conf-dir",
+            str(node.conf_dir),
+            "--bin-dir",
+            str(node.bin),
+            "--config",
+            str(node.root / "accel-cni.json"),
+            "--enter-pid-file",
+            str(pid_file),
+        )
         assert (node.bin / "accel-cni").read_text().startswith("#!/bin/sh\n")
         assert wait_for(lambda: os.readlink(f"/proc/{agent.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"))
         netns, container, args = node.pod("shimmed", STATUS)
@@ -438,27 +594,65 @@ def test_pods_read_from_the_api_server(cni_node):
 
     node = cni_node
     sidecar = {"args": ["proxy", "sidecar"], "env": [{"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}]}
-    pods = {"shop/web": pod("shop", "web", annotations={**STATUS, "traffic.sidecar.istio.io/excludeInboundPorts": "9000"},
-                            proxy=sidecar),
-            "shop/plain": pod("shop", "plain")}
+    pods = {
+        "shop/web": pod(
+            "shop", "web", annotations={**STATUS, "traffic.sidecar.istio.io/excludeInboundPorts": "9000"}, proxy=sidecar
+        ),
+        "shop/plain": pod("shop", "plain"),
+    }
     (node.root / "pods.json").write_text(json.dumps(pods))
-    server = process.spawn([str(TOP / ".venv" / "bin" / "python"), "-m", "tests.fake_apiserver", "--pods",
-                            str(node.root / "pods.json"), "--port", "6443", "--fail-first", "2"],
-                           netns=node.node, cwd=str(TOP), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+    server = process.spawn(
+        [
+            str(TOP / ".venv" / "bin" / "python"),
+            "-m",
+            "tests.fake_apiserver",
+            "--pods",
+            str(node.root / "pods.json"),
+            "--port",
+            "6443",
+            "--fail-first",
+            "2",
+        ],
+        netns=node.node,
+        cwd=str(TOP),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     node.agents.append(server)
     assert server.stdout.readline().strip() == "ready", server.stderr.read()
-    (node.root / "kubeconfig").write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
-        "clusters": [{"name": "test", "cluster": {"server": "http://127.0.0.1:6443"}}],
-        "users": [{"name": "test", "user": {"token": TOKEN}}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
-    node.install({**node.plugin_config, "podInfo": {"source": "kubernetes", "kubeconfig": str(node.root / "kubeconfig"),
-                                                    "attempts": 5, "interval": 0.1}})
+    (node.root / "kubeconfig").write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [{"name": "test", "cluster": {"server": "http://127.0.0.1:6443"}}],
+                "users": [{"name": "test", "user": {"token": TOKEN}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+            }
+        )
+    )
+    node.install(
+        {
+            **node.plugin_config,
+            "podInfo": {
+                "source": "kubernetes",
+                "kubeconfig": str(node.root / "kubeconfig"),
+                "attempts": 5,
+                "interval": 0.1,
+            },
+        }
+    )
     for name in ("web", "plain"):
         netns = node.namespace()
-        node.chain.add(f"c-{name}", f"/run/netns/{netns}",
-                       f"IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name};K8S_POD_UID=u-{name}")
+        node.chain.add(
+            f"c-{name}",
+            f"/run/netns/{netns}",
+            f"IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME={name};K8S_POD_UID=u-{name}",
+        )
     captured = node.json("pod", "list")
-    assert [(p["id"], p["name"], p["spec"]["InboundPortsExclude"], p["spec"]["RedirectDNS"]) for p in captured] == \
-        [("c-web", "shop/web", "9000,15020,15021,15090", True)]
+    assert [(p["id"], p["name"], p["spec"]["InboundPortsExclude"], p["spec"]["RedirectDNS"]) for p in captured] == [
+        ("c-web", "shop/web", "9000,15020,15021,15090", True)
+    ]

@@ -50,8 +50,10 @@ class LoadBalancer:
 
         service, service_port = network_order(*SERVICE)
         backend, backend_port = network_order(*BACKEND)
-        self.bpf = BPF(text=LOAD_BALANCER % {"service": service, "service_port": service_port, "backend": backend,
-                                              "backend_port": backend_port})
+        self.bpf = BPF(
+            text=LOAD_BALANCER
+            % {"service": service, "service_port": service_port, "backend": backend, "backend_port": backend_port}
+        )
         program = self.bpf.load_func("service_lb", BPF.CGROUP_SOCK_ADDR, None, programs.ATTACH_INET4_CONNECT)
         fd = os.open(cgroup.path, os.O_RDONLY | os.O_DIRECTORY)
         try:

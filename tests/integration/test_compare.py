@@ -24,56 +24,144 @@ pytestmark = pytest.mark.privileged
 DEFAULT = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
 # name: (istio-iptables args, environment, IPv6, cases that must exist, {case: first hop in iptables})
 SPECS = {
-    "cidr-and-port-lists": (["-i", "10.0.0.0/8,203.0.113.0/24", "-x", "10.96.0.0/16,203.0.113.128/25",
-                             "-o", "9000", "-q", "7777", "-b", "8080,9091,15008", "-d", "15020"], {}, False,
-                            {"outbound-service": "sidecar outbound", "outbound-excluded-cidr": "remote tcp:8080",
-                             "outbound-outside-include": "remote tcp:8080",
-                             "outbound-excluded-port": "remote tcp:9000",
-                             "outbound-included-port": "sidecar outbound",
-                             "inbound-included-port-9091": "sidecar inbound",
-                             "inbound-outside-include": "pod tcp:9090",
-                             # the tunnel port returns before the include list (found by test_decision.py)
-                             "inbound-tunnel-port": "pod tcp:15008"}),
-    "uid-gid-lists": (["-u", "3,1337", "-g", "1337,4", "-i", "*", "-b", "*"], {}, False,
-                      {"outbound-as-proxy-uid-3": "remote tcp:8080", "outbound-as-proxy-gid-4": "remote tcp:8080",
-                       "outbound-service": "sidecar outbound"}),
-    "owner-groups-exclude": (["-i", "*", "-b", "*"], {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2345"}, False,
-                             {"outbound-excluded-owner-group": "remote tcp:8080",
-                              "outbound-service": "sidecar outbound"}),
-    "owner-groups-include": (["-i", "*", "-b", "*"], {"ISTIO_OUTBOUND_OWNER_GROUPS": "2345,2346"}, False,
-                             {"outbound-included-owner-group": "sidecar outbound",
-                              "outbound-other-owner-group": "remote tcp:8080"}),
-    "dns-capture": (DEFAULT + ["--redirect-dns"], {}, False,
-                    {"dns-udp": "sidecar dns", "dns-tcp": "sidecar dns", "dns-udp-sendto": "sidecar dns",
-                     "dns-udp-other-server": "dns dns:53", "dns-tcp-other-server": "sidecar outbound"}),
-    "dns-capture-all": (DEFAULT + ["--redirect-dns", "--capture-all-dns"], {}, False,
-                        {"dns-udp-other-server": "sidecar dns", "dns-tcp-other-server": "sidecar dns"}),
+    "cidr-and-port-lists": (
+        [
+            "-i",
+            "10.0.0.0/8,203.0.113.0/24",
+            "-x",
+            "10.96.0.0/16,203.0.113.128/25",
+            "-o",
+            "9000",
+            "-q",
+            "7777",
+            "-b",
+            "8080,9091,15008",
+            "-d",
+            "15020",
+        ],
+        {},
+        False,
+        {
+            "outbound-service": "sidecar outbound",
+            "outbound-excluded-cidr": "remote tcp:8080",
+            "outbound-outside-include": "remote tcp:8080",
+            "outbound-excluded-port": "remote tcp:9000",
+            "outbound-included-port": "sidecar outbound",
+            "inbound-included-port-9091": "sidecar inbound",
+            "inbound-outside-include": "pod tcp:9090",
+            # the tunnel port returns before the include list (found by test_decision.py)
+            "inbound-tunnel-port": "pod tcp:15008",
+        },
+    ),
+    "uid-gid-lists": (
+        ["-u", "3,1337", "-g", "1337,4", "-i", "*", "-b", "*"],
+        {},
+        False,
+        {
+            "outbound-as-proxy-uid-3": "remote tcp:8080",
+            "outbound-as-proxy-gid-4": "remote tcp:8080",
+            "outbound-service": "sidecar outbound",
+        },
+    ),
+    "owner-groups-exclude": (
+        ["-i", "*", "-b", "*"],
+        {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "2345"},
+        False,
+        {"outbound-excluded-owner-group": "remote tcp:8080", "outbound-service": "sidecar outbound"},
+    ),
+    "owner-groups-include": (
+        ["-i", "*", "-b", "*"],
+        {"ISTIO_OUTBOUND_OWNER_GROUPS": "2345,2346"},
+        False,
+        {"outbound-included-owner-group": "sidecar outbound", "outbound-other-owner-group": "remote tcp:8080"},
+    ),
+    "dns-capture": (
+        DEFAULT + ["--redirect-dns"],
+        {},
+        False,
+        {
+            "dns-udp": "sidecar dns",
+            "dns-tcp": "sidecar dns",
+            "dns-udp-sendto": "sidecar dns",
+            "dns-udp-other-server": "dns dns:53",
+            "dns-tcp-other-server": "sidecar outbound",
+        },
+    ),
+    "dns-capture-all": (
+        DEFAULT + ["--redirect-dns", "--capture-all-dns"],
+        {},
+        False,
+        {"dns-udp-other-server": "sidecar dns", "dns-tcp-other-server": "sidecar dns"},
+    ),
     # TPROXY's hairpin marks local connections by uid or gid and ignores the tunnel port (found by
     # test_decision.py: the eBPF datapath once passed both)
-    "tproxy": (["-m", "TPROXY", "-i", "*", "-b", "*", "-d", "15090,15021,15020"], {}, False,
-               {"inbound-app-port": "sidecar inbound", "inbound-excluded-port-15020": "pod tcp:15020",
-                "inbound-tunnel-port": "sidecar inbound", "outbound-service": "sidecar outbound",
-                "proxy-gid-to-app-over-lo": "sidecar inbound", "proxy-to-tunnel-port-over-lo": "sidecar inbound"}),
-    "ipv6": (DEFAULT + ["--redirect-dns"], {}, True,
-             {"outbound-service-v6": "sidecar outbound", "inbound-app-port-v6": "sidecar inbound",
-              "proxy-to-app-over-lo-v6": "sidecar inbound", "inbound-passthrough-source-v6": "pod tcp:8080",
-              "dns-udp-v6": "sidecar dns", "outbound-own-pod-ip-v6": "pod tcp:8080",
-              "outbound-unspecified-v6": "pod tcp:8080", "udp-after-dns": "sidecar dns",
-              "udplite-to-53": "dns udplite:53"}),
+    "tproxy": (
+        ["-m", "TPROXY", "-i", "*", "-b", "*", "-d", "15090,15021,15020"],
+        {},
+        False,
+        {
+            "inbound-app-port": "sidecar inbound",
+            "inbound-excluded-port-15020": "pod tcp:15020",
+            "inbound-tunnel-port": "sidecar inbound",
+            "outbound-service": "sidecar outbound",
+            "proxy-gid-to-app-over-lo": "sidecar inbound",
+            "proxy-to-tunnel-port-over-lo": "sidecar inbound",
+        },
+    ),
+    "ipv6": (
+        DEFAULT + ["--redirect-dns"],
+        {},
+        True,
+        {
+            "outbound-service-v6": "sidecar outbound",
+            "inbound-app-port-v6": "sidecar inbound",
+            "proxy-to-app-over-lo-v6": "sidecar inbound",
+            "inbound-passthrough-source-v6": "pod tcp:8080",
+            "dns-udp-v6": "sidecar dns",
+            "outbound-own-pod-ip-v6": "pod tcp:8080",
+            "outbound-unspecified-v6": "pod tcp:8080",
+            "udp-after-dns": "sidecar dns",
+            "udplite-to-53": "dns udplite:53",
+        },
+    ),
     # the passthrough source exempts DNS to the pod's own address (sendmsg4/6)
-    "ipv6-dns-all": (DEFAULT + ["--redirect-dns", "--capture-all-dns"], {}, True,
-                     {"dns-udp-sendto-from-passthrough": "pod dns:53", "dns-udp-sendto-from-passthrough-v6": "pod dns:53",
-                      "dns-udp-v6": "sidecar dns"}),
-    "tproxy-ipv6-excluded": (["-m", "TPROXY", "-i", "*", "-b", "8080", "-x", "2001:db8:5e::/48,198.51.100.0/24"],
-                             {}, True, {"outbound-excluded-cidr-v6": "remote tcp:8080",
-                                        "inbound-app-port-v6": "sidecar inbound",
-                                        "inbound-outside-include-v6": "pod tcp:9090"}),
+    "ipv6-dns-all": (
+        DEFAULT + ["--redirect-dns", "--capture-all-dns"],
+        {},
+        True,
+        {
+            "dns-udp-sendto-from-passthrough": "pod dns:53",
+            "dns-udp-sendto-from-passthrough-v6": "pod dns:53",
+            "dns-udp-v6": "sidecar dns",
+        },
+    ),
+    "tproxy-ipv6-excluded": (
+        ["-m", "TPROXY", "-i", "*", "-b", "8080", "-x", "2001:db8:5e::/48,198.51.100.0/24"],
+        {},
+        True,
+        {
+            "outbound-excluded-cidr-v6": "remote tcp:8080",
+            "inbound-app-port-v6": "sidecar inbound",
+            "inbound-outside-include-v6": "pod tcp:9090",
+        },
+    ),
     # an IPv6 range never covers IPv4 destinations, not even ::/0 or IPv4-mapped ones
-    "ipv6-all-excluded": (["-i", "*", "-b", "*", "-x", "::/0"], {}, True,
-                          {"outbound-service": "sidecar outbound", "outbound-service-mapped": "sidecar outbound",
-                           "outbound-excluded-cidr-v6": "remote tcp:8080"}),
-    "loopback-include": (["-i", "127.1.2.3/32"], {}, False,
-                         {"outbound-service": "sidecar outbound", "outbound-outside-include": "remote tcp:8080"}),
+    "ipv6-all-excluded": (
+        ["-i", "*", "-b", "*", "-x", "::/0"],
+        {},
+        True,
+        {
+            "outbound-service": "sidecar outbound",
+            "outbound-service-mapped": "sidecar outbound",
+            "outbound-excluded-cidr-v6": "remote tcp:8080",
+        },
+    ),
+    "loopback-include": (
+        ["-i", "127.1.2.3/32"],
+        {},
+        False,
+        {"outbound-service": "sidecar outbound", "outbound-outside-include": "remote tcp:8080"},
+    ),
 }
 
 
@@ -117,8 +205,12 @@ def test_istio_init_default():
     assert ref["outbound-send-close-late"]["so_original_dst"] == "203.0.113.10:8080"
     assert ref["outbound-send-close-late"]["path"] == ["sidecar outbound", "remote tcp:8080"]
     assert ref["app-dials-proxy-port"]["so_original_dst"] == "127.0.0.1:15001"  # its own, not an error
-    for name in ("outbound-unspecified", "outbound-unspecified-mapped", "proxy-to-unspecified",
-                 "outbound-address-added-after-apply"):
+    for name in (
+        "outbound-unspecified",
+        "outbound-unspecified-mapped",
+        "proxy-to-unspecified",
+        "outbound-address-added-after-apply",
+    ):
         assert ref[name]["path"] == ["pod tcp:8080"], name
     assert first_hop(result, "iptables", "proxy-to-address-added-after-apply") == "sidecar inbound"
     assert first_hop(result, "iptables", "outbound-address-removed-after-apply") == "sidecar outbound"
@@ -131,17 +223,29 @@ def test_istio_init_default():
     assert ref["inbound-app-port"]["server_peer"] == "127.0.0.6"  # delivered by the proxy's passthrough
     assert first_hop(result, "iptables", "outbound-service-mapped") == "sidecar outbound"
     # the ways around the capture that are not (issue: no bypass)
-    for name in ("outbound-after-dropping-from-proxy-uid", "outbound-second-connect-after-a-failure",
-                 "outbound-tcp-fast-open"):
+    for name in (
+        "outbound-after-dropping-from-proxy-uid",
+        "outbound-second-connect-after-a-failure",
+        "outbound-tcp-fast-open",
+    ):
         assert ref[name]["path"] == ["sidecar outbound", "remote tcp:8080"], name
     assert ref["outbound-bound-to-passthrough-source"]["result"] == "error:EINVAL"  # no route off lo from 127/8
     assert ref["outbound-own-pod-ip-inbound-port"]["path"] == ["sidecar inbound"]  # dialled, not captured
     assert first_hop(result, "iptables", "dns-udp-sendto-on-a-connected-socket") == "dns dns:53"
     assert first_hop(result, "iptables", "proxy-to-tunnel-port-over-lo") == "pod tcp:15008"
     assert ref["outbound-service-mapped"]["app_peer"] == "[::ffff:203.0.113.10]:8080"
-    for name in ("outbound-as-proxy-uid-1337", "outbound-as-proxy-gid-1337", "outbound-localhost",
-                 "outbound-own-pod-ip", "inbound-passthrough-source", "inbound-tunnel-port", "udp-not-dns",
-                 "inbound-excluded-port-15020", "inbound-excluded-port-15021", "inbound-excluded-port-15090"):
+    for name in (
+        "outbound-as-proxy-uid-1337",
+        "outbound-as-proxy-gid-1337",
+        "outbound-localhost",
+        "outbound-own-pod-ip",
+        "inbound-passthrough-source",
+        "inbound-tunnel-port",
+        "udp-not-dns",
+        "inbound-excluded-port-15020",
+        "inbound-excluded-port-15021",
+        "inbound-excluded-port-15090",
+    ):
         assert not first_hop(result, "iptables", name).startswith("sidecar"), name
     conntrack = result.to_json()["conntrack_entries"]
     assert conntrack["iptables"] >= len(captured) and conntrack["nftables"] >= len(captured)
@@ -160,14 +264,21 @@ WITH_SETS = {"cidr-and-port-lists", "tproxy", "tproxy-ipv6-excluded", "ipv6-all-
 def test_nftables_and_ebpf_agree_for_each_option(name):
     args, env, ipv6, expected = SPECS[name]
     spec = inputs.from_istio_args(args, env, enable_ipv6=ipv6)
-    captures = ["nftables", *(["nftables-sets"] if name in WITH_SETS else []), "ebpf",
-                *(["ebpf+sockmap"] if name in WITH_SHORTCUT else [])]
+    captures = [
+        "nftables",
+        *(["nftables-sets"] if name in WITH_SETS else []),
+        "ebpf",
+        *(["ebpf+sockmap"] if name in WITH_SHORTCUT else []),
+    ]
     result = compare(spec, ["iptables", *captures])
     observed = {case: first_hop(result, "iptables", case) for case in expected}
     assert observed == expected
     for backend in captures:
-        disagreements = {c.name: (result.runs[backend].outcomes[c.name], result.runs["iptables"].outcomes[c.name])
-                         for c in result.cases if not result.agrees(backend, c)}
+        disagreements = {
+            c.name: (result.runs[backend].outcomes[c.name], result.runs["iptables"].outcomes[c.name])
+            for c in result.cases
+            if not result.agrees(backend, c)
+        }
         assert not disagreements, backend
     conntrack = result.to_json()["conntrack_entries"]
     assert conntrack["ebpf"] == 0 and conntrack["iptables"] > 0
@@ -192,11 +303,30 @@ def test_iptables_variants_agree():
 
 def test_annotations_input(tmp_path):
     pod = tmp_path / "pod.json"
-    pod.write_text(json.dumps({"annotations": {"sidecar.istio.io/status": "{}",
-                                               "traffic.sidecar.istio.io/excludeOutboundIPRanges": "203.0.113.0/24"},
-                               "proxy_env": {"ISTIO_META_DNS_CAPTURE": "true"}}))
-    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--json", "--annotations", str(pod),
-                                    "--cases", "outbound-excluded-cidr,dns-udp-other-server"])
+    pod.write_text(
+        json.dumps(
+            {
+                "annotations": {
+                    "sidecar.istio.io/status": "{}",
+                    "traffic.sidecar.istio.io/excludeOutboundIPRanges": "203.0.113.0/24",
+                },
+                "proxy_env": {"ISTIO_META_DNS_CAPTURE": "true"},
+            }
+        )
+    )
+    run = CliRunner().invoke(
+        main,
+        [
+            "compare",
+            "--backends",
+            "iptables,nftables",
+            "--json",
+            "--annotations",
+            str(pod),
+            "--cases",
+            "outbound-excluded-cidr,dns-udp-other-server",
+        ],
+    )
     assert run.exit_code == 0, run.output
     document = json.loads(run.stdout)
     outcomes = {c["name"]: c["outcomes"]["iptables"] for c in document["cases"]}
@@ -214,8 +344,9 @@ def test_cli_json_and_table():
     case = document["cases"][0]
     assert set(case) >= {"name", "outcomes", "agrees"} and set(case["outcomes"]) == {"iptables", "nftables", "none"}
     assert case["name"] == "outbound-service" and all(c["name"].startswith("dns-") for c in document["cases"][1:])
-    table = CliRunner().invoke(main, ["compare", "--backends", "nftables", "--cases", "outbound-service", "--",
-                                      *DEFAULT])
+    table = CliRunner().invoke(
+        main, ["compare", "--backends", "nftables", "--cases", "outbound-service", "--", *DEFAULT]
+    )
     assert table.exit_code == 0
     assert "outbound-service" in table.stdout and "nftables captured exactly what iptables captured" in table.stdout
 
@@ -226,16 +357,20 @@ def test_cli_exits_1_when_a_backend_differs(monkeypatch):
 
     real = run_module.get_backend
     monkeypatch.setattr(run_module, "get_backend", lambda name: NoneBackend() if name == "nftables" else real(name))
-    run = CliRunner().invoke(main, ["compare", "--backends", "iptables,nftables", "--cases", "outbound-service", "--",
-                                    *DEFAULT])
+    run = CliRunner().invoke(
+        main, ["compare", "--backends", "iptables,nftables", "--cases", "outbound-service", "--", *DEFAULT]
+    )
     assert run.exit_code == 1
     assert "nftables captured differently from iptables" in run.stdout
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["compare", "--backends", "iptables,ebpf2"], "--backends: unknown backend"),
-    (["compare", "--", "-i", "10.0.0.0/33"], "--istio-service-cidr/-i: prefix length 33"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["compare", "--backends", "iptables,ebpf2"], "--backends: unknown backend"),
+        (["compare", "--", "-i", "10.0.0.0/33"], "--istio-service-cidr/-i: prefix length 33"),
+    ],
+)
 def test_cli_bad_input_exits_2(argv, needle):
     run = CliRunner().invoke(main, argv)
     assert run.exit_code == 2 and needle in run.stderr

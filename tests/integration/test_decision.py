@@ -41,11 +41,13 @@ def decisions():
 def numeric_groups(spec: CaptureSpec) -> CaptureSpec:
     """Owner groups as gids: the tracer resolves the case table's names, the datapath this node's
     group database, which need not have them."""
+
     def gids(groups):
         return groups if groups == WILDCARD else tuple(str(CASE_GROUPS.get(g, g)) for g in groups)
 
-    return dataclasses.replace(spec, owner_groups_include=gids(spec.owner_groups_include),
-                               owner_groups_exclude=gids(spec.owner_groups_exclude))
+    return dataclasses.replace(
+        spec, owner_groups_include=gids(spec.owner_groups_include), owner_groups_exclude=gids(spec.owner_groups_exclude)
+    )
 
 
 def supported(spec: CaptureSpec) -> bool:
@@ -110,8 +112,12 @@ def test_a_wrong_decision_is_caught(decisions, monkeypatch):
     assert found and all(flow.dport == 9000 for flow, _, _ in found)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-          derandomize=False)
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    derandomize=False,
+)
 @given(capture_specs.map(numeric_groups).filter(supported), st.integers(0, 2**32))
 def test_the_decision_agrees_with_the_rules_for_any_spec(decisions, spec, seed):
     """100 specs of hypothesis' choosing, 60 flows each: about 6,000 cases a run."""

@@ -65,19 +65,35 @@ def http_through_haproxy(backend_name):
             into = json.loads(lab.agent("remote", "http-get", "--url", "http://198.18.0.10:8080/in", uid=APP, gid=APP))
         finally:
             backend.remove(pod)
-    return [{"status": r["status"], "proxy": r.get("headers", {}).get("x-proxy"),
-             "server": r["body"]["agent"] if isinstance(r.get("body"), dict) else None,
-             "server_local": r["body"]["local"] if isinstance(r.get("body"), dict) else None,
-             "server_peer": host(r["body"]["peer"]) if isinstance(r.get("body"), dict) else None} for r in (out, into)]
+    return [
+        {
+            "status": r["status"],
+            "proxy": r.get("headers", {}).get("x-proxy"),
+            "server": r["body"]["agent"] if isinstance(r.get("body"), dict) else None,
+            "server_local": r["body"]["local"] if isinstance(r.get("body"), dict) else None,
+            "server_peer": host(r["body"]["peer"]) if isinstance(r.get("body"), dict) else None,
+        }
+        for r in (out, into)
+    ]
 
 
 def test_haproxy_carries_http_under_ebpf_exactly_as_under_iptables():
     reference = http_through_haproxy("iptables")
     assert reference == [
-        {"status": 200, "proxy": "outbound", "server": "remote", "server_local": "203.0.113.10:8080",
-         "server_peer": "198.18.0.10"},
-        {"status": 200, "proxy": "inbound", "server": "app", "server_local": "198.18.0.10:8080",
-         "server_peer": "127.0.0.6"},
+        {
+            "status": 200,
+            "proxy": "outbound",
+            "server": "remote",
+            "server_local": "203.0.113.10:8080",
+            "server_peer": "198.18.0.10",
+        },
+        {
+            "status": 200,
+            "proxy": "inbound",
+            "server": "app",
+            "server_local": "198.18.0.10:8080",
+            "server_peer": "127.0.0.6",
+        },
     ]
     assert http_through_haproxy("ebpf") == reference
     control = http_through_haproxy("none")
@@ -88,17 +104,32 @@ def test_concurrent_connections_reach_their_own_original_destination():
     """500 connections at once, to 500 different original destinations (50 addresses x 10 ports)."""
     addresses = [f"203.0.113.{i}" for i in range(1, 51)]
     ports = list(range(8081, 8091))
-    plan = LabPlan(remote_tcp_ports=tuple(ports), service_addresses=tuple(addresses),
-                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
-    targets = [{"dst": a, "port": p, "token": f"burst-{i}"} for i, (a, p) in
-               enumerate((a, p) for a in addresses for p in ports)]
+    plan = LabPlan(
+        remote_tcp_ports=tuple(ports),
+        service_addresses=tuple(addresses),
+        sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+    )
+    targets = [
+        {"dst": a, "port": p, "token": f"burst-{i}"}
+        for i, (a, p) in enumerate((a, p) for a in addresses for p in ports)
+    ]
     with Lab(plan) as lab:
         (lab.workdir / "targets.json").write_text(json.dumps(targets))
         backend, pod = get_backend("ebpf"), lab.pods["pod"]
         backend.apply(pod, STOCK)
         try:
-            results = json.loads(lab.agent("pod", "burst", "--targets", str(lab.workdir / "targets.json"),
-                                           "--concurrency", "500", uid=APP, gid=APP))
+            results = json.loads(
+                lab.agent(
+                    "pod",
+                    "burst",
+                    "--targets",
+                    str(lab.workdir / "targets.json"),
+                    "--concurrency",
+                    "500",
+                    uid=APP,
+                    gid=APP,
+                )
+            )
             events = {e["token"]: e for e in lab.events() if e["role"] == "sidecar"}
         finally:
             backend.remove(pod)
@@ -113,8 +144,11 @@ def test_concurrent_connections_reach_their_own_original_destination():
 def test_records_live_with_the_sockets_and_nothing_node_wide_is_left_over_20000_connections():
     """A connection's record lives in its sockets' storage; the node-wide handoff map holds only
     handshakes in flight, so nothing there can be evicted from under a live connection."""
-    plan = LabPlan(remote_tcp_ports=tuple(range(8081, 8091)), service_addresses=("203.0.113.10", "203.0.113.11"),
-                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    plan = LabPlan(
+        remote_tcp_ports=tuple(range(8081, 8091)),
+        service_addresses=("203.0.113.10", "203.0.113.11"),
+        sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+    )
     targets = [{"dst": f"203.0.113.1{i % 2}", "port": 8081 + i % 10, "token": f"n{i}"} for i in range(20000)]
     with Lab(plan) as lab:
         (lab.workdir / "targets.json").write_text(json.dumps(targets))
@@ -129,8 +163,19 @@ def test_records_live_with_the_sockets_and_nothing_node_wide_is_left_over_20000_
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            results = json.loads(lab.agent("pod", "burst", "--targets", str(lab.workdir / "targets.json"),
-                                           "--concurrency", "32", uid=APP, gid=APP, timeout=600))
+            results = json.loads(
+                lab.agent(
+                    "pod",
+                    "burst",
+                    "--targets",
+                    str(lab.workdir / "targets.json"),
+                    "--concurrency",
+                    "32",
+                    uid=APP,
+                    gid=APP,
+                    timeout=600,
+                )
+            )
         finally:
             done.set()
             watcher.join()
@@ -191,7 +236,9 @@ def without_and_with_ebpf(pod, read):
 
 def test_other_getsockopt_calls_pass_through_even_above_a_page():
     """iptables-legacy-save reads its rules with getsockopt and buffers larger than a page."""
-    rules = "*filter\n" + "".join(f"-A INPUT -s 10.{i // 250}.{i % 250}.0/24 -j ACCEPT\n" for i in range(400)) + "COMMIT\n"
+    rules = (
+        "*filter\n" + "".join(f"-A INPUT -s 10.{i // 250}.{i % 250}.0/24 -j ACCEPT\n" for i in range(400)) + "COMMIT\n"
+    )
     plan = LabPlan(sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
     with Lab(plan) as lab:
         pod = lab.pods["pod"]
@@ -246,8 +293,13 @@ def test_getsockopt_answers_only_the_proxys_original_destination(uid):
         pod = lab.pods["pod"]
 
         def read():
-            result = process.run(["/usr/bin/python3", "-I", "-S", "-c", GETSOCKOPT_SCRIPT], netns=pod.netns,
-                                 cgroup=pod.cgroup, uid=uid, gid=uid)
+            result = process.run(
+                ["/usr/bin/python3", "-I", "-S", "-c", GETSOCKOPT_SCRIPT],
+                netns=pod.netns,
+                cgroup=pod.cgroup,
+                uid=uid,
+                gid=uid,
+            )
             assert result.returncode == 0, result.stderr
             return json.loads(result.stdout)
 
@@ -256,11 +308,14 @@ def test_getsockopt_answers_only_the_proxys_original_destination(uid):
     assert hooked == plain
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["-c", "eth1"], "--istio-exclude-interfaces"),
-    (["-k", "eth1"], "--kube-virt-interfaces"),
-    (["--drop-invalid"], "--drop-invalid"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-c", "eth1"], "--istio-exclude-interfaces"),
+        (["-k", "eth1"], "--kube-virt-interfaces"),
+        (["--drop-invalid"], "--drop-invalid"),
+    ],
+)
 def test_refuses_what_socket_hooks_cannot_reproduce(args, needle):
     spec = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS) + args, {})
     before = bpf_objects()
@@ -323,26 +378,45 @@ def test_a_record_the_proxy_never_took_goes_with_the_apps_socket():
     proxy's side never comes (the pod drops the handshake's last ACK), the app's side is still
     established, its record still waiting; closing the app's socket must remove it."""
     count = 16
-    plan = LabPlan(remote_tcp_ports=(8081,), service_addresses=("203.0.113.10",),
-                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+    plan = LabPlan(
+        remote_tcp_ports=(8081,),
+        service_addresses=("203.0.113.10",),
+        sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+    )
     with Lab(plan) as lab:
         backend, pod = get_backend("ebpf"), lab.pods["pod"]
         # the app's pure ACKs to the proxy's spread ports (1-1023) go nowhere: its SYN-ACKs do
-        process.run(["nft", "-f", "-"], netns=pod.netns, check=True, input=(
-            "table inet accel_test { chain out { type filter hook output priority 0; "
-            "tcp dport 1-1023 tcp flags & (syn | ack | fin | rst) == ack drop; }; }\n"))
+        process.run(
+            ["nft", "-f", "-"],
+            netns=pod.netns,
+            check=True,
+            input=(
+                "table inet accel_test { chain out { type filter hook output priority 0; "
+                "tcp dport 1-1023 tcp flags & (syn | ack | fin | rst) == ack drop; }; }\n"
+            ),
+        )
         backend.apply(pod, STOCK)
-        app = process.spawn(["/usr/bin/python3", "-I", "-S", "-c", APP_HOLDS_ESTABLISHED.format(count=count)],
-                            netns=pod.netns, cgroup=pod.cgroup, uid=APP, gid=APP, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        app = process.spawn(
+            ["/usr/bin/python3", "-I", "-S", "-c", APP_HOLDS_ESTABLISHED.format(count=count)],
+            netns=pod.netns,
+            cgroup=pod.cgroup,
+            uid=APP,
+            gid=APP,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert app.stdout.readline().strip() == "connected", app.stderr.read()
             waiting = backend.status(pod)["handoffs_in_flight"]
             app.stdin.write("close\n")
             app.stdin.flush()
             assert app.stdout.readline().strip() == "closed", app.stderr.read()
-            left = wait_for(lambda: backend.status(pod)["handoffs_in_flight"] == 0, 5) or \
-                backend.status(pod)["handoffs_in_flight"]
+            left = (
+                wait_for(lambda: backend.status(pod)["handoffs_in_flight"] == 0, 5)
+                or backend.status(pod)["handoffs_in_flight"]
+            )
         finally:
             app.kill()
             app.wait()

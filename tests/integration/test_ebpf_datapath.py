@@ -43,8 +43,9 @@ def test_a_lost_record_is_answered_with_enoent_never_a_made_up_destination():
         try:
             handoffs = backend._pods[pod.netns].compiled.maps["handoffs"]
             info = libbpf.map_info(handoffs)
-            fillers = [Tuple(netns=0xF111, local_port=i % 65536, remote_port=i // 65536)
-                       for i in range(info.max_entries)]
+            fillers = [
+                Tuple(netns=0xF111, local_port=i % 65536, remote_port=i // 65536) for i in range(info.max_entries)
+            ]
             for key in fillers:
                 libbpf.map_update(handoffs, key, Origin())
             lab.client("pod", proto="tcp", dst=SERVICE, port=8080, token="lost", uid=APP, gid=APP)
@@ -68,10 +69,12 @@ def test_only_the_proxys_sockets_take_captured_inbound_traffic(order):
     is refused rather than handed to the app. (iptables would hand it to the app: REDIRECT
     delivers to whichever socket holds the port.)"""
     plan = LabPlan(ipv6=True, sidecar=SIDECAR, meshed=(MeshedPod("pod", inbound_families=(4,)),))
-    squatter = ("import socket, time\n"
-                "s = socket.socket(socket.AF_INET6)\n"
-                "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
-                "s.bind(('::', 15006)); s.listen(); time.sleep(600)\n")
+    squatter = (
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_INET6)\n"
+        "s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)\n"
+        "s.bind(('::', 15006)); s.listen(); time.sleep(600)\n"
+    )
     with Lab(plan) as lab:
         backend, pod = get_backend("ebpf"), lab.pods["pod"]
         if order == "listening-before-apply":
@@ -96,8 +99,21 @@ def test_only_the_proxys_sockets_take_captured_inbound_traffic(order):
 def run_traffic(lab, tokens, results):
     """Connections from the app to the service, four at a time, in a thread of their own."""
     (lab.workdir / "targets.json").write_text(json.dumps([{"dst": SERVICE, "port": 8080, "token": t} for t in tokens]))
-    results.extend(json.loads(lab.agent("pod", "burst", "--targets", str(lab.workdir / "targets.json"),
-                                        "--concurrency", "4", uid=APP, gid=APP, timeout=300)))
+    results.extend(
+        json.loads(
+            lab.agent(
+                "pod",
+                "burst",
+                "--targets",
+                str(lab.workdir / "targets.json"),
+                "--concurrency",
+                "4",
+                uid=APP,
+                gid=APP,
+                timeout=300,
+            )
+        )
+    )
 
 
 def test_a_spec_change_switches_in_one_step_with_traffic_flowing():
@@ -157,8 +173,16 @@ def test_a_reused_socket_does_not_keep_an_earlier_destination(backend_name):
         backend, pod = get_backend(backend_name), lab.pods["pod"]
         backend.apply(pod, STOCK)
         try:
-            seen = lab.client("pod", proto="tcp", dst="127.0.0.1", port=8080, token="again", uid=APP, gid=APP,
-                              first=("connect", f"{SERVICE}:8080"))
+            seen = lab.client(
+                "pod",
+                proto="tcp",
+                dst="127.0.0.1",
+                port=8080,
+                token="again",
+                uid=APP,
+                gid=APP,
+                first=("connect", f"{SERVICE}:8080"),
+            )
         finally:
             backend.remove(pod)
     assert seen["first"] == "ECONNREFUSED"
@@ -227,8 +251,14 @@ def test_a_process_outside_the_attach_cgroup(backend_name, captured):
         backend, pod = get_backend(backend_name), lab.pods["pod"]
         backend.apply(pod, STOCK)
         try:
-            outside = process.run(lab._agent_command("client", "--proto", "tcp", "--dst", SERVICE, "--port", "8080",
-                                                     "--token", "outside"), netns=pod.netns, uid=APP, gid=APP)
+            outside = process.run(
+                lab._agent_command(
+                    "client", "--proto", "tcp", "--dst", SERVICE, "--port", "8080", "--token", "outside"
+                ),
+                netns=pod.netns,
+                uid=APP,
+                gid=APP,
+            )
             path = [e["agent"] for e in lab.events("outside")]
         finally:
             backend.remove(pod)

@@ -56,9 +56,11 @@ def test_compiles_once_then_loads_from_the_cache(cache):
 
 def test_a_new_process_loads_without_bcc(cache):
     load()
-    script = ("import sys; from accel.ebpf import objects, libbpf; "
-              f"o = objects.load({SOURCE!r}, {PROGRAMS!r}); "
-              "print(o.origin, 'bcc' in sys.modules, sorted(o.maps)); o.close()")
+    script = (
+        "import sys; from accel.ebpf import objects, libbpf; "
+        f"o = objects.load({SOURCE!r}, {PROGRAMS!r}); "
+        "print(o.origin, 'bcc' in sys.modules, sorted(o.maps)); o.close()"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.split(None, 2) == ["cache", "False", "['notes', 'seen']\n"]
 
@@ -115,13 +117,19 @@ def test_the_mirrors_are_checked_member_by_member_against_the_compiled_btf(monke
     from accel.ebpf import compiled, maps
 
     class Drifted(ctypes.Structure):  # Origin with kind and port swapped: same size, other layout
-        _fields_ = [("addr", maps.U8x16), ("kind", ctypes.c_uint8), ("role", ctypes.c_uint8),
-                    ("port", ctypes.c_uint16), ("pad", ctypes.c_uint8 * 4)]
+        _fields_ = [
+            ("addr", maps.U8x16),
+            ("kind", ctypes.c_uint8),
+            ("role", ctypes.c_uint8),
+            ("port", ctypes.c_uint16),
+            ("pad", ctypes.c_uint8 * 4),
+        ]
 
     assert ctypes.sizeof(Drifted) == ctypes.sizeof(maps.Origin)
     monkeypatch.setitem(maps.MIRRORS, "handoffs", (maps.Tuple, Drifted))
-    with pytest.raises(compiled.DatapathError, match="map handoffs value: member kind: offset 18 in the BPF "
-                                                      "object, 16 in the mirror"):
+    with pytest.raises(
+        compiled.DatapathError, match="map handoffs value: member kind: offset 18 in the BPF object, 16 in the mirror"
+    ):
         compiled.Compiled.load()
 
 
@@ -131,12 +139,18 @@ def test_a_struct_mirror_without_a_map_btf_is_checked_by_its_name(monkeypatch):
     from accel.ebpf import compiled, maps
 
     class Drifted(ctypes.Structure):  # ListenerKey with port and pad swapped: same size, other layout
-        _fields_ = [("netns", ctypes.c_uint64), ("family", ctypes.c_uint32), ("pad", ctypes.c_uint16),
-                    ("port", ctypes.c_uint16)]
+        _fields_ = [
+            ("netns", ctypes.c_uint64),
+            ("family", ctypes.c_uint32),
+            ("pad", ctypes.c_uint16),
+            ("port", ctypes.c_uint16),
+        ]
 
     monkeypatch.setitem(maps.STRUCT_MIRRORS, "accel_listener_key", Drifted)
-    with pytest.raises(compiled.DatapathError, match="struct accel_listener_key: member port: offset 12 in the "
-                                                      "BPF object, 14 in the mirror"):
+    with pytest.raises(
+        compiled.DatapathError,
+        match="struct accel_listener_key: member port: offset 12 in the BPF object, 14 in the mirror",
+    ):
         compiled.Compiled.load()
 
 

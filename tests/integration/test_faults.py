@@ -32,6 +32,7 @@ def node(lab):
     with node_on(lab) as ready:
         yield ready
 
+
 pytestmark = pytest.mark.privileged
 
 POD_MAPS = ("pods", "ports", "groups", "prefixes", "sources", "counters")
@@ -128,8 +129,12 @@ def test_a_missing_state_with_the_datapath_still_pinned(node):
 # will not attach.
 BROKEN = {
     "a map": {"bpf/accel.h": ("#define ACCEL_MAX_LOST 4096", "#define ACCEL_MAX_LOST 0")},
-    "a program": {"bpf/sockopt.c": ("int getsockopt(struct bpf_sockopt *ctx)\n{\n",
-                                    "int getsockopt(struct bpf_sockopt *ctx)\n{\n\t*(volatile int *)0x10 = 1;\n")},
+    "a program": {
+        "bpf/sockopt.c": (
+            "int getsockopt(struct bpf_sockopt *ctx)\n{\n",
+            "int getsockopt(struct bpf_sockopt *ctx)\n{\n\t*(volatile int *)0x10 = 1;\n",
+        )
+    },
     "a hook": {"accel/ebpf/programs.py": ("ATTACH_CGROUP_GETSOCKOPT = 21", "ATTACH_CGROUP_GETSOCKOPT = 1000")},
 }
 # a hook the probe finds missing is named by it, before anything loads
@@ -160,8 +165,20 @@ def test_a_pod_that_does_not_fit_a_full_map_is_refused_and_leaves_nothing(node, 
     other = Netns.scratch("accel-test").create()
     try:
         before = node.json("status", env=small)
-        refused = node.accel("pod", "add", "--netns", other.name, "--id", "pod-b", "--", *STOCK,
-                             "-d", "1,2,3,4,5", env=small, check=False)
+        refused = node.accel(
+            "pod",
+            "add",
+            "--netns",
+            other.name,
+            "--id",
+            "pod-b",
+            "--",
+            *STOCK,
+            "-d",
+            "1,2,3,4,5",
+            env=small,
+            check=False,
+        )
         assert refused.returncode == 1 and "map ports is full (8 entries" in refused.stderr
         assert refused.stderr.count("\n") == 1
         after = node.json("status", env=small)

@@ -52,8 +52,9 @@ def maps_match_namespace(datapath, pod) -> bool:
     facts = read_facts(pod.netns)
     want = namespace_entries(handle.cookie, list(facts.local), list(facts.sources))
     held = datapath.namespace_in_maps(handle.cookie)
-    return {bytes(key) for key in held.local} == {bytes(key) for key in want.local} \
-        and bytes(held.sources) == bytes(want.sources)
+    return {bytes(key) for key in held.local} == {bytes(key) for key in want.local} and bytes(held.sources) == bytes(
+        want.sources
+    )
 
 
 class Gate:
@@ -149,4 +150,3 @@ def test_a_write_that_fails_is_tried_again_and_said(captured, monkeypatch):
     monkeypatch.setattr(datapath, "write_facts", written)  # the next retry, within 2 s, succeeds
     assert backend.wait_synced(pod, 30) and maps_match_namespace(datapath, pod)
     assert backend.status(pod)["follower"]["error"] is None
-

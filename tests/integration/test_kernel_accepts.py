@@ -105,11 +105,16 @@ def test_stock_sidecar_kernel_state(ipv6):
     with scratch() as ns:
         for argv, text in restore_commands(render_iptables(spec), "nft"):
             ns.run(argv, input=text, check=True)
-        assert iptables_state(ns, "nft", ipv6) == (REFERENCE / f"derived/default-sidecar{suffix}.iptables-save").read_text()
+        assert (
+            iptables_state(ns, "nft", ipv6)
+            == (REFERENCE / f"derived/default-sidecar{suffix}.iptables-save").read_text()
+        )
     with scratch() as ns:
         ns.run(["nft", "-f", "-"], input=render_nftables(spec), check=True)
-        assert ns.run(["nft", "list", "ruleset"], check=True).stdout == \
-            (REFERENCE / f"derived/default-sidecar{suffix}.nft-list-ruleset").read_text()
+        assert (
+            ns.run(["nft", "list", "ruleset"], check=True).stdout
+            == (REFERENCE / f"derived/default-sidecar{suffix}.nft-list-ruleset").read_text()
+        )
 
 
 def test_scratch_namespaces_are_removed_even_on_failure():
@@ -119,6 +124,7 @@ def test_scratch_namespaces_are_removed_even_on_failure():
             raise RuntimeError("boom")
     assert not ns.exists()
     from accel.netns import ETC_NETNS
+
     assert not (ETC_NETNS / name).exists()
 
 

@@ -21,8 +21,12 @@ from tests.kernel_state import host_links, rule_state
 pytestmark = pytest.mark.privileged
 
 NOTHING = {"namespaces": [], "cgroups": [], "directories": []}
-PLAN = LabPlan(ipv6=True, service_addresses=("203.0.113.10", "2001:db8:5e::10"), remote_udp_ports=(9999,),
-               sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337))
+PLAN = LabPlan(
+    ipv6=True,
+    service_addresses=("203.0.113.10", "2001:db8:5e::10"),
+    remote_udp_ports=(9999,),
+    sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+)
 TOP = Path(__file__).resolve().parents[2]
 
 
@@ -46,10 +50,15 @@ def test_pods_talk_and_the_lab_leaves_nothing():
             assert seen["result"] == "ok" and seen["reply"]["agent"] == "remote"
             assert seen["reply"]["local"].startswith(f"[{dst}]" if ":" in dst else dst)
         # remote -> pod, UDP from the service address, DNS through the pod's resolver
-        assert lab.client("remote", proto="tcp", dst="198.18.0.10", port=8080, token="in", uid=0, gid=0)["result"] == "ok"
+        assert (
+            lab.client("remote", proto="tcp", dst="198.18.0.10", port=8080, token="in", uid=0, gid=0)["result"] == "ok"
+        )
         udp = lab.client("pod", proto="udp", dst="203.0.113.10", port=9999, token="u", uid=1000, gid=1000)
         assert udp["result"] == "ok" and udp["peername"] == "203.0.113.10:9999"
-        assert lab.client("pod", proto="dns-udp", dst="198.18.0.53", port=53, token="d", uid=1000, gid=1000)["result"] == "ok"
+        assert (
+            lab.client("pod", proto="dns-udp", dst="198.18.0.53", port=53, token="d", uid=1000, gid=1000)["result"]
+            == "ok"
+        )
         # the agents ran where they were put
         sidecar = lab._agents[-1]
         assert Path(f"/proc/{sidecar.pid}/status").read_text().count("1337") >= 2  # uid and gid
@@ -77,15 +86,19 @@ def test_a_failure_inside_the_lab_still_removes_everything():
 def test_a_pod_in_a_user_namespace_of_its_own():
     """hostUsers: false: the pod's processes run in its user namespace, uid 1337 inside is
     another uid on the node, and the pod's root is not the node's."""
-    plan = LabPlan(meshed=(MeshedPod("pod"), MeshedPod("userns-pod", userns=True)),
-                   sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337), service_addresses=("203.0.113.10",))
+    plan = LabPlan(
+        meshed=(MeshedPod("pod"), MeshedPod("userns-pod", userns=True)),
+        sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+        service_addresses=("203.0.113.10",),
+    )
     with Lab(plan) as lab:
         pod = lab.pods["userns-pod"]
         assert userns.owned_by_other(pod.netns) and not userns.owned_by_other(lab.pods["pod"].netns)
         assert userns.id_map(pod.netns).uid(1337) == 1_001_337 and userns.id_map(pod.netns).gid(0) == 1_000_000
         sidecar = next(a for a in lab._agents if "sidecar" in a.args and a.pid in pod.cgroup.pids())
-        uids = next(line for line in Path(f"/proc/{sidecar.pid}/status").read_text().splitlines()
-                    if line.startswith("Uid:"))
+        uids = next(
+            line for line in Path(f"/proc/{sidecar.pid}/status").read_text().splitlines() if line.startswith("Uid:")
+        )
         assert uids.split()[1:] == ["1001337"] * 4
         seen = lab.client("userns-pod", proto="tcp", dst="203.0.113.10", port=8080, token="u", uid=1000, gid=1000)
         assert seen["result"] == "ok" and seen["reply"]["peer"].startswith("198.18.0.11:")
@@ -106,11 +119,13 @@ def test_a_lab_that_cannot_start_leaves_nothing():
 
 
 def test_lab_cleanup_removes_what_a_killed_run_left():
-    code = ("import sys, time; sys.path.insert(0, %r)\n"
-            "from accel.lab import Lab, LabPlan\n"
-            "lab = Lab(LabPlan()); lab.__enter__()\n"
-            "print(lab.name, *[a.pid for a in lab._agents], flush=True)\n"
-            "time.sleep(120)\n") % str(TOP)
+    code = (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from accel.lab import Lab, LabPlan\n"
+        "lab = Lab(LabPlan()); lab.__enter__()\n"
+        "print(lab.name, *[a.pid for a in lab._agents], flush=True)\n"
+        "time.sleep(120)\n"
+    ) % str(TOP)
     crashed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         name, *pids = crashed.stdout.readline().split()
@@ -136,8 +151,9 @@ def test_lab_cleanup_removes_what_a_killed_run_left():
 
 def test_sigterm_during_compare_removes_the_lab():
     log = tempfile.TemporaryFile()
-    compare_run = subprocess.Popen([str(TOP / ".venv/bin/accel"), "compare", "--", "-i", "*", "-b", "*"],
-                                   stdout=subprocess.DEVNULL, stderr=log)
+    compare_run = subprocess.Popen(
+        [str(TOP / ".venv/bin/accel"), "compare", "--", "-i", "*", "-b", "*"], stdout=subprocess.DEVNULL, stderr=log
+    )
     try:
         assert wait_until(lambda: leftovers(compare_run.pid)["namespaces"]), "no lab appeared"
         compare_run.send_signal(signal.SIGTERM)
@@ -162,9 +178,24 @@ def test_sigterm_at_each_step_stops_there_and_leaves_nothing(point):
     whichever thread the signal landed."""
     host_rules, links, programs = rule_state(None), host_links(), bpf_objects()
     log = tempfile.TemporaryFile()
-    compare_run = subprocess.Popen([str(TOP / ".venv/bin/accel"), "compare", "--backends", "ebpf", "--cases",
-                                    TERM_CASES, "--", "-i", "*", "-b", "*"], env={**os.environ, faults.ENV: f"term:{point}"},
-                                   stdout=subprocess.DEVNULL, stderr=log)
+    compare_run = subprocess.Popen(
+        [
+            str(TOP / ".venv/bin/accel"),
+            "compare",
+            "--backends",
+            "ebpf",
+            "--cases",
+            TERM_CASES,
+            "--",
+            "-i",
+            "*",
+            "-b",
+            "*",
+        ],
+        env={**os.environ, faults.ENV: f"term:{point}"},
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     returncode, stderr = ended(compare_run, log, timeout=60)
     assert returncode == 128 + signal.SIGTERM, f"{point} was never reached or did not stop the run: {stderr}"
     assert "Traceback" not in stderr and "accel: error" not in stderr, stderr
@@ -178,6 +209,7 @@ def ended(run: subprocess.Popen, log, timeout: float) -> tuple[int, str]:
     """The run's exit status and stderr (a file: a pipe nobody reads could fill), once it ends; if
     it does not within `timeout`, the test fails with every thread's stack (accel prints them on
     SIGUSR1) and the run is killed."""
+
     def stderr() -> str:
         log.seek(0)
         return log.read().decode(errors="replace")

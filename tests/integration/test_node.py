@@ -78,8 +78,9 @@ def test_pod_add_is_idempotent_switches_in_one_step_and_del_is_idempotent(node):
     assert node.json(*add, "--", *STOCK, "-x", "203.0.113.0/24")["outcome"] == "replaced"
     assert node.first_hop("excluded") == "remote"
     records = json.loads(node.accel("pod", "list", "--json").stdout)
-    assert [(r["id"], r["phase"], r["spec"]["OutboundIPRangesExclude"]) for r in records] == \
-        [("pod-a", "ready", "203.0.113.0/24")]
+    assert [(r["id"], r["phase"], r["spec"]["OutboundIPRangesExclude"]) for r in records] == [
+        ("pod-a", "ready", "203.0.113.0/24")
+    ]
     assert node.json("pod", "del", "--id", "pod-a")["outcome"] == "removed"
     assert node.json("pod", "del", "--id", "pod-a")["outcome"] == "absent"
     assert node.first_hop("released") == "remote"
@@ -93,12 +94,17 @@ def test_twenty_pods_added_and_removed_at_once(node):
         namespaces = [stack.enter_context(Netns.scratch("accel-test")) for _ in range(20)]
 
         def run_all(argvs):
-            children = [subprocess.Popen([ACCEL, *argv], env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True) for argv in argvs]
+            children = [
+                subprocess.Popen(
+                    [ACCEL, *argv], env=node.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                )
+                for argv in argvs
+            ]
             return [(child.wait(timeout=120), child.stderr.read()) for child in children]
 
-        added = run_all([["pod", "add", "--netns", ns.name, "--id", f"p{i}", "--", *STOCK]
-                         for i, ns in enumerate(namespaces)])
+        added = run_all(
+            [["pod", "add", "--netns", ns.name, "--id", f"p{i}", "--", *STOCK] for i, ns in enumerate(namespaces)]
+        )
         assert all(code == 0 for code, _ in added), added
         status = node.json("status")
         assert len(status["pods"]) == 20 and all(p["phase"] == "ready" for p in status["pods"])
@@ -133,8 +139,13 @@ def test_metrics_read_the_pinned_state(node):
     for number in range(3):
         assert node.first_hop(f"m{number}") == "sidecar"
     port, pid_file = free_port(), node.root / "run" / "agent.pid"
-    metrics = subprocess.Popen([ACCEL, "metrics", "--listen", f"127.0.0.1:{port}", "--pid-file", str(pid_file)],
-                               env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = subprocess.Popen(
+        [ACCEL, "metrics", "--listen", f"127.0.0.1:{port}", "--pid-file", str(pid_file)],
+        env=node.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for(lambda: _answers(port), timeout=20), metrics.stderr
         text = scrape(port)
@@ -212,8 +223,9 @@ def test_an_upgrade_that_changes_a_kernel_maps_layout_is_refused_naming_it(node,
     node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK)
     before = node.json("status")
     newer = changed_bpf(tmp_path, "#define ACCEL_MAX_LOST 4096", "#define ACCEL_MAX_LOST 8192", "accel.h")
-    refused = node.accel("up", env={"ACCEL_BPF_DIR": str(newer), "ACCEL_CACHE_DIR": str(tmp_path / "cache")},
-                         check=False)
+    refused = node.accel(
+        "up", env={"ACCEL_BPF_DIR": str(newer), "ACCEL_CACHE_DIR": str(tmp_path / "cache")}, check=False
+    )
     assert refused.returncode == 1 and "map lost" in refused.stderr and refused.stderr.count("\n") == 1
     after = node.json("status")
     assert after["links"] == before["links"] and after["maps"] == before["maps"]  # nothing changed
@@ -227,18 +239,27 @@ def test_an_upgrade_whose_struct_fills_padding_keeps_the_map_and_its_entries(nod
     node.accel("up")
     node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK)
     assert node.first_hop("before") == "sidecar"
-    newer = another_accel(tmp_path, {
-        "bpf/accel.h": ("\t__u16 remote_port;\n\t__u32 pad;\n};", "\t__u16 remote_port;\n\t__u16 future;\n\t__u16 pad;\n};"),
-        "accel/ebpf/maps.py": ('("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]',
-                               '("remote_port", ctypes.c_uint16), ("future", ctypes.c_uint16), ("pad", ctypes.c_uint16)]'),
-    })
+    newer = another_accel(
+        tmp_path,
+        {
+            "bpf/accel.h": (
+                "\t__u16 remote_port;\n\t__u32 pad;\n};",
+                "\t__u16 remote_port;\n\t__u16 future;\n\t__u16 pad;\n};",
+            ),
+            "accel/ebpf/maps.py": (
+                '("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]',
+                '("remote_port", ctypes.c_uint16), ("future", ctypes.c_uint16), ("pad", ctypes.c_uint16)]',
+            ),
+        },
+    )
     upgraded = node.json("up", env=newer)
     # not refused, though the layouts differ; the programs compile to the same instructions
     assert upgraded["action"] == "unchanged" and {"handoffs", "lost"} <= set(upgraded["kept"])
     assert node.first_hop("after") == "sidecar"
     # the newer accel's short-lived commands open the pinned maps too
-    node.accel("pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK, "-o", "8080",
-               env=newer)
+    node.accel(
+        "pod", "add", "--netns", node.lab.pods["pod"].netns, "--id", "pod-a", "--", *STOCK, "-o", "8080", env=newer
+    )
     assert node.first_hop("excluded") == "remote"
 
 
@@ -270,19 +291,42 @@ def test_restarts_upgrades_and_kills_under_traffic(node, tmp_path):
     (lab.workdir / "targets.json").write_text(json.dumps(targets))
     stop_file = lab.workdir / "stop"
     results = []
-    traffic = threading.Thread(target=lambda: results.extend(json.loads(lab.agent(
-        "pod", "burst", "--targets", str(lab.workdir / "targets.json"), "--concurrency", "4",
-        "--until", str(stop_file), uid=APP, gid=APP, timeout=600))))
+    traffic = threading.Thread(
+        target=lambda: results.extend(
+            json.loads(
+                lab.agent(
+                    "pod",
+                    "burst",
+                    "--targets",
+                    str(lab.workdir / "targets.json"),
+                    "--concurrency",
+                    "4",
+                    "--until",
+                    str(stop_file),
+                    uid=APP,
+                    gid=APP,
+                    timeout=600,
+                )
+            )
+        )
+    )
     traffic.start()
     try:
         second = Netns.scratch("accel-test").create()
         outcomes, reconciled = [], []
         for moment in (0.0, 0.2, "adding", "adding", "adding", 0.6):  # kill pod add at points of its work
-            adding = subprocess.Popen([ACCEL, "pod", "add", "--netns", second.name, "--id", "pod-b", "--", *STOCK],
-                                      env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            adding = subprocess.Popen(
+                [ACCEL, "pod", "add", "--netns", second.name, "--id", "pod-b", "--", *STOCK],
+                env=node.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             if moment == "adding":  # once it has recorded its intent: in the middle of its kernel work
-                wait_for(lambda: '"phase": "adding"' in _read(node.state / "state.json") or adding.poll() is not None,
-                         timeout=10, interval=0.0005)
+                wait_for(
+                    lambda: '"phase": "adding"' in _read(node.state / "state.json") or adding.poll() is not None,
+                    timeout=10,
+                    interval=0.0005,
+                )
             else:
                 time.sleep(moment)
             adding.send_signal(signal.SIGKILL)
@@ -297,15 +341,23 @@ def test_restarts_upgrades_and_kills_under_traffic(node, tmp_path):
         node.accel("pod", "add", "--netns", second.name, "--id", "pod-b", "--", *STOCK)
         second.remove()  # a registered pod's namespace goes away while accel does nothing
         # a new version's harmless change: one more test (of a port that is never 0) before a listener counts
-        newer = changed_bpf(tmp_path, "port != pod->proxy_port && port != pod->inbound_port",
-                            "port != pod->proxy_port && (!port || port != pod->inbound_port)", "sockops.c")
+        newer = changed_bpf(
+            tmp_path,
+            "port != pod->proxy_port && port != pod->inbound_port",
+            "port != pod->proxy_port && (!port || port != pod->inbound_port)",
+            "sockops.c",
+        )
         upgraded = node.json("up", env={"ACCEL_BPF_DIR": str(newer), "ACCEL_CACHE_DIR": str(tmp_path / "cache")})
         assert upgraded["action"] == "upgraded" and upgraded["swapped"] and upgraded["links"] == first["links"]
         assert upgraded["programs"]["sockops"]["tag"] != first["programs"]["sockops"]["tag"]
         assert any("pod-b" in line and "gone" in line for line in upgraded["reconciled"])
         port = free_port()
-        metrics = subprocess.Popen([ACCEL, "metrics", "--listen", f"127.0.0.1:{port}"], env=node.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        metrics = subprocess.Popen(
+            [ACCEL, "metrics", "--listen", f"127.0.0.1:{port}"],
+            env=node.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         assert wait_for(lambda: _answers(port), timeout=20)
         metrics.send_signal(signal.SIGKILL)
         metrics.wait()
@@ -344,13 +396,19 @@ def test_the_systemd_units_verify_and_the_vagrantfile_parses(tmp_path):
         text = (TOP / "scripts" / f"{unit}.service").read_text()
         assert "ExecStart=/usr/local/bin/accel " in text  # where scripts/install-node links it
         (tmp_path / f"{unit}.service").write_text(text.replace("/usr/local/bin/accel", ACCEL))
-    result = subprocess.run(["systemd-analyze", "verify", *map(str, sorted(tmp_path.glob("*.service")))],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, sorted(tmp_path.glob("*.service")))], capture_output=True, text=True
+    )
     assert result.returncode == 0 and result.stderr == ""  # it exits 0 on some errors: read stderr
     unit = (TOP / "scripts" / "accel.service").read_text()
-    for line in ("Type=oneshot", "RemainAfterExit=yes", "ExecReload=/usr/local/bin/accel up",
-                 "After=network-online.target", "Wants=network-online.target",
-                 "RequiresMountsFor=/sys/fs/bpf /sys/fs/cgroup"):
+    for line in (
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "ExecReload=/usr/local/bin/accel up",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "RequiresMountsFor=/sys/fs/bpf /sys/fs/cgroup",
+    ):
         assert line in unit
     ruby = subprocess.run(["ruby", "-c", str(TOP / "Vagrantfile")], capture_output=True, text=True)
     assert ruby.returncode == 0 and ruby.stdout.strip() == "Syntax OK", ruby.stderr

@@ -33,8 +33,9 @@ def test_a_lab_of_many_pods_each_with_a_sidecar_and_nothing_left_after():
 
 
 def test_bench_pods_gives_every_figure_for_both_backends():
-    run = subprocess.run([ACCEL, "bench", "--pods", "4", "--quick", "--json", "-"], capture_output=True,
-                         text=True, timeout=600)
+    run = subprocess.run(
+        [ACCEL, "bench", "--pods", "4", "--quick", "--json", "-"], capture_output=True, text=True, timeout=600
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     document = json.loads(run.stdout)
     assert document["pods"] == 4 and set(document["scale"]) == {"ebpf", "nftables"}

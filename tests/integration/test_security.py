@@ -31,10 +31,21 @@ def test_pins_and_state_are_roots_alone(node):
                     open_to_others.append(f"{path} {stat.filemode(mode.st_mode)} uid {mode.st_uid}")
     assert open_to_others == []
     # and an app's uid cannot read a thing of it
-    reader = subprocess.run(["/usr/bin/python3", "-I", "-c", "import sys\nfor p in sys.argv[1:]:\n    try:\n"
-                             "        open(p).close(); print('read', p)\n    except PermissionError:\n        pass",
-                             str(node.state / "state.json"), str(node.bpffs / "accel" / "maps" / "pods")],
-                            user=1000, group=1000, capture_output=True, text=True)
+    reader = subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-I",
+            "-c",
+            "import sys\nfor p in sys.argv[1:]:\n    try:\n"
+            "        open(p).close(); print('read', p)\n    except PermissionError:\n        pass",
+            str(node.state / "state.json"),
+            str(node.bpffs / "accel" / "maps" / "pods"),
+        ],
+        user=1000,
+        group=1000,
+        capture_output=True,
+        text=True,
+    )
     assert reader.returncode == 0 and reader.stdout == "", reader
 
 
@@ -42,11 +53,16 @@ def test_metrics_listen_on_loopback_unless_told_otherwise(node):
     node.accel("up")
     with Netns.scratch("accel-test") as scratch:  # its own port space: nothing of the node's is taken
         process.run(["ip", "link", "set", "lo", "up"], netns=scratch.name, check=True)
-        metrics = process.spawn([ACCEL, "metrics"], netns=scratch.name, env=node.env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        metrics = process.spawn(
+            [ACCEL, "metrics"], netns=scratch.name, env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         try:
+
             def listening():  # the local address of each listening TCP socket
-                return [line.split()[3] for line in process.run(["ss", "-ltnH"], netns=scratch.name).stdout.splitlines()]
+                return [
+                    line.split()[3] for line in process.run(["ss", "-ltnH"], netns=scratch.name).stdout.splitlines()
+                ]
+
             assert wait_for(lambda: listening() == ["127.0.0.1:9476"], timeout=20), listening()
         finally:
             metrics.terminate()
@@ -57,16 +73,18 @@ def test_one_pods_annotations_change_only_that_pod():
     """Annotations are read for the pod being added and written under its own namespace's cookie:
     excluding everything in one pod leaves the other captured, and capturing nothing in the other
     leaves the first as it was."""
-    plan = LabPlan(service_addresses=(SERVICE,), sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
-                   meshed=(MeshedPod("pod"), MeshedPod("userns-pod", userns=True)))
+    plan = LabPlan(
+        service_addresses=(SERVICE,),
+        sidecar=SidecarConfig(15001, 15006, 15053, 1337, 1337),
+        meshed=(MeshedPod("pod"), MeshedPod("userns-pod", userns=True)),
+    )
     with Lab(plan) as lab, node_on(lab) as node:
         node.accel("up")
         annotations = node.root / "a.json"
 
         def add(role, pod_id, annotated):
             annotations.write_text(json.dumps({"annotations": {"sidecar.istio.io/status": "{}", **annotated}}))
-            node.accel("pod", "add", "--netns", lab.pods[role].netns, "--id", pod_id, "--annotations",
-                       str(annotations))
+            node.accel("pod", "add", "--netns", lab.pods[role].netns, "--id", pod_id, "--annotations", str(annotations))
 
         add("pod", "a", {"traffic.sidecar.istio.io/excludeOutboundIPRanges": "0.0.0.0/0"})
         add("userns-pod", "b", {})

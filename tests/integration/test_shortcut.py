@@ -33,10 +33,19 @@ STOCK = inputs.from_istio_args(list(inputs.ISTIO_INIT_DEFAULT_ARGS))
 MiB = 1 << 20
 
 
-def header(token: str, send: int, reply: int, *, read: str = "bulk", write: int = 65536, seed: int = 7,
-           **extra) -> dict:
-    return {"token": token, "send": send, "reply": reply, "server_read": read, "client_read": read, "write": write,
-            "seed": seed, **extra}
+def header(
+    token: str, send: int, reply: int, *, read: str = "bulk", write: int = 65536, seed: int = 7, **extra
+) -> dict:
+    return {
+        "token": token,
+        "send": send,
+        "reply": reply,
+        "server_read": read,
+        "client_read": read,
+        "write": write,
+        "seed": seed,
+        **extra,
+    }
 
 
 def expected(data: bytes) -> dict:
@@ -77,11 +86,26 @@ class World:
     def stream(self, direction: str, spec: dict, parallel: int = 1):
         """A stream from the pod's app to the remote server (outbound), or from the remote pod to
         the pod's app (inbound, delivered by the sidecar from 127.0.0.6); the client's view."""
-        role, dst, port = {"outbound": ("pod", POD_ADDRESSES["remote"][0], REMOTE_PORT),
-                           "inbound": ("remote", POD_ADDRESSES["pod"][0], APP_PORT),
-                           "local": ("pod", "127.0.0.1", LOCAL_PORT)}[direction]
-        out = self.lab.agent(role, "stream-client", "--dst", dst, "--port", str(port), "--header", json.dumps(spec),
-                             "--parallel", str(parallel), uid=APP, gid=APP, timeout=180)
+        role, dst, port = {
+            "outbound": ("pod", POD_ADDRESSES["remote"][0], REMOTE_PORT),
+            "inbound": ("remote", POD_ADDRESSES["pod"][0], APP_PORT),
+            "local": ("pod", "127.0.0.1", LOCAL_PORT),
+        }[direction]
+        out = self.lab.agent(
+            role,
+            "stream-client",
+            "--dst",
+            dst,
+            "--port",
+            str(port),
+            "--header",
+            json.dumps(spec),
+            "--parallel",
+            str(parallel),
+            uid=APP,
+            gid=APP,
+            timeout=180,
+        )
         return json.loads(out)
 
     def server_received(self, token: str) -> dict | None:
@@ -140,7 +164,7 @@ def test_a_reset_delivers_a_prefix_and_ends_the_stream(worlds, direction):
         assert wait_for(lambda: world.server_received(spec["token"]) is not None), mode
         got = world.server_received(spec["token"])
         assert got["end"] in ("eof", "ConnectionResetError"), (mode, got)
-        assert got["sha256"] == hashlib.sha256(pattern(spec["seed"], spec["send"])[:got["bytes"]]).hexdigest(), mode
+        assert got["sha256"] == hashlib.sha256(pattern(spec["seed"], spec["send"])[: got["bytes"]]).hexdigest(), mode
 
 
 def test_a_blocking_reader_that_half_closed_gets_every_byte_after_retrying(worlds):
@@ -152,8 +176,9 @@ def test_a_blocking_reader_that_half_closed_gets_every_byte_after_retrying(world
         spec = header(f"blocking-{mode}", 2 * MiB, 2 * MiB, flow="server_first", io="blocking")
         client = world.stream("inbound", spec)
         server = world.server_received(spec["token"])
-        assert {k: v for k, v in client["received"].items() if k != "eagain"} == \
-            expected(pattern(spec["seed"] + 1, spec["reply"])), mode
+        assert {k: v for k, v in client["received"].items() if k != "eagain"} == expected(
+            pattern(spec["seed"] + 1, spec["reply"])
+        ), mode
         assert {k: v for k, v in server.items() if k != "eagain"} == expected(pattern(spec["seed"], spec["send"]))
         if mode == "ebpf":
             assert "eagain" not in server and "eagain" not in client["received"]
@@ -253,7 +278,7 @@ def test_the_sidecar_restarting(mode):
         assert received.get("end") != "eof" or received.get("bytes", 0) < spec["reply"], result  # it was cut
         got = world.server_received(spec["token"])
         if got is not None:  # what reached the server is the start of what was sent
-            assert got["sha256"] == hashlib.sha256(pattern(spec["seed"], spec["send"])[:got["bytes"]]).hexdigest()
+            assert got["sha256"] == hashlib.sha256(pattern(spec["seed"], spec["send"])[: got["bytes"]]).hexdigest()
         fresh = header(f"restarted-{mode}", 2 * MiB, 2 * MiB)
         before = world.carried()
         assert world.stream("outbound", fresh)["received"] == expected(pattern(fresh["seed"] + 1, fresh["reply"]))
@@ -308,11 +333,14 @@ print(json.dumps(results))
     with Mesh(mode, STOCK, bulk, None) as mesh:
         mesh.check_path()
         address, port = mesh.target()
-        hashes = json.loads(mesh.run_client(["/usr/bin/python3", "-I", "-S", "-c", script, address, str(port)],
-                                            timeout=120))
+        hashes = json.loads(
+            mesh.run_client(["/usr/bin/python3", "-I", "-S", "-c", script, address, str(port)], timeout=120)
+        )
         assert hashes == [want] * 50
-        carried = {role: mesh.backend.status(mesh.lab.pods[role])["counters"].get("shortcut_bytes", 0)
-                   for role in (CLIENT, SERVER)}
+        carried = {
+            role: mesh.backend.status(mesh.lab.pods[role])["counters"].get("shortcut_bytes", 0)
+            for role in (CLIENT, SERVER)
+        }
         if mode == "ebpf":
             assert carried == {CLIENT: 0, SERVER: 0}
         else:  # nginx's sendfile went through the server pod's hop, HAProxy's writes through the client's

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.privileged
 
 
 def test_a_minute_of_mixed_traffic_and_pod_churn():
-    run = subprocess.run([ACCEL, "soak", "--duration", "60", "--json", "-"], capture_output=True, text=True,
-                         timeout=400)
+    run = subprocess.run(
+        [ACCEL, "soak", "--duration", "60", "--json", "-"], capture_output=True, text=True, timeout=400
+    )
     assert run.returncode in (0, 1), run.stderr
     report = json.loads(run.stdout)
     assert report["problems"] == [] and report["ok"] and run.returncode == 0

@@ -74,8 +74,11 @@ class FakeRunner:
 
     def run(self, argv, *, input=None, netns=None, userns=False, env=None) -> subprocess.CompletedProcess:
         answer = self._answer(self.runs, shlex.join(argv))
-        options = [f"netns={netns}", *(["userns"] if userns else []),
-                   *(f"{key}={value}" for key, value in sorted((env or {}).items()))]
+        options = [
+            f"netns={netns}",
+            *(["userns"] if userns else []),
+            *(f"{key}={value}" for key, value in sorted((env or {}).items())),
+        ]
         self._record(f"run {' '.join(options)}: {shlex.join(argv)}", input, answer)
         if isinstance(answer, Fail):
             return subprocess.CompletedProcess(argv, answer.returncode, "", answer.stderr)
@@ -157,9 +160,10 @@ def iptables_nft_apply_remove():
 def iptables_failed_ipv6_restore():
     """ip6tables-restore refuses the IPv6 rules: the IPv4 rules already loaded are taken back and
     the nft table they created is dropped; a remove afterwards has nothing to do."""
-    runner = FakeRunner(runs={"ip6tables-nft-restore --noflush": [Fail("ip6tables-restore v1.8.9 (nf_tables): "
-                                                                      "line 5 failed")]},
-                        nft={"list ruleset": [nft_listing(), nft_listing(("ip nat", 0))]})
+    runner = FakeRunner(
+        runs={"ip6tables-nft-restore --noflush": [Fail("ip6tables-restore v1.8.9 (nf_tables): line 5 failed")]},
+        nft={"list ruleset": [nft_listing(), nft_listing(("ip nat", 0))]},
+    )
     backend = IptablesBackend(runner=runner)
     apply(runner, backend, STOCK_V6)
     remove(runner, backend)
@@ -182,9 +186,13 @@ def iptables_failed_tproxy_route_undone_rule_by_rule():
     """TPROXY's route exists already: the rule added before it is deleted, then the rules are
     taken back; the inverse restore fails (as when the rules were changed meanwhile), so each
     line of it runs on its own; the nft tables the apply created are dropped."""
-    runner = FakeRunner(runs={"ip -4 route add local default dev lo table 133": [Fail(ROUTE_EXISTS, 2)],
-                              "iptables-nft-restore --noflush": ["", Fail("iptables-restore: line 2 failed")]},
-                        nft={"list ruleset": [nft_listing(), nft_listing(("ip mangle", 0), ("ip nat", 0))]})
+    runner = FakeRunner(
+        runs={
+            "ip -4 route add local default dev lo table 133": [Fail(ROUTE_EXISTS, 2)],
+            "iptables-nft-restore --noflush": ["", Fail("iptables-restore: line 2 failed")],
+        },
+        nft={"list ruleset": [nft_listing(), nft_listing(("ip mangle", 0), ("ip nat", 0))]},
+    )
     backend = IptablesBackend("nft", runner=runner)
     apply(runner, backend, TPROXY)
     return runner
@@ -205,8 +213,9 @@ def iptables_pod_with_its_own_user_namespace():
 def nftables_apply_remove():
     """One transaction, after checking none of its tables exists; removal deletes exactly the
     tables it created, found present."""
-    runner = FakeRunner(nft={"list tables": [nft_listing(("ip filter", 0)),
-                                             nft_listing(("ip filter", 0), *nft_tables(STOCK))]})
+    runner = FakeRunner(
+        nft={"list tables": [nft_listing(("ip filter", 0)), nft_listing(("ip filter", 0), *nft_tables(STOCK))]}
+    )
     backend = NftablesBackend(runner=runner)
     apply(runner, backend, STOCK)
     remove(runner, backend)
@@ -226,8 +235,10 @@ def nftables_table_clash():
 def nftables_failed_tproxy_route():
     """TPROXY's IPv6 route exists already: the routes added before it are deleted in reverse, and
     the transaction's tables are deleted."""
-    runner = FakeRunner(runs={"ip -6 route add local default dev lo table 133": [Fail(ROUTE_EXISTS, 2)]},
-                        nft={"list tables": [nft_listing(), nft_listing(*nft_tables(TPROXY_V6))]})
+    runner = FakeRunner(
+        runs={"ip -6 route add local default dev lo table 133": [Fail(ROUTE_EXISTS, 2)]},
+        nft={"list tables": [nft_listing(), nft_listing(*nft_tables(TPROXY_V6))]},
+    )
     backend = NftablesBackend(runner=runner)
     apply(runner, backend, TPROXY_V6)
     remove(runner, backend)
@@ -263,8 +274,9 @@ def iptables_switch_fails_and_puts_back():
 def nftables_switch_in_one_transaction():
     """A captured pod switched from TPROXY to REDIRECT: one transaction deletes the table the new
     spec has no use for (mangle) and refills the others; then the TPROXY routes go."""
-    runner = FakeRunner(nft={"list tables": [nft_listing(), nft_listing(*nft_tables(TPROXY)),
-                                             nft_listing(*nft_tables(STOCK))]})
+    runner = FakeRunner(
+        nft={"list tables": [nft_listing(), nft_listing(*nft_tables(TPROXY)), nft_listing(*nft_tables(STOCK))]}
+    )
     backend = NftablesBackend(runner=runner)
     apply(runner, backend, TPROXY)
     apply(runner, backend, STOCK)
@@ -308,15 +320,17 @@ def test_a_different_command_fails(tmp_path: Path, monkeypatch):
     golden.write_text(recorded)
     check(golden, recorded)
     changed = recorded.replace("iptables-legacy-save", "iptables-nft-save", 1)
-    with pytest.raises(pytest.fail.Exception, match=r"(?s)-run netns=accel-pod: iptables-legacy-save\n"
-                                                    r"\+run netns=accel-pod: iptables-nft-save"):
+    with pytest.raises(
+        pytest.fail.Exception,
+        match=r"(?s)-run netns=accel-pod: iptables-legacy-save\n"
+        r"\+run netns=accel-pod: iptables-nft-save",
+    ):
         check(golden, changed)
 
 
 REFUSALS = {
     "iptables-failed-ipv6-restore": "ip6tables-nft-restore: ip6tables-restore v1.8.9 (nf_tables): line 5 failed",
-    "iptables-failed-tproxy-route-undone-rule-by-rule":
-        f"pod routing: ip -4 route add local default dev lo table 133: {ROUTE_EXISTS}",
+    "iptables-failed-tproxy-route-undone-rule-by-rule": f"pod routing: ip -4 route add local default dev lo table 133: {ROUTE_EXISTS}",
     "nftables-table-clash": f"nftables: table inet istio-proxy-nat already present in {NETNS}",
     "nftables-failed-tproxy-route": f"pod routing: ip -6 route add local default dev lo table 133: {ROUTE_EXISTS}",
     "iptables-switch-fails-and-puts-back": "ip6tables-nft-restore: ip6tables-restore: line 3 failed",

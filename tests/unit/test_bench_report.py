@@ -19,30 +19,61 @@ from rich.text import Text
 from accel.bench.markdown import markdown
 from accel.bench.plot import plot, plot_figure
 from accel.bench.report import print_report, target_lines
-from accel.bench.verdicts import (MET, MISSED, NOISE, ROUNDS_CAP, TARGETS, ratio_interval, ratio_range, rounds_needed,
-                                  t_quantile, target_verdicts)
+from accel.bench.verdicts import (
+    MET,
+    MISSED,
+    NOISE,
+    ROUNDS_CAP,
+    TARGETS,
+    ratio_interval,
+    ratio_range,
+    rounds_needed,
+    t_quantile,
+    target_verdicts,
+)
 
 FIGURES = ("ka1_rps", "ka16_rps", "ka1_p50_us", "ka1_p99_us", "cps16", "crr1_p50_us", "crr1_p99_us", "bulk_mbps")
 # per mode, cps16 in each of three rounds; every other figure scales with it
-CPS16 = {"none": [9000, 10000, 11000], "explicit": [4000, 4200, 3800], "iptables-nft": [3400, 3300, 3000],
-         "iptables-legacy": [3000, 3100, 2900], "nftables": [3300, 3200, 3100], "nftables-sets": [3250, 3300, 3200],
-         "ebpf": [3900, 4200, 3600], "ebpf+sockmap": [4300, 4500, 4100]}
+CPS16 = {
+    "none": [9000, 10000, 11000],
+    "explicit": [4000, 4200, 3800],
+    "iptables-nft": [3400, 3300, 3000],
+    "iptables-legacy": [3000, 3100, 2900],
+    "nftables": [3300, 3200, 3100],
+    "nftables-sets": [3250, 3300, 3200],
+    "ebpf": [3900, 4200, 3600],
+    "ebpf+sockmap": [4300, 4500, 4100],
+}
 MODES = ("none", "explicit", "iptables-nft", "ebpf", "ebpf+sockmap")
 SIZES = ("10", "1000", "10000")
 # what run.py records over the crr1 run, per proxied connection
-BUDGET = {"workload": "crr1", "modes": {
-    "ebpf": {"connections": 15000, "total_ns": 8100.0, "programs": {
-        "connect4": {"runs": 3.0, "ns_per_run": 900.0, "ns": 2700.0},
-        "sockops": {"runs": 30.2, "ns_per_run": 100.0, "ns": 3020.0},
-        "inbound (sk_lookup)": {"runs": 3.0, "ns_per_run": 400.0, "ns": 1200.0},
-        "getsockopt": {"runs": 2.0, "ns_per_run": 365.0, "ns": 730.0},
-        "getpeername4": {"runs": 3.0, "ns_per_run": 150.0, "ns": 450.0}}},
-    "ebpf+sockmap": {"connections": 15000, "total_ns": 8810.0, "programs": {
-        "connect4": {"runs": 3.0, "ns_per_run": 900.0, "ns": 2700.0},
-        "sockops": {"runs": 30.0, "ns_per_run": 120.0, "ns": 3600.0},
-        "inbound (sk_lookup)": {"runs": 3.0, "ns_per_run": 400.0, "ns": 1200.0},
-        "getsockopt": {"runs": 2.0, "ns_per_run": 365.0, "ns": 730.0},
-        "sk_msg": {"runs": 4.0, "ns_per_run": 145.0, "ns": 580.0}}}}}
+BUDGET = {
+    "workload": "crr1",
+    "modes": {
+        "ebpf": {
+            "connections": 15000,
+            "total_ns": 8100.0,
+            "programs": {
+                "connect4": {"runs": 3.0, "ns_per_run": 900.0, "ns": 2700.0},
+                "sockops": {"runs": 30.2, "ns_per_run": 100.0, "ns": 3020.0},
+                "inbound (sk_lookup)": {"runs": 3.0, "ns_per_run": 400.0, "ns": 1200.0},
+                "getsockopt": {"runs": 2.0, "ns_per_run": 365.0, "ns": 730.0},
+                "getpeername4": {"runs": 3.0, "ns_per_run": 150.0, "ns": 450.0},
+            },
+        },
+        "ebpf+sockmap": {
+            "connections": 15000,
+            "total_ns": 8810.0,
+            "programs": {
+                "connect4": {"runs": 3.0, "ns_per_run": 900.0, "ns": 2700.0},
+                "sockops": {"runs": 30.0, "ns_per_run": 120.0, "ns": 3600.0},
+                "inbound (sk_lookup)": {"runs": 3.0, "ns_per_run": 400.0, "ns": 1200.0},
+                "getsockopt": {"runs": 2.0, "ns_per_run": 365.0, "ns": 730.0},
+                "sk_msg": {"runs": 4.0, "ns_per_run": 145.0, "ns": 580.0},
+            },
+        },
+    },
+}
 
 
 def ratio(value, reference):
@@ -52,8 +83,9 @@ def ratio(value, reference):
 def document(scaling: bool, modes=MODES, budget: bool = False) -> dict:
     """A document of accel bench's shape (accel.bench.run.report): three rounds of `modes`, with
     `scaling` rule scaling at three sizes over two rounds, with `budget` the program budget."""
-    samples = {mode: {name: [v * (1 + i / 10) for v in CPS16[mode]] for i, name in enumerate(FIGURES)}
-               for mode in modes}
+    samples = {
+        mode: {name: [v * (1 + i / 10) for v in CPS16[mode]] for i, name in enumerate(FIGURES)} for mode in modes
+    }
     for mode, figures in samples.items():
         netfilter = mode not in ("none", "explicit") and "ebpf" not in mode
         figures["conntrack_cps16"] = [6000, 6100, 5900] if netfilter else [0, 0, 0]
@@ -61,27 +93,59 @@ def document(scaling: bool, modes=MODES, budget: bool = False) -> dict:
     doc_modes = {}
     for mode, figures in samples.items():
         carried = 0 if mode == "none" else 15000
-        doc_modes[mode] = {**{name: statistics.median(figures[name]) for name in FIGURES},
-                           "conntrack_entries": statistics.median(figures["conntrack_cps16"]), "errors": 0,
-                           "path": {"connections": 15000, "sidecar_sessions": {"pod": carried, "remote": carried}}}
-    ratios = {mode: {name: ratio(doc_modes[mode][name], doc_modes["explicit"][name])
-                     for name in (*FIGURES, "conntrack_entries")} for mode in doc_modes}
+        doc_modes[mode] = {
+            **{name: statistics.median(figures[name]) for name in FIGURES},
+            "conntrack_entries": statistics.median(figures["conntrack_cps16"]),
+            "errors": 0,
+            "path": {"connections": 15000, "sidecar_sessions": {"pod": carried, "remote": carried}},
+        }
+    ratios = {
+        mode: {
+            name: ratio(doc_modes[mode][name], doc_modes["explicit"][name]) for name in (*FIGURES, "conntrack_entries")
+        }
+        for mode in doc_modes
+    }
     drops = {"explicit": 0.01, "iptables-nft": 0.2, "ebpf": 0.01, "ebpf+sockmap": 0.01} if scaling else {}
-    scaling_samples = {mode: {size: [rate * (1 - index * drop) for rate in CPS16[mode][:2]]
-                              for index, size in enumerate(SIZES)} for mode, drop in drops.items() if mode in modes}
-    scaled = {mode: {size: statistics.median(values) for size, values in by_size.items()}
-              for mode, by_size in scaling_samples.items()}
+    scaling_samples = {
+        mode: {size: [rate * (1 - index * drop) for rate in CPS16[mode][:2]] for index, size in enumerate(SIZES)}
+        for mode, drop in drops.items()
+        if mode in modes
+    }
+    scaled = {
+        mode: {size: statistics.median(values) for size, values in by_size.items()}
+        for mode, by_size in scaling_samples.items()
+    }
     captured = [mode for mode in scaled if mode != "explicit"]
-    doc = {"env": {"kernel": "6.1.0", "cpus": 2, "cpu_model": "test CPU", "pinning": {"pods": [1], "runner": [0]},
-                   "rounds": 3, "seconds_per_run": 1, "scaling_rounds": 2 if scaling else 0,
-                   "tools": {"haproxy": "HAProxy version 2.6", "nginx": "nginx/1.22", "wrk": "wrk 4.1",
-                             "iptables": "iptables v1.8.9 (nf_tables)", "nft": "nftables v1.0.6", "python": "3.11"}},
-           "modes": doc_modes, "ratios": ratios, "scaling": scaled,
-           "scaling_ratios": {mode: {size: ratio(value, scaled["explicit"][size]) for size, value in by_size.items()}
-                              for mode, by_size in scaled.items()},
-           "scaling_install_seconds": {mode: {size: 0.1 for size in SIZES} for mode in captured},
-           "scaling_capture_entries": {mode: {size: int(size) + 10 for size in SIZES} for mode in captured},
-           "samples": samples, "scaling_samples": scaling_samples}
+    doc = {
+        "env": {
+            "kernel": "6.1.0",
+            "cpus": 2,
+            "cpu_model": "test CPU",
+            "pinning": {"pods": [1], "runner": [0]},
+            "rounds": 3,
+            "seconds_per_run": 1,
+            "scaling_rounds": 2 if scaling else 0,
+            "tools": {
+                "haproxy": "HAProxy version 2.6",
+                "nginx": "nginx/1.22",
+                "wrk": "wrk 4.1",
+                "iptables": "iptables v1.8.9 (nf_tables)",
+                "nft": "nftables v1.0.6",
+                "python": "3.11",
+            },
+        },
+        "modes": doc_modes,
+        "ratios": ratios,
+        "scaling": scaled,
+        "scaling_ratios": {
+            mode: {size: ratio(value, scaled["explicit"][size]) for size, value in by_size.items()}
+            for mode, by_size in scaled.items()
+        },
+        "scaling_install_seconds": {mode: {size: 0.1 for size in SIZES} for mode in captured},
+        "scaling_capture_entries": {mode: {size: int(size) + 10 for size in SIZES} for mode in captured},
+        "samples": samples,
+        "scaling_samples": scaling_samples,
+    }
     if budget:
         doc["budget"] = copy.deepcopy(BUDGET)
     doc["verdicts"] = target_verdicts(doc)  # as run.py stores them
@@ -90,8 +154,11 @@ def document(scaling: bool, modes=MODES, budget: bool = False) -> dict:
 
 def paired(figure: str, values: list[float], references: list[float], mode: str = "ebpf+sockmap") -> dict:
     """The least a document needs for the targets: `figure` for `mode` and explicit, round by round."""
-    return {"modes": {mode: {figure: statistics.median(values)}, "explicit": {figure: statistics.median(references)}},
-            "samples": {mode: {figure: values}, "explicit": {figure: references}}, "scaling_ratios": {}}
+    return {
+        "modes": {mode: {figure: statistics.median(values)}, "explicit": {figure: statistics.median(references)}},
+        "samples": {mode: {figure: values}, "explicit": {figure: references}},
+        "scaling_ratios": {},
+    }
 
 
 def verdict_of(doc: dict, figure: str, against: str = "explicit") -> dict:
@@ -120,9 +187,13 @@ def test_ratio_range_pairs_each_round_with_explicit_in_the_same_round():
 
 def error_bars(axes) -> list[tuple[float, float]]:
     """Per bar of every mode, the (bottom, top) of its error bar."""
-    return [(segment[0][1], segment[1][1])
-            for container in axes.containers if isinstance(container, BarContainer) and container.errorbar
-            for collection in container.errorbar.lines[2] for segment in collection.get_segments()]
+    return [
+        (segment[0][1], segment[1][1])
+        for container in axes.containers
+        if isinstance(container, BarContainer) and container.errorbar
+        for collection in container.errorbar.lines[2]
+        for segment in collection.get_segments()
+    ]
 
 
 @pytest.mark.parametrize("scaling", [True, False], ids=["with-scaling", "no-scaling"])
@@ -185,7 +256,7 @@ def test_tables_show_the_spread(scaling):
 
 def main_table_lines(output: str) -> list[str]:
     """The main table's lines, without its title."""
-    return [line for line in output[:output.index("ka1/ka16:")].splitlines() if "accel bench: medians" not in line]
+    return [line for line in output[: output.index("ka1/ka16:")].splitlines() if "accel bench: medians" not in line]
 
 
 @pytest.mark.parametrize("width, tables", [(100, 1), (80, 2)])
@@ -223,7 +294,7 @@ def test_t_quantile_from_the_table_and_beyond():
     assert [t_quantile(df) for df in (1, 2, 4, 8, 30)] == [12.706, 4.303, 2.776, 2.306, 2.042]
     # beyond the table: 40, 60 and 120 degrees of freedom from printed tables, then the normal value
     assert [t_quantile(df) for df in (40, 60, 120)] == pytest.approx([2.021, 2.000, 1.980], abs=6e-4)
-    assert t_quantile(10 ** 7) == pytest.approx(1.95996, abs=1e-5)
+    assert t_quantile(10**7) == pytest.approx(1.95996, abs=1e-5)
     assert all(t_quantile(df + 1) < t_quantile(df) for df in range(1, 500))  # no step at 30
     with pytest.raises(ValueError):
         t_quantile(0)
@@ -259,29 +330,48 @@ def test_rounds_needed_by_hand():
 
 def test_met_missed_and_not_separated():
     explicit = [1000.0, 1020.0, 980.0, 1010.0, 990.0]
-    met = verdict_of(paired("ka1_rps", [e * r for e, r in zip(explicit, [1.10, 1.11, 1.09, 1.10, 1.12])], explicit),
-                     "ka1_rps")
+    met = verdict_of(
+        paired("ka1_rps", [e * r for e, r in zip(explicit, [1.10, 1.11, 1.09, 1.10, 1.12])], explicit), "ka1_rps"
+    )
     assert met["verdict"] == MET and met["ci_low"] > 1.05 and met["rounds_needed"] is None
-    missed = verdict_of(paired("ka1_rps", [e * r for e, r in zip(explicit, [1.00, 1.01, 0.99, 1.00, 1.02])],
-                               explicit), "ka1_rps")
+    missed = verdict_of(
+        paired("ka1_rps", [e * r for e, r in zip(explicit, [1.00, 1.01, 0.99, 1.00, 1.02])], explicit), "ka1_rps"
+    )
     assert missed["verdict"] == MISSED and missed["ci_high"] < 1.05 and missed["rounds_needed"] is None
     ratios = [1.02, 1.15, 1.08, 1.16, 1.00]
     noise = verdict_of(paired("ka1_rps", [e * r for e, r in zip(explicit, ratios)], explicit), "ka1_rps")
     assert noise["verdict"] == NOISE and noise["ci_low"] < 1.05 < noise["ci_high"]
     assert noise["rounds_needed"] == rounds_needed(ratios, 1.05) and 5 < noise["rounds_needed"] < ROUNDS_CAP
     assert (noise["ci_low"], noise["ci_high"]) == pytest.approx(ratio_interval(ratios), abs=1e-4)
-    assert set(noise) == {"mode", "figure", "against", "bound", "at_least", "estimate", "ci_low", "ci_high", "rounds",
-                          "verdict", "rounds_needed"}
-    assert (noise["mode"], noise["against"], noise["bound"], noise["at_least"], noise["rounds"]) == \
-        ("ebpf+sockmap", "explicit", 1.05, True, 5)
+    assert set(noise) == {
+        "mode",
+        "figure",
+        "against",
+        "bound",
+        "at_least",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "rounds",
+        "verdict",
+        "rounds_needed",
+    }
+    assert (noise["mode"], noise["against"], noise["bound"], noise["at_least"], noise["rounds"]) == (
+        "ebpf+sockmap",
+        "explicit",
+        1.05,
+        True,
+        5,
+    )
 
 
 def test_lower_is_better_targets_turn_the_interval_round():
     explicit = [74.0, 76.0, 75.0]
     assert verdict_of(paired("ka1_p50_us", [e * 0.90 for e in explicit], explicit), "ka1_p50_us")["verdict"] == MET
     assert verdict_of(paired("ka1_p50_us", [e * 1.00 for e in explicit], explicit), "ka1_p50_us")["verdict"] == MISSED
-    noise = verdict_of(paired("ka1_p50_us", [e * r for e, r in zip(explicit, [0.90, 0.99, 0.94])], explicit),
-                       "ka1_p50_us")
+    noise = verdict_of(
+        paired("ka1_p50_us", [e * r for e, r in zip(explicit, [0.90, 0.99, 0.94])], explicit), "ka1_p50_us"
+    )
     assert noise["ci_low"] < 0.95 < noise["ci_high"] and noise["verdict"] == NOISE
     # ebpf's own bound is 1.03: equal to explicit meets it
     ebpf = paired("ka1_p50_us", [e * 1.00 for e in explicit], explicit, mode="ebpf")
@@ -304,19 +394,35 @@ def test_the_interval_pairs_rounds_and_the_estimate_is_the_ratio_of_medians():
 
 def test_one_round_is_not_separated_from_noise():
     verdict = verdict_of(paired("ka1_rps", [1300.0], [1000.0]), "ka1_rps")
-    assert verdict == {"mode": "ebpf+sockmap", "figure": "ka1_rps", "against": "explicit", "bound": 1.05,
-                       "at_least": True, "estimate": 1.3, "ci_low": None, "ci_high": None, "rounds": 1,
-                       "verdict": NOISE, "rounds_needed": None}
+    assert verdict == {
+        "mode": "ebpf+sockmap",
+        "figure": "ka1_rps",
+        "against": "explicit",
+        "bound": 1.05,
+        "at_least": True,
+        "estimate": 1.3,
+        "ci_low": None,
+        "ci_high": None,
+        "rounds": 1,
+        "verdict": NOISE,
+        "rounds_needed": None,
+    }
     lines = [plain(line) for line in target_lines(paired("ka1_rps", [1300.0], [1000.0]))]
-    assert lines == ["target ebpf+sockmap ka1_rps ≥ 1.05× explicit: 1.30× (1 round, no interval) "
-                     "not separated from noise", "  no spread over rounds to judge it by: run three rounds or more"]
+    assert lines == [
+        "target ebpf+sockmap ka1_rps ≥ 1.05× explicit: 1.30× (1 round, no interval) not separated from noise",
+        "  no spread over rounds to judge it by: run three rounds or more",
+    ]
 
 
 def test_targets_whose_modes_did_not_run_are_skipped():
     doc = document(scaling=False, modes=("none", "explicit", "ebpf"))
     judged = {(v["mode"], v["figure"], v["against"]) for v in target_verdicts(doc)}
-    assert judged == {("ebpf", "cps16", "explicit"), ("ebpf", "crr1_p50_us", "explicit"),
-                      ("ebpf", "ka16_rps", "explicit"), ("ebpf", "ka1_p50_us", "explicit")}
+    assert judged == {
+        ("ebpf", "cps16", "explicit"),
+        ("ebpf", "crr1_p50_us", "explicit"),
+        ("ebpf", "ka16_rps", "explicit"),
+        ("ebpf", "ka1_p50_us", "explicit"),
+    }
     assert not any("sockmap" in line or "iptables-nft" in line for line in target_lines(doc))
     doc["modes"]["ebpf"]["cps16"] = None  # a figure not measured: no verdict either
     assert ("ebpf", "cps16", "explicit") not in {(v["mode"], v["figure"], v["against"]) for v in target_verdicts(doc)}
@@ -329,15 +435,18 @@ def test_target_lines_say_the_verdict_and_what_would_settle_it():
     noise = paired("ka1_rps", [e * r for e, r in zip(explicit, [1.02, 1.15, 1.08, 1.16, 1.00])], explicit)
     verdict = verdict_of(noise, "ka1_rps")
     first, advice = target_lines(noise)
-    assert first == (f"target ebpf+sockmap ka1_rps ≥ 1.05× explicit: {verdict['estimate']:.2f}× (95% CI "
-                     f"{verdict['ci_low']:.2f}–{verdict['ci_high']:.2f}, 5 rounds) [yellow]not separated from "
-                     "noise[/yellow]")
+    assert first == (
+        f"target ebpf+sockmap ka1_rps ≥ 1.05× explicit: {verdict['estimate']:.2f}× (95% CI "
+        f"{verdict['ci_low']:.2f}–{verdict['ci_high']:.2f}, 5 rounds) [yellow]not separated from "
+        "noise[/yellow]"
+    )
     assert plain(advice) == f"  about {verdict['rounds_needed']} rounds would probably separate it"
     close = paired("ka1_rps", [e * r for e, r in zip(explicit, [1.00, 1.12, 1.06, 1.13, 0.99])], explicit)
     assert plain(target_lines(close)[1]) == "  ≥ 40 rounds: too close to call on this VM"
     met = paired("ka1_rps", [e * 1.10 for e in explicit], explicit)
-    assert target_lines(met) == ["target ebpf+sockmap ka1_rps ≥ 1.05× explicit: 1.10× (95% CI 1.10–1.10, "
-                                 "5 rounds) [green]met[/green]"]
+    assert target_lines(met) == [
+        "target ebpf+sockmap ka1_rps ≥ 1.05× explicit: 1.10× (95% CI 1.10–1.10, 5 rounds) [green]met[/green]"
+    ]
     assert target_lines(paired("ka1_rps", explicit, explicit))[0].endswith("[red]missed[/red]")
 
 
@@ -354,14 +463,16 @@ def test_verdicts_go_into_the_document_and_the_markdown():
     text = markdown(doc)
     head = "Targets:\n\n| target | × | 95% CI | rounds | verdict |\n|---|---:|---:|---:|---|\n"
     assert head in text
-    rows = text[text.index(head) + len(head):].split("\n\n")[0].splitlines()
+    rows = text[text.index(head) + len(head) :].split("\n\n")[0].splitlines()
     assert len(rows) == len(TARGETS) + 1
     for verdict, row in zip(doc["verdicts"], rows):
         sign = "≥" if verdict["at_least"] else "≤"
         interval = f"{verdict['ci_low']:.2f}–{verdict['ci_high']:.2f}"
-        assert row.startswith(f"| {verdict['mode']} {verdict['figure']} {sign} {verdict['bound']:.2f}× "
-                              f"{verdict['against']} | {verdict['estimate']:.2f}× | {interval} | 3 | "
-                              f"{verdict['verdict']}")
+        assert row.startswith(
+            f"| {verdict['mode']} {verdict['figure']} {sign} {verdict['bound']:.2f}× "
+            f"{verdict['against']} | {verdict['estimate']:.2f}× | {interval} | 3 | "
+            f"{verdict['verdict']}"
+        )
     assert rows[-1].startswith("| ebpf keeps ≥ 0.95× its connection rate") and rows[-1].endswith("| 2 | met |")
 
 
@@ -369,9 +480,15 @@ def test_verdicts_go_into_the_document_and_the_markdown():
 
 
 def budget_rows(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("| program |")
-            or (line.startswith("| ") and line.split(" | ")[0][2:] in (*BUDGET["modes"]["ebpf"]["programs"],
-                                                                      "sk_msg", "**total**"))]
+    return [
+        line
+        for line in text.splitlines()
+        if line.startswith("| program |")
+        or (
+            line.startswith("| ")
+            and line.split(" | ")[0][2:] in (*BUDGET["modes"]["ebpf"]["programs"], "sk_msg", "**total**")
+        )
+    ]
 
 
 def test_budget_table():
@@ -384,19 +501,25 @@ def test_budget_table():
         "| getsockopt | 2.0 | 0.73 | 2.0 | 0.73 |",
         "| sk_msg | - | - | 4.0 | 0.58 |",
         "| getpeername4 | 3.0 | 0.45 | - | - |",
-        "| **total** | 41.2 | 8.10 | 42.0 | 8.81 |"]
-    legend = ("eBPF program time per proxied connection, from the kernel's run-time statistics (BPF_ENABLE_STATS) "
-              "over the crr1 run.")
+        "| **total** | 41.2 | 8.10 | 42.0 | 8.81 |",
+    ]
+    legend = (
+        "eBPF program time per proxied connection, from the kernel's run-time statistics (BPF_ENABLE_STATS) "
+        "over the crr1 run."
+    )
     assert f"\n{legend}\n" in markdown(doc)
     output = rendered(doc, 100)
     # from the title to the legend
-    table = output[output.index("eBPF program time per proxied connection\n"):output.index(legend[:41])]
+    table = output[output.index("eBPF program time per proxied connection\n") : output.index(legend[:41])]
     rows = [line.split() for line in table.splitlines()]
     assert ["program", "runs/conn", "µs/conn", "runs/conn", "µs/conn"] in rows
     assert ["sockops", "30.2", "3.02", "30.0", "3.60"] in rows
     assert ["total", "41.2", "8.10", "42.0", "8.81"] in rows
-    names = [row[0] for row in rows if row and row[0] in ("sockops", "connect4", "inbound", "getsockopt", "sk_msg",
-                                                          "getpeername4", "total")]
+    names = [
+        row[0]
+        for row in rows
+        if row and row[0] in ("sockops", "connect4", "inbound", "getsockopt", "sk_msg", "getpeername4", "total")
+    ]
     assert names == ["sockops", "connect4", "inbound", "getsockopt", "sk_msg", "getpeername4", "total"]
     assert "before" not in table
     assert " ".join(output.split()).count(legend) == 1
@@ -415,7 +538,8 @@ def test_budget_against_a_baseline():
         "| program | ebpf runs/conn | ebpf µs/conn | ebpf before | ebpf × | ebpf+sockmap runs/conn "
         "| ebpf+sockmap µs/conn |",
         "| sockops | 30.2 | 3.02 | 6.04 | 0.50× | 30.0 | 3.60 |",
-        "| connect4 | 3.0 | 2.70 | 2.70 | 1.00× | 3.0 | 2.70 |"]
+        "| connect4 | 3.0 | 2.70 | 2.70 | 1.00× | 3.0 | 2.70 |",
+    ]
     assert "| **total** | 41.2 | 8.10 | 12.00 | 0.68× | 42.0 | 8.81 |" in text
     assert "| getpeername5 | - | - | 0.30 | - | - | - |" in text  # gone since: still shown, with its time before
     assert "Before: µs/conn before the optimisation; ×: now against before." in text
@@ -455,10 +579,22 @@ def test_an_older_document_still_renders():
 def test_churn_is_a_table_in_print_and_markdown_with_the_pods_sysctls():
     doc = document(scaling=False)
     doc["env"]["pod_sysctls"] = {"net.ipv4.ip_local_port_range": "32768 60999", "net.ipv4.tcp_tw_reuse": "2"}
-    run = {"connections": 70000, "errors": 0, "eaddrnotavail": 0, "rate": 999.6, "connect_p50_us": 41.0,
-           "connect_p99_us": 95.0}
-    doc["churn"] = {"seconds": 70, "rate": 1000, "modes": {
-        "iptables-nft": run, "ebpf": {**run, "errors": 41583, "eaddrnotavail": 41583, "connect_p99_us": 15800.0}}}
+    run = {
+        "connections": 70000,
+        "errors": 0,
+        "eaddrnotavail": 0,
+        "rate": 999.6,
+        "connect_p50_us": 41.0,
+        "connect_p99_us": 95.0,
+    }
+    doc["churn"] = {
+        "seconds": 70,
+        "rate": 1000,
+        "modes": {
+            "iptables-nft": run,
+            "ebpf": {**run, "errors": 41583, "eaddrnotavail": 41583, "connect_p99_us": 15800.0},
+        },
+    }
     text = markdown(doc)
     assert "| mode | connections | errors | EADDRNOTAVAIL | rate /s | connect p50 | connect p99 |" in text
     assert "| ebpf | 70,000 | 41,583 | 41,583 | 1,000 | 41 µs | 15,800 µs |" in text

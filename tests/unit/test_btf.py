@@ -72,8 +72,12 @@ def test_types_decode():
     assert btf.type(ids["int"]) == BtfType("int", "int", size=4)
     assert btf.type(ids["u32"]) == BtfType("typedef", "u32", type_id=ids["const"])
     assert btf.type(ids["arr"]) == BtfType("array", "", type_id=ids["int"], count=4)
-    assert btf.type(ids["plain"]) == BtfType("struct", "plain", size=24, members=(
-        Member("a", ids["int"], 0, 0), Member("arr", ids["arr"], 32, 0), Member("t", ids["u32"], 160, 0)))
+    assert btf.type(ids["plain"]) == BtfType(
+        "struct",
+        "plain",
+        size=24,
+        members=(Member("a", ids["int"], 0, 0), Member("arr", ids["arr"], 32, 0), Member("t", ids["u32"], 160, 0)),
+    )
     assert btf.find("u32", "typedef") == ids["u32"]
     assert btf.find("u32", "struct") is None
     with pytest.raises(BtfError):
@@ -112,7 +116,8 @@ def test_mismatch_finds_wrong_offset():
     assert mismatches(btf, ids["plain"], Shifted) == [
         "member t: offset 20 in the BPF object, 24 in the mirror",
         "member pad: in the mirror, missing from the BPF object",
-        "total size: 24 in the BPF object, 28 in the mirror"]
+        "total size: 24 in the BPF object, 28 in the mirror",
+    ]
 
 
 def test_mismatch_finds_missing_member_and_wrong_size():
@@ -122,7 +127,8 @@ def test_mismatch_finds_missing_member_and_wrong_size():
     btf, ids = plain()
     assert mismatches(btf, ids["plain"], Short) == [
         "member arr: size 16 in the BPF object, 20 in the mirror",
-        "member t: in the BPF object, missing from the mirror"]
+        "member t: in the BPF object, missing from the mirror",
+    ]
 
 
 def test_packed_struct():
@@ -133,8 +139,12 @@ def test_packed_struct():
     key = b.add_struct("key", 29, [("prefixlen", u32, 0), ("netns", netns, 32), ("kind", u8, 96), ("addr", addr, 104)])
     btf = Btf(b.build())
 
-    fields = [("prefixlen", ctypes.c_uint32), ("netns", ctypes.c_uint8 * 8), ("kind", ctypes.c_uint8),
-              ("addr", ctypes.c_uint8 * 16)]
+    fields = [
+        ("prefixlen", ctypes.c_uint32),
+        ("netns", ctypes.c_uint8 * 8),
+        ("kind", ctypes.c_uint8),
+        ("addr", ctypes.c_uint8 * 16),
+    ]
     packed = type("Packed", (ctypes.Structure,), {"_pack_": 1, "_fields_": fields})
     aligned = type("Aligned", (ctypes.Structure,), {"_fields_": fields})
     assert layout(btf, key) == [("prefixlen", 0, 4), ("netns", 4, 8), ("kind", 12, 1), ("addr", 13, 16)]
@@ -147,12 +157,20 @@ def test_bitfields_with_kind_flag():
     # struct bits { unsigned int a:3, b:5, d:12; unsigned short c; }: d starts in the unit's second byte
     b = Blob()
     uint, ushort = b.add_int("unsigned int", 4), b.add_int("unsigned short", 2)
-    bits = b.add_struct("bits", 8, [("a", uint, (3 << 24) | 0), ("b", uint, (5 << 24) | 3), ("d", uint, (12 << 24) | 8),
-                                    ("c", ushort, 32)], kind_flag=1)
+    bits = b.add_struct(
+        "bits",
+        8,
+        [("a", uint, (3 << 24) | 0), ("b", uint, (5 << 24) | 3), ("d", uint, (12 << 24) | 8), ("c", ushort, 32)],
+        kind_flag=1,
+    )
     btf = Btf(b.build())
 
-    assert btf.type(bits).members == (Member("a", uint, 0, 3), Member("b", uint, 3, 5), Member("d", uint, 8, 12),
-                                      Member("c", ushort, 32, 0))
+    assert btf.type(bits).members == (
+        Member("a", uint, 0, 3),
+        Member("b", uint, 3, 5),
+        Member("d", uint, 8, 12),
+        Member("c", ushort, 32, 0),
+    )
     # a bitfield is placed by its storage unit, as ctypes reports it, not by the byte its bits start in
     assert layout(btf, bits) == [("a", 0, 4), ("b", 0, 4), ("d", 0, 4), ("c", 4, 2)]
 
@@ -169,11 +187,14 @@ def test_bitfield_word_without_kind_flag_is_all_offset():
     assert Btf(b.build()).type(s).members == (Member("x", uint, (5 << 24) | 3, 0),)
 
 
-@pytest.mark.parametrize("data, message", [
-    (Blob().build(magic=0x9FEB), "big-endian"),
-    (b"\0" * 24, "bad magic"),
-    (Blob().build()[:20], "too short"),
-])
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (Blob().build(magic=0x9FEB), "big-endian"),
+        (b"\0" * 24, "bad magic"),
+        (Blob().build()[:20], "too short"),
+    ],
+)
 def test_rejects_what_is_not_little_endian_btf(data, message):
     with pytest.raises(BtfError, match=message):
         Btf(data)
@@ -198,31 +219,47 @@ def test_vmlinux():
     assert sockaddr_in is not None and btf.size_of(sockaddr_in) == 16
 
     class SockaddrIn(ctypes.Structure):
-        _fields_ = [("sin_family", ctypes.c_ushort), ("sin_port", ctypes.c_uint16), ("sin_addr", ctypes.c_uint32),
-                    ("__pad", ctypes.c_uint8 * 8)]
+        _fields_ = [
+            ("sin_family", ctypes.c_ushort),
+            ("sin_port", ctypes.c_uint16),
+            ("sin_addr", ctypes.c_uint32),
+            ("__pad", ctypes.c_uint8 * 8),
+        ]
 
     assert mismatches(btf, sockaddr_in, SockaddrIn) == []
 
 
 # -- which pinned layouts a newer accel adopts (objects.compatible) ------------------------------
 
+
 def _layout(value, **definition):
-    return {"type": 1, "key_size": 8, "value_size": 24, "max_entries": 64, "map_flags": 0, **definition,
-            "key": [["", 0, 8]], "value": [list(member) for member in value]}
+    return {
+        "type": 1,
+        "key_size": 8,
+        "value_size": 24,
+        "max_entries": 64,
+        "map_flags": 0,
+        **definition,
+        "key": [["", 0, 8]],
+        "value": [list(member) for member in value],
+    }
 
 
 OLD_ORIGIN = [("addr", 0, 16), ("port", 16, 2), ("kind", 18, 1), ("role", 19, 1), ("pad", 20, 4)]
 
 
-@pytest.mark.parametrize("new, ok", [
-    (OLD_ORIGIN, True),
-    ([*OLD_ORIGIN[:4], ("shortcut", 20, 1), ("pad", 21, 3)], True),  # a member where padding was
-    ([*OLD_ORIGIN[:4], ("shortcut", 20, 2), ("extra", 22, 2)], True),
-    ([*OLD_ORIGIN[:4], ("shortcut", 19, 2), ("pad", 21, 3)], False),  # over a member, not padding
-    ([("addr", 0, 16), ("port", 16, 2), ("role", 18, 1), ("kind", 19, 1), ("pad", 20, 4)], False),  # moved
-    ([*OLD_ORIGIN[:3], ("pad", 19, 5)], False),  # a member went
-    ([*OLD_ORIGIN[:4], ("wide", 20, 8)], False),  # past the padding
-])
+@pytest.mark.parametrize(
+    "new, ok",
+    [
+        (OLD_ORIGIN, True),
+        ([*OLD_ORIGIN[:4], ("shortcut", 20, 1), ("pad", 21, 3)], True),  # a member where padding was
+        ([*OLD_ORIGIN[:4], ("shortcut", 20, 2), ("extra", 22, 2)], True),
+        ([*OLD_ORIGIN[:4], ("shortcut", 19, 2), ("pad", 21, 3)], False),  # over a member, not padding
+        ([("addr", 0, 16), ("port", 16, 2), ("role", 18, 1), ("kind", 19, 1), ("pad", 20, 4)], False),  # moved
+        ([*OLD_ORIGIN[:3], ("pad", 19, 5)], False),  # a member went
+        ([*OLD_ORIGIN[:4], ("wide", 20, 8)], False),  # past the padding
+    ],
+)
 def test_a_pinned_map_is_adopted_only_when_new_members_fill_its_padding(new, ok):
     from accel.ebpf.objects import compatible
 

@@ -59,16 +59,19 @@ def test_environment_is_read_for_istio_args():
     assert json.loads(result.stdout)["spec"]["OutboundIPRangesInclude"] == "10.0.0.0/8"
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["render", "--", "-p", "70000"], "--envoy-port/-p: port out of range 1-65535 (got '70000')"),
-    (["render", "--", "-i", "10.0.0.0/33"], "--istio-service-cidr/-i: prefix length 33"),
-    (["render", "--", "-m", "SPLICE"], "--istio-inbound-interception-mode/-m: unknown interception mode"),
-    (["render", "--", "-u", "root"], "--proxy-uid/-u: not a numeric uid (got 'root')"),
-    (["render", "--istio-config", "/nonexistent/config.json"], "--istio-config: cannot read file"),
-    (["render", "--annotations", "/nonexistent/pod.json"], "--annotations: cannot read file"),
-    (["render", "--dns-servers", "not-an-ip"], "--dns-servers: not an IP address"),
-    (["render", "--istio-config", "x.json", "--", "-p", "1"], "input: give only one of them"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["render", "--", "-p", "70000"], "--envoy-port/-p: port out of range 1-65535 (got '70000')"),
+        (["render", "--", "-i", "10.0.0.0/33"], "--istio-service-cidr/-i: prefix length 33"),
+        (["render", "--", "-m", "SPLICE"], "--istio-inbound-interception-mode/-m: unknown interception mode"),
+        (["render", "--", "-u", "root"], "--proxy-uid/-u: not a numeric uid (got 'root')"),
+        (["render", "--istio-config", "/nonexistent/config.json"], "--istio-config: cannot read file"),
+        (["render", "--annotations", "/nonexistent/pod.json"], "--annotations: cannot read file"),
+        (["render", "--dns-servers", "not-an-ip"], "--dns-servers: not an IP address"),
+        (["render", "--istio-config", "x.json", "--", "-p", "1"], "input: give only one of them"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, needle):
     result = invoke(*argv)
     assert result.exit_code == 2
@@ -114,28 +117,36 @@ def one_error_line(result, code: int = 2) -> str:
     return result.stderr
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["render", "--backend", "bogus"], ["--backend: 'bogus' is not one of", "accel render --help"]),
-    (["render", "--backend"], ["--backend", "requires an argument"]),
-    (["render", "--family", "5"], ["--family: '5' is not one of"]),
-    (["bogus"], ["No such command 'bogus'", "accel --help"]),
-    (["--bogus"], ["No such option", "--bogus"]),
-    (["lab", "bogus"], ["No such command 'bogus'", "accel lab --help"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["render", "--backend", "bogus"], ["--backend: 'bogus' is not one of", "accel render --help"]),
+        (["render", "--backend"], ["--backend", "requires an argument"]),
+        (["render", "--family", "5"], ["--family: '5' is not one of"]),
+        (["bogus"], ["No such command 'bogus'", "accel --help"]),
+        (["--bogus"], ["No such option", "--bogus"]),
+        (["lab", "bogus"], ["No such command 'bogus'", "accel lab --help"]),
+    ],
+)
 def test_click_usage_errors_are_one_line(argv, needles):
     line = one_error_line(invoke(*argv))
     for needle in needles:
         assert needle in line, line
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["render", "--", "-i", "*", "--json"], ["--json: unknown istio-iptables flag",
-                                             "--json is an option of accel render", "go before --"]),
-    (["render", "--", "--backend=nftables"], ["--backend is an option of accel render", "go before --"]),
-    (["render", "--jsn"], ["did you mean accel render's --json?", "go before --"]),
-    (["render", "--", "--redirect-dn"], ["did you mean --redirect-dns?"]),
-    (["render", "--", "--frobnicate"], ["--frobnicate: unknown istio-iptables flag", "go before --"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (
+            ["render", "--", "-i", "*", "--json"],
+            ["--json: unknown istio-iptables flag", "--json is an option of accel render", "go before --"],
+        ),
+        (["render", "--", "--backend=nftables"], ["--backend is an option of accel render", "go before --"]),
+        (["render", "--jsn"], ["did you mean accel render's --json?", "go before --"]),
+        (["render", "--", "--redirect-dn"], ["did you mean --redirect-dns?"]),
+        (["render", "--", "--frobnicate"], ["--frobnicate: unknown istio-iptables flag", "go before --"]),
+    ],
+)
 def test_accel_options_after_the_double_dash_are_explained(argv, needles):
     line = one_error_line(invoke(*argv))
     for needle in needles:
@@ -148,15 +159,18 @@ def test_render_takes_every_backend_name_compare_takes():
     assert invoke("render", "--backend", "iptables-nft").stdout == invoke("render").stdout
     assert invoke("render", "--backend", "iptables-legacy").stdout == invoke("render").stdout
     sets = invoke("render", "--backend", "nftables-sets", "--", *STOCK_ARGS)
-    assert sets.exit_code == 0 and sets.stdout == invoke("render", "--backend", "nftables", "--nft-sets", "--",
-                                                        *STOCK_ARGS).stdout
+    assert (
+        sets.exit_code == 0
+        and sets.stdout == invoke("render", "--backend", "nftables", "--nft-sets", "--", *STOCK_ARGS).stdout
+    )
     assert sets.stdout != invoke("render", "--backend", "nftables", "--", *STOCK_ARGS).stdout
     for name in BACKEND_NAMES:
         if name != "none":
             assert invoke("render", "--backend", name).exit_code == 0, name
     assert "captures nothing, so there are no rules to render" in one_error_line(invoke("render", "--backend", "none"))
     assert "--nft-sets: only applies to --backend nftables" in one_error_line(
-        invoke("render", "--backend", "ebpf", "--nft-sets"))
+        invoke("render", "--backend", "ebpf", "--nft-sets")
+    )
 
 
 def test_family_splits_the_iptables_blocks_for_their_tools():
@@ -167,8 +181,9 @@ def test_family_splits_the_iptables_blocks_for_their_tools():
     assert v4.stdout + v6.stdout == both and v4.stdout.count("COMMIT") == v6.stdout.count("COMMIT") >= 1
     assert v4.stdout == (REFERENCE / "derived/default-sidecar.v4.restore").read_text()
     assert "::1/128" in v6.stdout and "127.0.0.6" not in v6.stdout
-    assert json.loads(invoke("render", "--ipv6", "--family", "6", "--json", "--", *STOCK_ARGS).stdout)["text"] == \
-        v6.stdout
+    assert (
+        json.loads(invoke("render", "--ipv6", "--family", "6", "--json", "--", *STOCK_ARGS).stdout)["text"] == v6.stdout
+    )
     assert "add --ipv6" in one_error_line(invoke("render", "--family", "6"))
     for backend in ("nftables", "nftables-sets", "ebpf"):
         line = one_error_line(invoke("render", "--backend", backend, "--family", "4"))
@@ -250,13 +265,20 @@ def test_python_dash_m_accel():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "accel", "render", "--backend", "nftables", "--", *STOCK_ARGS],
-                            capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "accel", "render", "--backend", "nftables", "--", *STOCK_ARGS],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == invoke("render", "--backend", "nftables", "--", *STOCK_ARGS).stdout
     usage = subprocess.run([sys.executable, "-m", "accel", "--bogus"], capture_output=True, text=True)
-    assert usage.returncode == 2 and usage.stderr.startswith("accel: error: No such option") and \
-        usage.stderr.count("\n") == 1
+    assert (
+        usage.returncode == 2
+        and usage.stderr.startswith("accel: error: No such option")
+        and usage.stderr.count("\n") == 1
+    )
 
 
 def test_shell_completion():

@@ -25,8 +25,13 @@ def nothing_runs(monkeypatch):
     def ran(*args, **kwargs):
         raise AssertionError("the command did its work instead of refusing")
 
-    for module, name in ((accel.compare, "compare"), (accel.bench.run, "run_bench"), (accel.demo, "run_demo"),
-                         (accel.ebpf.probe, "probe"), (accel.lab, "cleanup_leftovers")):
+    for module, name in (
+        (accel.compare, "compare"),
+        (accel.bench.run, "run_bench"),
+        (accel.demo, "run_demo"),
+        (accel.ebpf.probe, "probe"),
+        (accel.lab, "cleanup_leftovers"),
+    ):
         monkeypatch.setattr(module, name, ran)
     monkeypatch.setattr("os.geteuid", lambda: 1000)
 
@@ -55,19 +60,22 @@ def test_bench_json_to_stdout_needs_no_directory():
     assert "needs root" in one_error_line(invoke("bench", "--json", "-"), code=1)
 
 
-@pytest.mark.parametrize("argv, needles", [
-    (["compare", "--backends", ""], ["--backends: empty list"]),
-    (["compare", "--backends", " , "], ["--backends: empty backend name"]),
-    (["compare", "--backends", "iptables,,ebpf"], ["--backends: empty backend name in 'iptables,,ebpf'"]),
-    (["compare", "--backends", "iptables,"], ["--backends: empty backend name"]),
-    (["bench", "--modes", ""], ["--modes: empty list"]),
-    (["bench", "--modes", "explicit,,ebpf"], ["--modes: empty mode name in 'explicit,,ebpf'"]),
-    (["compare", "--backends", "iptables,ebpf2"], ["--backends: unknown backend 'ebpf2'", *BACKEND_NAMES]),
-    (["bench", "--modes", "iptables,bogus"], ["--modes: unknown mode 'bogus'", *MODE_CHOICES]),
-    (["bench", "--modes", "none,ebpf"], ["--modes: modes must include explicit"]),
-    (["bench", "--plot", "out.svg"], ["--plot: must name a .png file"]),
-    (["bench", "--rounds", "0"], ["--rounds: 0 is not in the range"]),
-])
+@pytest.mark.parametrize(
+    "argv, needles",
+    [
+        (["compare", "--backends", ""], ["--backends: empty list"]),
+        (["compare", "--backends", " , "], ["--backends: empty backend name"]),
+        (["compare", "--backends", "iptables,,ebpf"], ["--backends: empty backend name in 'iptables,,ebpf'"]),
+        (["compare", "--backends", "iptables,"], ["--backends: empty backend name"]),
+        (["bench", "--modes", ""], ["--modes: empty list"]),
+        (["bench", "--modes", "explicit,,ebpf"], ["--modes: empty mode name in 'explicit,,ebpf'"]),
+        (["compare", "--backends", "iptables,ebpf2"], ["--backends: unknown backend 'ebpf2'", *BACKEND_NAMES]),
+        (["bench", "--modes", "iptables,bogus"], ["--modes: unknown mode 'bogus'", *MODE_CHOICES]),
+        (["bench", "--modes", "none,ebpf"], ["--modes: modes must include explicit"]),
+        (["bench", "--plot", "out.svg"], ["--plot: must name a .png file"]),
+        (["bench", "--rounds", "0"], ["--rounds: 0 is not in the range"]),
+    ],
+)
 def test_lists_and_values_are_checked_at_once(argv, needles):
     line = one_error_line(invoke(*argv))
     for needle in needles:
@@ -83,10 +91,15 @@ def test_help_says_which_names_each_list_takes():
 
 
 def test_compare_refuses_what_ebpf_cannot_capture_before_any_lab():
-    line = one_error_line(invoke("compare", "--backends", "iptables,ebpf", "--", "-c", "eth1", "-k", "eth2",
-                                 "--drop-invalid"))
-    for needle in ("ebpf backend cannot capture", "--istio-exclude-interfaces", "--kube-virt-interfaces",
-                   "--drop-invalid"):
+    line = one_error_line(
+        invoke("compare", "--backends", "iptables,ebpf", "--", "-c", "eth1", "-k", "eth2", "--drop-invalid")
+    )
+    for needle in (
+        "ebpf backend cannot capture",
+        "--istio-exclude-interfaces",
+        "--kube-virt-interfaces",
+        "--drop-invalid",
+    ):
         assert needle in line, line
     assert "needs root" in one_error_line(invoke("compare", "--backends", "nftables", "--", "-c", "eth1"), code=1)
 
@@ -113,13 +126,21 @@ def test_root_is_needed_and_said_in_one_line(argv):
 
 @pytest.mark.parametrize("present", [True, False])
 def test_probe_json_has_stable_keys(monkeypatch, present):
-    features = [Feature("bpf syscall", True, "works"), Feature("sk_lookup", present, "loads" if present else "EINVAL"),
-                Feature("sk_msg links to a sockhash", False, "EINVAL", "short-circuit")]
+    features = [
+        Feature("bpf syscall", True, "works"),
+        Feature("sk_lookup", present, "loads" if present else "EINVAL"),
+        Feature("sk_msg links to a sockhash", False, "EINVAL", "short-circuit"),
+    ]
     monkeypatch.setattr(accel.ebpf.probe, "probe", lambda: features)
     monkeypatch.setattr("os.geteuid", lambda: 0)
     result = invoke("probe", "--json")
     assert result.exit_code == (0 if present else 1)
-    assert json.loads(result.stdout) == {"ok": present, "short_circuit": False, "features": [
-        {"name": "bpf syscall", "ok": True, "detail": "works", "needed_for": "capture"},
-        {"name": "sk_lookup", "ok": present, "detail": "loads" if present else "EINVAL", "needed_for": "capture"},
-        {"name": "sk_msg links to a sockhash", "ok": False, "detail": "EINVAL", "needed_for": "short-circuit"}]}
+    assert json.loads(result.stdout) == {
+        "ok": present,
+        "short_circuit": False,
+        "features": [
+            {"name": "bpf syscall", "ok": True, "detail": "works", "needed_for": "capture"},
+            {"name": "sk_lookup", "ok": present, "detail": "loads" if present else "EINVAL", "needed_for": "capture"},
+            {"name": "sk_msg links to a sockhash", "ok": False, "detail": "EINVAL", "needed_for": "short-circuit"},
+        ],
+    }

@@ -36,14 +36,19 @@ def test_install_then_uninstall(dirs):
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         f"copied accel-cni to {bin_dir}/accel-cni",
-        f"added accel-cni to {conf}/10-bridge.conflist (after bridge, portmap)"]
-    assert json.loads((conf / "10-bridge.conflist").read_text())["plugins"][-1] == {"type": "accel-cni",
-                                                                                    "stateDir": "/srv/accel"}
+        f"added accel-cni to {conf}/10-bridge.conflist (after bridge, portmap)",
+    ]
+    assert json.loads((conf / "10-bridge.conflist").read_text())["plugins"][-1] == {
+        "type": "accel-cni",
+        "stateDir": "/srv/accel",
+    }
     again = invoke("cni", "install", *where, env={"ACCEL_STATE_DIR": "/srv/accel"})
     assert again.exit_code == 0 and again.stdout.startswith("nothing to change: accel-cni is in ")
     removed = invoke("cni", "uninstall", *where)
     assert removed.exit_code == 0 and removed.stdout.splitlines() == [
-        f"removed accel-cni from {conf}/10-bridge.conflist", f"removed {bin_dir}/accel-cni"]
+        f"removed accel-cni from {conf}/10-bridge.conflist",
+        f"removed {bin_dir}/accel-cni",
+    ]
     assert json.loads((conf / "10-bridge.conflist").read_text()) == NETWORK
     nothing = invoke("cni", "uninstall", *where)
     assert nothing.exit_code == 0 and nothing.stdout.startswith("nothing to remove")
@@ -54,10 +59,19 @@ def test_json_output(dirs):
     config = json.dumps({"type": "accel-cni", "stateDir": "/var/lib/accel", "excludeNamespaces": ["kube-system"]})
     document = json.loads(invoke("cni", "install", *where, "--config", config, "--json").stdout)
     assert document["changed"] is True and document["warnings"] == []
-    assert document["executable"] == {"action": "copied", "path": f"{bin_dir}/accel-cni", "kind": "copy",
-                                      "reason": None}
-    assert document["conflist"] == {"action": "added", "path": f"{conf}/10-bridge.conflist",
-                                    "after": ["bridge", "portmap"], "converted": None, "skipped": []}
+    assert document["executable"] == {
+        "action": "copied",
+        "path": f"{bin_dir}/accel-cni",
+        "kind": "copy",
+        "reason": None,
+    }
+    assert document["conflist"] == {
+        "action": "added",
+        "path": f"{conf}/10-bridge.conflist",
+        "after": ["bridge", "portmap"],
+        "converted": None,
+        "skipped": [],
+    }
     removed = json.loads(invoke("cni", "uninstall", *where, "--json").stdout)
     assert removed["changed"] is True and [c["action"] for c in removed["conflists"]] == ["removed"]
     assert removed["executable"]["action"] == "removed"
@@ -69,21 +83,28 @@ def test_config_from_a_file_and_the_shim(dirs, tmp_path):
     path.write_text(json.dumps({"type": "accel-cni", "logFile": "/var/log/accel-cni.log"}))
     result = invoke("cni", "install", *where, "--config", str(path), "--enter-pid-file", "/run/accel/agent.pid")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == (f"wrote a shim to {bin_dir}/accel-cni (runs accel-cni in the mount "
-                                             "namespace of the PID in /run/accel/agent.pid)")
+    assert result.stdout.splitlines()[0] == (
+        f"wrote a shim to {bin_dir}/accel-cni (runs accel-cni in the mount "
+        "namespace of the PID in /run/accel/agent.pid)"
+    )
     assert install.kind_of((bin_dir / "accel-cni").read_bytes()) == "shim"
 
 
-@pytest.mark.parametrize("config, needles", [
-    ('{"type": "accel-cni", "stateDri": "/var/lib/accel"}', ["--config: stateDri: unknown key",
-                                                             "did you mean 'stateDir'?"]),
-    ('{"type": "accel-cni", "podInfo": {"source": "kubernetes"}}', ["--config: podInfo.kubeconfig:"]),
-    ('{"type": "accel-cni", "capture": {"ProxyPort": "x"}}', ["--config: capture.ProxyPort:"]),
-    ('{"type": "accel-cni"', ["--config: not valid JSON"]),
-    ('["accel-cni"]', ["--config: (configuration): expected a JSON object"]),
-    ("/nonexistent/accel-cni.json", ["--config: cannot read file"]),
-    ('{"type": "accel-cni", "convertedFrom": "x.conf"}', ["--config: convertedFrom: accel cni install sets it"]),
-])
+@pytest.mark.parametrize(
+    "config, needles",
+    [
+        (
+            '{"type": "accel-cni", "stateDri": "/var/lib/accel"}',
+            ["--config: stateDri: unknown key", "did you mean 'stateDir'?"],
+        ),
+        ('{"type": "accel-cni", "podInfo": {"source": "kubernetes"}}', ["--config: podInfo.kubeconfig:"]),
+        ('{"type": "accel-cni", "capture": {"ProxyPort": "x"}}', ["--config: capture.ProxyPort:"]),
+        ('{"type": "accel-cni"', ["--config: not valid JSON"]),
+        ('["accel-cni"]', ["--config: (configuration): expected a JSON object"]),
+        ("/nonexistent/accel-cni.json", ["--config: cannot read file"]),
+        ('{"type": "accel-cni", "convertedFrom": "x.conf"}', ["--config: convertedFrom: accel cni install sets it"]),
+    ],
+)
 def test_a_bad_config_names_the_key(dirs, config, needles):
     where, conf, bin_dir = dirs
     line = one_error_line(invoke("cni", "install", *where, "--config", config))
@@ -122,15 +143,19 @@ def test_a_foreign_executable(dirs):
     line = one_error_line(invoke("cni", "install", *where), code=1)
     assert "exists and is not accel's" in line
     result = invoke("cni", "uninstall", *where)
-    assert result.exit_code == 0 and result.stderr == f"accel: warning: left {bin_dir}/accel-cni: not accel's " \
-                                                      "(neither its console script nor its shim)\n"
+    assert (
+        result.exit_code == 0
+        and result.stderr
+        == f"accel: warning: left {bin_dir}/accel-cni: not accel's (neither its console script nor its shim)\n"
+    )
     assert (bin_dir / "accel-cni").exists()
 
 
 def test_a_relative_pid_file_is_bad_input(dirs):
     where, _, _ = dirs
     assert "--enter-pid-file: expected an absolute path" in one_error_line(
-        invoke("cni", "install", *where, "--enter-pid-file", "agent.pid"))
+        invoke("cni", "install", *where, "--enter-pid-file", "agent.pid")
+    )
 
 
 def test_kubeconfig(tmp_path):
@@ -140,8 +165,20 @@ def test_kubeconfig(tmp_path):
     ca.write_text("ca")
     token.write_text("secret")
     out = tmp_path / "kc"
-    argv = ["cni", "kubeconfig", "--out", str(out), "--server-host", "fd00::1", "--server-port", "6443",
-            "--ca-file", str(ca), "--token-file", str(token)]
+    argv = [
+        "cni",
+        "kubeconfig",
+        "--out",
+        str(out),
+        "--server-host",
+        "fd00::1",
+        "--server-port",
+        "6443",
+        "--ca-file",
+        str(ca),
+        "--token-file",
+        str(token),
+    ]
     result = invoke(*argv)
     assert result.exit_code == 0 and result.stdout == f"wrote {out} (server https://[fd00::1]:6443)\n"
     assert kube_config.new_client_from_config(config_file=str(out)).configuration.host == "https://[fd00::1]:6443"
@@ -149,13 +186,18 @@ def test_kubeconfig(tmp_path):
     assert document["action"] == "unchanged" and document["kubeconfig"]["users"][0]["user"] == {"tokenFile": str(token)}
 
 
-@pytest.mark.parametrize("argv, needle", [
-    ([], "--server-host: $KUBERNETES_SERVICE_HOST is not set"),
-    (["--server-host", "10.96.0.1"], "--server-port: $KUBERNETES_SERVICE_PORT is not set"),
-    (["--server-host", "10.96.0.1", "--server-port", "99999"], "--server-port: not a port from 1 to 65535"),
-    (["--server-host", "10.96.0.1", "--server-port", "443", "--ca-file", "/nonexistent/ca.crt"],
-     "--ca-file: /nonexistent/ca.crt: no such file"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        ([], "--server-host: $KUBERNETES_SERVICE_HOST is not set"),
+        (["--server-host", "10.96.0.1"], "--server-port: $KUBERNETES_SERVICE_PORT is not set"),
+        (["--server-host", "10.96.0.1", "--server-port", "99999"], "--server-port: not a port from 1 to 65535"),
+        (
+            ["--server-host", "10.96.0.1", "--server-port", "443", "--ca-file", "/nonexistent/ca.crt"],
+            "--ca-file: /nonexistent/ca.crt: no such file",
+        ),
+    ],
+)
 def test_kubeconfig_inputs_are_named(tmp_path, argv, needle):
     outside_a_pod = {"KUBERNETES_SERVICE_HOST": None, "KUBERNETES_SERVICE_PORT": None}
     line = one_error_line(invoke("cni", "kubeconfig", "--out", str(tmp_path / "kc"), *argv, env=outside_a_pod))
@@ -185,10 +227,28 @@ def test_watch_waits_for_the_network_and_puts_accel_cni_back_after_a_rewrite(tmp
     conf.mkdir()
     bin_dir.mkdir()
     shim_target = tmp_path / "agent.pid"  # the shim needs no console script: the test runs anywhere
-    watcher = subprocess.Popen([sys.executable, "-m", "accel", "cni", "install", "--conf-dir", str(conf),
-                                "--bin-dir", str(bin_dir), "--enter-pid-file", str(shim_target), "--watch",
-                                "--interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parents[2])
+    watcher = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "accel",
+            "cni",
+            "install",
+            "--conf-dir",
+            str(conf),
+            "--bin-dir",
+            str(bin_dir),
+            "--enter-pid-file",
+            str(shim_target),
+            "--watch",
+            "--interval",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
 
     def chained() -> bool:
         deadline = time.monotonic() + 30

@@ -22,9 +22,14 @@ from tests.goldens import GOLDEN, check, updating
 GOLDENS = GOLDEN / "cni"
 ACCEL = {"type": "accel-cni", "stateDir": "/var/lib/accel"}
 
-BRIDGE = {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True, "hairpinMode": True,
-          "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]],
-                   "routes": [{"dst": "0.0.0.0/0"}]}}
+BRIDGE = {
+    "type": "bridge",
+    "bridge": "cni0",
+    "isGateway": True,
+    "ipMasq": True,
+    "hairpinMode": True,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]},
+}
 PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
 FIREWALL = {"type": "firewall", "backend": "iptables"}
 TUNING = {"type": "tuning", "sysctl": {"net.core.somaxconn": "1024"}}
@@ -38,18 +43,38 @@ def network(name: str, *plugins: dict, version: str = "1.0.0") -> dict:
 # tuple (content, mode) with that mode; files are 0644 otherwise).
 CASES: dict[str, dict[str, object]] = {
     "bridge": {"10-bridge.conflist": network("cbr0", BRIDGE, PORTMAP)},
-    "ptp": {"10-ptp.conflist": network("ptp-net", {
-        "type": "ptp", "ipMasq": True, "mtu": 1460,
-        "ipam": {"type": "host-local", "subnet": "10.1.1.0/24", "dataDir": "/run/my-orchestrator/container-ipam-state"},
-        "dns": {"nameservers": ["10.1.0.1"]}}, version="0.4.0")},
+    "ptp": {
+        "10-ptp.conflist": network(
+            "ptp-net",
+            {
+                "type": "ptp",
+                "ipMasq": True,
+                "mtu": 1460,
+                "ipam": {
+                    "type": "host-local",
+                    "subnet": "10.1.1.0/24",
+                    "dataDir": "/run/my-orchestrator/container-ipam-state",
+                },
+                "dns": {"nameservers": ["10.1.0.1"]},
+            },
+            version="0.4.0",
+        )
+    },
     "multi-plugin": {"10-containerd-net.conflist": network("containerd-net", BRIDGE, PORTMAP, FIREWALL, TUNING)},
     "accel-identical": {"10-bridge.conflist": network("cbr0", BRIDGE, PORTMAP, ACCEL)},
-    "accel-different": {"10-bridge.conflist": network("cbr0", BRIDGE, {"type": "accel-cni", "stateDir": "/run/old"},
-                                                      PORTMAP)},
+    "accel-different": {
+        "10-bridge.conflist": network("cbr0", BRIDGE, {"type": "accel-cni", "stateDir": "/run/old"}, PORTMAP)
+    },
     "accel-twice": {"10-bridge.conflist": network("cbr0", BRIDGE, dict(ACCEL), PORTMAP, dict(ACCEL))},
     "conf-converted": {"10-bridge.conf": ({"cniVersion": "0.3.1", "name": "mynet", **BRIDGE}, 0o600)},
-    "json-converted": {"10-net.json": {"cniVersion": "0.4.0", "name": "kindnet", "type": "ptp",
-                                       "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"}}},
+    "json-converted": {
+        "10-net.json": {
+            "cniVersion": "0.4.0",
+            "name": "kindnet",
+            "type": "ptp",
+            "ipam": {"type": "host-local", "subnet": "10.244.0.0/24"},
+        }
+    },
     "lexical-primary": {
         "00-broken.conf": "{not JSON\n",
         "05-list-in-a.conf": network("misplaced", BRIDGE),
@@ -65,8 +90,11 @@ CASES: dict[str, dict[str, object]] = {
     },
     "conf-written-again": {  # the network plugin wrote its .conf again after accel made it a list
         "10-bridge.conf": {"cniVersion": "0.3.1", "name": "mynet", **BRIDGE},
-        "10-bridge.conflist": {"cniVersion": "0.3.1", "name": "mynet", "plugins": [
-            BRIDGE, {**ACCEL, "stateDir": "/run/old", "convertedFrom": "10-bridge.conf"}]},
+        "10-bridge.conflist": {
+            "cniVersion": "0.3.1",
+            "name": "mynet",
+            "plugins": [BRIDGE, {**ACCEL, "stateDir": "/run/old", "convertedFrom": "10-bridge.conf"}],
+        },
     },
 }
 
@@ -197,8 +225,12 @@ def test_the_first_valid_file_in_lexical_order_is_the_network(tmp_path):
     (tmp_path / "09-a-directory.conflist").mkdir()
     network, skipped = conflist.primary(tmp_path)
     assert network.path.name == "10-calico.conflist"
-    assert [note.split(":")[0] for note in skipped] == ["00-broken.conf", "05-list-in-a.conf", "07-empty.conflist",
-                                                         "08-no-name.conflist"]
+    assert [note.split(":")[0] for note in skipped] == [
+        "00-broken.conf",
+        "05-list-in-a.conf",
+        "07-empty.conflist",
+        "08-no-name.conflist",
+    ]
     assert "a list of plugins belongs in a .conflist" in skipped[1]
     # Go's filepath.Ext: a dotfile is a configuration file too, and "." sorts before digits
     populate(tmp_path, {".hidden.conflist": network_document("hidden")})
@@ -209,13 +241,18 @@ def network_document(name):
     return network(name, BRIDGE)
 
 
-@pytest.mark.parametrize("files, needle", [
-    ({}, "no .conf, .conflist or .json file"),
-    ({"notes.txt": "x"}, "no .conf, .conflist or .json file"),
-    ({"00-broken.conf": "{", "10-empty.conflist": network("empty")},
-     "no valid file: 00-broken.conf: not valid JSON (Expecting property name enclosed in double quotes); "
-     '10-empty.conflist: no "plugins" list, or an empty one)'),
-])
+@pytest.mark.parametrize(
+    "files, needle",
+    [
+        ({}, "no .conf, .conflist or .json file"),
+        ({"notes.txt": "x"}, "no .conf, .conflist or .json file"),
+        (
+            {"00-broken.conf": "{", "10-empty.conflist": network("empty")},
+            "no valid file: 00-broken.conf: not valid JSON (Expecting property name enclosed in double quotes); "
+            '10-empty.conflist: no "plugins" list, or an empty one)',
+        ),
+    ],
+)
 def test_no_network_is_an_error_naming_the_directory(tmp_path, files, needle):
     populate(tmp_path, files)
     with pytest.raises(conflist.ConflistError) as error:
@@ -232,11 +269,17 @@ def test_a_missing_directory_is_an_error(tmp_path):
 
 
 def test_a_file_sorting_between_the_conf_and_its_conflist_stops_the_conversion(tmp_path):
-    populate(tmp_path, {"10-bridge.conf": {"cniVersion": "1.0.0", "name": "n", **BRIDGE},
-                        "10-bridge.conf-old.conflist": network("old", BRIDGE)})
+    populate(
+        tmp_path,
+        {
+            "10-bridge.conf": {"cniVersion": "1.0.0", "name": "n", **BRIDGE},
+            "10-bridge.conf-old.conflist": network("old", BRIDGE),
+        },
+    )
     before = listing(tmp_path)
-    with pytest.raises(conflist.ConflistError, match="10-bridge.conf-old.conflist sorts between 10-bridge.conf and "
-                                                     "10-bridge.conflist"):
+    with pytest.raises(
+        conflist.ConflistError, match="10-bridge.conf-old.conflist sorts between 10-bridge.conf and 10-bridge.conflist"
+    ):
         conflist.insert(tmp_path, ACCEL)
     assert listing(tmp_path) == before
 
@@ -315,18 +358,27 @@ def test_a_conversion_record_naming_another_file_is_not_followed(tmp_path):
 
 # Round trip over generated networks: JSON values of every kind, keys in any order.
 keys = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF), min_size=1, max_size=8).filter(
-    lambda key: key not in ("type", "cniVersion", "name", "plugins"))
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53), st.text(max_size=10))
-values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(keys, inner, max_size=3)), max_leaves=8)
-plugins = st.builds(lambda kind, rest: {"type": kind, **rest},
-                    st.sampled_from(["bridge", "ptp", "macvlan", "portmap", "tuning", "bandwidth"]),
-                    st.dictionaries(keys, values, max_size=4))
+    lambda key: key not in ("type", "cniVersion", "name", "plugins")
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53), st.text(max_size=10))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(keys, inner, max_size=3)),
+    max_leaves=8,
+)
+plugins = st.builds(
+    lambda kind, rest: {"type": kind, **rest},
+    st.sampled_from(["bridge", "ptp", "macvlan", "portmap", "tuning", "bandwidth"]),
+    st.dictionaries(keys, values, max_size=4),
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(plugin_list=st.lists(plugins, min_size=1, max_size=4), single=st.booleans(),
-       top=st.dictionaries(keys, values, max_size=2))
+@given(
+    plugin_list=st.lists(plugins, min_size=1, max_size=4),
+    single=st.booleans(),
+    top=st.dictionaries(keys, values, max_size=2),
+)
 def test_round_trip_gives_back_every_byte(tmp_path_factory, plugin_list, single, top):
     directory = tmp_path_factory.mktemp("net")
     if single:

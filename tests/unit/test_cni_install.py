@@ -14,8 +14,11 @@ import pytest
 from accel.cni import config, conflist, install
 
 ACCEL = {"type": "accel-cni", "stateDir": "/var/lib/accel"}
-NETWORK = {"cniVersion": "1.0.0", "name": "cbr0", "plugins": [
-    {"type": "bridge", "bridge": "cni0"}, {"type": "portmap", "capabilities": {"portMappings": True}}]}
+NETWORK = {
+    "cniVersion": "1.0.0",
+    "name": "cbr0",
+    "plugins": [{"type": "bridge", "bridge": "cni0"}, {"type": "portmap", "capabilities": {"portMappings": True}}],
+}
 # What pip writes for the accel-cni entry point (the shebang names the venv's python).
 CONSOLE_SCRIPT = textwrap.dedent("""\
     #!{python}
@@ -121,13 +124,16 @@ def test_a_failed_conflist_write_takes_the_executable_back(node, monkeypatch, ha
     assert plugins(conf) == NETWORK["plugins"]
 
 
-@pytest.mark.parametrize("document, key", [
-    ({"type": "accel-cni", "stateDri": "/var/lib/accel"}, "stateDri"),
-    ({"type": "accel-cni", "stateDir": "relative"}, "stateDir"),
-    ({"type": "accel-cni", "podInfo": {"source": "etcd"}}, "podInfo.source"),
-    ({"type": "bridge"}, "type"),
-    ({**ACCEL, "convertedFrom": "10-bridge.conf"}, "convertedFrom"),
-])
+@pytest.mark.parametrize(
+    "document, key",
+    [
+        ({"type": "accel-cni", "stateDri": "/var/lib/accel"}, "stateDri"),
+        ({"type": "accel-cni", "stateDir": "relative"}, "stateDir"),
+        ({"type": "accel-cni", "podInfo": {"source": "etcd"}}, "podInfo.source"),
+        ({"type": "bridge"}, "type"),
+        ({**ACCEL, "convertedFrom": "10-bridge.conf"}, "convertedFrom"),
+    ],
+)
 def test_a_bad_object_is_refused_before_anything_is_written(node, document, key):
     conf, bin_dir, _ = node
     with pytest.raises(config.ConfigError) as error:
@@ -164,8 +170,14 @@ def test_a_copy_made_by_another_accel_is_accels(node):
 
 # -- the shim, run by sh --------------------------------------------------------------------------
 
-def run_shim(tmp_path: Path, pid_file: str, command: str = "ADD", path_dirs: tuple[Path, ...] = (),
-             executable: Path = Path("/bin/true")):
+
+def run_shim(
+    tmp_path: Path,
+    pid_file: str,
+    command: str = "ADD",
+    path_dirs: tuple[Path, ...] = (),
+    executable: Path = Path("/bin/true"),
+):
     shim = tmp_path / "accel-cni"
     shim.write_bytes(install.shim(pid_file, executable))
     shim.chmod(0o755)
@@ -189,8 +201,10 @@ def test_the_shim_says_try_again_later_without_a_live_agent(tmp_path, content):
     result = run_shim(tmp_path, str(pid_file), executable=tmp_path / "nowhere" / "accel-cni")
     assert result.returncode == 1
     assert json.loads(result.stdout) == {
-        "cniVersion": "1.0.0", "code": 11,
-        "msg": f"accel-cni: the accel agent is not running on this node (no live PID in {pid_file}): try again later"}
+        "cniVersion": "1.0.0",
+        "code": 11,
+        "msg": f"accel-cni: the accel agent is not running on this node (no live PID in {pid_file}): try again later",
+    }
     # DEL does not hold up a pod's teardown: the agent's next `accel up` forgets pods whose namespace is gone
     deleted = run_shim(tmp_path, str(pid_file), command="DEL", executable=tmp_path / "nowhere" / "accel-cni")
     assert (deleted.returncode, deleted.stdout) == (0, "")
@@ -207,8 +221,11 @@ def test_the_shim_enters_the_agents_mount_namespace(tmp_path):
     pid_file.write_text(f" {os.getpid()}\n")
     result = run_shim(tmp_path, str(pid_file), path_dirs=(fake,), executable=Path("/bin/true"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [f"args: --target {os.getpid()} --mount -- /bin/true", "command: ADD",
-                                          '{"cniVersion": "1.0.0"}']
+    assert result.stdout.splitlines() == [
+        f"args: --target {os.getpid()} --mount -- /bin/true",
+        "command: ADD",
+        '{"cniVersion": "1.0.0"}',
+    ]
 
 
 def test_the_shim_wants_an_absolute_pid_file():
@@ -217,6 +234,7 @@ def test_the_shim_wants_an_absolute_pid_file():
 
 
 # -- the kubeconfig ---------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def service_account(tmp_path, monkeypatch):
@@ -232,8 +250,11 @@ def service_account(tmp_path, monkeypatch):
 
 def authorization(client) -> str:
     """The Authorization header the client sends (the key it keeps it under differs by version)."""
-    [header] = [item["value"] for item in client.configuration.auth_settings().values()
-                if item["in"] == "header" and item["key"] == "authorization"]
+    [header] = [
+        item["value"]
+        for item in client.configuration.auth_settings().values()
+        if item["in"] == "header" and item["key"] == "authorization"
+    ]
     return header
 
 
@@ -258,11 +279,14 @@ def test_the_kubeconfig_loads_with_the_kubernetes_client(tmp_path, service_accou
     assert install.write_kubeconfig(path)[0] == "written" and path.stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("host, server", [
-    ("fd00:10:96::1", "https://[fd00:10:96::1]:6443"),
-    ("[fd00:10:96::1]", "https://[fd00:10:96::1]:6443"),
-    ("kubernetes.default.svc", "https://kubernetes.default.svc:6443"),
-])
+@pytest.mark.parametrize(
+    "host, server",
+    [
+        ("fd00:10:96::1", "https://[fd00:10:96::1]:6443"),
+        ("[fd00:10:96::1]", "https://[fd00:10:96::1]:6443"),
+        ("kubernetes.default.svc", "https://kubernetes.default.svc:6443"),
+    ],
+)
 def test_the_server_address(tmp_path, service_account, host, server):
     from kubernetes import config as kube_config
 
@@ -271,12 +295,15 @@ def test_the_server_address(tmp_path, service_account, host, server):
     assert kube_config.new_client_from_config(config_file=str(path)).configuration.host == server
 
 
-@pytest.mark.parametrize("unset, field, needle", [
-    ("KUBERNETES_SERVICE_HOST", "host", "$KUBERNETES_SERVICE_HOST is not set"),
-    ("KUBERNETES_SERVICE_PORT", "port", "$KUBERNETES_SERVICE_PORT is not set"),
-    ("token", "token_file", "token: no such file (the pod's service account"),
-    ("ca.crt", "ca_file", "ca.crt: no such file"),
-])
+@pytest.mark.parametrize(
+    "unset, field, needle",
+    [
+        ("KUBERNETES_SERVICE_HOST", "host", "$KUBERNETES_SERVICE_HOST is not set"),
+        ("KUBERNETES_SERVICE_PORT", "port", "$KUBERNETES_SERVICE_PORT is not set"),
+        ("token", "token_file", "token: no such file (the pod's service account"),
+        ("ca.crt", "ca_file", "ca.crt: no such file"),
+    ],
+)
 def test_a_missing_input_is_named(tmp_path, service_account, monkeypatch, unset, field, needle):
     if unset.startswith("KUBERNETES"):
         monkeypatch.delenv(unset)

@@ -19,8 +19,12 @@ ARGS = {"K8S_POD_NAMESPACE": "shop", "K8S_POD_NAME": "web"}
 
 
 def kubernetes(tmp_path, server: FakeApiServer, **plugin) -> cni_config.PluginConfig:
-    source = {"source": "kubernetes", "kubeconfig": str(server.kubeconfig(tmp_path / "kubeconfig")),
-              "attempts": 3, "interval": 0}
+    source = {
+        "source": "kubernetes",
+        "kubeconfig": str(server.kubeconfig(tmp_path / "kubeconfig")),
+        "attempts": 3,
+        "interval": 0,
+    }
     return cni_config.parse({"type": "accel-cni", "podInfo": source, **plugin})
 
 
@@ -30,27 +34,54 @@ def decided(tmp_path, the_pod: dict, args=ARGS, pod_ips=(), **plugin):
 
 
 def test_a_sidecar_pod_gets_its_annotations_as_render_annotations_reads_them(tmp_path):
-    annotations = {**STATUS, "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.96.0.0/12",
-                   "traffic.sidecar.istio.io/excludeInboundPorts": "9000"}
+    annotations = {
+        **STATUS,
+        "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.96.0.0/12",
+        "traffic.sidecar.istio.io/excludeInboundPorts": "9000",
+    }
     env = [{"name": "ISTIO_META_DNS_CAPTURE", "value": "true"}]
     decision = decided(tmp_path, pod("shop", "web", annotations=annotations, proxy={**SIDECAR, "env": env}))
-    expected = inputs.from_annotations({"annotations": annotations, "proxy_env": {"ISTIO_META_DNS_CAPTURE": "true"},
-                                        "proxy_runAsUser": 1337, "proxy_runAsGroup": 1337}).spec
+    expected = inputs.from_annotations(
+        {
+            "annotations": annotations,
+            "proxy_env": {"ISTIO_META_DNS_CAPTURE": "true"},
+            "proxy_runAsUser": 1337,
+            "proxy_runAsGroup": 1337,
+        }
+    ).spec
     assert decision.spec == expected and decision.pod == "shop/web"
     assert decision.spec.redirect_dns and decision.spec.inbound_ports_exclude == (9000, 15020, 15021, 15090)
 
 
-@pytest.mark.parametrize("the_pod, why", [
-    (pod("shop", "web", annotations=STATUS, proxy=SIDECAR, init=("istio-init",)), "istio-init"),
-    (pod("shop", "web", annotations=STATUS, proxy={**SIDECAR, "env": [{"name": "DISABLE_ENVOY", "value": "true"}]}),
-     "DISABLE_ENVOY"),
-    (pod("shop", "web", annotations=STATUS), "no istio-proxy container"),
-    (pod("shop", "web", annotations=STATUS, proxy={"args": ["proxy", "router"]}), "proxy type router"),
-    (pod("shop", "web", annotations={**STATUS, "sidecar.istio.io/inject": "false"}, proxy=SIDECAR), "inject"),
-    (pod("shop", "web", annotations={**STATUS, "sidecar.istio.io/inject": "true"},
-         labels={"sidecar.istio.io/inject": "false"}, proxy=SIDECAR), "inject"),  # the label wins
-    (pod("shop", "web", proxy=SIDECAR), "sidecar.istio.io/status"),
-])
+@pytest.mark.parametrize(
+    "the_pod, why",
+    [
+        (pod("shop", "web", annotations=STATUS, proxy=SIDECAR, init=("istio-init",)), "istio-init"),
+        (
+            pod(
+                "shop",
+                "web",
+                annotations=STATUS,
+                proxy={**SIDECAR, "env": [{"name": "DISABLE_ENVOY", "value": "true"}]},
+            ),
+            "DISABLE_ENVOY",
+        ),
+        (pod("shop", "web", annotations=STATUS), "no istio-proxy container"),
+        (pod("shop", "web", annotations=STATUS, proxy={"args": ["proxy", "router"]}), "proxy type router"),
+        (pod("shop", "web", annotations={**STATUS, "sidecar.istio.io/inject": "false"}, proxy=SIDECAR), "inject"),
+        (
+            pod(
+                "shop",
+                "web",
+                annotations={**STATUS, "sidecar.istio.io/inject": "true"},
+                labels={"sidecar.istio.io/inject": "false"},
+                proxy=SIDECAR,
+            ),
+            "inject",
+        ),  # the label wins
+        (pod("shop", "web", proxy=SIDECAR), "sidecar.istio.io/status"),
+    ],
+)
 def test_pods_istio_cni_would_leave_alone_are_left_alone(tmp_path, the_pod, why):
     decision = decided(tmp_path, the_pod)
     assert decision.spec is None and why in decision.why
@@ -70,8 +101,14 @@ def test_excluded_namespaces_and_non_kubernetes_pods_are_not_looked_up(tmp_path)
 
 
 def test_capture_is_the_base_the_annotations_change(tmp_path):
-    capture = {"ProxyPort": "15002", "InboundCapturePort": "15007", "OutboundIPRangesInclude": "10.0.0.0/8",
-               "InboundPortsInclude": "*", "ProxyUID": "1337", "InboundInterceptionMode": "REDIRECT"}
+    capture = {
+        "ProxyPort": "15002",
+        "InboundCapturePort": "15007",
+        "OutboundIPRangesInclude": "10.0.0.0/8",
+        "InboundPortsInclude": "*",
+        "ProxyUID": "1337",
+        "InboundInterceptionMode": "REDIRECT",
+    }
     annotations = {**STATUS, "traffic.sidecar.istio.io/excludeOutboundIPRanges": "10.1.0.0/16"}
     spec = decided(tmp_path, pod("shop", "web", annotations=annotations, proxy=SIDECAR), capture=capture).spec
     assert (spec.proxy_port, spec.inbound_capture_port) == (15002, 15007)  # kept from capture
@@ -98,8 +135,9 @@ def test_the_pods_addresses_from_the_previous_plugin_decide_ipv6(tmp_path):
 
 
 def test_a_bad_annotation_is_an_error_naming_it(tmp_path):
-    the_pod = pod("shop", "web", annotations={**STATUS, "traffic.sidecar.istio.io/excludeInboundPorts": "99999"},
-                  proxy=SIDECAR)
+    the_pod = pod(
+        "shop", "web", annotations={**STATUS, "traffic.sidecar.istio.io/excludeInboundPorts": "99999"}, proxy=SIDECAR
+    )
     with pytest.raises(SpecError, match="excludeInboundPorts"):
         decided(tmp_path, the_pod)
 
@@ -117,17 +155,26 @@ def test_the_api_server_is_asked_again_a_bounded_number_of_times(tmp_path):
 
 def test_refused_credentials_are_not_retried(tmp_path):
     with FakeApiServer({}) as server:
-        config = cni_config.parse({"type": "accel-cni", "podInfo": {
-            "source": "kubernetes", "kubeconfig": str(server.kubeconfig(tmp_path / "kc", token="wrong")),
-            "attempts": 5, "interval": 0}})
+        config = cni_config.parse(
+            {
+                "type": "accel-cni",
+                "podInfo": {
+                    "source": "kubernetes",
+                    "kubeconfig": str(server.kubeconfig(tmp_path / "kc", token="wrong")),
+                    "attempts": 5,
+                    "interval": 0,
+                },
+            }
+        )
         with pytest.raises(PodInfoError, match="RBAC") as error:
             decide(config, ARGS, "c1", [])
         assert not error.value.transient and len(server.requests) == 1
 
 
 def test_an_unreadable_kubeconfig_is_not_transient(tmp_path):
-    config = cni_config.parse({"type": "accel-cni", "podInfo": {"source": "kubernetes",
-                                                                "kubeconfig": str(tmp_path / "absent")}})
+    config = cni_config.parse(
+        {"type": "accel-cni", "podInfo": {"source": "kubernetes", "kubeconfig": str(tmp_path / "absent")}}
+    )
     with pytest.raises(PodInfoError, match="podInfo.kubeconfig") as error:
         decide(config, ARGS, "c1", [])
     assert not error.value.transient
@@ -146,8 +193,9 @@ def test_annotation_files_are_named_by_pod_or_else_by_container(tmp_path):
 
 
 def test_without_pod_info_every_pod_gets_the_capture():
-    assert decide(cni_config.parse({"type": "accel-cni"}), {}, "c1", []).spec == \
-        inputs.from_istio_args(inputs.ISTIO_INIT_DEFAULT_ARGS)
+    assert decide(cni_config.parse({"type": "accel-cni"}), {}, "c1", []).spec == inputs.from_istio_args(
+        inputs.ISTIO_INIT_DEFAULT_ARGS
+    )
 
 
 def test_cni_args_are_key_value_pairs():

@@ -29,7 +29,7 @@ def test_a_chosen_case_meets_the_pod_as_in_the_full_run():
     (alone,) = select(CASES, ("proxy-to-address-added-after-apply",))
     assert alone.setup == added.setup
     # chosen after both setup cases without either: it gets both setups, in order
-    later = next(c for c in CASES[full.index("outbound-address-removed-after-apply") + 1:] if not c.setup)
+    later = next(c for c in CASES[full.index("outbound-address-removed-after-apply") + 1 :] if not c.setup)
     (after_both,) = select(CASES, (later.name,))
     assert after_both.setup == added.setup + CASES[full.index("outbound-address-removed-after-apply")].setup
     # one already run is not run again
@@ -52,11 +52,14 @@ def test_list_cases_needs_no_root_and_prints_json():
     assert table.exit_code == 0 and "outbound-service" in table.stdout
 
 
-@pytest.mark.parametrize("patterns, needle", [
-    ("nope-*", "--cases: 'nope-*' matches no case"),
-    ("dns-*,", "--cases: empty pattern"),
-    ("", "--cases: empty pattern"),
-])
+@pytest.mark.parametrize(
+    "patterns, needle",
+    [
+        ("nope-*", "--cases: 'nope-*' matches no case"),
+        ("dns-*,", "--cases: empty pattern"),
+        ("", "--cases: empty pattern"),
+    ],
+)
 def test_bad_patterns_exit_2_before_anything_runs(patterns, needle):
     run = CliRunner().invoke(main, ["compare", "--cases", patterns])
     assert run.exit_code == 2 and needle in run.stderr

@@ -40,8 +40,19 @@ KUBECONFIG = f"{STATE}/kubeconfig"
 # The image's venv (deploy/Containerfile): the accel-cni the shim runs, by that path.
 IMAGE_PYTHON = "/opt/accel/.venv/bin/python"
 IMAGE_ACCEL_CNI = "/opt/accel/.venv/bin/accel-cni"
-CNI_INSTALL = ["accel", "cni", "install", "--conf-dir", "/host/etc/cni/net.d", "--bin-dir", "/host/opt/cni/bin",
-               "--config", "/etc/accel/cni.json", "--enter-pid-file", PID_FILE]
+CNI_INSTALL = [
+    "accel",
+    "cni",
+    "install",
+    "--conf-dir",
+    "/host/etc/cni/net.d",
+    "--bin-dir",
+    "/host/opt/cni/bin",
+    "--config",
+    "/etc/accel/cni.json",
+    "--enter-pid-file",
+    PID_FILE,
+]
 INIT_COMMANDS = [
     ["accel", "up", "--backend", "auto"],
     ["accel", "cni", "kubeconfig", "--out", KUBECONFIG],
@@ -115,6 +126,7 @@ def host_path_of_volumes() -> dict[str, str]:
 
 # -- the schemas ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("manifest", MANIFESTS)
 def test_manifest_validates_strictly(manifest, version):
@@ -133,8 +145,13 @@ def test_strict_validation_rejects_a_misspelt_field():
 
 def test_the_expected_resources():
     assert sorted((d["kind"], d["metadata"]["name"]) for d in resources()) == [
-        ("ClusterRole", "accel"), ("ClusterRoleBinding", "accel"), ("ConfigMap", "accel-cni"),
-        ("DaemonSet", "accel"), ("Namespace", "accel-system"), ("ServiceAccount", "accel")]
+        ("ClusterRole", "accel"),
+        ("ClusterRoleBinding", "accel"),
+        ("ConfigMap", "accel-cni"),
+        ("DaemonSet", "accel"),
+        ("Namespace", "accel-system"),
+        ("ServiceAccount", "accel"),
+    ]
 
 
 def test_every_namespaced_resource_is_in_accels_namespace():
@@ -152,6 +169,7 @@ def test_every_resource_is_labelled():
 
 
 # -- the pod: what it shares with the host -------------------------------------------------------
+
 
 def test_the_pod_shares_the_hosts_network_and_pids():
     spec = pod_spec()
@@ -210,6 +228,7 @@ def test_each_container_mounts_the_host_paths_it_needs_with_their_propagation(na
 
 # -- the init container: datapath, kubeconfig, CNI ---------------------------------------------
 
+
 def test_init_runs_up_then_kubeconfig_then_cni_install():
     lines = [line.strip() for line in init_script().splitlines()]
     assert lines[0] == "set -eu"  # a failed `accel up` stops before the plugin is chained
@@ -225,7 +244,7 @@ def test_init_links_the_kernel_headers_before_up():
     script = init_script()
     # the node's /usr/src is seen at /host/usr/src, its /lib/modules at /host/lib/modules
     assert "/host/lib/modules/$kver/$1" in script and "path=/host$target" in script
-    assert "kheaders" in script and "/usr/src/linux-headers-*-\"$arch\"" in script
+    assert "kheaders" in script and '/usr/src/linux-headers-*-"$arch"' in script
 
 
 def test_the_shell_scripts_parse():
@@ -248,6 +267,7 @@ def test_the_configmap_is_mounted_where_cni_install_reads_it(name):
 
 
 # -- the running containers ----------------------------------------------------------------------
+
 
 def test_metrics_serves_and_writes_the_pid_file_the_shim_enters():
     metrics = containers()["metrics"]
@@ -276,14 +296,16 @@ def test_the_cni_container_keeps_the_inits_install_with_watch():
     cni = containers()["cni"]
     assert cni["command"] == CNI_WATCH
     # What it keeps is what the init container did: the same install, argument for argument.
-    assert [shlex.split(line.strip()) for line in init_script().splitlines()
-            if line.strip().startswith("accel cni install")] == [CNI_WATCH[:-1]]
+    assert [
+        shlex.split(line.strip()) for line in init_script().splitlines() if line.strip().startswith("accel cni install")
+    ] == [CNI_WATCH[:-1]]
     assert {m["name"] for m in cni["volumeMounts"]} == {"cni-conf", "cni-bin", "config", "run"}
     assert {"name": "PYTHONUNBUFFERED", "value": "1"} in cni["env"]  # its messages reach the log as they happen
     assert "lifecycle" not in cni  # stopping it changes nothing on the node
 
 
 # -- the PID file: one path, on the host and in every container that names it -------------------
+
 
 def enter_pid_files() -> dict[str, str]:
     """The --enter-pid-file each installer gives (the init's install, the cni container's)."""
@@ -344,11 +366,12 @@ def test_every_container_runs_the_image_of_this_version():
 
 # -- the uninstall: first without the container that would chain accel-cni again ---------------
 
+
 def readme_section() -> str:
     """The README's "Run in a cluster" section."""
     text = (DEPLOY.parent / "README.md").read_text()
     start = text.index("\n## Run in a cluster\n")
-    return text[start:text.index("\n## ", start + 1)]
+    return text[start : text.index("\n## ", start + 1)]
 
 
 def readme_patch() -> list[dict]:
@@ -389,6 +412,7 @@ def test_the_uninstalls_patch_takes_out_exactly_the_watching_container():
 
 # -- accel-cni's configuration -------------------------------------------------------------------
 
+
 def plugin_document() -> dict:
     return json.loads(one("ConfigMap")["data"]["cni.json"])
 
@@ -410,22 +434,29 @@ def test_a_misspelt_plugin_key_fails():
 
 # -- RBAC ----------------------------------------------------------------------------------------
 
+
 def test_the_cluster_role_grants_exactly_reading_pods():
-    assert one("ClusterRole")["rules"] == [{"apiGroups": [""], "resources": ["pods"],
-                                            "verbs": ["get", "list", "watch"]}]
+    assert one("ClusterRole")["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+    ]
 
 
 def test_the_daemonset_runs_as_the_bound_service_account():
     account, role, binding = one("ServiceAccount"), one("ClusterRole"), one("ClusterRoleBinding")
     assert pod_spec()["serviceAccountName"] == account["metadata"]["name"]
     assert pod_spec().get("automountServiceAccountToken", True) is True  # the kubeconfig's tokenFile
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account["metadata"]["name"],
-                                    "namespace": account["metadata"]["namespace"]}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": account["metadata"]["namespace"]}
+    ]
 
 
 # -- kustomize and the image ---------------------------------------------------------------------
+
 
 def test_the_kustomization_lists_every_manifest():
     kustomization = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
@@ -459,7 +490,7 @@ def test_the_image_is_debian_12_made_by_scripts_setup():
     assert steps.index("rm -rf /opt/accel/.venv /opt/accel/.git") < steps.index("/opt/accel/scripts/setup")
     for tool in ("accel", "accel-cni"):
         assert f"ln -sfn /opt/accel/.venv/bin/{tool} /usr/local/bin/{tool}" in steps
-    assert any(s.startswith("rm -rf /var/lib/apt/lists/*") for s in steps[steps.index("/opt/accel/scripts/setup"):])
+    assert any(s.startswith("rm -rf /var/lib/apt/lists/*") for s in steps[steps.index("/opt/accel/scripts/setup") :])
     assert instructions.index("COPY . /opt/accel") < instructions.index(setup)
 
 

@@ -38,6 +38,7 @@ CASES = case_table()
 def case_groups(monkeypatch):
     """Owner groups resolve as where the integration tests load rules (CASE_GROUPS), not as on this
     machine, whose /etc/group would otherwise decide between entries and a refusal."""
+
     def getgrnam(name):
         if name not in CASE_GROUPS:
             raise KeyError(name)

@@ -44,10 +44,12 @@ def unreadable(tmp_path, monkeypatch) -> dict[str, tuple[str, str]]:
         return original(path)
 
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
-    return {"missing": (str(tmp_path / "missing.json"), "cannot read file: No such file or directory"),
-            "directory": (str(tmp_path), "cannot read file: Is a directory"),
-            "denied": (str(denied), "cannot read file: Permission denied"),
-            "nul": ("a\0b", "cannot read file: embedded null byte")}
+    return {
+        "missing": (str(tmp_path / "missing.json"), "cannot read file: No such file or directory"),
+        "directory": (str(tmp_path), "cannot read file: Is a directory"),
+        "denied": (str(denied), "cannot read file: Permission denied"),
+        "nul": ("a\0b", "cannot read file: embedded null byte"),
+    }
 
 
 def test_unreadable_files_name_the_file_and_why(tmp_path, monkeypatch):

@@ -17,9 +17,17 @@ def args(argv, env=None, **kw):
 
 # -- istio-iptables argv and environment ------------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    ["-p", "15002"], ["-p=15002"], ["-p15002"], ["--envoy-port", "15002"], ["--envoy-port=15002"],
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["-p", "15002"],
+        ["-p=15002"],
+        ["-p15002"],
+        ["--envoy-port", "15002"],
+        ["--envoy-port=15002"],
+    ],
+)
 def test_pflag_value_forms(argv):
     assert args(argv).proxy_port == 15002
 
@@ -32,8 +40,23 @@ def test_boolean_flags_and_explicit_values():
 
 
 def test_empty_values_and_ignored_flags():
-    spec = args(["-i", "", "-x", "", "-b", "", "--dry-run", "--log_output_level=default:info",
-                 "--log_caller", "default", "--iptables-probe-port", "15002", "--native-nftables"])
+    spec = args(
+        [
+            "-i",
+            "",
+            "-x",
+            "",
+            "-b",
+            "",
+            "--dry-run",
+            "--log_output_level=default:info",
+            "--log_caller",
+            "default",
+            "--iptables-probe-port",
+            "15002",
+            "--native-nftables",
+        ]
+    )
     assert spec == CaptureSpec()
 
 
@@ -42,16 +65,19 @@ def test_stock_istio_init_argv_matches_derived_config():
     assert args(derived["argv"][1:]) == inputs.from_istio_config(derived["effective_config"])
 
 
-@pytest.mark.parametrize("argv, field", [
-    (["-p"], "--envoy-port/-p"),
-    (["--no-such-flag"], "--no-such-flag"),
-    (["stray"], "istio-iptables arguments"),
-    (["-b", "80,http"], "--istio-inbound-ports/-b"),
-    (["-i", "10.0.0.0/33"], "--istio-service-cidr/-i"),
-    (["-m", "tproxy"], "--istio-inbound-interception-mode/-m"),
-    (["-u", "istio-proxy"], "--proxy-uid/-u"),
-    (["-c", "bad/name"], "--istio-exclude-interfaces/-c"),
-])
+@pytest.mark.parametrize(
+    "argv, field",
+    [
+        (["-p"], "--envoy-port/-p"),
+        (["--no-such-flag"], "--no-such-flag"),
+        (["stray"], "istio-iptables arguments"),
+        (["-b", "80,http"], "--istio-inbound-ports/-b"),
+        (["-i", "10.0.0.0/33"], "--istio-service-cidr/-i"),
+        (["-m", "tproxy"], "--istio-inbound-interception-mode/-m"),
+        (["-u", "istio-proxy"], "--proxy-uid/-u"),
+        (["-c", "bad/name"], "--istio-exclude-interfaces/-c"),
+    ],
+)
 def test_bad_arguments_name_the_flag(argv, field):
     with pytest.raises(SpecError) as error:
         args(argv)
@@ -66,16 +92,14 @@ def test_environment_is_read_with_istio_precedence():
     assert spec.proxy_uids == spec.proxy_gids == (7,)  # -g defaults to the uid text
     assert args(["-i", "*"], env).outbound_ip_ranges_include == "*"  # argv wins over env
     # an alias read after the main variable wins over it
-    assert args([], {"REDIRECT_DNS": "false", "ISTIO_META_DNS_CAPTURE": "true",
-                     "CAPTURE_ALL_DNS": "true"}).dns_capture
+    assert args([], {"REDIRECT_DNS": "false", "ISTIO_META_DNS_CAPTURE": "true", "CAPTURE_ALL_DNS": "true"}).dns_capture
     assert args([], {"DROP_INVALID": "false", "INVALID_DROP": "true"}).drop_invalid
     # ENVOY_PORT is only logged by istio-iptables, never read
     assert args([], {"ENVOY_PORT": "9999"}).proxy_port == 15001
 
 
 def test_env_only_settings():
-    spec = args([], {"ISTIO_OUTBOUND_OWNER_GROUPS": "java,202",
-                     "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "127.0.0.1/8"})
+    spec = args([], {"ISTIO_OUTBOUND_OWNER_GROUPS": "java,202", "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "127.0.0.1/8"})
     assert spec.owner_groups_include == ("java", "202")
     assert s.cidr_text(spec.host_ipv4_loopback_cidr) == "127.0.0.1/8"
     with pytest.raises(SpecError) as error:
@@ -129,6 +153,7 @@ def test_resolv_conf_nameservers_are_written_as_istio_writes_them(tmp_path):
 
 # -- empty, repeated and host-bit list items, empty values: what istio-iptables does ---------
 
+
 def read(argv, env=None, **kw):
     return inputs.read_istio_args(argv, env or {}, **kw)
 
@@ -139,7 +164,8 @@ def test_empty_list_items_are_skipped_as_istio_does_and_said():
     assert parsed.spec.inbound_ports_include == (80, 81)
     assert parsed.warnings == (
         "--istio-inbound-ports/-b: empty item in '80,,81' skipped, as istio-iptables skips it",
-        "--istio-service-cidr/-i: empty item in '10.0.0.0/8,' skipped, as istio-iptables skips it")
+        "--istio-service-cidr/-i: empty item in '10.0.0.0/8,' skipped, as istio-iptables skips it",
+    )
     assert render_iptables(parsed.spec).text == render_iptables(args(["-i", "10.0.0.0/8", "-b", "80,81"])).text
 
 
@@ -156,8 +182,9 @@ def test_repeated_items_are_kept_as_istio_does_and_said():
     parsed = read(["-b", "8080,8080", "-u", "7,7"])
     assert parsed.spec.inbound_ports_include == (8080, 8080)
     assert render_iptables(parsed.spec).ipv4.count("--dport 8080 -j ISTIO_IN_REDIRECT") == 2
-    assert parsed.warnings[0] == ("--proxy-uid/-u: 7 is listed 2 times; kept, as istio-iptables keeps it "
-                                  "(its rules repeat)")
+    assert parsed.warnings[0] == (
+        "--proxy-uid/-u: 7 is listed 2 times; kept, as istio-iptables keeps it (its rules repeat)"
+    )
     assert parsed.warnings[1].startswith("--proxy-gid/-g: 7 is listed 2 times")  # -g defaults to -u's text
     assert parsed.warnings[2].startswith("--istio-inbound-ports/-b: 8080 is listed 2 times")
 
@@ -165,25 +192,37 @@ def test_repeated_items_are_kept_as_istio_does_and_said():
 def test_host_bits_are_written_as_given_as_istio_does_and_said():
     parsed = read(["-i", "10.0.0.1/8"])
     assert "-A ISTIO_OUTPUT -d 10.0.0.1/8 -j ISTIO_REDIRECT" in render_iptables(parsed.spec).ipv4
-    assert parsed.warnings == ("--istio-service-cidr/-i: 10.0.0.1/8 has host bits set; written as given, as "
-                               "istio-iptables writes it (it matches 10.0.0.0/8)",)
+    assert parsed.warnings == (
+        "--istio-service-cidr/-i: 10.0.0.1/8 has host bits set; written as given, as "
+        "istio-iptables writes it (it matches 10.0.0.0/8)",
+    )
     assert read(["-i", "10.0.0.0/8,2001:db8::/32"]).warnings == ()
 
 
 def test_every_input_says_the_same_about_its_items():
     config = inputs.read_istio_config({"OutboundIPRangesInclude": "10.0.0.1/8,", "InboundPortsInclude": "80,80"})
-    assert [w.split(":")[0] for w in config.warnings] == ["InboundPortsInclude", "OutboundIPRangesInclude",
-                                                          "OutboundIPRangesInclude"]
-    cni = pod({"traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.1/8",
-               "traffic.sidecar.istio.io/includeInboundPorts": "80,80",
-               "traffic.sidecar.istio.io/excludeInterfaces": "eth1,"})
+    assert [w.split(":")[0] for w in config.warnings] == [
+        "InboundPortsInclude",
+        "OutboundIPRangesInclude",
+        "OutboundIPRangesInclude",
+    ]
+    cni = pod(
+        {
+            "traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.1/8",
+            "traffic.sidecar.istio.io/includeInboundPorts": "80,80",
+            "traffic.sidecar.istio.io/excludeInterfaces": "eth1,",
+        }
+    )
     assert [w.split(":")[0] for w in cni.warnings] == [
-        "traffic.sidecar.istio.io/includeOutboundIPRanges", "traffic.sidecar.istio.io/includeInboundPorts",
-        "traffic.sidecar.istio.io/excludeInterfaces"]
+        "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        "traffic.sidecar.istio.io/includeInboundPorts",
+        "traffic.sidecar.istio.io/excludeInterfaces",
+    ]
     _, warnings = inputs.spec_from_inputs((), None, None, None, "10.0.0.1,,10.0.0.1", "/nonexistent")
-    assert warnings[:2] == ["--dns-servers: empty item in '10.0.0.1,,10.0.0.1' skipped, as istio-iptables skips it",
-                            "--dns-servers: 10.0.0.1 is listed 2 times; kept, as istio-iptables keeps it "
-                            "(its rules repeat)"]
+    assert warnings[:2] == [
+        "--dns-servers: empty item in '10.0.0.1,,10.0.0.1' skipped, as istio-iptables skips it",
+        "--dns-servers: 10.0.0.1 is listed 2 times; kept, as istio-iptables keeps it (its rules repeat)",
+    ]
 
 
 def test_an_empty_value_means_what_it_means_to_istio_iptables():
@@ -222,27 +261,40 @@ def test_the_dns_proxy_port_cannot_take_captured_connections():
 
 
 ONE_RULE_CASES = [
-    (lambda: args([], {"ISTIO_OUTBOUND_OWNER_GROUPS": ",".join(map(str, range(65)))}), "ISTIO_OUTBOUND_OWNER_GROUPS",
-     dict(owner_groups_include=tuple(map(str, range(65))))),
+    (
+        lambda: args([], {"ISTIO_OUTBOUND_OWNER_GROUPS": ",".join(map(str, range(65)))}),
+        "ISTIO_OUTBOUND_OWNER_GROUPS",
+        dict(owner_groups_include=tuple(map(str, range(65)))),
+    ),
     (lambda: inputs.from_istio_config({"DNSServersV4": ["::1"]}), "DNSServersV4", dict(dns_servers_v4=("::1",))),
     (lambda: args(["-m", "tproxy"]), "--istio-inbound-interception-mode/-m", dict(inbound_interception_mode="x")),
-    (lambda: args([], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.0/8"}), "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-     dict(host_ipv4_loopback_cidr=s.parse_cidr("10.0.0.0/8", "x"))),
+    (
+        lambda: args([], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.0/8"}),
+        "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
+        dict(host_ipv4_loopback_cidr=s.parse_cidr("10.0.0.0/8", "x")),
+    ),
     (lambda: args(["-p", "70000"]), "--envoy-port/-p", dict(proxy_port=70000)),
     (lambda: args(["-u", "4294967295"]), "--proxy-uid/-u", dict(proxy_uids=(2**32 - 1,))),
     (lambda: args(["-u", ","]), "--proxy-uid/-u", dict(proxy_uids=())),
     (lambda: args(["-t", "0"]), "--istio-inbound-tproxy-mark/-t", dict(inbound_tproxy_mark=0)),
     (lambda: args(["-c", "bad/name"]), "--istio-exclude-interfaces/-c", dict(exclude_interfaces=("bad/name",))),
-    (lambda: args([], {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "no space"}), "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
-     dict(owner_groups_exclude=("no space",))),
+    (
+        lambda: args([], {"ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE": "no space"}),
+        "ISTIO_OUTBOUND_OWNER_GROUPS_EXCLUDE",
+        dict(owner_groups_exclude=("no space",)),
+    ),
     (lambda: pod(proxy_runAsUser=2**32), "proxy_runAsUser", dict(proxy_uids=(2**32,))),
-    (lambda: pod({"traffic.sidecar.istio.io/excludeOutboundPorts": "0"}),
-     "traffic.sidecar.istio.io/excludeOutboundPorts", dict(outbound_ports_exclude=(0,))),
+    (
+        lambda: pod({"traffic.sidecar.istio.io/excludeOutboundPorts": "0"}),
+        "traffic.sidecar.istio.io/excludeOutboundPorts",
+        dict(outbound_ports_exclude=(0,)),
+    ),
 ]
 
 
-@pytest.mark.parametrize("read_input, field, direct", ONE_RULE_CASES,
-                         ids=[f"{i}:{case[1]}" for i, case in enumerate(ONE_RULE_CASES)])
+@pytest.mark.parametrize(
+    "read_input, field, direct", ONE_RULE_CASES, ids=[f"{i}:{case[1]}" for i, case in enumerate(ONE_RULE_CASES)]
+)
 def test_each_rule_is_checked_once_with_one_message(read_input, field, direct):
     """CaptureSpec checks the rule, whatever the input; the input only names the field as its user wrote it."""
     with pytest.raises(SpecError) as error:
@@ -255,14 +307,19 @@ def test_each_rule_is_checked_once_with_one_message(read_input, field, direct):
 
 # -- Istio config JSON ------------------------------------------------------------------
 
+
 def test_config_absent_fields_take_cli_defaults():
     assert inputs.from_istio_config({}) == args([])
 
 
 def test_config_errors_name_the_go_field():
-    for config, field in [({"ProxyPort": "70000"}, "ProxyPort"), ({"ProxyPorts": "1"}, "ProxyPorts"),
-                          ({"DNSServersV4": ["::1"]}, "DNSServersV4"), ({"EnableIPv6": "sure"}, "EnableIPv6"),
-                          ({"InboundInterceptionMode": "tproxy"}, "InboundInterceptionMode")]:
+    for config, field in [
+        ({"ProxyPort": "70000"}, "ProxyPort"),
+        ({"ProxyPorts": "1"}, "ProxyPorts"),
+        ({"DNSServersV4": ["::1"]}, "DNSServersV4"),
+        ({"EnableIPv6": "sure"}, "EnableIPv6"),
+        ({"InboundInterceptionMode": "tproxy"}, "InboundInterceptionMode"),
+    ]:
         with pytest.raises(SpecError) as error:
             inputs.from_istio_config(config)
         assert error.value.field == field
@@ -286,6 +343,7 @@ def test_any_spec_round_trips_through_istio_config(spec):
 
 # -- istio-cni annotations --------------------------------------------------------------
 
+
 def pod(annotations=None, **kw):
     document = {"annotations": {"sidecar.istio.io/status": "{}", **(annotations or {})}, **kw}
     return inputs.from_annotations(document)
@@ -301,8 +359,9 @@ def test_cni_defaults():
 
 
 def test_cni_merges_excluded_inbound_ports_and_reads_security_context():
-    spec = pod({"traffic.sidecar.istio.io/excludeInboundPorts": "15021,8080"},
-               proxy_runAsUser=1000670000, proxy_runAsGroup=0).spec
+    spec = pod(
+        {"traffic.sidecar.istio.io/excludeInboundPorts": "15021,8080"}, proxy_runAsUser=1000670000, proxy_runAsGroup=0
+    ).spec
     assert spec.inbound_ports_exclude == (15021, 8080, 15020, 15090)
     assert spec.proxy_uids == (1000670000,) and spec.proxy_gids == (1337,)  # 0 means unset
 
@@ -313,8 +372,9 @@ def test_cni_dns_capture_is_capture_all():
 
 
 def test_cni_reroute_interfaces_win_over_deprecated_key():
-    spec = pod({"istio.io/reroute-virtual-interfaces": "eth1",
-                "traffic.sidecar.istio.io/kubevirtInterfaces": "eth2"}).spec
+    spec = pod(
+        {"istio.io/reroute-virtual-interfaces": "eth1", "traffic.sidecar.istio.io/kubevirtInterfaces": "eth2"}
+    ).spec
     assert spec.kube_virt_interfaces == ("eth1",)
     assert pod({"traffic.sidecar.istio.io/kubevirtInterfaces": "eth2"}).spec.kube_virt_interfaces == ("eth2",)
 
@@ -326,33 +386,45 @@ def test_cni_ipv6_detection_from_pod_ips():
     assert not pod(pod_ips=["fe80::1", "10.0.0.5"]).spec.enable_ipv6  # link-local is skipped
 
 
-@pytest.mark.parametrize("document, field", [
-    ({"annotations": {"sidecar.istio.io/interceptionMode": "NONE"}}, "sidecar.istio.io/interceptionMode"),
-    ({"annotations": {"traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.0/33"}},
-     "traffic.sidecar.istio.io/includeOutboundIPRanges"),
-    ({"annotations": {"traffic.sidecar.istio.io/excludeOutboundPorts": "*"}},
-     "traffic.sidecar.istio.io/excludeOutboundPorts"),
-    ({"annotations": {"traffic.sidecar.istio.io/excludeInterfaces": "bad name"}},
-     "traffic.sidecar.istio.io/excludeInterfaces"),
-    ({"proxy_env": {"ISTIO_META_DNS_CAPTURE": "yes"}}, "proxy_env ISTIO_META_DNS_CAPTURE"),
-    ({"proxy_runAsUser": "1000"}, "proxy_runAsUser"),
-    ({"annotations": {}, "labels": {}}, "labels"),
-])
+@pytest.mark.parametrize(
+    "document, field",
+    [
+        ({"annotations": {"sidecar.istio.io/interceptionMode": "NONE"}}, "sidecar.istio.io/interceptionMode"),
+        (
+            {"annotations": {"traffic.sidecar.istio.io/includeOutboundIPRanges": "10.0.0.0/33"}},
+            "traffic.sidecar.istio.io/includeOutboundIPRanges",
+        ),
+        (
+            {"annotations": {"traffic.sidecar.istio.io/excludeOutboundPorts": "*"}},
+            "traffic.sidecar.istio.io/excludeOutboundPorts",
+        ),
+        (
+            {"annotations": {"traffic.sidecar.istio.io/excludeInterfaces": "bad name"}},
+            "traffic.sidecar.istio.io/excludeInterfaces",
+        ),
+        ({"proxy_env": {"ISTIO_META_DNS_CAPTURE": "yes"}}, "proxy_env ISTIO_META_DNS_CAPTURE"),
+        ({"proxy_runAsUser": "1000"}, "proxy_runAsUser"),
+        ({"annotations": {}, "labels": {}}, "labels"),
+    ],
+)
 def test_cni_bad_values_name_the_annotation(document, field):
     with pytest.raises(SpecError) as error:
         inputs.from_annotations(document)
     assert error.value.field == field
 
 
-@pytest.mark.parametrize("key, value", [
-    ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8,"),
-    ("traffic.sidecar.istio.io/excludeOutboundIPRanges", ",10.0.0.0/8"),
-    ("traffic.sidecar.istio.io/includeInboundPorts", "80,,81"),
-    ("traffic.sidecar.istio.io/excludeInboundPorts", "80,"),
-    ("traffic.sidecar.istio.io/excludeOutboundPorts", ","),
-    ("traffic.sidecar.istio.io/includeOutboundPorts", "443, "),
-    ("status.sidecar.istio.io/port", "15020,"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("traffic.sidecar.istio.io/includeOutboundIPRanges", "10.0.0.0/8,"),
+        ("traffic.sidecar.istio.io/excludeOutboundIPRanges", ",10.0.0.0/8"),
+        ("traffic.sidecar.istio.io/includeInboundPorts", "80,,81"),
+        ("traffic.sidecar.istio.io/excludeInboundPorts", "80,"),
+        ("traffic.sidecar.istio.io/excludeOutboundPorts", ","),
+        ("traffic.sidecar.istio.io/includeOutboundPorts", "443, "),
+        ("status.sidecar.istio.io/port", "15020,"),
+    ],
+)
 def test_cni_refuses_empty_items_in_port_and_cidr_annotations(key, value):
     # istio-cni's validators split these on ',' and parse every item, the empty one too.
     with pytest.raises(SpecError, match="empty item") as error:

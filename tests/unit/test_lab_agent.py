@@ -34,8 +34,9 @@ def test_help_lists_every_role(agent):
     result = run_agent(agent, "--help")
     assert result.returncode == 0, result.stderr
     usage = " ".join(result.stdout.split("\n\n")[0].split())
-    assert usage.startswith("usage: agent.pyz [-h] {server,sidecar,client,burst,sink,churn,http,http-get,stream-server,"
-                            "stream-client} ...")
+    assert usage.startswith(
+        "usage: agent.pyz [-h] {server,sidecar,client,burst,sink,churn,http,http-get,stream-server,stream-client} ..."
+    )
 
 
 def test_a_udp_client_reports_what_it_saw(agent):
@@ -52,13 +53,19 @@ def test_a_udp_client_reports_what_it_saw(agent):
         responder = threading.Thread(target=answer)
         responder.start()
         port = echo.getsockname()[1]
-        result = run_agent(agent, "client", "--proto", "udp", "--dst", "127.0.0.1", "--port", str(port),
-                           "--token", "t-udp")
+        result = run_agent(
+            agent, "client", "--proto", "udp", "--dst", "127.0.0.1", "--port", str(port), "--token", "t-udp"
+        )
         responder.join()
     assert result.returncode == 0, result.stderr
     sockname = f"127.0.0.1:{seen['peer'][1]}"
-    assert json.loads(result.stdout) == {"sockname": sockname, "peername": f"127.0.0.1:{port}",
-                                         "reply": {"agent": "echo", "token": "t-udp"}, "ok": True, "result": "ok"}
+    assert json.loads(result.stdout) == {
+        "sockname": sockname,
+        "peername": f"127.0.0.1:{port}",
+        "reply": {"agent": "echo", "token": "t-udp"},
+        "ok": True,
+        "result": "ok",
+    }
     assert seen["token"] == "t-udp"
 
 
@@ -68,8 +75,13 @@ def test_the_agent_imports_only_the_standard_library_and_itself():
         for node in ast.walk(ast.parse(module.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 continue  # the agent's own modules
-            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert name.split(".")[0] in sys.stdlib_module_names, f"{module.name} imports {name}"
 

@@ -22,8 +22,9 @@ def test_the_rule_count_does_not_grow_with_the_lists():
     def sized(n):
         cidrs = ",".join(f"10.{i // 250}.{i % 250}.0/24" for i in range(n))
         ports = ",".join(str(9000 + i) for i in range(min(n, 500)))
-        return spec("-x", cidrs, "-i", cidrs.replace("10.", "11."), "-o", ports, "-q", ports.replace("9", "8", 1),
-                    "-b", ports)
+        return spec(
+            "-x", cidrs, "-i", cidrs.replace("10.", "11."), "-o", ports, "-q", ports.replace("9", "8", 1), "-b", ports
+        )
 
     small, large = render_nftables(sized(2), sets=True), render_nftables(sized(2000), sets=True)
     assert len(rules(small)) == len(rules(large))
@@ -40,8 +41,9 @@ def test_each_list_is_one_set_holding_its_elements():
     assert "istio-output tcp dport @outbound-ports-exclude counter return" in text
     assert "istio-output udp dport @outbound-ports-exclude counter return" in text
     # a set is flushed before it is filled, so reapplying never keeps stale elements
-    assert text.index("flush set inet istio-proxy-nat outbound-exclude-v4") < \
-        text.index("add element inet istio-proxy-nat outbound-exclude-v4")
+    assert text.index("flush set inet istio-proxy-nat outbound-exclude-v4") < text.index(
+        "add element inet istio-proxy-nat outbound-exclude-v4"
+    )
 
 
 def test_without_lists_it_is_istios_rendering():

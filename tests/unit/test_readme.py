@@ -49,8 +49,9 @@ def test_the_title_is_the_only_top_level_heading():
 def test_usage_commands_are_inside_fences():
     lines = README.read_text().splitlines()
     inside, _ = fenced(lines)
-    outside = [lines[i] for i in section(lines, "## Usage")
-               if lines[i].startswith(("accel ", "scripts/")) and not inside[i]]
+    outside = [
+        lines[i] for i in section(lines, "## Usage") if lines[i].startswith(("accel ", "scripts/")) and not inside[i]
+    ]
     assert outside == []
 
 

@@ -11,20 +11,23 @@ from accel import spec as s
 from accel.spec import CaptureSpec, SpecError
 
 
-@pytest.mark.parametrize("parse, text, reason", [
-    (s.parse_port, "http", "not a port number"),
-    (s.parse_port, "-1", "not a port number"),
-    (s.parse_port, "\u00b9", "not a port number"),  # a digit to str.isdigit(), not to Go or int()
-    (s.parse_cidr, "10.0.0.0/33", "prefix length 33"),
-    (s.parse_cidr, "2001:db8::/129", "prefix length 129"),
-    (s.parse_cidr, "10.0.0.1", "expected address/prefix-length"),
-    (s.parse_cidr, "10.0.0.0/255.0.0.0", "expected address/prefix-length"),
-    (s.parse_cidr, "fe80::1%eth0/64", "expected address/prefix-length"),
-    (s.parse_cidr, "300.1.1.1/8", "address part"),
-    (s.parse_cidr, "10.0.0.0/\u0663", "expected address/prefix-length"),
-    (s.parse_address, "10.0.0.300", "not an IP address"),
-    (s.parse_bool, "yes", "not a boolean"),
-])
+@pytest.mark.parametrize(
+    "parse, text, reason",
+    [
+        (s.parse_port, "http", "not a port number"),
+        (s.parse_port, "-1", "not a port number"),
+        (s.parse_port, "\u00b9", "not a port number"),  # a digit to str.isdigit(), not to Go or int()
+        (s.parse_cidr, "10.0.0.0/33", "prefix length 33"),
+        (s.parse_cidr, "2001:db8::/129", "prefix length 129"),
+        (s.parse_cidr, "10.0.0.1", "expected address/prefix-length"),
+        (s.parse_cidr, "10.0.0.0/255.0.0.0", "expected address/prefix-length"),
+        (s.parse_cidr, "fe80::1%eth0/64", "expected address/prefix-length"),
+        (s.parse_cidr, "300.1.1.1/8", "address part"),
+        (s.parse_cidr, "10.0.0.0/\u0663", "expected address/prefix-length"),
+        (s.parse_address, "10.0.0.300", "not an IP address"),
+        (s.parse_bool, "yes", "not a boolean"),
+    ],
+)
 def test_parsers_name_field_and_value(parse, text, reason):
     with pytest.raises(SpecError) as error:
         parse(text, "--the-flag")
@@ -62,8 +65,12 @@ def test_cidr_text_keeps_what_istio_emits():
 
 
 def test_address_text_is_gos_netip_string():
-    for text, go in (("2001:DB8:0:0:1:0:0:1", "2001:db8::1:0:0:1"), ("::ffff:10.0.0.1", "::ffff:10.0.0.1"),
-                     ("::127.0.0.53", "::7f00:35"), ("10.96.0.10", "10.96.0.10")):
+    for text, go in (
+        ("2001:DB8:0:0:1:0:0:1", "2001:db8::1:0:0:1"),
+        ("::ffff:10.0.0.1", "::ffff:10.0.0.1"),
+        ("::127.0.0.53", "::7f00:35"),
+        ("10.96.0.10", "10.96.0.10"),
+    ):
         assert s.address_text(ipaddress.ip_address(text)) == go
 
 
@@ -75,35 +82,38 @@ def test_default_spec_is_istio_iptables_defaults():
     assert spec.owner_groups_include == "*"
 
 
-@pytest.mark.parametrize("field, value, reason", [
-    ("proxy_port", 70000, "port out of range 1-65535"),
-    ("proxy_port", 0, "port out of range 1-65535"),
-    ("proxy_port", True, "port out of range"),
-    ("proxy_uids", (), "at least one uid is required"),
-    ("proxy_gids", (), "at least one gid is required"),
-    ("proxy_uids", (-1,), "uid out of range"),
-    ("proxy_gids", (2**32 - 1,), "gid out of range 0-4294967294"),
-    ("inbound_interception_mode", "NONE", "unknown interception mode"),
-    ("inbound_interception_mode", "tproxy", "unknown interception mode"),
-    ("inbound_ports_include", (80, 0), "port out of range"),
-    ("inbound_ports_exclude", "*", "wrong type"),
-    ("outbound_ip_ranges_include", ("10.0.0.0/8",), "wrong type"),  # must be parsed, not text
-    ("outbound_ip_ranges_exclude", "*", "wrong type"),
-    ("owner_groups_include", tuple(str(g) for g in range(65)), "at most 64 groups"),
-    ("owner_groups_exclude", ("no spaces",), "not a group name"),
-    ("owner_groups_exclude", ("4294967295",), "gid out of range"),
-    ("exclude_interfaces", ("a" * 16,), "interface name"),
-    ("kube_virt_interfaces", ("eth/0",), "interface name"),
-    ("dns_servers_v4", ("::1",), "not an IPv4 address"),
-    ("dns_servers_v6", ("not-an-ip",), "not an IP address"),
-    ("dns_servers_v4", (" 10.0.0.1",), "not an IP address"),  # written into rules as it is
-    ("dns_servers_v6", ("fe80::1%eth0",), "zone"),
-    ("inbound_tproxy_mark", 0, "packet mark out of range 1-4294967295"),
-    ("inbound_tproxy_route_table", 2**32, "route table out of range"),
-    ("host_ipv4_loopback_cidr", s.parse_cidr("10.0.0.1/32", "f"), "loopback"),
-    ("host_ipv4_loopback_cidr", s.parse_cidr("127.0.0.1/7", "f"), "8 to 32"),
-    ("host_ipv4_loopback_cidr", s.parse_cidr("::1/128", "f"), "IPv4 loopback"),
-])
+@pytest.mark.parametrize(
+    "field, value, reason",
+    [
+        ("proxy_port", 70000, "port out of range 1-65535"),
+        ("proxy_port", 0, "port out of range 1-65535"),
+        ("proxy_port", True, "port out of range"),
+        ("proxy_uids", (), "at least one uid is required"),
+        ("proxy_gids", (), "at least one gid is required"),
+        ("proxy_uids", (-1,), "uid out of range"),
+        ("proxy_gids", (2**32 - 1,), "gid out of range 0-4294967294"),
+        ("inbound_interception_mode", "NONE", "unknown interception mode"),
+        ("inbound_interception_mode", "tproxy", "unknown interception mode"),
+        ("inbound_ports_include", (80, 0), "port out of range"),
+        ("inbound_ports_exclude", "*", "wrong type"),
+        ("outbound_ip_ranges_include", ("10.0.0.0/8",), "wrong type"),  # must be parsed, not text
+        ("outbound_ip_ranges_exclude", "*", "wrong type"),
+        ("owner_groups_include", tuple(str(g) for g in range(65)), "at most 64 groups"),
+        ("owner_groups_exclude", ("no spaces",), "not a group name"),
+        ("owner_groups_exclude", ("4294967295",), "gid out of range"),
+        ("exclude_interfaces", ("a" * 16,), "interface name"),
+        ("kube_virt_interfaces", ("eth/0",), "interface name"),
+        ("dns_servers_v4", ("::1",), "not an IPv4 address"),
+        ("dns_servers_v6", ("not-an-ip",), "not an IP address"),
+        ("dns_servers_v4", (" 10.0.0.1",), "not an IP address"),  # written into rules as it is
+        ("dns_servers_v6", ("fe80::1%eth0",), "zone"),
+        ("inbound_tproxy_mark", 0, "packet mark out of range 1-4294967295"),
+        ("inbound_tproxy_route_table", 2**32, "route table out of range"),
+        ("host_ipv4_loopback_cidr", s.parse_cidr("10.0.0.1/32", "f"), "loopback"),
+        ("host_ipv4_loopback_cidr", s.parse_cidr("127.0.0.1/7", "f"), "8 to 32"),
+        ("host_ipv4_loopback_cidr", s.parse_cidr("::1/128", "f"), "IPv4 loopback"),
+    ],
+)
 def test_spec_refuses_invalid_values(field, value, reason):
     with pytest.raises(SpecError) as error:
         CaptureSpec(**{field: value})

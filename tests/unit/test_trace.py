@@ -17,8 +17,19 @@ from accel import constants as c
 from accel import inputs
 from accel.render import render_iptables, render_nftables
 from accel.spec import CaptureSpec, SpecError
-from accel.trace import (DROPPED, TPROXY, UNTOUCHED, Flow, IptablesTracer, Kind, NftablesTracer, TraceError, Verdict,
-                         trace_iptables, trace_nftables)
+from accel.trace import (
+    DROPPED,
+    TPROXY,
+    UNTOUCHED,
+    Flow,
+    IptablesTracer,
+    Kind,
+    NftablesTracer,
+    TraceError,
+    Verdict,
+    trace_iptables,
+    trace_nftables,
+)
 from tests.reference import CASE_GROUPS, PROBE_LINES, REFERENCE, golden_cases
 from tests import flows
 from tests.flows import APP, EPHEMERAL, PASSTHROUGH, POD, PROXY, grid, inb, out, proxy
@@ -41,10 +52,16 @@ SPECS = {  # name -> (extra istio-iptables args after the stock ones, env, from_
     "tproxy-ipv6": (["-m", "TPROXY"], {}, {"enable_ipv6": True}),
     "dns": (["--redirect-dns"], {}, {"dns_servers": ["10.96.0.10", "127.0.0.53"]}),
     "dns-all": (["--redirect-dns", "--capture-all-dns"], {}, {}),
-    "dns-tproxy-ipv6": (["--redirect-dns", "-m", "TPROXY"], {}, {"dns_servers": ["10.96.0.10", "fd00:96::10"],
-                                                                   "enable_ipv6": True}),
-    "cidrs": (["-i", "10.0.0.0/8,fd00::/8", "-x", "10.96.0.0/12,fd00:96::/32", "-q", "3306"], {},
-              {"enable_ipv6": True}),
+    "dns-tproxy-ipv6": (
+        ["--redirect-dns", "-m", "TPROXY"],
+        {},
+        {"dns_servers": ["10.96.0.10", "fd00:96::10"], "enable_ipv6": True},
+    ),
+    "cidrs": (
+        ["-i", "10.0.0.0/8,fd00::/8", "-x", "10.96.0.0/12,fd00:96::/32", "-q", "3306"],
+        {},
+        {"enable_ipv6": True},
+    ),
     "loopback-include": (["-i", "127.0.0.0/8,10.1.0.0/16"], {}, {}),
     "host-loopback-8": ([], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "127.0.0.1/8"}, {}),
     "exclude-ports": (["-o", "5432,9000"], {}, {}),
@@ -90,8 +107,12 @@ TABLE = [
     ("stock", "proxy to 127.0.0.1 over lo", proxy("127.0.0.1", 8080), NONE),
     ("stock", "proxy to its pod's tunnel port", proxy(POD[4], TUNNEL), NONE),
     ("stock", "proxy's passthrough from 127.0.0.6", proxy(POD[4], 8080, src=PASSTHROUGH[4]), NONE),
-    ("stock", "uid 0 in the proxy's group over lo: the uid rule's lo RETURN shadows the gid hairpin",
-     out(POD[4], 8080, uid=0, gid=c.PROXY_GID), NONE),
+    (
+        "stock",
+        "uid 0 in the proxy's group over lo: the uid rule's lo RETURN shadows the gid hairpin",
+        out(POD[4], 8080, uid=0, gid=c.PROXY_GID),
+        NONE,
+    ),
     ("stock", "inbound TCP", inb(8080), IN),
     ("stock", "inbound TCP to the capture port itself", inb(c.INBOUND_CAPTURE_PORT), IN),
     ("stock", "inbound to Envoy's metrics port", inb(c.ENVOY_METRICS_PORT), NONE),
@@ -116,17 +137,33 @@ TABLE = [
     ("tproxy", "inbound to the tunnel port: no exemption in mangle", inb(TUNNEL), IN_TPROXY),
     ("tproxy", "inbound UDP", inb(8080, protocol="udp"), NONE),
     ("tproxy", "arriving by lo unmarked", inb(8080, src=POD[4], lo=True), NONE),
-    ("tproxy", "arriving by lo with the proxy's hairpin mark", inb(8080, src=POD[4], lo=True, mark=c.OUTBOUND_MARK),
-     IN_TPROXY),
-    ("tproxy", "arriving by lo from 127.0.0.6, hairpin mark",
-     inb(8080, src=PASSTHROUGH[4], lo=True, mark=c.OUTBOUND_MARK), NONE),
+    (
+        "tproxy",
+        "arriving by lo with the proxy's hairpin mark",
+        inb(8080, src=POD[4], lo=True, mark=c.OUTBOUND_MARK),
+        IN_TPROXY,
+    ),
+    (
+        "tproxy",
+        "arriving by lo from 127.0.0.6, hairpin mark",
+        inb(8080, src=PASSTHROUGH[4], lo=True, mark=c.OUTBOUND_MARK),
+        NONE,
+    ),
     ("tproxy", "arriving already carrying the TPROXY mark", inb(8080, src=POD[4], lo=True, mark=c.TPROXY_MARK), NONE),
     ("tproxy", "app TCP out (back in by lo, unmarked: not re-captured)", out("10.96.0.10", 80), OUT),
     ("tproxy", "proxy to its own pod: nat hairpin, mangle then sees 127.0.0.1", proxy(POD[4], 8080), IN),
-    ("tproxy", "proxy to its pod's tunnel port: nat lets it be, mangle marks it 1338, TPROXY takes it",
-     proxy(POD[4], TUNNEL), IN_TPROXY),
-    ("tproxy", "proxy's original_src socket (mark 1337) to the tunnel port", proxy(POD[4], TUNNEL, mark=c.TPROXY_MARK),
-     NONE),
+    (
+        "tproxy",
+        "proxy to its pod's tunnel port: nat lets it be, mangle marks it 1338, TPROXY takes it",
+        proxy(POD[4], TUNNEL),
+        IN_TPROXY,
+    ),
+    (
+        "tproxy",
+        "proxy's original_src socket (mark 1337) to the tunnel port",
+        proxy(POD[4], TUNNEL, mark=c.TPROXY_MARK),
+        NONE,
+    ),
     ("tproxy", "app to its own pod over lo", out(POD[4], 8080), NONE),
     ("tproxy", "proxy's passthrough from 127.0.0.6", proxy(POD[4], 8080, src=PASSTHROUGH[4]), NONE),
     ("tproxy-ipv6", "inbound TCP", inb(8080, version=6), IN_TPROXY),
@@ -142,8 +179,12 @@ TABLE = [
     ("dns", "proxy TCP to its own pod's port 53 (multiport ! 53,15008)", proxy(POD[4], 53), NONE),
     ("dns", "proxy TCP to its own pod", proxy(POD[4], 8080), IN),
     ("dns", "app TCP/53 to its own pod: the lo RETURN spares port 53", out(POD[4], 53), OUT),
-    ("dns", "app UDP to its own pod: the lo RETURN is TCP only, ISTIO_REDIRECT too", out(POD[4], 8080, protocol="udp"),
-     NONE),
+    (
+        "dns",
+        "app UDP to its own pod: the lo RETURN is TCP only, ISTIO_REDIRECT too",
+        out(POD[4], 8080, protocol="udp"),
+        NONE,
+    ),
     ("dns", "app TCP to its own pod", out(POD[4], 8080), NONE),
     ("dns", "inbound UDP answer from a nameserver", inb(EPHEMERAL, src="10.96.0.10", sport=53, protocol="udp"), NONE),
     ("dns-all", "app UDP/53 anywhere", out("8.8.8.8", 53, protocol="udp"), DNS),
@@ -186,18 +227,30 @@ TABLE = [
     ("uids", "second proxy gid", out("10.96.0.10", 80, uid=APP, gid=2), NONE),
     ("uids", "1337 is not exempt when not listed", out("10.96.0.10", 80, uid=PROXY, gid=c.PROXY_GID), OUT),
     ("uids", "first proxy uid to its own pod", out(POD[4], 8080, uid=3, gid=APP), IN),
-    ("uids", "second proxy uid to its own pod: the first uid's lo RETURN shadows it", out(POD[4], 8080, uid=4, gid=APP),
-     NONE),
+    (
+        "uids",
+        "second proxy uid to its own pod: the first uid's lo RETURN shadows it",
+        out(POD[4], 8080, uid=4, gid=APP),
+        NONE,
+    ),
     ("groups-include", "primary gid listed (number)", out("10.96.0.10", 80, gid=202), OUT),
     ("groups-include", "primary gid listed (name)", out("10.96.0.10", 80, gid=JAVA), OUT),
     ("groups-include", "primary gid not listed", out("10.96.0.10", 80), NONE),
-    ("groups-include", "listed only as a supplementary group: does not count",
-     out("10.96.0.10", 80, groups=(202, JAVA)), NONE),
+    (
+        "groups-include",
+        "listed only as a supplementary group: does not count",
+        out("10.96.0.10", 80, groups=(202, JAVA)),
+        NONE,
+    ),
     ("groups-exclude", "primary gid excluded (number)", out("10.96.0.10", 80, gid=888), NONE),
     ("groups-exclude", "primary gid excluded (name)", out("10.96.0.10", 80, gid=FTP), NONE),
     ("groups-exclude", "other gid", out("10.96.0.10", 80), OUT),
-    ("groups-exclude", "excluded only as a supplementary group: still captured",
-     out("10.96.0.10", 80, groups=(888, FTP)), OUT),
+    (
+        "groups-exclude",
+        "excluded only as a supplementary group: still captured",
+        out("10.96.0.10", 80, groups=(888, FTP)),
+        OUT,
+    ),
     # -- interfaces ------------------------------------------------------------------------------
     ("exclude-nic", "out by the excluded interface", out("10.96.0.10", 80, interface="eth1"), NONE),
     ("exclude-nic", "out by another", out("10.96.0.10", 80, interface="eth0"), OUT),
@@ -210,8 +263,12 @@ TABLE = [
     ("virt", "in by a virtual interface, UDP", inb(80, dst="10.96.0.10", interface="veth0", protocol="udp"), NONE),
     ("virt", "in by another interface", inb(8080, interface="eth0"), IN),
     ("virt-cidr", "in by a virtual interface, included", inb(80, dst="10.96.0.10", interface="veth0"), OUT),
-    ("virt-cidr", "in by a virtual interface, not included: RETURN",
-     inb(80, dst="192.168.1.1", interface="veth0"), NONE),
+    (
+        "virt-cidr",
+        "in by a virtual interface, not included: RETURN",
+        inb(80, dst="192.168.1.1", interface="veth0"),
+        NONE,
+    ),
     ("virt-tproxy", "TPROXY's socket beats nat's REDIRECT", inb(8080, interface="veth0"), IN_TPROXY),
     # -- drop invalid: a NEW connection is never INVALID -----------------------------------------
     ("drop-invalid", "inbound TCP", inb(8080), IN),
@@ -227,15 +284,18 @@ def test_expected_verdicts(rendering, name, what, flow, expected):
     assert verdict == expected, "\n".join(verdict.path)
 
 
-@pytest.mark.parametrize("flow, zone", [
-    (out("10.96.0.10", 53, protocol="udp"), 2),  # an app's query
-    (proxy("10.96.0.10", 53, protocol="udp"), 1),  # the proxy's upstream query: the uid rule comes first and wins
-    (proxy(POD[4], EPHEMERAL, sport=c.DNS_PROXY_PORT, protocol="udp"), 2),  # the DNS proxy's answer
-    (out("8.8.8.8", 53, protocol="udp"), None),  # not a nameserver
-    (out("10.96.0.10", 53), None),  # the zones are for UDP
-    (inb(EPHEMERAL, src="10.96.0.10", sport=53, protocol="udp"), 1),  # an upstream answer
-    (inb(EPHEMERAL, src="8.8.8.8", sport=53, protocol="udp"), None),
-])
+@pytest.mark.parametrize(
+    "flow, zone",
+    [
+        (out("10.96.0.10", 53, protocol="udp"), 2),  # an app's query
+        (proxy("10.96.0.10", 53, protocol="udp"), 1),  # the proxy's upstream query: the uid rule comes first and wins
+        (proxy(POD[4], EPHEMERAL, sport=c.DNS_PROXY_PORT, protocol="udp"), 2),  # the DNS proxy's answer
+        (out("8.8.8.8", 53, protocol="udp"), None),  # not a nameserver
+        (out("10.96.0.10", 53), None),  # the zones are for UDP
+        (inb(EPHEMERAL, src="10.96.0.10", sport=53, protocol="udp"), 1),  # an upstream answer
+        (inb(EPHEMERAL, src="8.8.8.8", sport=53, protocol="udp"), None),
+    ],
+)
 @pytest.mark.parametrize("rendering", ["iptables", "nftables", "nftables-sets"])
 def test_dns_conntrack_zones(rendering, flow, zone):
     """Understood, never a verdict: the first CT template wins (xt_CT and nft_ct leave a packet
@@ -296,9 +356,16 @@ def test_known_difference_ipv6_on_an_ipv4_pod():
         assert named["nftables"].trace(flow) == named["nftables-sets"].trace(flow) == nft
 
 
-@pytest.mark.parametrize("nic, flow_nic, excluded", [("eth+", "eth0", True), ("eth+", "veth0", False),
-                                                     ("eth0", "eth0", True), ("eth0", "eth01", False),
-                                                     ("+", "eth0", True)])
+@pytest.mark.parametrize(
+    "nic, flow_nic, excluded",
+    [
+        ("eth+", "eth0", True),
+        ("eth+", "veth0", False),
+        ("eth0", "eth0", True),
+        ("eth0", "eth01", False),
+        ("+", "eth0", True),
+    ],
+)
 def test_interface_prefixes_mean_the_same_in_both_renderings(nic, flow_nic, excluded):
     """iptables reads a trailing + as 'every name with this prefix'; the nftables rendering
     writes it as nft's trailing * (found by this tracer: it once wrote "eth+" literally), and a
@@ -323,13 +390,33 @@ def _golden_text(path) -> str:
     return "\n".join(line for line in path.read_text().splitlines() if line not in PROBE_LINES)
 
 
-GOLDEN_FILES = sorted(p.relative_to(REFERENCE).as_posix() for pattern in (
-    "iptables/*.golden", "nftables/*.golden", "cni-sidecar/*.golden", "derived/*.golden", "derived/*.restore",
-    "derived/*.nft") for p in REFERENCE.glob(pattern))
-SAMPLE = [out("10.96.0.10", 80), out("10.96.0.10", 53, protocol="udp"), proxy(POD[4], 8080), out(POD[4], 8080),
-          proxy(POD[4], 8080, src=PASSTHROUGH[4]), inb(8080), inb(TUNNEL), inb(EPHEMERAL, sport=53, protocol="udp"),
-          inb(8080, src=POD[4], lo=True, mark=c.OUTBOUND_MARK), out("2001:db8::1", 80), proxy(POD[6], 8080),
-          inb(8080, version=6), out("10.96.0.10", 80, gid=JAVA, interface="not-istio-nic")]
+GOLDEN_FILES = sorted(
+    p.relative_to(REFERENCE).as_posix()
+    for pattern in (
+        "iptables/*.golden",
+        "nftables/*.golden",
+        "cni-sidecar/*.golden",
+        "derived/*.golden",
+        "derived/*.restore",
+        "derived/*.nft",
+    )
+    for p in REFERENCE.glob(pattern)
+)
+SAMPLE = [
+    out("10.96.0.10", 80),
+    out("10.96.0.10", 53, protocol="udp"),
+    proxy(POD[4], 8080),
+    out(POD[4], 8080),
+    proxy(POD[4], 8080, src=PASSTHROUGH[4]),
+    inb(8080),
+    inb(TUNNEL),
+    inb(EPHEMERAL, sport=53, protocol="udp"),
+    inb(8080, src=POD[4], lo=True, mark=c.OUTBOUND_MARK),
+    out("2001:db8::1", 80),
+    proxy(POD[6], 8080),
+    inb(8080, version=6),
+    out("10.96.0.10", 80, gid=JAVA, interface="not-istio-nic"),
+]
 
 
 def test_every_golden_file_is_here():
@@ -349,8 +436,10 @@ def test_every_istio_golden_traces(name):
 def test_istios_own_goldens_agree(name):
     """Istio's iptables golden and its nftables golden of one case capture the same flows."""
     case = next(case for case in golden_cases() if case.suite == "iptables" and case.name == name)
-    named = {"iptables": IptablesTracer(_golden_text(REFERENCE / "iptables" / f"{name}.golden"), group_ids=CASE_GROUPS),
-             "nftables": NftablesTracer(_golden_text(REFERENCE / "nftables" / f"{name}.golden"), group_ids=CASE_GROUPS)}
+    named = {
+        "iptables": IptablesTracer(_golden_text(REFERENCE / "iptables" / f"{name}.golden"), group_ids=CASE_GROUPS),
+        "nftables": NftablesTracer(_golden_text(REFERENCE / "nftables" / f"{name}.golden"), group_ids=CASE_GROUPS),
+    }
     assert_agree(named, grid(case.spec))
 
 
@@ -404,14 +493,17 @@ add rule inet t z tcp dport 6 return
 """
 
 
-@pytest.mark.parametrize("port, expected", [
-    (1, OUT),  # RETURN from a user chain: back to the caller, which goes on
-    (2, NONE),  # ACCEPT in a user chain ends the base chain
-    (3, OUT),  # goto: the target's RETURN goes back to the caller of the chain holding the goto
-    (4, OUT),  # falling off a user chain returns
-    (5, NONE),  # RETURN in a base chain: its policy, accept
-    (6, NONE),  # a nested RETURN goes back into the chain that jumped
-])
+@pytest.mark.parametrize(
+    "port, expected",
+    [
+        (1, OUT),  # RETURN from a user chain: back to the caller, which goes on
+        (2, NONE),  # ACCEPT in a user chain ends the base chain
+        (3, OUT),  # goto: the target's RETURN goes back to the caller of the chain holding the goto
+        (4, OUT),  # falling off a user chain returns
+        (5, NONE),  # RETURN in a base chain: its policy, accept
+        (6, NONE),  # a nested RETURN goes back into the chain that jumped
+    ],
+)
 @pytest.mark.parametrize("kind", ["iptables", "nftables"])
 def test_jump_goto_return(kind, port, expected):
     text, trace = (CONTROL_IPTABLES, trace_iptables) if kind == "iptables" else (CONTROL_NFTABLES, trace_nftables)
@@ -421,9 +513,11 @@ def test_jump_goto_return(kind, port, expected):
 
 def test_drop_is_its_own_verdict():
     iptables = f"* mangle\n-N {c.CHAIN_DROP}\n-A PREROUTING -j {c.CHAIN_DROP}\n-A {c.CHAIN_DROP} -j DROP\nCOMMIT\n"
-    nftables = (f"add table inet m\nadd chain inet m prerouting {{ type filter hook prerouting priority -150 ; }}\n"
-                f"add chain inet m {c.NFT_CHAIN_DROP}\nadd rule inet m prerouting counter jump {c.NFT_CHAIN_DROP}\n"
-                f"add rule inet m {c.NFT_CHAIN_DROP} counter drop\n")
+    nftables = (
+        f"add table inet m\nadd chain inet m prerouting {{ type filter hook prerouting priority -150 ; }}\n"
+        f"add chain inet m {c.NFT_CHAIN_DROP}\nadd rule inet m prerouting counter jump {c.NFT_CHAIN_DROP}\n"
+        f"add rule inet m {c.NFT_CHAIN_DROP} counter drop\n"
+    )
     assert trace_iptables(iptables, inb(8080)) == trace_nftables(nftables, inb(8080)) == DROPPED
     assert DROPPED.kind is Kind.DROP
 
@@ -481,14 +575,19 @@ def test_unknown_iptables_shapes_raise_naming_the_line(line, reason):
     assert reason in str(error.value)
 
 
-@pytest.mark.parametrize("text, reason", [
-    ("* filter\n-A OUTPUT -j ACCEPT\nCOMMIT\n", "'filter'"),
-    ("* nat\n-A OUTPUT -j RETURN\n", "no COMMIT"),
-    ("-A OUTPUT -j RETURN\n", "outside a table"),
-    ("* nat\n-A OUTPUT -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -j RETURN\nCOMMIT\n",
-     "more than two"),
-    ('* nat\n-A OUTPUT -o "eth 0" -j RETURN\nCOMMIT\n', "quoted"),
-])
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("* filter\n-A OUTPUT -j ACCEPT\nCOMMIT\n", "'filter'"),
+        ("* nat\n-A OUTPUT -j RETURN\n", "no COMMIT"),
+        ("-A OUTPUT -j RETURN\n", "outside a table"),
+        (
+            "* nat\n-A OUTPUT -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -j RETURN\nCOMMIT\n",
+            "more than two",
+        ),
+        ('* nat\n-A OUTPUT -o "eth 0" -j RETURN\nCOMMIT\n', "quoted"),
+    ],
+)
 def test_unknown_iptables_constructs_raise(text, reason):
     with pytest.raises(TraceError, match=reason):
         IptablesTracer(text)
@@ -528,17 +627,20 @@ def test_unknown_nftables_shapes_raise_naming_the_line(body, reason):
     assert reason in str(error.value)
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("add table ip t", "family inet"),
-    ("delete table inet istio-proxy-nat", "not a command"),
-    ("add chain inet istio-proxy-nat in { type filter hook input priority 0 ; }", "hook input"),
-    ("add chain inet istio-proxy-nat o2 { type nat hook output priority -100 ; }", "priority -100"),
-    ("add chain inet istio-proxy-nat o3 { type nat hook output priority -100 ; policy drop ; }", "only { type"),
-    ("add set inet istio-proxy-nat s { type ether_addr ; }", "for a set"),
-    (f"insert rule inet istio-proxy-nat {c.NFT_CHAIN_REDIRECT} index 5 counter return", "insert at index 5"),
-    ("add rule inet nope output counter return", "no table"),
-    ("add rule inet istio-proxy-nat nope counter return", "no chain nope"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("add table ip t", "family inet"),
+        ("delete table inet istio-proxy-nat", "not a command"),
+        ("add chain inet istio-proxy-nat in { type filter hook input priority 0 ; }", "hook input"),
+        ("add chain inet istio-proxy-nat o2 { type nat hook output priority -100 ; }", "priority -100"),
+        ("add chain inet istio-proxy-nat o3 { type nat hook output priority -100 ; policy drop ; }", "only { type"),
+        ("add set inet istio-proxy-nat s { type ether_addr ; }", "for a set"),
+        (f"insert rule inet istio-proxy-nat {c.NFT_CHAIN_REDIRECT} index 5 counter return", "insert at index 5"),
+        ("add rule inet nope output counter return", "no table"),
+        ("add rule inet istio-proxy-nat nope counter return", "no chain nope"),
+    ],
+)
 def test_unknown_nftables_commands_raise(line, reason):
     text = render_nftables(spec("stock")) + line + "\n"
     with pytest.raises(TraceError, match=reason):

@@ -53,17 +53,34 @@ def main(argv=None):
     sidecar.add_argument("--transparent", action="store_true")
     sidecar.add_argument("--inbound-families", default="4,6")
     client = roles.add_parser("client")
-    client.add_argument("--proto", required=True,
-                        choices=["tcp", "tcp-send-close", "tcp-fastopen", "mptcp", "udp", "udplite", "ping",
-                                 "dns-udp", "dns-udp-sendto", "dns-udp-sendto-connected", "dns-tcp"])
+    client.add_argument(
+        "--proto",
+        required=True,
+        choices=[
+            "tcp",
+            "tcp-send-close",
+            "tcp-fastopen",
+            "mptcp",
+            "udp",
+            "udplite",
+            "ping",
+            "dns-udp",
+            "dns-udp-sendto",
+            "dns-udp-sendto-connected",
+            "dns-tcp",
+        ],
+    )
     client.add_argument("--dst", required=True)
     client.add_argument("--port", type=int, required=True)
     client.add_argument("--token", required=True)
     client.add_argument("--bind")
     client.add_argument("--first-dns")
     client.add_argument("--first-connect")
-    client.add_argument("--become", metavar="UID:GID[,UID:GID]",
-                        help="change identity first (started as root): each step but the last keeps root saved")
+    client.add_argument(
+        "--become",
+        metavar="UID:GID[,UID:GID]",
+        help="change identity first (started as root): each step but the last keeps root saved",
+    )
     client.add_argument("--timeout", type=float, default=2.0)
     burst = roles.add_parser("burst")
     burst.add_argument("--targets", required=True)
@@ -94,9 +111,18 @@ def main(argv=None):
     stream_client.add_argument("--parallel", type=int, default=1)
     stream_client.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
-    roles = {"server": run_server, "sidecar": run_sidecar, "client": run_client, "burst": run_burst,
-             "sink": run_sink, "churn": run_churn, "http": run_http, "http-get": run_http_get, "stream-server": run_stream_server,
-             "stream-client": run_stream_client}
+    roles = {
+        "server": run_server,
+        "sidecar": run_sidecar,
+        "client": run_client,
+        "burst": run_burst,
+        "sink": run_sink,
+        "churn": run_churn,
+        "http": run_http,
+        "http-get": run_http_get,
+        "stream-server": run_stream_server,
+        "stream-client": run_stream_client,
+    }
     roles[args.role](args)
 
 

@@ -31,8 +31,11 @@ def run_client(args):
     family = socket.AF_INET6 if ":" in args.dst else socket.AF_INET
     target = (args.dst, args.port)
     result = {}
-    kind = socket.SOCK_STREAM if args.proto in ("tcp", "tcp-send-close", "tcp-fastopen", "mptcp", "dns-tcp") \
+    kind = (
+        socket.SOCK_STREAM
+        if args.proto in ("tcp", "tcp-send-close", "tcp-fastopen", "mptcp", "dns-tcp")
         else socket.SOCK_DGRAM
+    )
     protocol = {"mptcp": IPPROTO_MPTCP, "udplite": IPPROTO_UDPLITE, "ping": socket.IPPROTO_ICMP}.get(args.proto, 0)
     sock = socket.socket(family, kind, protocol)
     sock.settimeout(args.timeout)
@@ -111,8 +114,12 @@ def run_client(args):
     except ConnectionError as error:
         result["result"] = "reset" if error.errno else "closed"
     except OSError as error:
-        names = {errno.ECONNREFUSED: "refused", errno.ENETUNREACH: "unreachable",
-                 errno.EHOSTUNREACH: "unreachable", errno.ECONNRESET: "reset"}
+        names = {
+            errno.ECONNREFUSED: "refused",
+            errno.ENETUNREACH: "unreachable",
+            errno.EHOSTUNREACH: "unreachable",
+            errno.ECONNRESET: "reset",
+        }
         result["result"] = names.get(error.errno, f"error:{errno.errorcode.get(error.errno, error.errno)}")
     except ValueError as error:
         result["result"] = f"bad-reply:{error}"

@@ -56,8 +56,11 @@ def listen(family, kind, port, transparent=False, host=None, backlog=True, proto
 
 def listen_both(kind, port, transparent=False, hosts=(None, None), families=(4, 6), backlog=True, protocol=0):
     pairs = zip((socket.AF_INET, socket.AF_INET6), hosts)
-    return [listen(family, kind, port, transparent, host, backlog, protocol)
-            for (family, host), version in zip(pairs, (4, 6)) if version in families]
+    return [
+        listen(family, kind, port, transparent, host, backlog, protocol)
+        for (family, host), version in zip(pairs, (4, 6))
+        if version in families
+    ]
 
 
 def receive(sock):
@@ -121,6 +124,7 @@ def ready_and_wait():
 
 # --- DNS wire format: just enough for one A question and one A answer -----------------------
 
+
 def dns_query(token, query_id):
     labels = b"".join(bytes([len(part)]) + part.encode() for part in (token, "lab"))
     return struct.pack("!HHHHHH", query_id, 0x0100, 1, 0, 0, 0) + labels + b"\x00" + struct.pack("!HH", 1, 1)
@@ -131,7 +135,7 @@ def dns_token(message):
     offset, labels = 12, []
     while message[offset]:
         size = message[offset]
-        labels.append(message[offset + 1:offset + 1 + size].decode(errors="replace"))
+        labels.append(message[offset + 1 : offset + 1 + size].decode(errors="replace"))
         offset += 1 + size
     return (labels[0] if labels else ""), offset + 5
 

@@ -5,8 +5,21 @@ import json
 import socket
 import struct
 
-from .common import (IPPROTO_UDPLITE, EventLog, accept_loop, answer, dns_answer, dns_token, forever, listen_both,
-                     read_exact, read_line, ready_and_wait, receive, text)
+from .common import (
+    IPPROTO_UDPLITE,
+    EventLog,
+    accept_loop,
+    answer,
+    dns_answer,
+    dns_token,
+    forever,
+    listen_both,
+    read_exact,
+    read_line,
+    ready_and_wait,
+    receive,
+    text,
+)
 
 
 def run_server(args):
@@ -20,6 +33,7 @@ def run_server(args):
                 seen = {"listener": listener, "local": text(conn.getsockname()), "peer": text(peer)}
                 log.record(role="server", proto="tcp", token=token, **seen)
                 conn.sendall(json.dumps({"agent": args.name, **seen}).encode() + b"\n")
+
         return handle
 
     def udp_loop(sock, listener):
@@ -32,8 +46,14 @@ def run_server(args):
     def dns_udp_loop(sock, listener):
         while True:
             query, peer, local = receive(sock)
-            log.record(role="server", proto="dns-udp", token=dns_token(query)[0], listener=listener,
-                       local=text(local), peer=text(peer))
+            log.record(
+                role="server",
+                proto="dns-udp",
+                token=dns_token(query)[0],
+                listener=listener,
+                local=text(local),
+                peer=text(peer),
+            )
             answer(sock, dns_answer(query), peer, local)
 
     def dns_tcp_handler(listener):
@@ -41,10 +61,17 @@ def run_server(args):
             with conn:
                 conn.settimeout(5)
                 query = read_exact(conn, struct.unpack("!H", read_exact(conn, 2))[0])
-                log.record(role="server", proto="dns-tcp", token=dns_token(query)[0], listener=listener,
-                           local=text(conn.getsockname()), peer=text(peer))
+                log.record(
+                    role="server",
+                    proto="dns-tcp",
+                    token=dns_token(query)[0],
+                    listener=listener,
+                    local=text(conn.getsockname()),
+                    peer=text(peer),
+                )
                 answer = dns_answer(query)
                 conn.sendall(struct.pack("!H", len(answer)) + answer)
+
         return handle
 
     for port in args.tcp:

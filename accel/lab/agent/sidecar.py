@@ -9,8 +9,7 @@ import struct
 import threading
 import time
 
-from .common import (EventLog, accept_loop, answer, dns_token, forever, listen_both, ready_and_wait, receive,
-                     text)
+from .common import EventLog, accept_loop, answer, dns_token, forever, listen_both, ready_and_wait, receive, text
 
 SO_ORIGINAL_DST = 80  # netfilter's getsockopt; IP6T_SO_ORIGINAL_DST has the same number
 INBOUND_PASSTHROUGH_SOURCE = {socket.AF_INET: "127.0.0.6", socket.AF_INET6: "::6"}
@@ -85,8 +84,11 @@ def run_sidecar(args):
     # listening as the proxy, as Envoy (uid 1337 with capabilities) does. Every other socket is
     # made as the proxy's uid/gid, as Istio's proxy and agent do: iptables' owner match (e.g. the
     # DNS conntrack-zone rules) sees the credentials a socket was created with.
-    transparent = listen_both(socket.SOCK_STREAM, args.inbound, True, families=families,
-                              backlog=False) if args.transparent else None
+    transparent = (
+        listen_both(socket.SOCK_STREAM, args.inbound, True, families=families, backlog=False)
+        if args.transparent
+        else None
+    )
     os.setgroups([])
     os.setgid(args.gid)
     os.setuid(args.uid)
@@ -114,6 +116,7 @@ def run_sidecar(args):
                     serve(conn, peer, listener)
             finally:
                 proxied.release()
+
         return handle
 
     def serve(conn, peer, listener):
@@ -129,12 +132,20 @@ def run_sidecar(args):
         # every mode: without an answer it has no original destination (under eBPF its local
         # port is the one its destination was spread to, not a destination).
         original = so_original or (local if listener == "inbound" else None)
-        log.record(role="sidecar", proto="tcp", listener=listener, token=token, local=text(local),
-                   peer=text(peer), original_dst=text(original) if original else None,
-                   so_original_dst=text(so_original) if so_original else f"error:{answer}")
+        log.record(
+            role="sidecar",
+            proto="tcp",
+            listener=listener,
+            token=token,
+            local=text(local),
+            peer=text(peer),
+            original_dst=text(original) if original else None,
+            so_original_dst=text(so_original) if so_original else f"error:{answer}",
+        )
         target = upstream if listener == "dns" else original  # the DNS proxy asks its resolver
-        if target is None or (listener != "dns" and target[1] in own_ports
-                              and target[0] in (local[0], "127.0.0.1", "::1")):
+        if target is None or (
+            listener != "dns" and target[1] in own_ports and target[0] in (local[0], "127.0.0.1", "::1")
+        ):
             conn.sendall(json.dumps({"error": "no original destination"}).encode() + b"\n")
             return
         bind = INBOUND_PASSTHROUGH_SOURCE[conn.family] if listener == "inbound" else None
@@ -161,8 +172,15 @@ def run_sidecar(args):
     def dns_udp(sock):
         while True:
             query, peer, local = receive(sock)
-            log.record(role="sidecar", proto="dns-udp", listener="dns", token=dns_token(query)[0],
-                       local=text(local), peer=text(peer), original_dst=None)
+            log.record(
+                role="sidecar",
+                proto="dns-udp",
+                listener="dns",
+                token=dns_token(query)[0],
+                local=text(local),
+                peer=text(peer),
+                original_dst=None,
+            )
             forever(answer_udp, sock, query, peer, local)
 
     def answer_udp(sock, query, peer, local):

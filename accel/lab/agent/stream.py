@@ -72,10 +72,10 @@ def send_all(sock, data, chunk):
     """Every byte, in `chunk` byte writes; "ok" or the error's name."""
     try:
         for offset in range(0, len(data), chunk):
-            piece = memoryview(data)[offset:offset + chunk]
+            piece = memoryview(data)[offset : offset + chunk]
             while piece:
                 try:
-                    piece = piece[sock.send(piece):]
+                    piece = piece[sock.send(piece) :]
                 except BlockingIOError:
                     _wait(sock, select.POLLOUT)
         return "ok"
@@ -171,8 +171,14 @@ def one_client(args, header):
 
 def run_stream_client(args):
     base = json.loads(args.header)
-    headers = [base] if args.parallel == 1 else [
-        {**base, "seed": base["seed"] + 2 * index, "token": f"{base['token']}-{index}"} for index in range(args.parallel)]
+    headers = (
+        [base]
+        if args.parallel == 1
+        else [
+            {**base, "seed": base["seed"] + 2 * index, "token": f"{base['token']}-{index}"}
+            for index in range(args.parallel)
+        ]
+    )
     results = [None] * len(headers)
 
     def run(index):

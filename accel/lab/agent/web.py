@@ -13,8 +13,12 @@ def run_http(args):
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            seen = {"agent": args.name, "path": self.path, "local": text(self.connection.getsockname()),
-                    "peer": text(self.client_address)}
+            seen = {
+                "agent": args.name,
+                "path": self.path,
+                "local": text(self.connection.getsockname()),
+                "peer": text(self.client_address),
+            }
             body = json.dumps(seen).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -43,8 +47,11 @@ def run_http_get(args):
         connection.request("GET", url.path or "/")
         response = connection.getresponse()
         body = response.read().decode()
-        result = {"status": response.status, "headers": {name.lower(): value for name, value in response.getheaders()},
-                  "body": json.loads(body) if body.startswith("{") else body}
+        result = {
+            "status": response.status,
+            "headers": {name.lower(): value for name, value in response.getheaders()},
+            "body": json.loads(body) if body.startswith("{") else body,
+        }
     except OSError as error:
         result = {"status": None, "error": str(error)}
     print(json.dumps(result), flush=True)
