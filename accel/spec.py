@@ -20,14 +20,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping, Union
+from typing import Literal
 
 from . import constants as c
 
 WILDCARD = "*"
 Wildcard = Literal["*"]
-Cidr = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+Cidr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 REDIRECT = "REDIRECT"
 TPROXY = "TPROXY"

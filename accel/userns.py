@@ -47,6 +47,9 @@ class IdMap:
         return self._map(self.gids, value)
 
 
+IDENTITY = IdMap()  # a pod in the node's user namespace
+
+
 def netns_path(netns: str) -> Path:
     """A network namespace given by name (/run/netns/NAME) or by path (/proc/PID/ns/net, ...)."""
     return Path(netns) if "/" in netns else Path("/run/netns") / netns
@@ -95,7 +98,7 @@ def id_map(netns: str) -> IdMap:
     fd = owner_fd(netns)
     try:
         if is_own(fd):
-            return IdMap()
+            return IDENTITY
         try:
             parent = fcntl.ioctl(fd, NS_GET_PARENT)
         except OSError as error:

@@ -22,8 +22,8 @@ def _saved(text: str, drop_empty_tables: bool) -> str:
         blocks = [
             b
             for b in blocks
-            if any(not (l.startswith((":", "*")) or l == "COMMIT") for l in b)
-            or any(l.startswith(":") and " - " in l for l in b)
+            if any(not (line.startswith((":", "*")) or line == "COMMIT") for line in b)
+            or any(line.startswith(":") and " - " in line for line in b)
         ]
     return "\n".join("\n".join(b) for b in sorted(blocks))
 

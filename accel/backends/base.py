@@ -43,7 +43,8 @@ class Backend(ABC):
         keeps it in its state."""
         return {}
 
-    def adopt(self, target: Target, spec: CaptureSpec, record: dict) -> None:
+    # not abstract: a backend that keeps no state has nothing to take over
+    def adopt(self, target: Target, spec: CaptureSpec, record: dict) -> None:  # noqa: B027
         """Take over a capture another process applied with `spec`, from its record()."""
 
     def wait_synced(self, target: Target, timeout: float) -> bool:

@@ -28,8 +28,8 @@ from ..lab import Pod
 from ..node import lifecycle, pods
 from ..node.paths import NodePaths, unmount_bpffs_at
 from .mesh import Mesh, MeshError
-from .verdicts import ratio_interval
 from .run import stock_spec, workbench
+from .verdicts import ratio_interval
 from .workloads import Tools, run_workload
 
 SCALE_BACKENDS = ("ebpf", "nftables")

@@ -184,8 +184,8 @@ def _bench(
     baseline: dict | None = None,
 ):
     from ..backends import BackendError
-    from ..bench.mesh import MeshError
     from ..bench.markdown import markdown
+    from ..bench.mesh import MeshError
     from ..bench.plot import plot
     from ..bench.report import print_report, progress_bar
     from ..bench.run import run_bench

@@ -11,9 +11,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 import click
 from click.shell_completion import CompletionItem

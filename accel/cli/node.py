@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import click
 from rich.console import Console
@@ -311,8 +311,8 @@ def _read(path: Path) -> str | None:
 
 @click.command(
     "follow",
-    epilog=WHERE
-    + "\b\nRuns until stopped (SIGTERM or Ctrl-C). Prints a line whenever the pods it follows\n  change: `following: pod-a, pod-b` (or `following: no pod`).\n",
+    epilog=WHERE + "\b\nRuns until stopped (SIGTERM or Ctrl-C). Prints a line whenever the pods it follows\n"
+    "  change: `following: pod-a, pod-b` (or `following: no pod`).\n",
 )
 @node_options()
 @needs_root("it writes the node's maps")

@@ -28,9 +28,7 @@ def probe_command(as_json):
     Loads throwaway programs with each hook's attach type, creates each map type, and asks the
     verifier about helpers; attaches nothing. Needs root.
     """
-    from ..ebpf.probe import probe
-
-    from ..ebpf.probe import CAPTURE
+    from ..ebpf.probe import CAPTURE, probe
 
     features = probe()
     ok = all(f.ok for f in features if f.needed_for == CAPTURE)

@@ -21,9 +21,9 @@ annotations do not say keeps its value there) and over istio-cni's defaults when
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from .. import constants as c
 from .. import inputs

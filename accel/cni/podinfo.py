@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from .. import inputs
 from ..inputs.annotations import STATUS_ANNOTATION
@@ -159,7 +159,8 @@ def _kubernetes_pod(source: KubernetesSource, namespace: str, name: str) -> Pod:
 def _read_pod(source: KubernetesSource, namespace: str, name: str) -> dict:
     """GET the Pod, `attempts` times at most (istio-cni: 30 times, 1 s apart): the API server may be
     briefly away. Refused credentials are not worth a retry."""
-    from kubernetes import client, config as kube_config
+    from kubernetes import client
+    from kubernetes import config as kube_config
     from kubernetes.client.rest import ApiException
 
     configuration = client.Configuration()

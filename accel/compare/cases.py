@@ -40,9 +40,8 @@ class Case:
     name: str
     description: str
     client: str  # the pod the request starts in: a pod under test ("pod", ...) or "remote"
-    proto: (
-        str  # tcp, tcp-send-close, tcp-fastopen, udp, dns-udp (connected socket), dns-udp-sendto(-connected), dns-tcp
-    )
+    # tcp, tcp-send-close, tcp-fastopen, udp, dns-udp (connected socket), dns-udp-sendto(-connected), dns-tcp
+    proto: str
     dst: str
     port: int
     uid: int

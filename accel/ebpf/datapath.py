@@ -19,40 +19,44 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import faults, userns
-from ..cgroup import Cgroup
 from ..backends.routes import ALREADY, GONE, passthrough
+from ..cgroup import Cgroup
 from ..process import run
 from ..spec import CaptureSpec
 from . import libbpf
 from .compiled import Compiled, DatapathError, SharedCompiled
 from .follow import Follower, NamespaceFacts
-from .pod_sockets import netns_cookie, register_listeners
-from .programs import CGROUP_PROGRAMS, SK_LOOKUP
 from .maps import (
     AF_INET,
     AF_INET6,
     COUNTERS,
-    IPV6 as IPV6_FLAG,
     POD_NETNS_PLACEHOLDER,
     PREFIX_LOCAL,
     PREFIX_V6,
-    SHORTCUT as SHORTCUT_FLAG,
     SHORTCUT_COUNTERS,
     Counters,
     GroupKey,
     ListenerKey,
-    Pod,
-    Sources,
     NamespaceEntries,
+    Pod,
     PodEntries,
     PortKey,
     PrefixKey,
     ShortcutCounters,
+    Sources,
     Tuple,
     namespace_entries,
     new_config_id,
     pod_entries,
 )
+from .maps import (
+    IPV6 as IPV6_FLAG,
+)
+from .maps import (
+    SHORTCUT as SHORTCUT_FLAG,
+)
+from .pod_sockets import netns_cookie, register_listeners
+from .programs import CGROUP_PROGRAMS, SK_LOOKUP
 
 
 @dataclass
@@ -134,7 +138,6 @@ class Datapath:
         handle = PodHandle(netns, cookie, entries.config, pin=pin, shortcut=shortcut)
         handle.namespace = namespace_entries(cookie, list(follower.facts.local), list(follower.facts.sources))
         self.pods[netns] = handle
-        maps = self.compiled.maps
         try:
             self.write_namespace(None, handle.namespace)
             self.update("counters", ctypes.c_uint64(cookie), (Counters * libbpf.possible_cpus())())

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import constants
 from ..spec import WILDCARD, CaptureSpec
-from ..userns import IdMap
+from ..userns import IDENTITY, IdMap
 
 MAX_IDS = 8
 # A captured TCP connect goes to the proxy on one of ports 1..SPREAD_PORTS, by its original
@@ -274,7 +274,7 @@ def _gid(group: str) -> int:
         raise UnsupportedSpec(f"owner group {group!r} does not exist on this node") from None
 
 
-def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IdMap(), shortcut: bool = False) -> PodEntries:
+def pod_entries(spec: CaptureSpec, config: int, ids: IdMap = IDENTITY, shortcut: bool = False) -> PodEntries:
     """The map entries of a spec, under configuration id `config`, with the proxy's and the
     owner groups' ids mapped as the pod's user namespace maps them (`ids`); `shortcut`: its app
     <-> proxy hops are short-circuited."""

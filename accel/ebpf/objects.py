@@ -7,8 +7,8 @@ exactly that, as JSON in /var/cache/accel (ACCEL_CACHE_DIR), under a key of ever
 compilation depends on: the sources and headers (their text, not where they lie), the flags,
 bcc's version, the running kernel. A later process (the next test, a CNI invocation, an agent
 after a restart) creates the maps, writes their new descriptors into the instructions and loads
-the programs without bcc; the verifier checks them as it checks any load. An entry that does not load (a kernel rebuilt under the same release) is
-compiled again and replaced.
+the programs without bcc; the verifier checks them as it checks any load. An entry that does
+not load (a kernel rebuilt under the same release) is compiled again and replaced.
 
 Compiling goes through the same path: bcc compiles and creates the maps, the record is read back
 from them, bcc's objects are closed, and the record is loaded. So what runs is always what the
@@ -19,17 +19,17 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import functools
 import ctypes
+import functools
 import hashlib
 import importlib.util
 import json
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from . import btf, libbpf
 

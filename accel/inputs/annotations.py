@@ -3,8 +3,8 @@ the annotations, and the istio-proxy container's env and securityContext."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from .. import constants as c
 from .. import spec as s

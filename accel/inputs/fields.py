@@ -6,9 +6,9 @@ from __future__ import annotations
 import ipaddress
 import pwd
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Mapping
 
 from .. import constants as c
 from .. import spec as s

@@ -3,7 +3,7 @@ binding with aliases (argv > alias env > env > default), env-only owner-group an
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .. import constants as c
 from ..spec import CaptureSpec, SpecError

@@ -3,7 +3,7 @@ fields take istio-iptables' command-line defaults. to_istio_config writes a spec
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .. import spec as s
 from ..spec import CaptureSpec, SpecError

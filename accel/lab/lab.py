@@ -19,10 +19,10 @@ exists left, never what a live run is using.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
-import grp
 import shutil
 import socket
 import subprocess
@@ -35,8 +35,8 @@ from pathlib import Path
 from pyroute2 import NetNS as Netlink  # a netlink socket in a named namespace
 
 from .. import cancel, faults, process
-from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
 from ..cgroup import Cgroup, cgroup2_mount
+from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
 from ..netns import Netns, unique_name
 from .plan import (
     NODE_V4,

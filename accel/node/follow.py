@@ -10,11 +10,12 @@ facts as they are now, then follows them.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from ..ebpf.follow import Follower, NamespaceFacts
 from ..ebpf.maps import namespace_entries
-from . import pinned, state as node_state
+from . import pinned
+from . import state as node_state
 from .paths import NodePaths
 
 

@@ -7,14 +7,15 @@ import os
 import shutil
 import time
 from dataclasses import replace
-from pathlib import Path
 from importlib import metadata
+from pathlib import Path
 
 from .. import faults
 from ..ebpf import libbpf, probe
 from ..ebpf.datapath import read_counters
 from ..ebpf.programs import LINKED_PROGRAMS, SHORTCUT
-from . import pinned, pods, state as node_state
+from . import pinned, pods
+from . import state as node_state
 from .paths import NodeError, NodePaths, bpffs_mounted_at, default_cgroup, mount_bpffs, unmount_bpffs_at
 from .state import NodeState
 

@@ -28,9 +28,9 @@ from .. import faults, inputs, userns
 from ..ebpf import libbpf, objects
 from ..ebpf.compiled import Compiled
 from ..ebpf.datapath import Datapath, DatapathError, attach_links
-from ..ebpf.pod_sockets import register_listeners
 from ..ebpf.follow import read_facts
 from ..ebpf.maps import POD_NETNS_PLACEHOLDER, Pod, namespace_entries, pod_entries
+from ..ebpf.pod_sockets import register_listeners
 from ..ebpf.programs import CGROUP_PROGRAMS, LINKED_PROGRAMS, SHORTCUT, SK_LOOKUP
 from .paths import NodeError, NodePaths
 from .state import RECORD_FILE, NodeState

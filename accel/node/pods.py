@@ -16,11 +16,12 @@ from pathlib import Path
 from .. import faults, inputs, userns
 from ..backends import BackendError, get_backend
 from ..ebpf import libbpf, probe
-from ..ebpf.maps import UnsupportedSpec, new_config_id
 from ..ebpf.datapath import DatapathError
+from ..ebpf.maps import UnsupportedSpec, new_config_id
 from ..ebpf.pod_sockets import netns_cookie
 from ..spec import CaptureSpec
-from . import pinned, state as node_state
+from . import pinned
+from . import state as node_state
 from .paths import NodeError, NodePaths
 from .state import NodeState, PodRecord
 

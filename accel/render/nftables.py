@@ -264,7 +264,7 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
     b.add(NAT, OUTPUT, f"ip daddr {lo4}", "return")
     b.add6(NAT, OUTPUT, "ip6 daddr ::1/128", "return")
     for match in b.match_any(
-        NAT, "outbound-exclude-v4", "ip daddr", "ipv4_addr", [cidr_text(c) for c in spec.outbound_exclude(4)]
+        NAT, "outbound-exclude-v4", "ip daddr", "ipv4_addr", [cidr_text(cidr) for cidr in spec.outbound_exclude(4)]
     ):
         b.add(NAT, OUTPUT, match, "return")
     if b.ipv6:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from .. import constants as c
 from .model import UNTOUCHED, Flow, Kind, TraceError, Verdict, group_id

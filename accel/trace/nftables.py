@@ -23,8 +23,8 @@ Understood, and nothing else (anything else is a TraceError naming the line):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from .. import constants as c
 from .model import Flow, Kind, TraceError, Verdict, group_id

@@ -6,8 +6,8 @@ semantics live here once, so iptables and nftables cannot drift apart in the tra
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .model import INBOUND, OUTBOUND, REDIRECT, TPROXY, UNTOUCHED, Address, Flow, Kind, TraceError, Verdict
 

@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
+from accel import inputs
+from accel.backends import get_backend
 from accel.ebpf import objects, programs
 from accel.lab import Lab, LabPlan, SidecarConfig
-from accel.backends import get_backend
-from accel import inputs
 
 pytestmark = pytest.mark.privileged
 

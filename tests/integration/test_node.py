@@ -23,10 +23,9 @@ from accel.netns import Netns
 from accel.node.metrics import scrape
 from accel.node.paths import bpffs_mounted_at
 from tests.kernel_state import rule_state
+from tests.node_lab import ACCEL, APP, SERVICE, STOCK, TOP, another_accel, node  # noqa: F401 (node: a fixture)
 
 pytestmark = pytest.mark.privileged
-
-from tests.node_lab import ACCEL, APP, SERVICE, STOCK, TOP, another_accel, node  # noqa: F401 (node: a fixture)
 
 
 def cgroup_attachments(path: Path) -> str:

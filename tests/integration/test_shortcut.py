@@ -18,9 +18,8 @@ import pytest
 from accel import inputs
 from accel.backends import get_backend
 from accel.bench.mesh import CLIENT, SERVER, Mesh
-from accel.lab import Lab, LabPlan, SidecarConfig
+from accel.lab import POD_ADDRESSES, Lab, LabPlan, SidecarConfig
 from accel.lab.agent.stream import pattern
-from accel.lab import POD_ADDRESSES
 from accel.lab.lab import wait_for
 from accel.netns import unique_name
 

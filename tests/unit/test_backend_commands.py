@@ -330,7 +330,9 @@ def test_a_different_command_fails(tmp_path: Path, monkeypatch):
 
 REFUSALS = {
     "iptables-failed-ipv6-restore": "ip6tables-nft-restore: ip6tables-restore v1.8.9 (nf_tables): line 5 failed",
-    "iptables-failed-tproxy-route-undone-rule-by-rule": f"pod routing: ip -4 route add local default dev lo table 133: {ROUTE_EXISTS}",
+    "iptables-failed-tproxy-route-undone-rule-by-rule": (
+        f"pod routing: ip -4 route add local default dev lo table 133: {ROUTE_EXISTS}"
+    ),
     "nftables-table-clash": f"nftables: table inet istio-proxy-nat already present in {NETNS}",
     "nftables-failed-tproxy-route": f"pod routing: ip -6 route add local default dev lo table 133: {ROUTE_EXISTS}",
     "iptables-switch-fails-and-puts-back": "ip6tables-nft-restore: ip6tables-restore: line 3 failed",

@@ -8,7 +8,7 @@ import pytest
 from accel import inputs
 from accel.ebpf import maps as m
 from accel.spec import CaptureSpec, parse_cidrs
-from accel.userns import UNMAPPED_ID, IdMap
+from accel.userns import IDENTITY, UNMAPPED_ID, IdMap
 
 CONFIG = 0x4122334455667788
 NETNS = 0x1234
@@ -16,7 +16,7 @@ LOCAL = ["127.0.0.0/8", "127.0.0.1/32", "198.18.0.10/32", "::1/128", "2001:db8:1
 SOURCES = [ipaddress.ip_address("198.18.0.10"), ipaddress.ip_address("2001:db8:18::10")]
 
 
-def entries(spec, ids=IdMap()):
+def entries(spec, ids=IDENTITY):
     return m.pod_entries(spec, CONFIG, ids)
 
 

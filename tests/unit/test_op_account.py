@@ -4,8 +4,8 @@ tests/integration/test_bench.py, inside accel bench)."""
 import copy
 import json
 
-from accel.bench.op_account import SOCK_OPS, account
 from accel.bench.markdown import markdown
+from accel.bench.op_account import SOCK_OPS, account
 from accel.bench.program_budget import ops_rows
 from accel.bench.run import BenchConfig
 from tests.unit.test_bench_report import BUDGET, CPS16, document, rendered

@@ -1,6 +1,7 @@
 """The capture model: parsers turn text into values, naming the bad field; the spec checks every rule
 on the values, once, whatever the input."""
 
+import dataclasses
 import ipaddress
 
 import pytest
@@ -151,7 +152,7 @@ def test_relabel_names_fields_as_the_input_does():
 
 def test_spec_is_immutable():
     spec = CaptureSpec()
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         spec.proxy_port = 1
 
 

@@ -30,9 +30,9 @@ from accel.trace import (
     trace_iptables,
     trace_nftables,
 )
-from tests.reference import CASE_GROUPS, PROBE_LINES, REFERENCE, golden_cases
 from tests import flows
 from tests.flows import APP, EPHEMERAL, PASSTHROUGH, POD, PROXY, grid, inb, out, proxy
+from tests.reference import CASE_GROUPS, PROBE_LINES, REFERENCE, golden_cases
 from tests.strategies import capture_specs
 
 OUT = Verdict.outbound(c.PROXY_PORT)
@@ -582,7 +582,7 @@ def test_unknown_iptables_shapes_raise_naming_the_line(line, reason):
         ("* nat\n-A OUTPUT -j RETURN\n", "no COMMIT"),
         ("-A OUTPUT -j RETURN\n", "outside a table"),
         (
-            "* nat\n-A OUTPUT -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -j RETURN\nCOMMIT\n* nat\n-A OUTPUT -j RETURN\nCOMMIT\n",
+            "* nat\n-A OUTPUT -j RETURN\nCOMMIT\n" * 3,
             "more than two",
         ),
         ('* nat\n-A OUTPUT -o "eth 0" -j RETURN\nCOMMIT\n', "quoted"),

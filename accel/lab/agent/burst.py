@@ -52,8 +52,8 @@ def _rounds(targets, until):
 
 
 def run_burst(args):
-    """Each target {dst, port, token, proto: tcp (the default) or dns} once (or until --until FILE exists), `concurrency` at a
-    time; a JSON list of results."""
+    """Each target {dst, port, token, proto: tcp (the default) or dns} once (or until --until FILE
+    exists), `concurrency` at a time; a JSON list of results."""
     with open(args.targets, encoding="utf-8") as handle:
         targets = json.load(handle)
     results, lock, cursor = [], threading.Lock(), _rounds(targets, args.until)

@@ -107,7 +107,7 @@ def run_client(args):
                 answer = read_exact(sock, struct.unpack("!H", read_exact(sock, 2))[0])
                 result["ok"] = answer[:2] == b"\x51\x51"
         result["result"] = "ok" if result.get("ok") else "bad-reply"
-    except socket.timeout:
+    except TimeoutError:
         result["result"] = "timeout"
     except ConnectionRefusedError:
         result["result"] = "refused"
