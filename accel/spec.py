@@ -22,11 +22,11 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Final, Literal
 
 from . import constants as c
 
-WILDCARD = "*"
+WILDCARD: Final = "*"
 Wildcard = Literal["*"]
 Cidr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
