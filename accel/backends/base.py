@@ -15,7 +15,8 @@ class BackendError(RuntimeError):
 class Target(Protocol):
     """A pod as a backend sees it: its network namespace (and, for eBPF, its cgroup)."""
 
-    netns: str
+    @property
+    def netns(self) -> str: ...  # read-only: a frozen dataclass's field will do
 
 
 class Backend(ABC):

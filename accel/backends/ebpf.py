@@ -7,11 +7,16 @@ in its namespace. A pod's sockets only see the programs if its processes live be
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..cgroup import Cgroup
 from ..ebpf import probe
 from ..ebpf.maps import UnsupportedSpec, check_supported
 from ..spec import CaptureSpec
 from .base import Backend, BackendError, Target
+
+if TYPE_CHECKING:
+    from ..ebpf.datapath import Datapath
 
 
 class EbpfBackend(Backend):
@@ -19,8 +24,8 @@ class EbpfBackend(Backend):
         self.cgroup = cgroup  # where to attach; else each target's node_cgroup
         self.shortcut = shortcut  # short-circuit each pod's app <-> proxy hops (bpf/shortcut.c)
         self.name = "ebpf+sockmap" if shortcut else "ebpf"
-        self._datapaths: dict[str, object] = {}  # cgroup path -> Datapath
-        self._pods: dict[str, object] = {}  # netns -> the Datapath meshing it
+        self._datapaths: dict[str, Datapath] = {}  # by cgroup path
+        self._pods: dict[str, Datapath] = {}  # netns -> the one meshing it
 
     def _cgroup_for(self, target: Target) -> Cgroup:
         cgroup = self.cgroup or getattr(target, "node_cgroup", None)
@@ -77,9 +82,10 @@ class EbpfBackend(Backend):
             datapath.remove_pod(target.netns)
             self._release_if_idle(datapath)
 
-    def _release_if_idle(self, datapath) -> None:
+    def _release_if_idle(self, datapath: Datapath | None) -> None:
         if datapath is not None and not datapath.pods:
             datapath.close()
+            assert datapath.cgroup is not None  # this backend's datapaths are attach()ed at one
             self._datapaths.pop(str(datapath.cgroup.path), None)
 
     def wait_synced(self, target: Target, timeout: float) -> bool:
@@ -105,6 +111,7 @@ class EbpfBackend(Backend):
         if datapath is None:
             return {"backend": self.name, "applied": False}
         handle = datapath.pods[target.netns]
+        assert datapath.cgroup is not None  # attach()ed at one
         return {
             "backend": self.name,
             "applied": True,

@@ -120,7 +120,7 @@ class IptablesBackend(Backend):
         rules = render_iptables(spec)
         old = {version: (text, undo) for version, text, undo in old_rules.by_family()}
         new = {version: (text, undo) for version, text, undo in rules.by_family()}
-        switched = []
+        switched: list[int] = []
         for version in sorted(old.keys() | new.keys()):
             forward = _merged(old.get(version, ("", ""))[1], new.get(version, ("", ""))[0])
             result = self._run([_binary(variant, version, "restore"), "--noflush"], target, input=forward)
@@ -179,6 +179,7 @@ class IptablesBackend(Backend):
             if line.startswith("*"):
                 table = line[1:]
             elif line != "COMMIT":
+                assert table is not None  # every undo begins with its *table line
                 binary = f"ip{'6' if version == 6 else ''}tables-{variant}"
                 self._run([binary, "-t", table, *shlex.split(line)], target)
 
@@ -205,8 +206,10 @@ class IptablesBackend(Backend):
                 if line.startswith("*"):
                     table = f"{'ip6' if version == 6 else 'ip'}/{line[1:]}"
                 elif line.startswith(":ISTIO_"):
+                    assert table is not None  # iptables-save names the table before its chains
                     chains.setdefault(table, {}).setdefault(line[1:].split()[0], 0)
                 elif line.startswith("-A ISTIO_"):
+                    assert table is not None  # and before its rules
                     counts = chains.setdefault(table, {})
                     chain = line.split()[1]
                     counts[chain] = counts.get(chain, 0) + 1

@@ -28,11 +28,11 @@ def nft(netns: str, commands: str, *, json_output: bool = False) -> str:
         return context.cmd(commands)
 
     try:
-        rc, output, error = in_netns(netns, run)
+        rc, output, stderr = in_netns(netns, run)
     except OSError as error:
         raise BackendError(f"nftables in {netns}: {error}") from error
     if rc != 0:
-        raise BackendError(f"nft: {error.strip()}")
+        raise BackendError(f"nft: {stderr.strip()}")
     return output
 
 

@@ -50,7 +50,7 @@ def _undo(argv: list[str]) -> list[str]:
 def run_add(runner: Runner, netns: str, commands: list[list[str]]) -> None:
     """Each command, or none: a failure undoes those before it and is named. ::6 there already is
     fine; a TPROXY rule or route there already is not (whose would it be?)."""
-    done = []
+    done: list[list[str]] = []
     for argv in commands:
         result = runner.run(argv, netns=netns)
         present = argv in passthrough(True, "add") and any(words in result.stderr for words in ALREADY)
