@@ -9,27 +9,30 @@ facts as they are now, then follows them.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 
+from ..ebpf.datapath import Datapath
 from ..ebpf.follow import Follower, NamespaceFacts
 from ..ebpf.maps import namespace_entries
 from . import pinned
 from . import state as node_state
 from .paths import NodePaths
+from .state import PodRecord
 
 
 class NodeFollower:
     def __init__(self, paths: NodePaths, on_change: Callable[[list[str]], None] | None = None):
         self.paths, self.on_change = paths, on_change  # on_change(ids): the pods it follows changed
         self.followers: dict[str, Follower] = {}
-        self._datapath = None
-        self._up_at = None
+        self._datapath: Datapath | None = None
+        self._up_at: float | None = None
 
     def sync_once(self) -> None:
         """Follow the pods the state names now, and stop following those it no longer names."""
         current = node_state.load(self.paths.state)
-        wanted = (
+        wanted: dict[str, PodRecord] = (
             {}
             if current is None or current.backend != "ebpf"
             else {r.id: r for r in current.pods.values() if r.phase == "ready"}
@@ -44,7 +47,7 @@ class NodeFollower:
             if pod_id in self.followers:
                 continue
             try:
-                follower = Follower(record.netns, lambda facts, pod_id=pod_id: self._write(pod_id, facts))
+                follower = Follower(record.netns, functools.partial(self._write, pod_id))
             except OSError:
                 continue  # the namespace is gone: accel up cleans the pod
             self._write(pod_id, follower.facts)

@@ -186,16 +186,18 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
     counters_map = shortcut_map = None
     if current.backend == "ebpf":
         document["pins"] = str(paths.pins)
-        document["links"], document["maps"], counters_map = _datapath_status(paths, problems)
+        links, maps, counters_map = _datapath_status(paths, problems)
+        document["links"], document["maps"] = links, maps
         shortcut_map = pinned.pinned_fd(paths.pins / pinned.MAPS / "shortcut_counters")
         if any(r.shortcut for r in current.pods.values()) and not any(
-            link["program"] == SHORTCUT.name and link["attached"] for link in document["links"]
+            link["program"] == SHORTCUT.name and link["attached"] for link in links
         ):
             problems.append(
                 "pods ask for the short-circuit, but its program is not linked to its map "
                 "(their hops go by TCP): run accel up"
             )
-    document["pods"] = []
+    rows: list[dict] = []
+    document["pods"] = rows
     for record in sorted(current.pods.values(), key=lambda r: r.id):
         gone = pods.netns_identity(record.netns) != tuple(record.netns_id)
         if gone:
@@ -215,7 +217,7 @@ def status(paths: NodePaths) -> tuple[dict, list[str]]:
         }
         if counters_map is not None and record.cookie is not None:
             entry["counters"] = read_counters(counters_map, record.cookie, shortcut_map)
-        document["pods"].append(entry)
+        rows.append(entry)
     for fd in (counters_map, shortcut_map):
         if fd is not None:
             os.close(fd)
@@ -256,17 +258,17 @@ def _datapath_status(paths: NodePaths, problems: list[str]):
         fd = pinned.pinned_fd(pin)
         if fd is None:
             continue
-        info = libbpf.map_info(fd)
-        entries = _entries(fd, info)
-        fill = entries / info.max_entries if entries is not None and info.max_entries else None
+        map_info = libbpf.map_info(fd)
+        entries = _entries(fd, map_info)
+        fill = entries / map_info.max_entries if entries is not None and map_info.max_entries else None
         if fill is not None and fill > MAP_FULL:
-            problems.append(f"map {pin.name}: {entries} of {info.max_entries} entries ({fill:.0%})")
+            problems.append(f"map {pin.name}: {entries} of {map_info.max_entries} entries ({fill:.0%})")
         maps.append(
             {
                 "name": pin.name,
-                "id": info.id,
+                "id": map_info.id,
                 "entries": entries,
-                "capacity": info.max_entries or None,
+                "capacity": map_info.max_entries or None,
                 "fill": round(fill, 4) if fill is not None else None,
             }
         )
@@ -288,8 +290,8 @@ def _summary(document: dict) -> str:
     """The spec in one short line for a table: ports and mode, what is captured each way, extras."""
 
     def either(include: str, exclude: str) -> str:
-        include, exclude = document.get(include) or "-", document.get(exclude)
-        return include + (f" except {exclude}" if exclude else "")
+        included, excluded = document.get(include) or "-", document.get(exclude)
+        return included + (f" except {excluded}" if excluded else "")
 
     parts = [
         f"{document.get('ProxyPort')}/{document.get('InboundCapturePort')} {document.get('InboundInterceptionMode')}",

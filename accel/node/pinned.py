@@ -122,10 +122,11 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                     if links[program.name] is None:
                         links[program.name] = _link_to_map(compiled, root, program.name)
                         report.attached.append(program.name)
-                changed = [name for name, fd in links.items() if _attached_tag(fd) != _tag(compiled.programs[name])]
+                held = _every_one_open(links)
+                changed = [name for name, fd in held.items() if _attached_tag(fd) != _tag(compiled.programs[name])]
                 if not changed and not migrating and not report.attached:
                     report.action = "unchanged"
-                    report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
+                    report.links = {name: libbpf.link_info(fd).id for name, fd in held.items()}
                     report.programs = {name: _pinned_program(root, name) for name in compiled.programs}
                     report.kept = sorted(compiled.maps)
                     # the same instructions, but perhaps from a newer accel whose commands read
@@ -141,14 +142,15 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                 for record in state.pods.values() if state else ():
                     if record.pin and record.cookie is not None:
                         _swap_sk_lookup(compiled, Path(record.pin), record.cookie)
-                for name, fd in sorted(links.items(), key=lambda item: item[0].startswith("connect")):
+                for name, fd in sorted(held.items(), key=lambda item: item[0].startswith("connect")):
                     libbpf.link_update(fd, compiled.programs[name])
                     report.swapped.append(name)
                 _register_listeners(compiled, state)  # any that began listening meanwhile
             else:  # nothing attached yet (or a first `up` that died half-way): attach, then pin
-                for fd in links.values():
-                    if fd is not None:
-                        libbpf.link_detach(fd)
+                for link in links.values():
+                    if link is not None:
+                        libbpf.link_detach(link)
+                assert paths.cgroup is not None  # lifecycle.up() resolved it for the eBPF backend
                 fresh = attach_links(compiled, paths.cgroup)
                 faults.point("up:attached")
                 for name, fd in fresh.items():
@@ -156,17 +158,19 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
                     path.unlink(missing_ok=True)
                     libbpf.obj_pin(fd, str(path))
                     os.close(fd)
-                if links.get(SHORTCUT.name) is not None:
-                    os.close(links[SHORTCUT.name])
+                stale = links.get(SHORTCUT.name)
+                if stale is not None:
+                    os.close(stale)
                 _pin(root, LINKS, SHORTCUT.name).unlink(missing_ok=True)
                 links = {program.name: pinned_fd(_pin(root, LINKS, program.name)) for program in CGROUP_PROGRAMS}
                 if shortcut:
                     links[SHORTCUT.name] = _link_to_map(compiled, root, SHORTCUT.name)
-            report.links = {name: libbpf.link_info(fd).id for name, fd in links.items()}
+                held = _every_one_open(links)
+            report.links = {name: libbpf.link_info(fd).id for name, fd in held.items()}
         finally:
-            for fd in links.values():
-                if fd is not None:
-                    os.close(fd)
+            for link in links.values():
+                if link is not None:
+                    os.close(link)
         for name, definition in compiled.objects.maps.items():
             if not definition["adopted"]:
                 _repin(definition["fd"], _pin(root, MAPS, name))
@@ -179,6 +183,13 @@ def up(paths: NodePaths, state: NodeState | None, shortcut: bool = True) -> UpRe
         return report
     finally:
         compiled.close()
+
+
+def _every_one_open(links: dict[str, int | None]) -> dict[str, int]:
+    """The links by name, once each is open (found pinned, or attached and pinned just now)."""
+    missing = [name for name, fd in links.items() if fd is None]
+    assert not missing, f"links not pinned: {missing}"
+    return {name: fd for name, fd in links.items() if fd is not None}
 
 
 def _link_to_map(compiled: Compiled, root: Path, name: str) -> int:
@@ -213,6 +224,7 @@ def _migrate(compiled: Compiled, names: list[str], state: NodeState | None) -> N
     for record in state.pods.values():
         if record.backend != "ebpf" or record.phase != "ready" or record.cookie is None:
             continue
+        assert record.config is not None  # recorded with the cookie, by pods.add()
         spec = inputs.from_istio_config(record.spec)
         entries = pod_entries(spec, record.config, userns.id_map(record.netns))
         datapath.write_spec(entries)

@@ -205,7 +205,7 @@ def restore(paths: NodePaths, current: NodeState) -> list[str]:
             for record in current.pods.values()
             if record.backend == "ebpf"
             and record.phase == "ready"
-            and datapath.adopt_pod(record.netns, record.cookie, record.config, None).pod is None
+            and datapath.adopt_pod(record.netns, *_ebpf_keys(record), None).pod is None
         ]
         datapath.pods.clear()
     finally:
@@ -218,6 +218,12 @@ def restore(paths: NodePaths, current: NodeState) -> list[str]:
     if done:
         node_state.save(paths.state, current)
     return done
+
+
+def _ebpf_keys(record: PodRecord) -> tuple[int, int]:
+    """An eBPF pod's netns cookie and configuration id: add() records both before it first saves the record."""
+    assert record.cookie is not None and record.config is not None, f"pod {record.id}: an eBPF record without them"
+    return record.cookie, record.config
 
 
 def _loaded(paths: NodePaths) -> NodeState:
@@ -245,11 +251,13 @@ def _remove(paths: NodePaths, current: NodeState, record: PodRecord) -> None:
 
 
 def _ebpf_add(paths: NodePaths, record: PodRecord, spec: CaptureSpec) -> None:
+    assert record.pin is not None  # add() and restore() set it first
     datapath = pinned.open_for_pods(paths)
     try:
         handle = datapath.add_pod(
             record.netns, spec, follow=False, pin=Path(record.pin), config=record.config, shortcut=record.shortcut
         )
+        assert handle.sk_lookup_link is not None  # add_pod() attached it
         os.close(handle.sk_lookup_link)  # pinned: the pin holds it
         datapath.pods.clear()  # the pod outlives this process: closing the datapath must not remove it
     except (DatapathError, UnsupportedSpec, OSError) as error:
@@ -262,7 +270,7 @@ def _ebpf_verify(paths: NodePaths, record: PodRecord, identity: tuple[int, int])
     problems = []
     datapath = pinned.open_for_pods(paths)
     try:
-        if datapath.adopt_pod(record.netns, record.cookie, record.config, None).pod is None:
+        if datapath.adopt_pod(record.netns, *_ebpf_keys(record), None).pod is None:
             problems.append(f"pod {record.id}: no entry of its configuration in the datapath's pods map")
     finally:
         datapath.pods.clear()
@@ -286,10 +294,11 @@ def _replace(
 ) -> None:
     """Switch a captured pod to another spec (or short-circuit) in one step."""
     if record.backend == "ebpf":
+        assert record.pin is not None  # recorded with the cookie, by add()
         config = new_config_id()
         datapath = pinned.open_for_pods(paths)
         try:
-            datapath.adopt_pod(record.netns, record.cookie, record.config, Path(record.pin))
+            datapath.adopt_pod(record.netns, *_ebpf_keys(record), Path(record.pin))
             datapath.update_pod(record.netns, spec, config=config, shortcut=shortcut)
             datapath.pods.clear()
         except (DatapathError, UnsupportedSpec, OSError) as error:
