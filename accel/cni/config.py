@@ -24,6 +24,7 @@ import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from .. import constants as c
 from .. import inputs
@@ -77,9 +78,22 @@ class PluginConfig:
         return self.capture or _stock()
 
 
+class _Given(TypedDict, total=False):
+    """The PluginConfig fields the document sets; the others keep their defaults."""
+
+    state_dir: Path
+    capture: CaptureSpec
+    pod_info: KubernetesSource | DirectorySource
+    exclude_namespaces: tuple[str, ...]
+    sockmap: bool
+    log_file: Path
+    converted_from: str
+    warnings: tuple[str, ...]
+
+
 def _stock() -> CaptureSpec:
     """What Istio's injector gives istio-init for a plain pod."""
-    return inputs.from_istio_args(c.ISTIO_INIT_DEFAULT_ARGS)
+    return inputs.from_istio_args(list(c.ISTIO_INIT_DEFAULT_ARGS))
 
 
 def parse(document: object) -> PluginConfig:
@@ -93,7 +107,7 @@ def parse(document: object) -> PluginConfig:
         raise ConfigError(unknown[0], f"unknown key ({hint}accel-cni reads {', '.join(KEYS)})")
     if document.get("type") != c.CNI_PLUGIN_TYPE:
         raise ConfigError("type", f"expected {c.CNI_PLUGIN_TYPE!r} (got {document.get('type')!r})")
-    values: dict[str, object] = {}
+    values: _Given = {}
     if "stateDir" in document:
         values["state_dir"] = Path(_absolute(document, "stateDir"))
     if "logFile" in document:

@@ -128,7 +128,7 @@ def _type(plugin: Mapping) -> str:
 
 def primary(conf_dir: Path) -> tuple[NetworkFile, tuple[str, ...]]:
     """The node's network (the first valid file) and the files passed over before it, with why."""
-    skipped = []
+    skipped: list[str] = []
     paths = candidates(conf_dir)
     for path in paths:
         try:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import inputs
 from ..inputs.annotations import STATUS_ANNOTATION
@@ -47,7 +48,7 @@ class Pod:
 
     containers: frozenset[str] = frozenset()  # init containers and containers
     labels: Mapping[str, str] = field(default_factory=dict)
-    document: Mapping[str, object] = field(default_factory=dict)  # in the --annotations format
+    document: Mapping[str, Any] = field(default_factory=dict)  # JSON in the --annotations format
     proxy_type: str = "sidecar"  # istio-proxy's `proxy TYPE` arguments
 
 
@@ -72,11 +73,13 @@ def decide(config: PluginConfig, cni_args: Mapping[str, str], container_id: str,
     if namespace in config.exclude_namespaces:
         return Decision(None, f"namespace {namespace} is excluded", label)
     if isinstance(config.pod_info, KubernetesSource):
+        assert namespace and name  # else label is None: returned above
         pod = _kubernetes_pod(config.pod_info, namespace, name)
     else:
-        pod = _file_pod(config.pod_info, f"{namespace}_{name}" if label else container_id)
-        if pod is None:
+        found = _file_pod(config.pod_info, f"{namespace}_{name}" if label else container_id)
+        if found is None:
             return Decision(None, "no annotation file for it", label)
+        pod = found
     skip = _skip_reason(pod)
     if skip:
         return Decision(None, skip, label)
@@ -176,7 +179,7 @@ def _read_pod(source: KubernetesSource, namespace: str, name: str) -> dict:
             time.sleep(source.interval)
         try:
             response = api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=2)
-            return json.loads(response.data)
+            return json.loads(response.data)  # type: ignore[attr-defined]  # unparsed: a urllib3 response, not a V1Pod
         except ApiException as error:
             if error.status in (401, 403):
                 raise PodInfoError(
