@@ -102,6 +102,7 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
         backend.apply(pod, spec)
         try:
             status = backend.status(pod)
+            assert pod.node_cgroup is not None  # a lab's pods hang below its cgroup
             cgroup = pod.node_cgroup.path
             console.rule(f"read back from the kernel: bpftool cgroup show {cgroup}", style="dim")
             verbatim(process.run(["bpftool", "cgroup", "show", str(cgroup)], check=True).stdout)
@@ -144,6 +145,7 @@ def _node_section(spec, console: Console, verbatim) -> None:
     try:
         with Lab(plan) as lab:
             pod = lab.pods["pod"]
+            assert lab.cgroup is not None  # build() made it on entering the lab
             env = {
                 **os.environ,
                 "ACCEL_CGROUP": str(lab.cgroup.path),

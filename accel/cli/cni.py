@@ -227,7 +227,7 @@ def _after(change) -> str:
 
 
 def _kind(kind: str | None) -> str:
-    return {"copy": "a copy of this accel's accel-cni", "shim": "accel's shim"}.get(kind, "not accel's")
+    return {"copy": "a copy of this accel's accel-cni", "shim": "accel's shim"}.get(kind or "", "not accel's")
 
 
 UNINSTALL_EPILOG = DIRECTORIES + (

@@ -33,7 +33,7 @@ class AccelError(click.ClickException):
 
     def __init__(self, message: str, code: int = EXIT_BAD_INPUT):
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]  # click declares a ClassVar, but reads it from the instance
 
     def show(self, file=None) -> None:
         # One line whatever the message quotes: a value holding a newline must not start a second one.
@@ -60,14 +60,16 @@ class Group(click.Group):
     """A command group whose help lists its commands under headings, each with its whole summary;
     run bare, it shows that help."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.sections: dict[str, list[str]] = {}
 
     def add_command(self, cmd: click.Command, name: str | None = None, section: str = "Commands") -> None:
         """Register a command under a help heading; a heading shows once a command is in it."""
         super().add_command(cmd, name)
-        self.sections.setdefault(section, []).append(name or cmd.name)
+        name = name or cmd.name
+        assert name is not None  # click's add_command raised TypeError for a command without one
+        self.sections.setdefault(section, []).append(name)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if not args and not ctx.resilient_parsing:
