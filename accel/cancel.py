@@ -55,6 +55,7 @@ def install() -> None:
         _reader, _writer = socket.socketpair()
         _reader.setblocking(False)
         _writer.setblocking(False)
+    assert _writer is not None  # made with _reader
     if _owner is None:
         os.register_at_fork(after_in_child=_forget_in_child)
     _owner = os.getpid()
@@ -94,6 +95,7 @@ def handling() -> Iterator[None]:
         for number, handler in handlers.items():
             signal.signal(number, handler)
         _received, _until_signalled = None, False
+        assert _reader is not None and _writer is not None  # made by install() above
         _reader.close()
         _writer.close()
         _reader = _writer = None
@@ -144,14 +146,14 @@ def wait_readable(fd: int | None, timeout: float | None) -> bool:
     watch = select.poll()
     if fd is not None:
         watch.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
-    cut = armed()
-    if cut:
-        watch.register(_reader.fileno(), select.POLLIN)
+    reader = _reader if armed() else None  # armed: _reader is set
+    if reader is not None:
+        watch.register(reader.fileno(), select.POLLIN)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = None if deadline is None else max(deadline - time.monotonic(), 0)
         ready = {ready_fd for ready_fd, _ in watch.poll(None if left is None else left * 1000)}
-        if cut and _reader.fileno() in ready:
+        if reader is not None and reader.fileno() in ready:
             check()
         if fd is not None and fd in ready:
             return True

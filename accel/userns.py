@@ -34,7 +34,7 @@ class IdMap:
     gids: tuple[tuple[int, int, int], ...] = ((0, 0, 1 << 32),)
 
     @staticmethod
-    def _map(ranges, value: int) -> int:
+    def _map(ranges: tuple[tuple[int, int, int], ...], value: int) -> int:
         for inside, outside, count in ranges:
             if inside <= value < inside + count:
                 return outside + value - inside
@@ -87,7 +87,13 @@ def owned_by_other(netns: str) -> bool:
 
 
 def _parse(text: str) -> tuple[tuple[int, int, int], ...]:
-    return tuple(tuple(int(n) for n in line.split()) for line in text.splitlines() if line.strip())
+    return tuple(_range(line) for line in text.splitlines() if line.strip())
+
+
+def _range(line: str) -> tuple[int, int, int]:
+    """One line of a uid_map or gid_map: inside, outside, count."""
+    inside, outside, count = (int(n) for n in line.split())
+    return inside, outside, count
 
 
 def id_map(netns: str) -> IdMap:
