@@ -325,8 +325,11 @@ def test_the_pid_file_is_one_path_under_run():
     assert written == PID_FILE
     assert enter_pid_files() == {"install": PID_FILE, "cni": PID_FILE}
     assert PID_FILE.startswith("/run/") and not PID_FILE.startswith(f"{STATE}/")
-    # No other agent.pid anywhere in deploy/ (the README, the DaemonSet's scripts and comments).
-    for name, text in [("README.md", readme_section()), *((name, (DEPLOY / name).read_text()) for name in MANIFESTS)]:
+    # No other agent.pid anywhere in deploy/ (docs/cluster.md, the DaemonSet's scripts and comments).
+    for name, text in [
+        ("docs/cluster.md", cluster_page()),
+        *((name, (DEPLOY / name).read_text()) for name in MANIFESTS),
+    ]:
         for found in re.findall(r"[\w./-]*agent\.pid", text):
             assert found == PID_FILE, f"{name}: {found}"
 
@@ -367,23 +370,21 @@ def test_every_container_runs_the_image_of_this_version():
 # -- the uninstall: first without the container that would chain accel-cni again ---------------
 
 
-def readme_section() -> str:
-    """The README's "Run in a cluster" section."""
-    text = (DEPLOY.parent / "README.md").read_text()
-    start = text.index("\n## Run in a cluster\n")
-    return text[start : text.index("\n## ", start + 1)]
+def cluster_page() -> str:
+    """docs/cluster.md, "Run in a cluster"."""
+    return (DEPLOY.parent / "docs" / "cluster.md").read_text()
 
 
-def readme_patch() -> list[dict]:
-    """The JSON patch the README's uninstall applies to the DaemonSet."""
-    text = readme_section()
+def uninstall_patch() -> list[dict]:
+    """The JSON patch the uninstall in docs/cluster.md applies to the DaemonSet."""
+    text = cluster_page()
     found = re.findall(r"kubectl -n accel-system patch ds/accel --type json -p '([^']*)'", text)
     assert len(found) == 1
     return json.loads(found[0])
 
 
 def apply_json_patch(document: dict, operations: list[dict]) -> dict:
-    """RFC 6902's test and remove, enough for the README's patch."""
+    """RFC 6902's test and remove, enough for the uninstall's patch."""
     document = copy.deepcopy(document)
     for operation in operations:
         *parents, last = [int(p) if p.isdigit() else p for p in operation["path"].split("/")[1:]]
@@ -400,7 +401,7 @@ def apply_json_patch(document: dict, operations: list[dict]) -> dict:
 
 
 def test_the_uninstalls_patch_takes_out_exactly_the_watching_container():
-    operations = readme_patch()
+    operations = uninstall_patch()
     assert operations[0]["op"] == "test"  # refuses, rather than remove another container
     patched = apply_json_patch(one("DaemonSet"), operations)
     spec = patched["spec"]["template"]["spec"]
