@@ -229,7 +229,7 @@ def test_a_ping_socket_to_port_53_is_not_dns(backend_name):
 def test_mptcp_is_captured_as_tcp(backend_name):
     """MPTCP's subflows are TCP to iptables' -p tcp, so they are captured; the eBPF hooks see the
     subflow's connect. (One known difference: getpeername() on the MPTCP socket itself shows the
-    proxy's address under eBPF; the README's limits say so.)"""
+    proxy's address under eBPF; docs/ebpf.md, Limits, says so.)"""
     with Lab(LabPlan(service_addresses=(SERVICE,), sidecar=SIDECAR)) as lab:
         backend, pod = get_backend(backend_name), lab.pods["pod"]
         backend.apply(pod, STOCK)
@@ -246,7 +246,7 @@ def test_mptcp_is_captured_as_tcp(backend_name):
 def test_a_process_outside_the_attach_cgroup(backend_name, captured):
     """The eBPF hooks run for sockets of processes below the cgroup they are attached at; a
     process in the pod's network namespace but outside that cgroup is not captured, where
-    iptables, which acts on the namespace's packets, captures it. The README's limits say so."""
+    iptables, which acts on the namespace's packets, captures it. docs/ebpf.md, Limits, says so."""
     with Lab(LabPlan(service_addresses=(SERVICE,), sidecar=SIDECAR)) as lab:
         backend, pod = get_backend(backend_name), lab.pods["pod"]
         backend.apply(pod, STOCK)

@@ -169,7 +169,7 @@ def test_a_reset_delivers_a_prefix_and_ends_the_stream(worlds, direction):
 def test_a_blocking_reader_that_half_closed_gets_every_byte_after_retrying(worlds):
     """The kernel's short-circuited receive (tcp_bpf_recvmsg) can wake a *blocking* recv() without
     data, e.g. when the ACK of the reader's own FIN arrives, and then returns EAGAIN, which a
-    blocking recv never does otherwise (README, Limits). Event-driven readers retry by nature;
+    blocking recv never does otherwise (docs/ebpf.md, Limits). Event-driven readers retry by nature;
     this one retries too, and must get every byte; without the short-circuit it never sees EAGAIN."""
     for mode, world in worlds.items():
         spec = header(f"blocking-{mode}", 2 * MiB, 2 * MiB, flow="server_first", io="blocking")
