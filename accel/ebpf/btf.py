@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import struct
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeGuard
 
 MAGIC = 0xEB9F
 HEADER = struct.Struct("<HBBIIIII")
@@ -170,6 +170,7 @@ class Btf:
             t = self.type(current)
             if t.kind not in _MODIFIERS:
                 return current
+            assert t.type_id is not None  # type() gives every modifier the id it refers to
             current = t.type_id
         raise BtfError(f"type {type_id}: typedef chain too long (a loop?)")
 
@@ -177,10 +178,12 @@ class Btf:
         """Bytes the type occupies, as sizeof() would say in BPF C."""
         t = self.type(self.resolve(type_id))
         if t.kind == "array":
+            assert t.type_id is not None and t.count is not None  # type() sets both for an array
             return self.size_of(t.type_id) * t.count
         if t.kind == "ptr":
             return _POINTER_SIZE
         if t.kind == "var":
+            assert t.type_id is not None  # type() sets it for a var
             return self.size_of(t.type_id)
         if t.size is None:
             raise BtfError(f"type {type_id} ({t.kind} {t.name!r}) has no size")
@@ -204,7 +207,7 @@ def layout(btf: Btf, type_id: int) -> list[tuple[str, int, int]]:
     return result
 
 
-def _is_record(ctype: type) -> bool:
+def _is_record(ctype: type) -> TypeGuard[type[ctypes.Structure | ctypes.Union]]:
     return isinstance(ctype, type) and issubclass(ctype, (ctypes.Structure, ctypes.Union))
 
 

@@ -71,7 +71,7 @@ class PodHandle:
     follower: Follower | None = None
     sk_lookup_link: int | None = None
     pin: Path | None = None  # where its sk_lookup link is pinned, on a node
-    pod: object | None = None  # its entry in `pods` (a maps.Pod), once written
+    pod: Pod | None = None  # its entry in `pods`, once written
     shortcut: bool = False  # its app <-> proxy hops are short-circuited
 
 

@@ -33,10 +33,15 @@ BPF_ANY = 0
 SYS_PIDFD_GETFD = 438
 
 
+def _error(what: str, result: int = -1) -> OSError:
+    """The OSError of a call that just failed, with the kernel's errno (else -result)."""
+    error = ctypes.get_errno() or -result
+    return OSError(error, f"{what}: {os.strerror(error)}")
+
+
 def _check(result: int, what: str) -> int:
     if result < 0:
-        error = ctypes.get_errno() or -result
-        raise OSError(error, f"{what}: {os.strerror(error)}")
+        raise _error(what, result)
     return result
 
 
@@ -69,7 +74,7 @@ def map_delete(map_fd: int, key) -> bool:
         return True
     if ctypes.get_errno() == 2:  # ENOENT
         return False
-    _check(-1, "map delete")
+    raise _error("map delete")
 
 
 def map_lookup(map_fd: int, key, value_type):
@@ -78,11 +83,12 @@ def map_lookup(map_fd: int, key, value_type):
         return value
     if ctypes.get_errno() == 2:
         return None
-    _check(-1, "map lookup")
+    raise _error("map lookup")
 
 
 def map_keys(map_fd: int, key_type) -> list:
-    keys, previous = [], None
+    keys: list = []
+    previous = None
     while True:
         key = key_type()
         if (

@@ -69,8 +69,8 @@ class Objects:
         """Another instance of a program, each 64-bit constant (ld_imm64) of `constants` replaced by
         its value: for what a program cannot ask the kernel (sk_lookup, its netns cookie). The
         caller owns the returned fd."""
-        prog_type, attach_type, code, license = self._code[name]
-        code, found = bytearray(code), set()
+        prog_type, attach_type, original, license = self._code[name]
+        code, found = bytearray(original), set()
         for index, opcode, source, low in _instructions(bytes(code)):
             if opcode != BPF_LD_IMM64 or source != 0 or (index + 1) * 8 >= len(code):
                 continue
@@ -252,7 +252,10 @@ def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
             cause = "; ".join(line for line in said().splitlines() if line.strip())[-2000:]
             raise ObjectsError(f"compiling the datapath: {cause or error}") from error
     try:
-        maps, by_fd, btfs, labels = {}, {}, {}, {}
+        maps: dict[str, dict] = {}
+        by_fd: dict[int, str] = {}
+        btfs: dict[str, str] = {}  # label -> the blob, base64
+        labels: dict[int, str] = {}  # kernel BTF id -> label
         for name, fd in _tables(lib, bpf.module):
             info = libbpf.map_info(fd)
             maps[name] = {
@@ -316,8 +319,8 @@ def _instructions(code: bytes):
 
 def _unbind_maps(code: bytes, by_fd: dict[int, str], program: str) -> tuple[bytes, list]:
     """Replace each map descriptor in the instructions by a reference to the map's name."""
-    code, relocations = bytearray(code), []
-    for index, opcode, source, immediate in _instructions(bytes(code)):
+    unbound, relocations = bytearray(code), []
+    for index, opcode, source, immediate in _instructions(bytes(unbound)):
         if opcode != BPF_LD_IMM64 or source == 0:
             continue
         if source != BPF_PSEUDO_MAP_FD or immediate not in by_fd:
@@ -326,8 +329,8 @@ def _unbind_maps(code: bytes, by_fd: dict[int, str], program: str) -> tuple[byte
                 f"({immediate}) that the cache cannot relocate"
             )
         relocations.append([index, by_fd[immediate]])
-        struct.pack_into("<i", code, index * 8 + 4, 0)
-    return bytes(code), relocations
+        struct.pack_into("<i", unbound, index * 8 + 4, 0)
+    return bytes(unbound), relocations
 
 
 # -- loading a record ----------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def _program(prog_type: int, attach_type: int = 0) -> tuple[bool, str]:
         os.close(libbpf.prog_load(PROBE, prog_type, attach_type, RETURN_1, "Dual BSD/GPL"))
         return True, "loads"
     except OSError as error:
-        return False, error.strerror
+        return False, str(error.strerror)
 
 
 def _map(map_type: int, key: int, value: int, flags: int = 0) -> tuple[bool, str]:
@@ -49,7 +49,7 @@ def _map(map_type: int, key: int, value: int, flags: int = 0) -> tuple[bool, str
         )
         return True, "creates"
     except OSError as error:
-        return False, error.strerror
+        return False, str(error.strerror)
 
 
 def _int_btf() -> bytes:
@@ -84,7 +84,7 @@ def _socket_storage() -> tuple[bool, str]:
         )
         return True, "creates"
     except OSError as error:
-        return False, error.strerror
+        return False, str(error.strerror)
     finally:
         os.close(btf)
 
@@ -126,7 +126,7 @@ def _pidfd_getfd() -> tuple[bool, str]:
         os.close(libbpf.pidfd_getfd(os.getpid(), 0))
         return True, "works"
     except OSError as error:
-        return False, error.strerror
+        return False, str(error.strerror)
 
 
 def _sockmap_link() -> tuple[bool, str]:
