@@ -167,7 +167,7 @@ _TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
-def parse_bool(text: str | bool, field: str) -> bool:
+def parse_bool(text: object, field: str) -> bool:
     """Go's strconv.ParseBool, which Istio's flags and env variables use."""
     if isinstance(text, bool):
         return text

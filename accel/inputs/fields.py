@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from .. import constants as c
 from .. import spec as s
@@ -22,7 +23,7 @@ class Field:
     flags: tuple[str, ...]  # istio-iptables flags, long form first
     env: tuple[str, ...]  # environment variables; a later one wins over an earlier one
     default: str  # istio-iptables' command-line default, as text
-    parse: Callable[[str, str], object] | None
+    parse: Callable[[str, str], object]
     help: str
     boolean: bool = False
 
@@ -354,7 +355,7 @@ def given_from_texts(
 def split_dns_servers(servers: list[str], label: str = "DNS server") -> dict[str, tuple[str, ...]]:
     """CaptureSpec keyword arguments for nameservers as istio-iptables takes them from resolv.conf:
     parsed, split by family, written as Go's netip prints them."""
-    by_version = {4: [], 6: []}
+    by_version: dict[int, list[str]] = {4: [], 6: []}
     for text in servers:
         address = s.parse_address(text, label)
         by_version[address.version].append(s.address_text(address))
@@ -369,7 +370,7 @@ def build_spec(given: Mapping[str, Given], labels: Mapping[str, str], base: Capt
     """The spec of the given values (over base's, if any), with CaptureSpec's errors named as the
     input names its fields (labels, then each Given's), and the warnings about the list items."""
     names = {**labels, **{attr: g.label for attr, g in given.items()}}
-    values = {attr: g.value for attr, g in given.items()}
+    values: dict[str, Any] = {attr: g.value for attr, g in given.items()}  # typed by each field's parser
     try:
         spec = base.replace(**values) if base is not None else CaptureSpec(**values)
     except SpecError as error:

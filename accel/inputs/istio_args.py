@@ -51,7 +51,8 @@ def parse_istio_argv(argv: list[str]) -> dict[str, str]:
             break
         if not arg.startswith("-") or arg == "-":
             raise SpecError("istio-iptables arguments", arg, "unexpected argument (flags start with -)")
-        name, has_value, value = arg.partition("=")
+        name, equals, value = arg.partition("=")
+        has_value = bool(equals)
         if not arg.startswith("--") and len(name) > 2:  # -p15001
             name, has_value, value = arg[:2], True, arg[2:].lstrip("=")
         if name in LOG_FLAGS:
