@@ -134,6 +134,7 @@ class IptablesRules:
         """(IP version, rules, undo) for each family that has rules."""
         families = [(4, self.ipv4, self.undo_ipv4)]
         if self.ipv6 is not None:
+            assert self.undo_ipv6 is not None  # render_iptables writes both or neither
             families.append((6, self.ipv6, self.undo_ipv6))
         return families
 
@@ -202,6 +203,7 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
     # traffic is never captured.
     for owner, ids in (("--uid-owner", spec.proxy_uids), ("--gid-owner", spec.proxy_gids)):
         for number in map(str, ids):
+            ports: tuple[str, ...]
             if dns and owner == "--uid-owner":  # Istio uses the 53 form for uids only
                 ports = ("-m", "multiport", "!", "--dports", f"{DNS_PORT},{tunnel}")
             else:
@@ -334,8 +336,8 @@ def _inbound(b: _Builder, spec: CaptureSpec):
     b.add(table, "PREROUTING", "-p", "tcp", "-j", INBOUND)
     established = ("-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", DIVERT)
     if spec.inbound_ports_include == WILDCARD:
-        for port in spec.inbound_ports_exclude:
-            b.add(table, INBOUND, "-p", "tcp", "--dport", str(port), "-j", "RETURN")
+        for port in map(str, spec.inbound_ports_exclude):
+            b.add(table, INBOUND, "-p", "tcp", "--dport", port, "-j", "RETURN")
         if spec.tproxy:
             b.add(MANGLE, INBOUND, "-p", "tcp", *established)
             b.add(MANGLE, INBOUND, "-p", "tcp", "-j", TPROXY_CHAIN)

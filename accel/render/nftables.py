@@ -285,7 +285,9 @@ def render_nftables(spec: CaptureSpec, sets: bool = False) -> str:
         for version, add, keyword in ((4, b.add, "ip"), (6, b.add6, "ip6")):
             if version == 6 and not b.ipv6:
                 continue
-            cidrs = [cidr_text(c) for c in spec.outbound_include(version)]
+            include = spec.outbound_include(version)
+            assert include != WILDCARD  # '*' is the branch above
+            cidrs = [cidr_text(c) for c in include]
             for match in b.match_any(
                 NAT, f"outbound-include-v{version}", f"{keyword} daddr", f"ipv{version}_addr", cidrs
             ):
