@@ -28,7 +28,23 @@ from dataclasses import dataclass, field
 
 from .. import constants as c
 from .model import UNTOUCHED, Flow, Kind, TraceError, Verdict, group_id
-from .walk import ACCEPT, CONTINUE, DROP, GOTO, JUMP, OUTPUT, PREROUTING, RETURN, Base, Packet, Rule, check, trace
+from .walk import (
+    ACCEPT,
+    CONTINUE,
+    DROP,
+    GOTO,
+    JUMP,
+    OUTPUT,
+    PREROUTING,
+    RETURN,
+    Base,
+    Packet,
+    Rule,
+    check,
+    restore_mark,
+    save_mark,
+    trace,
+)
 
 # Each table's built-in chains, and the priority its hooks run it at (NF_IP_PRI_*).
 BUILTIN = {
@@ -326,14 +342,14 @@ class IptablesTracer:
             return rule(VERDICTS[target])
         if target == "CONNMARK":  # the whole mark, both ways (no masks)
             if rest == ["--save-mark"]:
-                return rule(effect=lambda p: setattr(p, "ctmark", p.mark) or True)
+                return rule(effect=save_mark)
             if rest == ["--restore-mark"]:
-                return rule(effect=lambda p: setattr(p, "mark", p.ctmark) or True)
+                return rule(effect=restore_mark)
             raise TraceError(where, "only -j CONNMARK --save-mark or --restore-mark is understood")
         values = options()
         if target == "REDIRECT":
             port_option = next((o for o in ("--to-ports", "--to-port") if o in values), None)
-            if table.name != "nat" or set(values) != {port_option}:
+            if port_option is None or table.name != "nat" or set(values) != {port_option}:
                 raise TraceError(where, "only -j REDIRECT --to-ports P (or --to-port P), in nat, is understood")
             if proto is None:
                 raise TraceError(where, "REDIRECT --to-ports needs -p tcp|udp")

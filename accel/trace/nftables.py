@@ -57,6 +57,8 @@ from .walk import (
     Packet,
     Rule,
     check,
+    restore_mark,
+    save_mark,
     trace,
 )
 
@@ -68,7 +70,7 @@ REDIRECT_KIND = {
     c.NFT_CHAIN_IN_REDIRECT: Kind.INBOUND,
     c.NFT_CHAIN_OUTPUT_DNS: Kind.DNS,
 }
-SET_TYPES = {"inet_service": "port", "ipv4_addr": 4, "ipv6_addr": 6}
+SET_TYPES: dict[str, str | int] = {"inet_service": "port", "ipv4_addr": 4, "ipv6_addr": 6}
 CT_STATES = {"new", "established", "related", "invalid", "untracked"}
 
 
@@ -325,7 +327,12 @@ class NftablesTracer:
                     )
                 kind = REDIRECT_KIND[chain]
                 requires.append(("nat", "redirect is valid in nat chains only"))
-                steps.append(lambda p, kind=kind, port=port: p.redirect_to(kind, port) or True)
+
+                def redirect(p: Packet, kind=kind, port=port) -> bool:
+                    p.redirect_to(kind, port)
+                    return True
+
+                steps.append(redirect)
                 action = ACCEPT
             elif keyword == "tproxy":
                 version = {"ip": 4, "ip6": 6}.get(word())
@@ -369,10 +376,15 @@ class NftablesTracer:
                     if i < len(tokens) and tokens[i].text == "ct":
                         word("ct")
                         word("mark")
-                        steps.append(lambda p: setattr(p, "mark", p.ctmark) or True)
+                        steps.append(restore_mark)
                     else:
                         mark = read_mark(word(), where)
-                        steps.append(lambda p, mark=mark: setattr(p, "mark", mark) or True)
+
+                        def set_mark(p: Packet, mark=mark) -> bool:
+                            p.mark = mark
+                            return True
+
+                        steps.append(set_mark)
                 elif selector == "mark":
                     negate = negation()
                     match(lambda p: p.mark, lambda t: read_mark(t.text, where), negate)
@@ -410,11 +422,15 @@ class NftablesTracer:
                     negate = negation()
                     states = self._states(tokens, i, where)
                     i += 2 * len(states) - 1
-                    steps.append(lambda p, s=states, n=negate: (p.ctstate.lower() in s) != n)
+
+                    def in_states(p: Packet, states=states, negate=negate) -> bool:
+                        return (p.ctstate.lower() in states) != negate
+
+                    steps.append(in_states)
                 elif selector == "mark" and i < len(tokens) and tokens[i].text == "set":
                     word("set")
                     word("mark")  # ct mark set mark: save the packet's mark on the connection
-                    steps.append(lambda p: setattr(p, "ctmark", p.mark) or True)
+                    steps.append(save_mark)
                 elif selector == "mark":
                     negate = negation()
                     match(lambda p: p.ctmark, lambda t: read_mark(t.text, where), negate)
@@ -423,7 +439,12 @@ class NftablesTracer:
                     zone = word()
                     if not zone.isdigit() or int(zone) > 65535:
                         raise TraceError(where, f"ct zone {zone!r} is not a zone")
-                    steps.append(lambda p, zone=int(zone): p.set_zone(zone) or True)
+
+                    def set_zone(p: Packet, zone=int(zone)) -> bool:
+                        p.set_zone(zone)
+                        return True
+
+                    steps.append(set_zone)
                 else:
                     raise TraceError(where, f"ct {selector} is not understood")
             else:

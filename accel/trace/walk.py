@@ -65,6 +65,18 @@ class Packet:
 Step = Callable[[Packet], bool]  # a test, or an effect that returns True
 
 
+def save_mark(packet: Packet) -> bool:
+    """CONNMARK --save-mark, ct mark set mark: the packet's mark onto its connection."""
+    packet.ctmark = packet.mark
+    return True
+
+
+def restore_mark(packet: Packet) -> bool:
+    """CONNMARK --restore-mark, meta mark set ct mark: the connection's mark onto the packet."""
+    packet.mark = packet.ctmark
+    return True
+
+
 @dataclass(frozen=True)
 class Rule:
     where: str  # "line N: text", for errors and the path
@@ -118,6 +130,7 @@ def _check_from(base: Base, chain: str, stack: list[str], done: set[str]):
             if not met:
                 raise TraceError(rule.where, f"{why} (reached from {base.label} {base.hook})")
         if rule.action in (JUMP, GOTO):
+            assert rule.target is not None  # the parsers give every jump and goto its chain
             if rule.target in stack or rule.target == chain:
                 raise TraceError(rule.where, f"a loop: {' -> '.join(stack + [chain, rule.target])}")
             if rule.target not in done:
@@ -152,9 +165,11 @@ def run_chain(base: Base, packet: Packet) -> str:
                 return ACCEPT
             chain, index = stack.pop()
         elif rule.action == JUMP:
+            assert rule.target is not None  # as in _check_from
             stack.append((chain, index))
             chain, index = rule.target, 0
         elif rule.action == GOTO:
+            assert rule.target is not None
             chain, index = rule.target, 0
         else:  # pragma: no cover - the parsers only build the actions above
             raise TraceError(rule.where, f"unknown action {rule.action}")
