@@ -32,7 +32,8 @@ import zipapp
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import NetNS as Netlink  # a netlink socket in a named namespace
+# a netlink socket in a named namespace
+from pyroute2 import NetNS as Netlink  # type: ignore[import-untyped]  # pyroute2 publishes no types
 
 from .. import cancel, faults, process
 from ..cgroup import Cgroup, cgroup2_mount
@@ -77,7 +78,7 @@ class Lab:
     plan: LabPlan
     name: str = field(default_factory=lambda: unique_name(LAB_PREFIX))
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.pods: dict[str, Pod] = {}
         self.node = f"{self.name}-node"
         self.workdir = Path("/tmp") / self.name
@@ -164,7 +165,8 @@ class Lab:
         self._step("lab:namespace")
         return name
 
-    def _build_network(self):
+    def _build_network(self) -> None:
+        assert self.cgroup is not None  # build() makes it first
         plan = self.plan
         forwarding = {"net.ipv4.ip_forward": "1", **({"net.ipv6.conf.all.forwarding": "1"} if plan.ipv6 else {})}
         self._namespace(self.node, sysctls=forwarding)
@@ -234,6 +236,7 @@ class Lab:
             raise LabError(
                 f"at most {SCALE_V4.num_addresses - 3} scale pods fit in {SCALE_V4} ({self.plan.scale_pods} asked)"
             )
+        assert self.cgroup is not None  # build() makes it first
         with Netlink(self.node) as node:
             node.addr("add", index=node.link_lookup(ifname="br0")[0], address=node_v4, prefixlen=SCALE_V4.prefixlen)
         for number in range(1, self.plan.scale_pods + 1):
@@ -347,6 +350,7 @@ class Lab:
 
     def _sidecar_args(self, meshed: MeshedPod) -> list[str]:
         car = self.plan.sidecar
+        assert car is not None  # only a plan with a sidecar starts one
         return [
             "sidecar",
             "--log-fd",
@@ -370,6 +374,8 @@ class Lab:
 
     @staticmethod
     def _wait_ready(agent: subprocess.Popen) -> None:
+        assert agent.stdout is not None and agent.stderr is not None  # _start() made both pipes
+        assert isinstance(agent.args, list)  # the argv _start() gave it
         # waits on the agent's pipe and on a signal at once: a SIGTERM meanwhile stops the wait
         line = agent.stdout.readline() if cancel.wait_readable(agent.stdout.fileno(), AGENT_START) else ""
         if line.strip() != "ready":
@@ -388,6 +394,7 @@ class Lab:
     def sidecar(self, role: str) -> subprocess.Popen | None:
         """The running sidecar agent of a meshed pod, if any."""
         for agent in self._agents:
+            assert isinstance(agent.args, list)  # every process here was given an argv list
             if agent.poll() is None and "sidecar" in agent.args and self._agent_pod.get(agent.pid) == role:
                 return agent
         return None
@@ -436,6 +443,7 @@ class Lab:
 
         if not wait_for(listening) or started.poll() is not None:
             started.kill()
+            assert started.stderr is not None  # stderr=PIPE above
             raise LabError(f"{' '.join(argv[:2])} did not start in {role}: {started.stderr.read().decode()[-500:]}")
         return started
 

@@ -84,5 +84,5 @@ class Pod:
     node_cgroup: Cgroup | None = None  # the cgroup above every pod: where node-wide BPF attaches
     userns: bool = False  # processes of the pod live in the user namespace owning its netns
 
-    def address(self, version: int) -> str:
+    def address(self, version: int) -> str | None:
         return self.ipv4 if version == 4 else self.ipv6

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Required, TypedDict
 
 from .. import inputs
 from ..netns import Netns, existing_names, unique_name
@@ -65,6 +66,15 @@ class SoakConfig:
     concurrency: int = 4  # clients at once per traffic class
 
 
+class _ChurnPod(TypedDict, total=False):
+    """One churn pod's record: how long its add and its del took, what went wrong if anything."""
+
+    number: Required[int]
+    add_ms: float
+    del_ms: float
+    problem: str
+
+
 @dataclass
 class _Samples:
     """What the sampler saw, every couple of seconds."""
@@ -88,7 +98,7 @@ class Soak:
         )
         self.problems: list[str] = []
         self.samples = _Samples()
-        self.churn: list[dict] = []
+        self.churn: list[_ChurnPod] = []
         self.streams: list[dict] = []
         self.bursts: dict[str, list[dict]] = {}
         self._stop = threading.Event()
@@ -115,12 +125,14 @@ class Soak:
         )
 
     def _status(self) -> dict:
+        assert self.paths is not None  # run() sets them before it starts the node
         return lifecycle.status(self.paths)[0]
 
     def _map_entries(self) -> dict[str, int]:
         return {m["name"]: m["entries"] for m in self._status().get("maps", []) if m["entries"] is not None}
 
     def _pins(self) -> list[str]:
+        assert self.paths is not None  # run() sets them before it starts the node
         return sorted(str(p.relative_to(self.paths.bpffs)) for p in self.paths.bpffs.rglob("*"))
 
     # -- the run ----------------------------------------------------------------------------
@@ -132,6 +144,7 @@ class Soak:
         try:
             with Lab(self.plan) as lab:
                 self.lab = lab
+                assert lab.cgroup is not None  # a built lab has its cgroup
                 self.paths = NodePaths(lab.cgroup.path, self.root / "bpffs", self.root / "state")
                 self.env = {
                     **os.environ,
@@ -181,6 +194,7 @@ class Soak:
             self._daemon("metrics", "--listen", f"127.0.0.1:{port}"),
         ]
         follow, metrics = daemons
+        assert follow.stdout is not None and metrics.stderr is not None  # the pipes _daemon() made
         following = LastLine(follow.stdout)
         if not wait_for(lambda: _scrape(port) is not None, timeout=20):
             raise LabError(f"accel metrics did not answer on 127.0.0.1:{port}: {metrics.stderr.read()[-300:]}")
@@ -310,7 +324,8 @@ class Soak:
         number = 0
         while not self._stop.is_set():
             number += 1
-            pod_id, entry = f"churn-{number}", {"number": number}
+            pod_id = f"churn-{number}"
+            entry: _ChurnPod = {"number": number}
             extra = ["-o", str(20000 + number % 5000)] if number % 2 else ["-x", f"10.{number % 250}.0.0/16"]
             bare = Netns.scratch("accel-soak").create() if number % 3 == 0 else None
             netns = bare.name if bare else self.lab.pods[f"scale-{number % CHURN_PODS + 1}"].netns
@@ -379,7 +394,7 @@ class Soak:
     ) -> dict:
         problems = list(self.problems)
         problems += [f"accel {' '.join(d.args[3:4])} exited ({d.returncode}): {d.stderr.read()[-200:]}" for d in exited]
-        events: dict[str, list[dict]] = {}
+        events: dict[str | None, list[dict]] = {}  # by token; None: events of no request
         for event in lab.events():
             events.setdefault(event.get("token"), []).append(event)
         traffic = {}
@@ -509,12 +524,12 @@ class LastLine:
     """The last line a process printed, read from its pipe by a thread, and a wait for a line
     that is woken by each new one."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe: IO[str]) -> None:
         self.last: str | None = None
         self._changed = threading.Condition()
         threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
 
-    def _read(self, pipe) -> None:
+    def _read(self, pipe: IO[str]) -> None:
         for line in pipe:
             with self._changed:
                 self.last = line.rstrip("\n")
@@ -530,7 +545,7 @@ def _expected(seed: int, size: int) -> dict:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "end": "eof"}
 
 
-def _stream_exact(stream: dict, events: dict[str, list[dict]]) -> bool:
+def _stream_exact(stream: dict, events: dict[str | None, list[dict]]) -> bool:
     header, client = stream["header"], stream["client"]
     server = next((e["received"] for e in events.get(header["token"], []) if "received" in e), None)
     return (
