@@ -1,79 +1,41 @@
-"""What istio-iptables sets up in a pod beside its rules (ConfigureRoutes), every backend alike:
-
-- on an IPv6 pod, ::6/128 on lo: the source the proxy binds to deliver inbound traffic to its
-  app (IPv4 has all of 127.0.0.0/8 on lo already, IPv6 only ::1), which the rules exempt;
-- with inbound capture in TPROXY mode (rule backends only: eBPF needs no policy routing),
-  `ip rule add fwmark MARK lookup TABLE` and `ip route add local default dev lo table TABLE`,
-  for IPv4 and, on an IPv6 pod, IPv6.
-
-All of it is the capture's and goes with it.
-"""
+"""A pod's routing (accel/pod_routing.py) applied through a backend's runner: all of it or none,
+and undone with the capture."""
 
 from __future__ import annotations
 
-from .. import constants
+from ..pod_routing import ALREADY, commands, passthrough, undo
 from ..spec import CaptureSpec
 from .base import BackendError
 from .runner import Runner
 
-PASSTHROUGH_V6 = f"{constants.INBOUND_PASSTHROUGH_SOURCE[6]}/128"
-ALREADY = ("File exists",)  # ::6 on lo already (the runtime, or a capture before, put it there)
-GONE = ("Cannot assign requested address", "No such file or directory", "No such process")
 
-
-def passthrough(ipv6: bool, verb: str) -> list[list[str]]:
-    """The IPv6 passthrough source's command, `verb` add or del (none for an IPv4-only pod)."""
-    if not ipv6:
-        return []
-    return [["ip", "-6", "address", verb, PASSTHROUGH_V6, "dev", "lo", *(["nodad"] if verb == "add" else [])]]
-
-
-def _tproxy(spec: CaptureSpec, verb: str) -> list[list[str]]:
-    if not (spec.tproxy and spec.captures_inbound):
-        return []
-    mark, table = str(spec.inbound_tproxy_mark), str(spec.inbound_tproxy_route_table)
-    commands = []
-    for family in ["-4"] + (["-6"] if spec.enable_ipv6 else []):
-        commands.append(["ip", family, "rule", verb, "fwmark", mark, "lookup", table])
-        commands.append(["ip", family, "route", verb, "local", "default", "dev", "lo", "table", table])
-    return commands
-
-
-def _commands(spec: CaptureSpec, verb: str) -> list[list[str]]:
-    return passthrough(spec.enable_ipv6, verb) + _tproxy(spec, verb)
-
-
-def _undo(argv: list[str]) -> list[str]:
-    return [*argv[:3], "del", *[word for word in argv[4:] if word != "nodad"]]
-
-
-def run_add(runner: Runner, netns: str, commands: list[list[str]]) -> None:
+def run_add(runner: Runner, netns: str, wanted: list[list[str]]) -> None:
     """Each command, or none: a failure undoes those before it and is named. ::6 there already is
     fine; a TPROXY rule or route there already is not (whose would it be?)."""
     done: list[list[str]] = []
-    for argv in commands:
+    for argv in wanted:
         result = runner.run(argv, netns=netns)
         present = argv in passthrough(True, "add") and any(words in result.stderr for words in ALREADY)
         if result.returncode != 0 and not present:
-            for undo in reversed(done):
-                runner.run(undo, netns=netns)
+            for back in reversed(done):
+                runner.run(back, netns=netns)
             raise BackendError(f"pod routing: {' '.join(argv)}: {result.stderr.strip()}")
-        done.append(_undo(argv))
+        done.append(undo(argv))
 
 
 def add_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
-    run_add(runner, netns, _commands(spec, "add"))
+    run_add(runner, netns, commands(spec, "add"))
 
 
 def remove_routes(runner: Runner, netns: str, spec: CaptureSpec) -> None:
-    for argv in reversed(_commands(spec, "del")):
+    for argv in reversed(commands(spec, "del")):
         runner.run(argv, netns=netns)  # what is gone already (with its namespace, say) is fine
 
 
 def switch_routes(runner: Runner, netns: str, old: CaptureSpec, new: CaptureSpec) -> None:
     """From what `old` needs to what `new` needs, touching what both need not at all."""
-    before, after = _commands(old, "add"), _commands(new, "add")
+    before, after = commands(old, "add"), commands(new, "add")
     for argv in reversed(before):
         if argv not in after:
-            runner.run(_undo(argv), netns=netns)
+            runner.run(undo(argv), netns=netns)
     run_add(runner, netns, [argv for argv in after if argv not in before])

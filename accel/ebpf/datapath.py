@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import faults, userns
-from ..backends.routes import ALREADY, GONE, passthrough
 from ..cgroup import Cgroup
+from ..pod_routing import ALREADY, GONE, passthrough
 from ..process import run
 from ..spec import CaptureSpec
 from . import libbpf
@@ -389,7 +389,7 @@ class Datapath:
 
 
 def _pod_routing(netns: str, ipv6: bool, verb: str) -> None:
-    """What istio-iptables sets up beside its rules that eBPF needs too (backends/routes.py): on
+    """What istio-iptables sets up beside its rules that eBPF needs too (accel/pod_routing.py): on
     an IPv6 pod, ::6 on lo. A namespace gone already has nothing to remove."""
     for argv in passthrough(ipv6, verb):
         result = run(argv, netns=netns)
