@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from .. import constants, process
-from ..backends import get_backend
+from ..backends import NftablesBackend, get_backend
 from ..backends.libnft import listing
 from ..lab import POD_ADDRESSES, Lab, LabPlan, conntrack_entries
 from ..spec import CaptureSpec
@@ -225,6 +225,7 @@ class Mesh:
             saved = process.run([f"iptables-{variant}-save", "-t", "nat"], netns=pod.netns).stdout
             return sum(line.startswith("-A ") for line in saved.splitlines())
         if self.backend.name.startswith("nftables"):
+            assert isinstance(self.backend, NftablesBackend)  # nftables or nftables-sets (never a node's capture)
             ruleset = listing(self.backend.runner, pod.netns)
             rules = sum("rule" in item for item in ruleset)
             elements = sum(len(item["set"].get("elem", [])) for item in ruleset if "set" in item)

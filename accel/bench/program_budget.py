@@ -40,10 +40,10 @@ def budget_rows(
         )
 
     # a program the optimisation took away still has a row: its time before
-    names = {
-        name for budgets in (modes, before) for budget in budgets.values() for name in budget.get("programs") or {}
-    }
-    names = sorted(names, key=lambda name: (-most(modes, name), -most(before, name), name))
+    names = sorted(
+        {name for budgets in (modes, before) for budget in budgets.values() for name in budget.get("programs") or {}},
+        key=lambda name: (-most(modes, name), -most(before, name), name),
+    )
 
     def entry(budgets: dict, mode: str, name: str | None) -> dict:
         """A program's figures in a mode, or with name None the total's."""

@@ -128,7 +128,8 @@ def progress_bar(console: Console, total: int):
     """A progress bar for run_bench: yields its progress callback. Without a terminal (a log, CI),
     a line at each new phase instead."""
     if not console.is_terminal:
-        done, phase = [0], [None]
+        done = [0]
+        phase: list[str | None] = [None]
 
         def log(what: str, measured: bool):
             done[0] += measured
@@ -340,13 +341,15 @@ def target_lines(document: dict) -> list[str]:
 
 
 def _budget_table(document: dict, modes: list[str], titled: bool = True) -> Table:
-    return _rows_table(
-        BUDGET_TITLE if titled else None, "program", *budget_rows(document, modes), BUDGET_HEADINGS, BUDGET_FORMATS
-    )
+    budget = budget_rows(document, modes)
+    assert budget is not None  # the modes are the budget's own
+    return _rows_table(BUDGET_TITLE if titled else None, "program", *budget, BUDGET_HEADINGS, BUDGET_FORMATS)
 
 
 def _ops_table(document: dict, modes: list[str], titled: bool = True) -> Table:
-    return _rows_table(OPS_TITLE if titled else None, "op", *ops_rows(document, modes), OPS_HEADINGS, OPS_FORMATS)
+    ops = ops_rows(document, modes)
+    assert ops is not None  # the modes are those with an account (ops_modes)
+    return _rows_table(OPS_TITLE if titled else None, "op", *ops, OPS_HEADINGS, OPS_FORMATS)
 
 
 def _rows_table(
@@ -378,7 +381,7 @@ CHURN_COLUMNS = ("mode", "connections", "errors", "EADDRNOTAVAIL", "rate /s", "c
 
 def churn_rows(document: dict) -> list[tuple[str, ...]]:
     """The churn workload, a row a mode (CHURN_COLUMNS); none if it did not run."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for mode, run in ((document.get("churn") or {}).get("modes") or {}).items():
         rows.append(
             (

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import inputs, process
+from ..backends import EbpfBackend
 from ..netns import unique_name
 from ..spec import CaptureSpec
 from .mesh import CLIENT, DIRECT_MODES, SERVER, Mesh
@@ -199,7 +200,9 @@ def run_bench(config: BenchConfig, progress: Callable[[str, bool], None] | None 
     progress = progress or (lambda what, measured: None)
     spec_args = list(inputs.ISTIO_INIT_DEFAULT_ARGS)
     spec = stock_spec()
-    samples, scaling, install, entries, paths, budget, churn = Samples(), Samples(), {}, {}, {}, {}, {}
+    samples, scaling, paths, budget, churn = Samples(), Samples(), {}, {}, {}
+    install: dict[str, dict[str, float]] = {}  # mode -> N -> seconds
+    entries: dict[str, dict[str, int]] = {}  # mode -> N -> kernel entries
     with workbench() as bench, contextlib.ExitStack() as stack:
         tools, pods_cpu = bench.tools, bench.pods_cpu
         meshes = {}
@@ -279,6 +282,7 @@ def measure_budget(mesh: Mesh, tools: Tools, seconds: float) -> dict:
     divided by the connections it made."""
     from ..ebpf import libbpf
 
+    assert isinstance(mesh.backend, EbpfBackend)  # measured in the ebpf modes only
     names: dict[int, str] = {}
     for role in (CLIENT, SERVER):
         names.update(mesh.backend.program_ids(mesh.lab.pods[role]))
@@ -318,6 +322,7 @@ def measure_sockops_ops(mesh: Mesh, tools: Tools, seconds: float) -> dict:
     from .op_account import OpAccount
 
     pods = [mesh.lab.pods[role] for role in (CLIENT, SERVER)]
+    assert pods[0].node_cgroup is not None  # a lab's pods hang below its cgroup
     with OpAccount() as account:
         with account.linked([pod.cgroup.path for pod in pods], pods[0].node_cgroup.path):
             run = run_workload(mesh, tools, BUDGET_WORKLOAD, seconds)
@@ -327,7 +332,9 @@ def measure_sockops_ops(mesh: Mesh, tools: Tools, seconds: float) -> dict:
 def report(config: BenchConfig, samples: Samples, scaling: Samples, applied: dict, paths: dict, env: dict) -> dict:
     modes, ratios = {}, {}
     for mode in config.modes:
-        figures = {name: samples.median(mode, name) for name in FIGURES if name != "conntrack_entries"}
+        figures: dict[str, object] = {
+            name: samples.median(mode, name) for name in FIGURES if name != "conntrack_entries"
+        }
         # the figure people ask about: entries left by connection-per-request traffic
         figures["conntrack_entries"] = samples.median(mode, "conntrack_cps16")
         figures["conntrack_by_workload"] = {w: samples.median(mode, f"conntrack_{w}") for w in config.workloads}

@@ -53,6 +53,7 @@ class NodeCapture:
 
     def apply(self, pod: Pod, spec) -> None:
         if self.paths is None:
+            assert pod.node_cgroup is not None  # a lab's pods hang below its cgroup
             self.paths = NodePaths(pod.node_cgroup.path, self.root / "bpffs", self.root / "state")
             lifecycle.up(self.paths, self.name)
         pods.add(self.paths, pod.role, pod.netns, spec)
@@ -99,10 +100,12 @@ def _measure(
     mesh: Mesh, capture: NodeCapture, tools: Tools, spec, count: int, rounds: int, seconds: float, progress
 ) -> dict:
     paths = capture.paths
+    assert paths is not None  # the mesh applied the capture to its two pods: the node is up
     scale = [mesh.lab.pods[f"scale-{n}"] for n in range(1, count + 1)]
     run_workload(mesh, tools, "ka16", 1)  # warm caches, neighbour entries and the sidecars
     adds, alone, crowded, all_s, remove_s = [], [], [], [], []
-    memory = maps = None
+    memory: dict | None = None
+    maps: dict | None = None
     for index in range(rounds):
         name = f"{capture.name} round {index + 1}/{rounds}"
         progress(f"{name}: rate with the benchmark's pods alone", False)
@@ -129,6 +132,7 @@ def _measure(
             pods.delete(paths, pod.role)
         remove_s.append(time.perf_counter() - started)
         progress("", True)
+    assert memory is not None  # measured in the first round (rounds >= 1)
     ratios = [n / one for n, one in zip(crowded, alone)]
     interval = ratio_interval(ratios)
     return {
@@ -167,6 +171,7 @@ def _memory(capture: NodeCapture, slab_before: int) -> tuple[dict, dict | None]:
     """(what the capture of every pod costs the kernel, the maps' entries and capacities)."""
     if capture.name != "ebpf":
         return {"bytes": max(0, _slab_bytes() - slab_before), "source": "slab growth while adding (estimate)"}, None
+    assert capture.paths is not None  # the pods are added: the node is up
     pins = capture.paths.pins
     map_ids, prog_ids, by_map = set(), set(), {}
     for pin in pins.rglob("*"):
