@@ -216,7 +216,7 @@ POD_ADD_EPILOG = (
     default=False,
     show_default=True,
     help="eBPF: short-circuit the pod's app <-> sidecar hops (data straight into the other end's "
-    "receive queue; see the README's short-circuit section).",
+    "receive queue; see docs/ebpf.md, The short-circuit).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @spec_options()
@@ -318,7 +318,7 @@ def _read(path: Path) -> str | None:
 @needs_root("it writes the node's maps")
 def follow(paths):
     """Keep each captured pod's addresses and local routes in the eBPF datapath in step with its
-    namespace (traffic does not depend on it; see the README's limits)."""
+    namespace (traffic does not depend on it; see docs/ebpf.md, Limits)."""
     from ..node.follow import NodeFollower
 
     def say(ids: list[str]) -> None:

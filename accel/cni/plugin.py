@@ -42,7 +42,7 @@ INTERNAL = 199  # a bug in accel-cni: the log file holds its traceback
 
 ABOUT = (
     "accel-cni: accel's chained CNI plugin. A container runtime runs it, with CNI_COMMAND and the\n"
-    "plugin's configuration on stdin; see `accel cni install --help` and the README.\n"
+    "plugin's configuration on stdin; see `accel cni install --help` and docs/cni.md.\n"
 )
 LOG_LIMIT = 10 * 1024 * 1024  # the log file is rotated to LOG.1 beyond this
 

@@ -41,7 +41,7 @@ class NodeCollector:
         )
         errors = CounterMetricFamily(
             "accel_datapath_errors",
-            "What the datapath refused or could not record (see the README's limits)",
+            "What the datapath refused or could not record (see docs/ebpf.md, Limits)",
             labels=["pod", "kind"],
         )
         messages = CounterMetricFamily(
