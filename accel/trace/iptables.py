@@ -21,12 +21,12 @@ Understood, and nothing else (anything else is a TraceError naming the line):
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .. import constants as c
+from .iptables_words import interface_matches, read_mark, read_network, read_port
 from .model import UNTOUCHED, Flow, Kind, TraceError, Verdict, group_id
 from .walk import (
     ACCEPT,
@@ -79,7 +79,6 @@ NEGATABLE = {
     "--ctstate",
     "--mark",
 }
-_NUMBER = re.compile(r"0x[0-9a-fA-F]+|[0-9]+")
 _CHAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,28}")
 
 
@@ -248,7 +247,7 @@ class IptablesTracer:
                     raise TraceError(where, f"protocol {proto!r} is not understood")
                 steps.append(lambda p, proto=proto: p.proto == proto)
             elif option in ("-s", "-d"):
-                network = _network(take(), where)
+                network = read_network(take(), where)
                 family.versions.add(network.version)
                 attribute = "src" if option == "-s" else "dst"
                 steps.append(_negated(lambda p, n=network, a=attribute: getattr(p, a) in n, negate))
@@ -256,11 +255,11 @@ class IptablesTracer:
                 name = take()
                 attribute, hook = ("iif", PREROUTING) if option == "-i" else ("oif", OUTPUT)
                 requires.append((hook, f"{option} is not valid here (iptables allows it in {hook.upper()} only)"))
-                steps.append(_negated(lambda p, name=name, a=attribute: _interface(getattr(p, a), name), negate))
+                steps.append(_negated(lambda p, name=name, a=attribute: interface_matches(getattr(p, a), name), negate))
             elif option in ("--dport", "--sport"):
                 if proto is None:
                     raise TraceError(where, f"{option} without -p tcp|udp before it")
-                port = _port(take(), where)
+                port = read_port(take(), where)
                 if option == "--dport":
                     steps.append(_negated(lambda p, port=port: p.dport == port, negate))
                 else:
@@ -291,7 +290,7 @@ class IptablesTracer:
         if module == "multiport":
             if proto is None:
                 raise TraceError(where, "-m multiport without -p tcp|udp before it")
-            ports = {_port(port, where) for port in value.split(",")}
+            ports = {read_port(port, where) for port in value.split(",")}
             if not 1 <= len(value.split(",")) <= 15:
                 raise TraceError(where, "multiport takes 1 to 15 ports")
             return lambda p: p.dport in ports
@@ -300,7 +299,7 @@ class IptablesTracer:
             if not states <= CT_STATES:
                 raise TraceError(where, f"--ctstate {value}: states {sorted(states - CT_STATES)} are not understood")
             return lambda p: p.ctstate in states
-        value_, mask = _mark(value, where)
+        value_, mask = read_mark(value, where)
         attribute = "mark" if module == "mark" else "ctmark"
         return lambda p: getattr(p, attribute) & mask == value_
 
@@ -357,7 +356,7 @@ class IptablesTracer:
                 raise TraceError(
                     where, f"REDIRECT in {chain}: the tracer knows REDIRECTs only in {', '.join(REDIRECT_KIND)}"
                 )
-            kind, port = REDIRECT_KIND[chain], _port(values[port_option], where)
+            kind, port = REDIRECT_KIND[chain], read_port(values[port_option], where)
             return rule(ACCEPT, effect=lambda p: p.redirect_to(kind, port) or True)
         if target == "TPROXY":
             if table.name != "mangle" or not set(values) <= {"--tproxy-mark", "--on-port"} or "--on-port" not in values:
@@ -365,8 +364,8 @@ class IptablesTracer:
             if proto is None:
                 raise TraceError(where, "TPROXY needs -p tcp|udp")
             requires.append((PREROUTING, "TPROXY is valid in PREROUTING only"))
-            port = _port(values["--on-port"], where)
-            mark, mask = _mark(values.get("--tproxy-mark", "0/0"), where)
+            port = read_port(values["--on-port"], where)
+            mark, mask = read_mark(values.get("--tproxy-mark", "0/0"), where)
 
             def tproxy(p: Packet) -> bool:  # assigns the listener's socket, marks, accepts
                 p.tproxy_to(port)
@@ -377,7 +376,7 @@ class IptablesTracer:
         if target == "MARK":
             if set(values) != {"--set-mark"}:
                 raise TraceError(where, "only -j MARK --set-mark V[/M] is understood")
-            mark, mask = _mark(values["--set-mark"], where)
+            mark, mask = read_mark(values["--set-mark"], where)
 
             def set_mark(p: Packet) -> bool:  # zero the mask's bits, then OR the value in
                 p.mark = (p.mark & ~mask & 0xFFFFFFFF) | mark
@@ -414,37 +413,6 @@ def _assign_families(families: list[_Family]) -> dict[int, _Family]:
 
 def _negated(test, negate: bool):
     return (lambda p: not test(p)) if negate else test
-
-
-def _interface(actual: str | None, name: str) -> bool:
-    """iptables' interface match: a trailing + matches any name it begins; None (an interface no
-    rule names) matches none."""
-    if actual is None:
-        return False
-    return actual.startswith(name[:-1]) if name.endswith("+") else actual == name
-
-
-def _network(text: str, where: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(text, strict=False)  # the kernel clears host bits
-    except ValueError:
-        raise TraceError(where, f"{text!r} is not an address or CIDR") from None
-
-
-def _port(text: str, where: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise TraceError(where, f"{text!r} is not a port (ranges are not understood)")
-    return int(text)
-
-
-def _mark(text: str, where: str) -> tuple[int, int]:
-    value, _, mask = text.partition("/")
-    if not _NUMBER.fullmatch(value) or mask and not _NUMBER.fullmatch(mask):
-        raise TraceError(where, f"{text!r} is not a mark (V or V/M)")
-    number, bits = int(value, 0), int(mask, 0) if mask else 0xFFFFFFFF
-    if number > 0xFFFFFFFF or bits > 0xFFFFFFFF:
-        raise TraceError(where, f"{text!r} is not a 32-bit mark")
-    return number, bits
 
 
 def trace_iptables(text: str, flow: Flow, *, group_ids: Mapping[str, int] | None = None) -> Verdict:

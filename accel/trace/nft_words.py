@@ -119,3 +119,18 @@ def read_network(text: str, version: int, where: str):
     if network.version != version:
         raise TraceError(where, f"{text} is not an IPv{version} address")
     return network
+
+
+def braced(tokens: list[Token], where: str) -> tuple[list[Token], list[Token]]:
+    """{ a, b, ... } at the start of tokens: the elements and what follows."""
+    if not tokens or tokens[0].text != "{" or tokens[0].quoted:
+        raise TraceError(where, "expected { ... }")
+    try:
+        end = next(i for i, t in enumerate(tokens) if t.text == "}" and not t.quoted)
+    except StopIteration:
+        raise TraceError(where, "{ without }") from None
+    inner = tokens[1:end]
+    values = inner[::2]
+    if not values or any(t.text != "," for t in inner[1::2]) or any(t.text in "{},;" for t in values):
+        raise TraceError(where, "elements must be a comma list")
+    return values, tokens[end + 1 :]
