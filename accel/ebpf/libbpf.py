@@ -3,7 +3,7 @@
 bpf_link attachments (cgroup hooks and sk_lookup), raw map updates (bcc has no SOCKHASH
 table), program loads and map creation (for the compiled-program cache and the probes), BTF,
 and pidfd_getfd to borrow a proxy's listening socket. Errors come back as OSError with the
-kernel's errno.
+kernel's errno. The structures the calls take and fill in: libbpf_structs.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+
+from .libbpf_structs import BtfInfo, LinkInfo, MapCreateOpts, MapInfo, ProgInfo, ProgLoadOpts, ProgStats, TestRunOpts
 
 _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -102,39 +104,13 @@ def map_keys(map_fd: int, key_type) -> list:
         previous = key
 
 
-class _ProgLoadOpts(ctypes.Structure):  # struct bpf_prog_load_opts, libbpf 1.x
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("attempts", ctypes.c_int),
-        ("expected_attach_type", ctypes.c_int),
-        ("prog_btf_fd", ctypes.c_uint32),
-        ("prog_flags", ctypes.c_uint32),
-        ("prog_ifindex", ctypes.c_uint32),
-        ("kern_version", ctypes.c_uint32),
-        ("attach_btf_id", ctypes.c_uint32),
-        ("attach_prog_fd", ctypes.c_uint32),
-        ("attach_btf_obj_fd", ctypes.c_uint32),
-        ("fd_array", ctypes.c_void_p),
-        ("func_info", ctypes.c_void_p),
-        ("func_info_cnt", ctypes.c_uint32),
-        ("func_info_rec_size", ctypes.c_uint32),
-        ("line_info", ctypes.c_void_p),
-        ("line_info_cnt", ctypes.c_uint32),
-        ("line_info_rec_size", ctypes.c_uint32),
-        ("log_level", ctypes.c_uint32),
-        ("log_size", ctypes.c_uint32),
-        ("log_buf", ctypes.c_char_p),
-        ("log_true_size", ctypes.c_uint32),
-    ]
-
-
 _lib.bpf_prog_load.argtypes = [
     ctypes.c_int,
     ctypes.c_char_p,
     ctypes.c_char_p,
     ctypes.c_void_p,
     ctypes.c_size_t,
-    ctypes.POINTER(_ProgLoadOpts),
+    ctypes.POINTER(ProgLoadOpts),
 ]
 _lib.bpf_prog_load.restype = ctypes.c_int
 
@@ -150,21 +126,6 @@ _lib.bpf_map_create.argtypes = [
 _lib.bpf_map_create.restype = ctypes.c_int
 
 
-class _MapCreateOpts(ctypes.Structure):  # the head of struct bpf_map_create_opts
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("btf_fd", ctypes.c_uint32),
-        ("btf_key_type_id", ctypes.c_uint32),
-        ("btf_value_type_id", ctypes.c_uint32),
-        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-        ("inner_map_fd", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
-        ("map_extra", ctypes.c_uint64),
-        ("numa_node", ctypes.c_uint32),
-        ("map_ifindex", ctypes.c_uint32),
-    ]
-
-
 def pidfd_getfd(pid: int, fd: int) -> int:
     """A copy, in this process, of another process's file descriptor (pidfd_getfd(2), Linux 5.6)."""
     pidfd = os.pidfd_open(pid)
@@ -175,39 +136,6 @@ def pidfd_getfd(pid: int, fd: int) -> int:
 
 
 # -- object info, BTF, and named loads: what the per-node cache of compiled programs needs -----
-
-
-class MapInfo(ctypes.Structure):  # struct bpf_map_info
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("key_size", ctypes.c_uint32),
-        ("value_size", ctypes.c_uint32),
-        ("max_entries", ctypes.c_uint32),
-        ("map_flags", ctypes.c_uint32),
-        ("name", ctypes.c_char * 16),
-        ("ifindex", ctypes.c_uint32),
-        ("btf_vmlinux_value_type_id", ctypes.c_uint32),
-        ("netns_dev", ctypes.c_uint64),
-        ("netns_ino", ctypes.c_uint64),
-        ("btf_id", ctypes.c_uint32),
-        ("btf_key_type_id", ctypes.c_uint32),
-        ("btf_value_type_id", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("map_extra", ctypes.c_uint64),
-    ]
-
-
-class _BtfInfo(ctypes.Structure):  # struct bpf_btf_info
-    _fields_ = [
-        ("btf", ctypes.c_uint64),
-        ("btf_size", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("name", ctypes.c_uint64),
-        ("name_len", ctypes.c_uint32),
-        ("kernel_btf", ctypes.c_uint32),
-    ]
-
 
 _lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
 _lib.bpf_obj_get_info_by_fd.restype = ctypes.c_int
@@ -232,10 +160,10 @@ def btf_data(btf_id: int) -> bytes:
     """The raw BTF blob the kernel holds under this id (what a loader uploaded)."""
     fd = _check(_lib.bpf_btf_get_fd_by_id(btf_id), f"bpf_btf_get_fd_by_id({btf_id})")
     try:
-        info = _BtfInfo()
+        info = BtfInfo()
         _info(fd, info)  # first call: the size
         buffer = ctypes.create_string_buffer(info.btf_size)
-        info = _BtfInfo(btf=ctypes.addressof(buffer), btf_size=len(buffer))
+        info = BtfInfo(btf=ctypes.addressof(buffer), btf_size=len(buffer))
         _info(fd, info)
         return buffer.raw[: info.btf_size]
     finally:
@@ -250,7 +178,7 @@ def btf_load(data: bytes) -> int:
 def map_create(name: str, info: dict, btf_fd: int = 0) -> int:
     """A map as `info` defines it (type, key_size, value_size, max_entries, map_flags, and for a
     typed map the BTF key and value type ids, which come from btf_fd)."""
-    opts = _MapCreateOpts(sz=ctypes.sizeof(_MapCreateOpts), map_flags=info["map_flags"])
+    opts = MapCreateOpts(sz=ctypes.sizeof(MapCreateOpts), map_flags=info["map_flags"])
     if info.get("btf_value_type_id"):
         opts.btf_fd, opts.btf_key_type_id = btf_fd, info["btf_key_type_id"]
         opts.btf_value_type_id = info["btf_value_type_id"]
@@ -269,7 +197,7 @@ def map_create(name: str, info: dict, btf_fd: int = 0) -> int:
 
 def prog_load(name: str, prog_type: int, attach_type: int, instructions: bytes, license: str) -> int:
     """Load a program under its own name; a verifier refusal comes back with the verifier's log."""
-    opts = _ProgLoadOpts(sz=ctypes.sizeof(_ProgLoadOpts), expected_attach_type=attach_type, log_level=0)
+    opts = ProgLoadOpts(sz=ctypes.sizeof(ProgLoadOpts), expected_attach_type=attach_type, log_level=0)
     buffer = ctypes.create_string_buffer(instructions, len(instructions))
     fd = _lib.bpf_prog_load(
         prog_type, name.encode()[:15], license.encode(), buffer, len(instructions) // 8, ctypes.byref(opts)
@@ -278,8 +206,8 @@ def prog_load(name: str, prog_type: int, attach_type: int, instructions: bytes, 
         return fd
     error = ctypes.get_errno()
     log = ctypes.create_string_buffer(1 << 20)  # load again, only to hear why
-    opts = _ProgLoadOpts(
-        sz=ctypes.sizeof(_ProgLoadOpts),
+    opts = ProgLoadOpts(
+        sz=ctypes.sizeof(ProgLoadOpts),
         expected_attach_type=attach_type,
         log_level=1,
         log_size=len(log),
@@ -332,63 +260,6 @@ def link_detach(link_fd: int) -> None:
     _check(_lib.bpf_link_detach(link_fd), "bpf_link_detach")
 
 
-class ProgInfo(ctypes.Structure):  # the head of struct bpf_prog_info
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("tag", ctypes.c_uint8 * 8),
-        ("jited_prog_len", ctypes.c_uint32),
-        ("xlated_prog_len", ctypes.c_uint32),
-        ("jited_prog_insns", ctypes.c_uint64),
-        ("xlated_prog_insns", ctypes.c_uint64),
-        ("load_time", ctypes.c_uint64),
-        ("created_by_uid", ctypes.c_uint32),
-        ("nr_map_ids", ctypes.c_uint32),
-        ("map_ids", ctypes.c_uint64),
-        ("name", ctypes.c_char * 16),
-    ]
-
-
-class ProgStats(ctypes.Structure):  # struct bpf_prog_info up to its run-time statistics
-    _fields_ = [
-        *ProgInfo._fields_,
-        ("ifindex", ctypes.c_uint32),
-        ("gpl_compatible", ctypes.c_uint32),
-        ("netns_dev", ctypes.c_uint64),
-        ("netns_ino", ctypes.c_uint64),
-        ("nr_jited_ksyms", ctypes.c_uint32),
-        ("nr_jited_func_lens", ctypes.c_uint32),
-        ("jited_ksyms", ctypes.c_uint64),
-        ("jited_func_lens", ctypes.c_uint64),
-        ("btf_id", ctypes.c_uint32),
-        ("func_info_rec_size", ctypes.c_uint32),
-        ("func_info", ctypes.c_uint64),
-        ("nr_func_info", ctypes.c_uint32),
-        ("nr_line_info", ctypes.c_uint32),
-        ("line_info", ctypes.c_uint64),
-        ("jited_line_info", ctypes.c_uint64),
-        ("nr_jited_line_info", ctypes.c_uint32),
-        ("line_info_rec_size", ctypes.c_uint32),
-        ("jited_line_info_rec_size", ctypes.c_uint32),
-        ("nr_prog_tags", ctypes.c_uint32),
-        ("prog_tags", ctypes.c_uint64),
-        ("run_time_ns", ctypes.c_uint64),
-        ("run_cnt", ctypes.c_uint64),
-    ]
-
-
-class LinkInfo(ctypes.Structure):  # the head of struct bpf_link_info, with its cgroup/netns union
-    _fields_ = [
-        ("type", ctypes.c_uint32),
-        ("id", ctypes.c_uint32),
-        ("prog_id", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("target_id", ctypes.c_uint64),
-        ("attach_type", ctypes.c_uint32),
-        ("union_pad", ctypes.c_uint8 * 60),
-    ]
-
-
 def prog_info(prog_fd: int) -> ProgInfo:
     info = ProgInfo()
     _info(prog_fd, info)
@@ -424,27 +295,7 @@ def enable_stats() -> int:
     return _check(_lib.bpf_enable_stats(STATS_RUN_TIME), "bpf_enable_stats")
 
 
-class _TestRunOpts(ctypes.Structure):  # struct bpf_test_run_opts
-    _fields_ = [
-        ("sz", ctypes.c_size_t),
-        ("data_in", ctypes.c_void_p),
-        ("data_out", ctypes.c_void_p),
-        ("data_size_in", ctypes.c_uint32),
-        ("data_size_out", ctypes.c_uint32),
-        ("ctx_in", ctypes.c_void_p),
-        ("ctx_out", ctypes.c_void_p),
-        ("ctx_size_in", ctypes.c_uint32),
-        ("ctx_size_out", ctypes.c_uint32),
-        ("retval", ctypes.c_uint32),
-        ("repeat", ctypes.c_int),
-        ("duration", ctypes.c_uint32),
-        ("flags", ctypes.c_uint32),
-        ("cpu", ctypes.c_uint32),
-        ("batch_size", ctypes.c_uint32),
-    ]
-
-
-_lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(_TestRunOpts)]
+_lib.bpf_prog_test_run_opts.argtypes = [ctypes.c_int, ctypes.POINTER(TestRunOpts)]
 _lib.bpf_prog_test_run_opts.restype = ctypes.c_int
 
 
@@ -452,8 +303,8 @@ def prog_test_run(prog_fd: int, data: bytes) -> int:
     """BPF_PROG_RUN: run a program once on `data` (a packet, for the types that take one); what it
     returned."""
     buffer = ctypes.create_string_buffer(data, len(data))
-    opts = _TestRunOpts(
-        sz=ctypes.sizeof(_TestRunOpts), data_in=ctypes.cast(buffer, ctypes.c_void_p), data_size_in=len(data), repeat=1
+    opts = TestRunOpts(
+        sz=ctypes.sizeof(TestRunOpts), data_in=ctypes.cast(buffer, ctypes.c_void_p), data_size_in=len(data), repeat=1
     )
     _check(_lib.bpf_prog_test_run_opts(prog_fd, ctypes.byref(opts)), "bpf_prog_test_run")
     return opts.retval
