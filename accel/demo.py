@@ -88,7 +88,7 @@ def _ebpf_section(spec, console: Console, verbatim) -> None:
     from .backends import get_backend
     from .ebpf.inspect import bpf_objects, sk_lookup_links
     from .lab import Lab, LabPlan
-    from .lab.lab import wait_for
+    from .lab.wait import wait_for
 
     console.rule("[bold]4. eBPF: no rules, programs shared by every pod, and map entries for this one")
     verbatim(render_ebpf_text(spec))
@@ -134,7 +134,7 @@ def _node_section(spec, console: Console, verbatim) -> None:
 
     from .ebpf.inspect import bpf_objects
     from .lab import Lab, LabPlan, SidecarConfig
-    from .lab.lab import wait_for
+    from .lab.wait import wait_for
     from .netns import unique_name
 
     console.rule("[bold]6. On a node: loaded once, outliving every accel process")

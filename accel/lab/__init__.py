@@ -1,8 +1,8 @@
 """The lab: network-namespace pods on one node, with real servers, a sidecar and a client."""
 
-from .lab import LAB_PREFIX, Lab, LabError, conntrack_entries
+from .lab import LAB_PREFIX, Lab, conntrack_entries
 from .leftovers import cleanup_leftovers, leftovers
-from .plan import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabPlan, MeshedPod, Pod, SidecarConfig
+from .plan import LAB_NETWORKS, OTHER_DNS, POD_ADDRESSES, LabError, LabPlan, MeshedPod, Pod, SidecarConfig
 
 __all__ = [
     "LAB_NETWORKS",

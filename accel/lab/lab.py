@@ -19,62 +19,30 @@ exists left, never what a live run is using.
 
 from __future__ import annotations
 
-import grp
 import json
 import os
-import pwd
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import zipapp
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# a netlink socket in a named namespace
-from pyroute2 import NetNS as Netlink  # type: ignore[import-untyped]  # pyroute2 publishes no types
-
-from .. import cancel, faults, process
+from .. import cancel, process
 from ..cgroup import Cgroup, cgroup2_mount
-from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID, PROXY_USER
+from ..constants import INBOUND_CAPTURE_PORT, PROXY_GID, PROXY_PORT, PROXY_UID
 from ..netns import Netns, unique_name
-from .plan import (
-    NODE_V4,
-    NODE_V6,
-    OTHER_DNS,
-    POD_ADDRESSES,
-    SCALE_SIDECAR,
-    SCALE_V4,
-    LabPlan,
-    MeshedPod,
-    Pod,
-    SidecarConfig,
-)
+from .install import PYTHON, build_agent, ensure_proxy_user
+from .network import LabNetwork
+from .plan import POD_ADDRESSES, SCALE_SIDECAR, LabError, LabPlan, MeshedPod, Pod, SidecarConfig
+from .wait import wait_for
 
 LAB_PREFIX = "accel-lab"
-AGENT = Path(__file__).with_name("agent")  # the agents' package, shipped to each lab as one zipapp
-PYTHON = "/usr/bin/python3"  # Debian's: the proxy uid can run it, and it cannot read a venv under /root
-IFA_F_NODAD = 0x02  # no duplicate address detection: IPv6 addresses are usable at once
 CLIENT_GRACE = 30  # seconds a client may run past its own timeout before it is killed
 AGENT_START = 60  # seconds an agent may take to say it is ready (it takes ~50 ms; this is for a stalled machine)
 
-NAMESPACE_SYSCTLS = {
-    "net.ipv4.conf.all.rp_filter": "0",
-    "net.ipv4.conf.default.rp_filter": "0",
-    "net.ipv4.ping_group_range": "0 2147483647",  # unprivileged ICMP echo sockets
-    # no duplicate address detection: link-local addresses are usable at once
-    "net.ipv6.conf.all.accept_dad": "0",
-    "net.ipv6.conf.default.accept_dad": "0",
-}
-
-
-class LabError(RuntimeError):
-    pass
-
 
 @dataclass
-class Lab:
+class Lab(LabNetwork):
     plan: LabPlan
     name: str = field(default_factory=lambda: unique_name(LAB_PREFIX))
 
@@ -119,13 +87,6 @@ class Lab:
             self._start_scale_sidecars()
         self._step("lab:ready")
 
-    @staticmethod
-    def _step(point: str) -> None:
-        """A safe point between building steps: stop here if SIGTERM or Ctrl-C came (destroy()
-        then removes what the steps made)."""
-        faults.point(point)
-        cancel.check()
-
     def destroy(self):
         """Remove everything the lab made; keeps going past failures and reports them at the end."""
         problems = []
@@ -154,142 +115,6 @@ class Lab:
         shutil.rmtree(self.workdir, ignore_errors=True)
         if problems:
             print(f"accel: lab {self.name}: cleanup left: {'; '.join(problems)}", file=sys.stderr)
-
-    # -- network ----------------------------------------------------------------------------
-
-    def _namespace(self, name: str, userns: bool = False, sysctls: dict[str, str] | None = None) -> str:
-        namespace = Netns(name, userns=userns, sysctls={**NAMESPACE_SYSCTLS, **(sysctls or {})})
-        cancel.check()
-        self._namespaces.append(namespace)  # first, so that destroy() also covers an interrupted create
-        namespace.create()
-        self._step("lab:namespace")
-        return name
-
-    def _build_network(self) -> None:
-        assert self.cgroup is not None  # build() makes it first
-        plan = self.plan
-        forwarding = {"net.ipv4.ip_forward": "1", **({"net.ipv6.conf.all.forwarding": "1"} if plan.ipv6 else {})}
-        self._namespace(self.node, sysctls=forwarding)
-        with Netlink(self.node) as node:
-            # Without multicast snooping the bridge floods IPv6 neighbour solicitations, which it
-            # otherwise drops until it has seen MLD reports from fresh ports.
-            node.link("add", ifname="br0", kind="bridge", br_mcast_snooping=0)
-            bridge = node.link_lookup(ifname="br0")[0]
-            node.link("set", index=bridge, state="up")
-            node.addr("add", index=bridge, address=NODE_V4, prefixlen=24)
-            if plan.ipv6:
-                node.addr("add", index=bridge, address=NODE_V6, prefixlen=64, flags=IFA_F_NODAD)
-        meshed = {pod.role: pod for pod in plan.meshed}
-        roles = [*meshed, "remote", *(["dns"] if plan.recording_agents else [])]
-        for role in roles:
-            ipv4, ipv6 = POD_ADDRESSES[role]
-            userns = role in meshed and meshed[role].userns
-            pod = Pod(
-                role,
-                self._namespace(f"{self.name}-{role}", userns),
-                self.cgroup.child(role),
-                ipv4,
-                ipv6 if plan.ipv6 else None,
-                node_cgroup=self.cgroup,
-                userns=userns,
-            )
-            self._wire(pod)
-            self.pods[role] = pod
-        for role in meshed:
-            with Netlink(self.pods[role].netns) as ns:
-                lo = ns.link_lookup(ifname="lo")[0]
-                if role == "pod":
-                    for cidr in plan.pod_local_addresses:
-                        address, length = cidr.split("/")
-                        ns.addr(
-                            "add",
-                            index=lo,
-                            address=address,
-                            prefixlen=int(length),
-                            **({"flags": IFA_F_NODAD} if ":" in address else {}),
-                        )
-        if plan.scale_pods:
-            self._build_scale_pods(node_v4=str(SCALE_V4[1]))
-        if "dns" in self.pods:
-            self._add_other_dns(self.pods["dns"])
-        remote = self.pods["remote"]
-        with Netlink(remote.netns) as ns, Netlink(self.node) as node:
-            lo = ns.link_lookup(ifname="lo")[0]
-            for address in plan.service_addresses:  # off-link: on lo, routed by the node
-                v6 = ":" in address
-                ns.addr(
-                    "add",
-                    index=lo,
-                    address=address,
-                    prefixlen=128 if v6 else 32,
-                    **({"flags": IFA_F_NODAD} if v6 else {}),
-                )
-                node.route(
-                    "add",
-                    dst=f"{address}/{128 if v6 else 32}",
-                    gateway=remote.address(6 if v6 else 4),
-                    family=10 if v6 else 2,
-                )
-
-    def _build_scale_pods(self, node_v4: str):
-        if self.plan.scale_pods > SCALE_V4.num_addresses - 3:
-            raise LabError(
-                f"at most {SCALE_V4.num_addresses - 3} scale pods fit in {SCALE_V4} ({self.plan.scale_pods} asked)"
-            )
-        assert self.cgroup is not None  # build() makes it first
-        with Netlink(self.node) as node:
-            node.addr("add", index=node.link_lookup(ifname="br0")[0], address=node_v4, prefixlen=SCALE_V4.prefixlen)
-        for number in range(1, self.plan.scale_pods + 1):
-            role = f"scale-{number}"
-            pod = Pod(
-                role,
-                self._namespace(f"{self.name}-{role}"),
-                self.cgroup.child(role),
-                str(SCALE_V4[1 + number]),
-                None,
-                node_cgroup=self.cgroup,
-            )
-            self._wire(pod, prefixlen=SCALE_V4.prefixlen, gateway=node_v4)
-            self.pods[role] = pod
-
-    def _start_scale_sidecars(self):
-        """One HAProxy a scale pod, as the proxy uid: listeners for the capture to find, idle."""
-        car = self.plan.sidecar or SidecarConfig(PROXY_PORT, INBOUND_CAPTURE_PORT, 15053, PROXY_UID, PROXY_GID)
-        config = self.workdir / "scale-sidecar.cfg"
-        config.write_text(SCALE_SIDECAR.format(outbound=car.outbound_port, inbound=car.inbound_port))
-        config.chmod(0o644)
-        for number in range(1, self.plan.scale_pods + 1):
-            self.start(
-                f"scale-{number}",
-                ["haproxy", "-db", "-f", str(config)],
-                uid=car.uid,
-                gid=car.gid,
-                listens=(car.outbound_port, car.inbound_port),
-            )
-
-    def _add_other_dns(self, dns: Pod):
-        with Netlink(dns.netns) as ns:  # on eth0: IPv6 answers neighbour solicitations only for its own
-            eth0 = ns.link_lookup(ifname="eth0")[0]
-            ns.addr("add", index=eth0, address=OTHER_DNS[0], prefixlen=24)
-            if self.plan.ipv6:
-                ns.addr("add", index=eth0, address=OTHER_DNS[1], prefixlen=64, flags=IFA_F_NODAD)
-
-    def _wire(self, pod: Pod, prefixlen: int = 24, gateway: str = NODE_V4):
-        """A veth from the node's bridge to the pod's eth0, addresses and default routes."""
-        name = f"v-{pod.role}"[:15]  # IFNAMSIZ; the roles differ in their first 13 characters
-        with Netlink(self.node) as node:
-            node.link("add", ifname=name, kind="veth", peer={"ifname": "eth0", "net_ns_fd": pod.netns})
-            veth = node.link_lookup(ifname=name)[0]
-            node.link("set", index=veth, master=node.link_lookup(ifname="br0")[0], state="up")
-        with Netlink(pod.netns) as ns:
-            eth0 = ns.link_lookup(ifname="eth0")[0]
-            ns.link("set", index=eth0, state="up")
-            ns.addr("add", index=eth0, address=pod.ipv4, prefixlen=prefixlen)
-            ns.route("add", dst="0.0.0.0/0", gateway=gateway)
-            if pod.ipv6:
-                ns.addr("add", index=eth0, address=pod.ipv6, prefixlen=64, flags=IFA_F_NODAD)
-                ns.route("add", dst="::/0", gateway=NODE_V6, family=10)
-        self._step("lab:wired")
 
     # -- processes --------------------------------------------------------------------------
 
@@ -347,6 +172,21 @@ class Lab:
                 started.append(self._start(pod, *self._sidecar_args(meshed)))
         for agent in started:
             self._wait_ready(agent)
+
+    def _start_scale_sidecars(self):
+        """One HAProxy a scale pod, as the proxy uid: listeners for the capture to find, idle."""
+        car = self.plan.sidecar or SidecarConfig(PROXY_PORT, INBOUND_CAPTURE_PORT, 15053, PROXY_UID, PROXY_GID)
+        config = self.workdir / "scale-sidecar.cfg"
+        config.write_text(SCALE_SIDECAR.format(outbound=car.outbound_port, inbound=car.inbound_port))
+        config.chmod(0o644)
+        for number in range(1, self.plan.scale_pods + 1):
+            self.start(
+                f"scale-{number}",
+                ["haproxy", "-db", "-f", str(config)],
+                uid=car.uid,
+                gid=car.gid,
+                listens=(car.outbound_port, car.inbound_port),
+            )
 
     def _sidecar_args(self, meshed: MeshedPod) -> list[str]:
         car = self.plan.sidecar
@@ -550,61 +390,3 @@ def conntrack_entries(netns: str) -> int:
 
 def _flags(flag: str, values) -> list[str]:
     return [part for value in values for part in (flag, str(value))]
-
-
-def build_agent(target: Path) -> Path:
-    """The agent package as one zipapp at `target`, readable by every uid (the proxy's runs it).
-    `python3 -I -S target ROLE ...` runs it from the archive: -I keeps the environment and the
-    working directory off sys.path, -S site-packages, so it imports only itself and the stdlib."""
-    zipapp.create_archive(
-        AGENT.parent,
-        target,
-        main=f"{AGENT.name}.__main__:main",
-        filter=lambda path: path.parts[0] == AGENT.name and path.suffix == ".py",
-    )
-    target.chmod(0o644)
-    return target
-
-
-def ensure_proxy_user():
-    """The sidecar's identity, as in Istio's images: user and group istio-proxy, 1337."""
-    try:
-        grp.getgrgid(PROXY_GID)
-    except KeyError:
-        process.run(["groupadd", "--system", "--gid", str(PROXY_GID), PROXY_USER], check=True)
-    try:
-        pwd.getpwuid(PROXY_UID)
-    except KeyError:
-        process.run(
-            [
-                "useradd",
-                "--system",
-                "--uid",
-                str(PROXY_UID),
-                "--gid",
-                str(PROXY_GID),
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                PROXY_USER,
-            ],
-            check=True,
-        )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.02) -> bool:
-    """Poll condition() until it holds (True) or `timeout` passed (False). The timeout only bounds a
-    stalled machine: a condition that holds returns at once, so it is generous."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        cancel.sleep(interval)
-    return condition()

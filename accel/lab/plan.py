@@ -1,5 +1,5 @@
 """What a lab is made of: its addresses (benchmarking and documentation ranges, with no way out
-of the node namespace), the plan a test asks for, and the pods it gets."""
+of the node namespace), the plan a test asks for, the pods it gets, and the error it raises."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ backend original
     server s 0.0.0.0:0
 """
 LAB_NETWORKS = ("198.18.0.0/24", "2001:db8:18::/64", str(SCALE_V4))
+
+
+class LabError(RuntimeError):
+    pass
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,9 @@ from ..node import lifecycle
 from ..node.metrics import scrape
 from ..node.paths import NodePaths, unmount_bpffs_at
 from .agent.stream import pattern
-from .lab import Lab, LabError, free_port, wait_for
-from .plan import POD_ADDRESSES, LabPlan, SidecarConfig
+from .lab import Lab
+from .plan import POD_ADDRESSES, LabError, LabPlan, SidecarConfig
+from .wait import free_port, wait_for
 
 APP = 1000  # the app's uid and gid: not the proxy's
 SERVICE, SERVICE_PORT = "203.0.113.10", 8080  # answered by the remote pod

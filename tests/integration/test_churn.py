@@ -13,7 +13,7 @@ import pytest
 from accel import inputs
 from accel.backends import get_backend
 from accel.lab import Lab, LabPlan
-from accel.lab.lab import PYTHON
+from accel.lab.install import PYTHON
 from accel.netns import sysctl
 
 pytestmark = pytest.mark.privileged

@@ -16,7 +16,9 @@ import pytest
 
 from accel import process
 from accel.cgroup import Cgroup
-from accel.lab.lab import PYTHON, build_agent, ensure_proxy_user, read_events, wait_for
+from accel.lab.install import PYTHON, build_agent, ensure_proxy_user
+from accel.lab.lab import read_events
+from accel.lab.wait import wait_for
 from accel.netns import Netns, unique_name
 from accel.node.paths import unmount_bpffs_at
 from tests.cni_chain import Chain, PluginFailed

@@ -16,7 +16,7 @@ from accel.cli import main
 from accel.compare import compare
 from accel.ebpf.inspect import bpf_objects
 from accel.lab import leftovers
-from accel.lab.lab import wait_for
+from accel.lab.wait import wait_for
 from tests.kernel_state import host_links, rule_state
 
 pytestmark = pytest.mark.privileged

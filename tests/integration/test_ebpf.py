@@ -13,7 +13,7 @@ from accel.ebpf import libbpf, programs
 from accel.ebpf.inspect import bpf_objects, sk_lookup_links
 from accel.ebpf.probe import _calls, _map, _program, probe
 from accel.lab import Lab, LabPlan, SidecarConfig
-from accel.lab.lab import wait_for
+from accel.lab.wait import wait_for
 from tests.kernel_state import rule_state
 
 pytestmark = pytest.mark.privileged

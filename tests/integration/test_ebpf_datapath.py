@@ -13,7 +13,7 @@ from accel.backends import get_backend
 from accel.ebpf import libbpf
 from accel.ebpf.maps import Origin, Tuple
 from accel.lab import Lab, LabPlan, MeshedPod, SidecarConfig
-from accel.lab.lab import wait_for
+from accel.lab.wait import wait_for
 
 pytestmark = pytest.mark.privileged
 

@@ -18,7 +18,7 @@ import pytest
 
 from accel import process
 from accel.ebpf.inspect import bpf_objects
-from accel.lab.lab import free_port, wait_for
+from accel.lab.wait import free_port, wait_for
 from accel.netns import Netns
 from accel.node.metrics import scrape
 from accel.node.paths import bpffs_mounted_at

@@ -12,7 +12,7 @@ import pytest
 
 from accel import process
 from accel.lab import Lab, LabPlan, MeshedPod, SidecarConfig
-from accel.lab.lab import wait_for
+from accel.lab.wait import wait_for
 from accel.netns import Netns
 from tests.node_lab import ACCEL, SERVICE, STOCK, node, node_on  # noqa: F401 (node: a fixture)
 

@@ -20,7 +20,7 @@ from accel.backends import get_backend
 from accel.bench.mesh import CLIENT, SERVER, Mesh
 from accel.lab import POD_ADDRESSES, Lab, LabPlan, SidecarConfig
 from accel.lab.agent.stream import pattern
-from accel.lab.lab import wait_for
+from accel.lab.wait import wait_for
 from accel.netns import unique_name
 
 pytestmark = pytest.mark.privileged

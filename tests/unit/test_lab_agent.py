@@ -14,7 +14,7 @@ import threading
 import pytest
 
 from accel import process
-from accel.lab.lab import AGENT, PYTHON, build_agent
+from accel.lab.install import AGENT, PYTHON, build_agent
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_events_leave_out_a_line_still_being_written(tmp_path):
     """A CI run once failed reading the event log (JSONDecodeError, 'Unterminated string'): an
     agent's one write of a line becomes visible a page at a time, so a reader can find half of
     it. Here the half is written by hand; it is no event until its newline arrives."""
-    from accel.lab.lab import Lab, LabPlan
+    from accel.lab import Lab, LabPlan
 
     lab = Lab(LabPlan())
     lab.log = tmp_path / "events.jsonl"
