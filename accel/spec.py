@@ -5,10 +5,10 @@ semantics istio-iptables gives it (see ../shared/research/istio-capture.md). The
 three ways in (istio-iptables argv/env, Istio's config JSON, pod annotations) are
 in accel.inputs and all end in this class; the renderers read only this class.
 
-The parsers below only turn text into values (a port number, a CIDR, an address); every rule
-on the values (ranges, names, families, how options combine) is checked once, by CaptureSpec,
-whichever way the spec came in. An input names CaptureSpec's errors as its user wrote the
-field (SpecError.relabel).
+The inputs' parsers (accel.inputs.parsers) only turn text into values (a port number, a CIDR, an
+address); every rule on the values (ranges, names, families, how options combine) is checked
+once, by CaptureSpec, whichever way the spec came in. An input names CaptureSpec's errors as its
+user wrote the field (SpecError.relabel).
 
 Values are typed (ports are ints, CIDRs are ipaddress interfaces) but keep the
 order and the exact text the user gave where Istio's output depends on it: a
@@ -63,120 +63,6 @@ class SpecError(ValueError):
             reason,
             tuple(labels.get(name, name) for name in self.related),
         )
-
-
-# ---------------------------------------------------------------------------
-# Parsers: text to values. Each takes the label of the field it parses, for the error.
-
-
-def split_list(text: str) -> list[str]:
-    """Istio's config.Split: comma separated, empty items dropped ("80,81," is fine)."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def _decimal(text: str) -> bool:
-    """ASCII digits only, as Go's strconv wants (str.isdigit() also takes '¹' and '٣')."""
-    return text.isascii() and text.isdigit()
-
-
-def _list(text: str, field: str, parse_item, wildcard: bool, what: str):
-    """A comma list of items, or '*' where the option allows it."""
-    if text.strip() == WILDCARD:
-        if not wildcard:
-            raise SpecError(field, text, f"'*' is not allowed here; give a list of {what}")
-        return WILDCARD
-    return tuple(parse_item(item, field) for item in split_list(text))
-
-
-def parse_port(text: str | int, field: str) -> int:
-    value = str(text).strip()
-    if not _decimal(value):
-        raise SpecError(field, text, "not a port number")
-    return int(value)
-
-
-def parse_ports(text: str, field: str, *, wildcard: bool = False) -> tuple[int, ...] | Wildcard:
-    return _list(text, field, parse_port, wildcard, "ports")
-
-
-def parse_id(text: str | int, field: str, what: str) -> int:
-    value = str(text).strip()
-    if not _decimal(value):
-        raise SpecError(field, text, f"not a numeric {what}")
-    return int(value)
-
-
-def parse_ids(text: str, field: str, what: str) -> tuple[int, ...]:
-    return tuple(parse_id(item, field, what) for item in split_list(text))
-
-
-def parse_cidr(text: str, field: str) -> Cidr:
-    value = text.strip()
-    address_text, slash, bits = value.partition("/")
-    # Go's netip.ParsePrefix, which Istio uses, wants addr/bits with decimal bits and no zone.
-    if not slash or not _decimal(bits) or "%" in address_text:
-        raise SpecError(field, text, "not a CIDR (expected address/prefix-length, e.g. 10.0.0.0/8)")
-    try:
-        address = ipaddress.ip_address(address_text)
-    except ValueError:
-        raise SpecError(field, text, "not a CIDR: the address part is not an IP address") from None
-    if int(bits) > address.max_prefixlen:
-        raise SpecError(field, text, f"prefix length {int(bits)} is longer than {address.max_prefixlen}")
-    return ipaddress.ip_interface(f"{address}/{int(bits)}")
-
-
-def parse_cidrs(text: str, field: str, *, wildcard: bool = False) -> tuple[Cidr, ...] | Wildcard:
-    return _list(text, field, parse_cidr, wildcard, "CIDRs")
-
-
-def parse_address(text: str, field: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    try:
-        return ipaddress.ip_address(text.strip())
-    except ValueError:
-        raise SpecError(field, text, "not an IP address") from None
-
-
-def parse_interfaces(text: str, field: str) -> tuple[str, ...]:
-    return tuple(split_list(text))
-
-
-def parse_group(text: str, field: str) -> str:
-    """A group name or numeric GID (leading zeros dropped); iptables and nft resolve names when the
-    rules load."""
-    group = text.strip()
-    return str(int(group)) if _decimal(group) else group
-
-
-def parse_groups(text: str, field: str, *, wildcard: bool = False) -> tuple[str, ...] | Wildcard:
-    return _list(text, field, parse_group, wildcard, "groups")
-
-
-def parse_mode(text: str, field: str) -> str:
-    """An empty mode is REDIRECT: istio-iptables' -m defaults to "", which it treats as REDIRECT."""
-    return text.strip() or REDIRECT
-
-
-def parse_uint32(text: str | int, field: str, what: str) -> int:
-    value = str(text).strip()
-    if not _decimal(value):
-        raise SpecError(field, text, f"not a numeric {what}")
-    return int(value)
-
-
-_TRUE = ("1", "t", "T", "TRUE", "true", "True")
-_FALSE = ("0", "f", "F", "FALSE", "false", "False")
-
-
-def parse_bool(text: object, field: str) -> bool:
-    """Go's strconv.ParseBool, which Istio's flags and env variables use."""
-    if isinstance(text, bool):
-        return text
-    value = str(text).strip()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SpecError(field, text, "not a boolean (true/false/1/0)")
 
 
 # ---------------------------------------------------------------------------
@@ -396,6 +282,11 @@ class CaptureSpec:
         return dataclasses.replace(self, **changes)
 
 
+def is_decimal(text: str) -> bool:
+    """ASCII digits only, as Go's strconv wants (str.isdigit() also takes '¹' and '٣')."""
+    return text.isascii() and text.isdigit()
+
+
 def check_port(name: str, port: object):
     """The port check, for CaptureSpec's ports and an input's other ones."""
     _check_int(name, port, 1, 65535, "port")
@@ -415,7 +306,7 @@ _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?$")
 
 
 def _check_group(name, group):
-    if _decimal(group):
+    if is_decimal(group):
         _check_int(name, int(group), 0, MAX_ID, "gid")
     elif not _GROUP_NAME.match(group):
         raise SpecError(name, group, "not a group name or numeric gid")

@@ -4,6 +4,7 @@ from hypothesis import strategies as st
 
 from accel import constants as c
 from accel import spec as s
+from accel.inputs import parsers
 from accel.spec import CaptureSpec
 
 # Group names resolvable where rules are loaded (see tests.reference.CASE_GROUPS); "counter" is
@@ -14,7 +15,7 @@ ports = st.lists(st.integers(1, 65535), max_size=4).map(tuple)
 ids = st.lists(st.integers(0, s.MAX_ID), min_size=1, max_size=3).map(tuple)
 cidrs = st.lists(
     st.ip_addresses().flatmap(
-        lambda a: st.integers(0, a.max_prefixlen).map(lambda bits: s.parse_cidr(f"{a}/{bits}", "x"))
+        lambda a: st.integers(0, a.max_prefixlen).map(lambda bits: parsers.parse_cidr(f"{a}/{bits}", "x"))
     ),
     max_size=3,
 ).map(tuple)
@@ -31,7 +32,7 @@ groups = st.lists(st.one_of(st.sampled_from(GROUP_NAMES), st.integers(0, 65535).
 dns_v4 = st.lists(st.ip_addresses(v=4).map(str), max_size=2).map(tuple)
 dns_v6 = st.lists(st.ip_addresses(v=6).map(str), max_size=2).map(tuple)
 loopback = st.integers(8, 32).flatmap(
-    lambda bits: st.ip_addresses(network="127.0.0.0/8").map(lambda a: s.parse_cidr(f"{a}/{bits}", "x"))
+    lambda bits: st.ip_addresses(network="127.0.0.0/8").map(lambda a: parsers.parse_cidr(f"{a}/{bits}", "x"))
 )
 
 # -p and -z differ (one port for both is a loop), and neither is the DNS proxy's (it may be capturing).

@@ -5,8 +5,9 @@
 3. Pod annotations as the istio-cni plugin reads them in sidecar mode (annotations: `from_annotations`).
 
 One table, fields.FIELDS, describes every option; the --help text is generated from it. Each input
-turns text into values and hands them to CaptureSpec, which checks every rule once; the input then
-names an error's field as its user wrote it. files reads the JSON documents and resolv.conf.
+turns text into values (with parsers, shared by all three) and hands them to CaptureSpec, which
+checks every rule once; the input then names an error's field as its user wrote it. files reads
+the JSON documents and resolv.conf.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import os
 
 from .. import constants as c
-from ..spec import CaptureSpec, SpecError, split_list
+from ..spec import CaptureSpec, SpecError
 from .annotations import ANNOTATIONS, from_annotations
 from .fields import FIELDS, Field, Parsed, build_spec, dns_given, empty_item_notes, split_dns_servers
 from .files import load_json, read_nameservers
 from .istio_args import from_istio_args, parse_istio_argv, read_istio_args
 from .istio_config import from_istio_config, read_istio_config, to_istio_config
+from .parsers import split_list
 
 # The stock sidecar: istio-init's arguments as Istio's injector writes them (no DNS capture).
 ISTIO_INIT_DEFAULT_ARGS = c.ISTIO_INIT_DEFAULT_ARGS

@@ -10,6 +10,7 @@ from .. import constants as c
 from .. import spec as s
 from ..spec import CaptureSpec, SpecError
 from .fields import Given, Parsed, build_spec
+from .parsers import parse_address, parse_bool, parse_cidrs, parse_id, parse_interfaces, parse_ports
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ def _no_empty_items(parse, **options):
     return strict
 
 
-_PORTS, _PORTS_OR_ALL = _no_empty_items(s.parse_ports), _no_empty_items(s.parse_ports, wildcard=True)
-_CIDRS, _CIDRS_OR_ALL = _no_empty_items(s.parse_cidrs), _no_empty_items(s.parse_cidrs, wildcard=True)
+_PORTS, _PORTS_OR_ALL = _no_empty_items(parse_ports), _no_empty_items(parse_ports, wildcard=True)
+_CIDRS, _CIDRS_OR_ALL = _no_empty_items(parse_cidrs), _no_empty_items(parse_cidrs, wildcard=True)
 
 # istio-cni's annotation registry and its defaults.
 ANNOTATIONS = {
@@ -54,9 +55,9 @@ ANNOTATIONS = {
         "traffic.sidecar.istio.io/excludeOutboundPorts", str(c.MERGED_METRICS_PORT), _PORTS
     ),
     "includeOutboundPorts": Annotation("traffic.sidecar.istio.io/includeOutboundPorts", "", _PORTS),
-    "excludeInterfaces": Annotation("traffic.sidecar.istio.io/excludeInterfaces", "", s.parse_interfaces),
-    "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "", s.parse_interfaces),
-    "kubevirtInterfaces": Annotation("traffic.sidecar.istio.io/kubevirtInterfaces", "", s.parse_interfaces),
+    "excludeInterfaces": Annotation("traffic.sidecar.istio.io/excludeInterfaces", "", parse_interfaces),
+    "rerouteVirtualInterfaces": Annotation("istio.io/reroute-virtual-interfaces", "", parse_interfaces),
+    "kubevirtInterfaces": Annotation("traffic.sidecar.istio.io/kubevirtInterfaces", "", parse_interfaces),
     "statusPort": Annotation("status.sidecar.istio.io/port", "", _PORTS),
 }
 STATUS_ANNOTATION = "sidecar.istio.io/status"
@@ -160,11 +161,11 @@ def _security_id(document, key) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise SpecError(key, value, "expected an integer or null")
-    return s.parse_id(value, key, "id")
+    return parse_id(value, key, "id")
 
 
 def _env_bool(env: Mapping[str, str], name: str) -> bool:
-    return s.parse_bool(env[name], f"proxy_env {name}") if name in env else False
+    return parse_bool(env[name], f"proxy_env {name}") if name in env else False
 
 
 def _detect_ipv6(pod_ips, dual_stack: bool) -> bool:
@@ -175,7 +176,7 @@ def _detect_ipv6(pod_ips, dual_stack: bool) -> bool:
     if not isinstance(pod_ips, list):
         raise SpecError("pod_ips", pod_ips, "expected a list of addresses")
     usable = [
-        a for a in (s.parse_address(str(t), "pod_ips") for t in pod_ips) if not a.is_loopback and not a.is_link_local
+        a for a in (parse_address(str(t), "pod_ips") for t in pod_ips) if not a.is_loopback and not a.is_link_local
     ]
     if dual_stack:
         return any(a.version == 6 for a in usable)

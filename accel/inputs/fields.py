@@ -14,6 +14,19 @@ from typing import Any
 from .. import constants as c
 from .. import spec as s
 from ..spec import CaptureSpec, SpecError
+from .parsers import (
+    parse_address,
+    parse_bool,
+    parse_cidr,
+    parse_cidrs,
+    parse_groups,
+    parse_ids,
+    parse_interfaces,
+    parse_mode,
+    parse_port,
+    parse_ports,
+    parse_uint32,
+)
 
 
 @dataclass(frozen=True)
@@ -29,16 +42,16 @@ class Field:
 
 
 # The parsers of the option texts, each called as parse(text, field label).
-_ports = s.parse_ports
-_ports_or_all = partial(s.parse_ports, wildcard=True)
-_uids = partial(s.parse_ids, what="uid")
-_gids = partial(s.parse_ids, what="gid")
-_cidrs = s.parse_cidrs
-_cidrs_or_all = partial(s.parse_cidrs, wildcard=True)
-_mark = partial(s.parse_uint32, what="packet mark")
-_table = partial(s.parse_uint32, what="route table")
-_groups = s.parse_groups
-_groups_or_all = partial(s.parse_groups, wildcard=True)
+_ports = parse_ports
+_ports_or_all = partial(parse_ports, wildcard=True)
+_uids = partial(parse_ids, what="uid")
+_gids = partial(parse_ids, what="gid")
+_cidrs = parse_cidrs
+_cidrs_or_all = partial(parse_cidrs, wildcard=True)
+_mark = partial(parse_uint32, what="packet mark")
+_table = partial(parse_uint32, what="route table")
+_groups = parse_groups
+_groups_or_all = partial(parse_groups, wildcard=True)
 
 
 def _ignored(text, label):
@@ -46,7 +59,7 @@ def _ignored(text, label):
 
 
 def _ignored_bool(text, label):
-    s.parse_bool(text, label)  # still checked: istio-iptables would refuse a bad boolean too
+    parse_bool(text, label)  # still checked: istio-iptables would refuse a bad boolean too
     return None
 
 
@@ -57,7 +70,7 @@ FIELDS: tuple[Field, ...] = (
         ("--envoy-port", "-p"),
         (),
         str(c.PROXY_PORT),
-        s.parse_port,
+        parse_port,
         "port outbound TCP is redirected to",
     ),
     Field(
@@ -66,7 +79,7 @@ FIELDS: tuple[Field, ...] = (
         ("--inbound-capture-port", "-z"),
         ("INBOUND_CAPTURE_PORT",),
         str(c.INBOUND_CAPTURE_PORT),
-        s.parse_port,
+        parse_port,
         "port inbound TCP (and the proxy's own hairpin) is redirected to; not -p's",
     ),
     Field(
@@ -75,7 +88,7 @@ FIELDS: tuple[Field, ...] = (
         ("--inbound-tunnel-port", "-e"),
         ("INBOUND_TUNNEL_PORT",),
         str(c.INBOUND_TUNNEL_PORT),
-        s.parse_port,
+        parse_port,
         "HBONE tunnel port: never captured inbound",
     ),
     Field(
@@ -102,7 +115,7 @@ FIELDS: tuple[Field, ...] = (
         ("--istio-inbound-interception-mode", "-m"),
         ("ISTIO_INBOUND_INTERCEPTION_MODE",),
         "'' (REDIRECT)",
-        s.parse_mode,
+        parse_mode,
         "REDIRECT (nat) or TPROXY (mangle, source kept)",
     ),
     Field(
@@ -147,7 +160,7 @@ FIELDS: tuple[Field, ...] = (
         ("--istio-exclude-interfaces", "-c"),
         ("ISTIO_EXCLUDE_INTERFACES",),
         "''",
-        s.parse_interfaces,
+        parse_interfaces,
         "interfaces whose traffic is never captured",
     ),
     Field(
@@ -192,7 +205,7 @@ FIELDS: tuple[Field, ...] = (
         ("--kube-virt-interfaces", "-k"),
         ("KUBE_VIRT_INTERFACES",),
         "''",
-        s.parse_interfaces,
+        parse_interfaces,
         "interfaces (e.g. KubeVirt VMs) whose inbound traffic is treated as outbound",
     ),
     Field(
@@ -201,7 +214,7 @@ FIELDS: tuple[Field, ...] = (
         ("--redirect-dns",),
         ("REDIRECT_DNS", "ISTIO_META_DNS_CAPTURE"),
         "false",
-        s.parse_bool,
+        parse_bool,
         "capture DNS to the resolv.conf servers to 15053",
         boolean=True,
     ),
@@ -211,7 +224,7 @@ FIELDS: tuple[Field, ...] = (
         ("--capture-all-dns",),
         ("CAPTURE_ALL_DNS",),
         "false",
-        s.parse_bool,
+        parse_bool,
         "with --redirect-dns: capture all port-53 traffic",
         boolean=True,
     ),
@@ -221,7 +234,7 @@ FIELDS: tuple[Field, ...] = (
         ("--drop-invalid",),
         ("DROP_INVALID", "INVALID_DROP"),
         "false",
-        s.parse_bool,
+        parse_bool,
         "drop conntrack-INVALID packets instead of resetting",
         boolean=True,
     ),
@@ -249,7 +262,7 @@ FIELDS: tuple[Field, ...] = (
         (),
         ("ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",),
         "127.0.0.1/32",
-        s.parse_cidr,
+        parse_cidr,
         "IPv4 loopback destinations never captured (env only)",
     ),
     # Options that change how istio-iptables runs, not what it captures: accepted and ignored.
@@ -357,7 +370,7 @@ def split_dns_servers(servers: list[str], label: str = "DNS server") -> dict[str
     parsed, split by family, written as Go's netip prints them."""
     by_version: dict[int, list[str]] = {4: [], 6: []}
     for text in servers:
-        address = s.parse_address(text, label)
+        address = parse_address(text, label)
         by_version[address.version].append(s.address_text(address))
     return {"dns_servers_v4": tuple(by_version[4]), "dns_servers_v6": tuple(by_version[6])}
 

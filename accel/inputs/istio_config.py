@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from .. import spec as s
 from ..spec import CaptureSpec, SpecError
 from .fields import BY_GO, FIELDS, Given, Parsed, build_spec, default_proxy_uid, given_from_texts
+from .parsers import parse_bool
 
 # Fields with no flag: detected by istio-iptables on the node. Settable in --istio-config files.
 DETECTED = ("EnableIPv6", "DNSServersV4", "DNSServersV6")
@@ -32,7 +33,7 @@ def read_istio_config(config: Mapping[str, object]) -> Parsed:
             raise SpecError(key, value, "unknown Istio config field")
         texts[key] = (_as_text(key, value), key)
     given = given_from_texts(texts, LABELS, default_proxy_uid())
-    given["enable_ipv6"] = Given(s.parse_bool(config.get("EnableIPv6", False), "EnableIPv6"), "EnableIPv6")
+    given["enable_ipv6"] = Given(parse_bool(config.get("EnableIPv6", False), "EnableIPv6"), "EnableIPv6")
     for key, attr in (("DNSServersV4", "dns_servers_v4"), ("DNSServersV6", "dns_servers_v6")):
         servers = config.get(key) or []
         if not isinstance(servers, list):

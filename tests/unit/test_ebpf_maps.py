@@ -7,7 +7,8 @@ import pytest
 
 from accel import inputs
 from accel.ebpf import maps as m
-from accel.spec import CaptureSpec, parse_cidrs
+from accel.inputs.parsers import parse_cidrs
+from accel.spec import CaptureSpec
 from accel.userns import IDENTITY, UNMAPPED_ID, IdMap
 
 CONFIG = 0x4122334455667788

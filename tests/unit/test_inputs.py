@@ -5,6 +5,7 @@ from hypothesis import given
 
 from accel import inputs
 from accel import spec as s
+from accel.inputs import parsers
 from accel.render import render_iptables
 from accel.spec import CaptureSpec, SpecError
 from tests.reference import default_sidecar, golden_cases
@@ -271,7 +272,7 @@ ONE_RULE_CASES = [
     (
         lambda: args([], {"ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR": "10.0.0.0/8"}),
         "ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR",
-        dict(host_ipv4_loopback_cidr=s.parse_cidr("10.0.0.0/8", "x")),
+        dict(host_ipv4_loopback_cidr=parsers.parse_cidr("10.0.0.0/8", "x")),
     ),
     (lambda: args(["-p", "70000"]), "--envoy-port/-p", dict(proxy_port=70000)),
     (lambda: args(["-u", "4294967295"]), "--proxy-uid/-u", dict(proxy_uids=(2**32 - 1,))),

@@ -9,24 +9,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from accel import spec as s
+from accel.inputs import parsers
 from accel.spec import CaptureSpec, SpecError
 
 
 @pytest.mark.parametrize(
     "parse, text, reason",
     [
-        (s.parse_port, "http", "not a port number"),
-        (s.parse_port, "-1", "not a port number"),
-        (s.parse_port, "\u00b9", "not a port number"),  # a digit to str.isdigit(), not to Go or int()
-        (s.parse_cidr, "10.0.0.0/33", "prefix length 33"),
-        (s.parse_cidr, "2001:db8::/129", "prefix length 129"),
-        (s.parse_cidr, "10.0.0.1", "expected address/prefix-length"),
-        (s.parse_cidr, "10.0.0.0/255.0.0.0", "expected address/prefix-length"),
-        (s.parse_cidr, "fe80::1%eth0/64", "expected address/prefix-length"),
-        (s.parse_cidr, "300.1.1.1/8", "address part"),
-        (s.parse_cidr, "10.0.0.0/\u0663", "expected address/prefix-length"),
-        (s.parse_address, "10.0.0.300", "not an IP address"),
-        (s.parse_bool, "yes", "not a boolean"),
+        (parsers.parse_port, "http", "not a port number"),
+        (parsers.parse_port, "-1", "not a port number"),
+        (parsers.parse_port, "\u00b9", "not a port number"),  # a digit to str.isdigit(), not to Go or int()
+        (parsers.parse_cidr, "10.0.0.0/33", "prefix length 33"),
+        (parsers.parse_cidr, "2001:db8::/129", "prefix length 129"),
+        (parsers.parse_cidr, "10.0.0.1", "expected address/prefix-length"),
+        (parsers.parse_cidr, "10.0.0.0/255.0.0.0", "expected address/prefix-length"),
+        (parsers.parse_cidr, "fe80::1%eth0/64", "expected address/prefix-length"),
+        (parsers.parse_cidr, "300.1.1.1/8", "address part"),
+        (parsers.parse_cidr, "10.0.0.0/\u0663", "expected address/prefix-length"),
+        (parsers.parse_address, "10.0.0.300", "not an IP address"),
+        (parsers.parse_bool, "yes", "not a boolean"),
     ],
 )
 def test_parsers_name_field_and_value(parse, text, reason):
@@ -38,31 +39,31 @@ def test_parsers_name_field_and_value(parse, text, reason):
 
 
 def test_parsers_leave_the_rules_to_the_spec():
-    assert s.parse_port("70000", "f") == 70000  # in range or not: CaptureSpec says
-    assert s.parse_id("4294967295", "f", "uid") == 2**32 - 1
-    assert s.parse_group("0202", "f") == "202"
-    assert s.parse_mode("tproxy", "f") == "tproxy"
-    assert s.parse_mode("", "f") == s.REDIRECT  # istio-iptables' -m default "" is REDIRECT
+    assert parsers.parse_port("70000", "f") == 70000  # in range or not: CaptureSpec says
+    assert parsers.parse_id("4294967295", "f", "uid") == 2**32 - 1
+    assert parsers.parse_group("0202", "f") == "202"
+    assert parsers.parse_mode("tproxy", "f") == "tproxy"
+    assert parsers.parse_mode("", "f") == s.REDIRECT  # istio-iptables' -m default "" is REDIRECT
 
 
 def test_list_parsers_follow_istio_split():
-    assert s.parse_ports("6000,7000,", "f") == (6000, 7000)  # empty items dropped
-    assert s.parse_ports("", "f") == ()
-    assert s.parse_ports("*", "f", wildcard=True) == "*"
+    assert parsers.parse_ports("6000,7000,", "f") == (6000, 7000)  # empty items dropped
+    assert parsers.parse_ports("", "f") == ()
+    assert parsers.parse_ports("*", "f", wildcard=True) == "*"
     with pytest.raises(SpecError, match="not allowed"):
-        s.parse_ports("*", "f")
+        parsers.parse_ports("*", "f")
     with pytest.raises(SpecError, match="not allowed"):
-        s.parse_cidrs("*", "-x")  # istio-iptables refuses -x '*' too
-    assert s.parse_ids("3,4", "f", "uid") == (3, 4)
-    assert s.parse_ids("", "f", "uid") == ()
+        parsers.parse_cidrs("*", "-x")  # istio-iptables refuses -x '*' too
+    assert parsers.parse_ids("3,4", "f", "uid") == (3, 4)
+    assert parsers.parse_ids("", "f", "uid") == ()
     with pytest.raises(SpecError, match="not a numeric uid"):
-        s.parse_ids("1337,istio", "f", "uid")
+        parsers.parse_ids("1337,istio", "f", "uid")
 
 
 def test_cidr_text_keeps_what_istio_emits():
     # Istio prints netip.Prefix.String(): host bits kept, IPv6 compressed, mapped IPv4 dotted.
     for text in ("10.96.0.1/24", "2001:db8::/32", "::ffff:1.2.3.4/128", "127.1.2.3/32"):
-        assert s.cidr_text(s.parse_cidr(text, "f")) == text
+        assert s.cidr_text(parsers.parse_cidr(text, "f")) == text
 
 
 def test_address_text_is_gos_netip_string():
@@ -110,9 +111,9 @@ def test_default_spec_is_istio_iptables_defaults():
         ("dns_servers_v6", ("fe80::1%eth0",), "zone"),
         ("inbound_tproxy_mark", 0, "packet mark out of range 1-4294967295"),
         ("inbound_tproxy_route_table", 2**32, "route table out of range"),
-        ("host_ipv4_loopback_cidr", s.parse_cidr("10.0.0.1/32", "f"), "loopback"),
-        ("host_ipv4_loopback_cidr", s.parse_cidr("127.0.0.1/7", "f"), "8 to 32"),
-        ("host_ipv4_loopback_cidr", s.parse_cidr("::1/128", "f"), "IPv4 loopback"),
+        ("host_ipv4_loopback_cidr", parsers.parse_cidr("10.0.0.1/32", "f"), "loopback"),
+        ("host_ipv4_loopback_cidr", parsers.parse_cidr("127.0.0.1/7", "f"), "8 to 32"),
+        ("host_ipv4_loopback_cidr", parsers.parse_cidr("::1/128", "f"), "IPv4 loopback"),
     ],
 )
 def test_spec_refuses_invalid_values(field, value, reason):
@@ -170,7 +171,7 @@ def test_an_empty_owner_group_include_list_is_said():
 
 
 def test_derived_facts():
-    spec = CaptureSpec(outbound_ip_ranges_include=s.parse_cidrs("10.0.0.0/8,2001:db8::/32,127.1.2.3/32", "f"))
+    spec = CaptureSpec(outbound_ip_ranges_include=parsers.parse_cidrs("10.0.0.0/8,2001:db8::/32,127.1.2.3/32", "f"))
     assert [s.cidr_text(c) for c in spec.outbound_include(4)] == ["10.0.0.0/8", "127.1.2.3/32"]
     assert [s.cidr_text(c) for c in spec.outbound_include(6)] == ["2001:db8::/32"]
     assert spec.include_has_loopback
@@ -181,6 +182,6 @@ def test_derived_facts():
 def test_any_cidr_round_trips_through_text(address, data):
     bits = data.draw(st.integers(0, address.max_prefixlen))
     text = f"{address}/{bits}"
-    cidr = s.parse_cidr(text, "f")
+    cidr = parsers.parse_cidr(text, "f")
     assert cidr == ipaddress.ip_interface(text)
-    assert s.parse_cidr(s.cidr_text(cidr), "f") == cidr
+    assert parsers.parse_cidr(s.cidr_text(cidr), "f") == cidr
