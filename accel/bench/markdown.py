@@ -12,7 +12,7 @@ from .program_budget import (
     budget_rows,
     ops_rows,
 )
-from .report import CHURN_COLUMNS, ROWS, bracketed, churn_legend, churn_rows, figure_cell, scaling_rows
+from .tables import CHURN_COLUMNS, ROWS, bracketed, churn_legend, churn_rows, figure_cell, scaling_rows
 from .verdicts import MET, MISSED, NOISE, advice, scaling_kept, target_text, target_verdicts
 
 

@@ -1,5 +1,6 @@
 """The benchmark's document on the terminal: the main, scaling, churn and program-budget
-tables, the path check, the targets, a progress bar, and the node-scale report."""
+tables, the path check, the targets, and a progress bar (the node-scale report:
+scale_report.py)."""
 
 from __future__ import annotations
 
@@ -26,30 +27,18 @@ from .program_budget import (
     ops_rows,
 )
 from .run import LOWER_IS_BETTER, REFERENCE
+from .tables import CHURN_COLUMNS, ROWS, churn_legend, churn_rows, figure_cell, range_text, scaling_rows
 from .verdicts import (
     MET,
     MISSED,
     NOISE,
-    Spread,
     advice,
     interval_text,
-    ratio_range,
     scaling_kept,
     target_text,
     target_verdicts,
 )
 
-ROWS = [  # figure, label, format
-    ("ka1_rps", "ka1 req/s", "{:,.0f}"),
-    ("ka16_rps", "ka16 req/s", "{:,.0f}"),
-    ("ka1_p50_us", "ka1 p50 µs", "{:,.0f}"),
-    ("ka1_p99_us", "ka1 p99 µs", "{:,.0f}"),
-    ("cps16", "cps16 conn/s", "{:,.0f}"),
-    ("crr1_p50_us", "crr1 p50 µs", "{:,.0f}"),
-    ("crr1_p99_us", "crr1 p99 µs", "{:,.0f}"),
-    ("bulk_mbps", "bulk Mbit/s", "{:,.0f}"),
-    ("conntrack_entries", "conntrack", "{:,.0f}"),
-]
 LEGEND = (
     "ka1/ka16: keep-alive HTTP over 1/16 connections; cps16: a new connection per request, 16 at "
     "a time; crr1: one at a time, timed from connect to close; bulk: a 16 MiB response; conntrack: "
@@ -57,50 +46,9 @@ LEGEND = (
 )
 
 
-def figure_cell(document: dict, mode: str, figure: str, fmt: str) -> tuple[str, float | None, Spread]:
-    """A main-table cell: the value as text, its ratio to explicit (None for explicit) and that
-    ratio's range over the rounds."""
-    value = document["modes"][mode].get(figure)
-    ratio = None if mode == REFERENCE else document["ratios"][mode].get(figure)
-    if value is None:
-        return "-", None, None
-    return fmt.format(value), ratio, None if ratio is None else ratio_range(document, mode, figure)
-
-
 def column_header(mode: str) -> str:
     """A mode as a narrow column header: broken after its first - or + (iptables-/nft, ebpf+/sockmap)."""
     return re.sub(r"([-+])", "\\1\n", mode, count=1)
-
-
-def scaling_rows(document: dict) -> tuple[list[str], list[tuple]]:
-    """The scaling table: its sizes, and per mode (mode, [(rate, ratio to explicit, its range)] per size,
-    rate kept from the smallest to the largest N, kernel entries and install time at the
-    largest N), as text; a ratio is None for explicit."""
-    sizes = list(next(iter(document["scaling"].values())))
-    rows = []
-    for mode, by_size in document["scaling"].items():
-        ratios = document["scaling_ratios"][mode]
-        rates = [
-            (
-                f"{by_size[s]:,.0f}",
-                None if mode == REFERENCE else ratios[s],
-                ratio_range(document, mode, s, "scaling_samples"),
-            )
-            for s in sizes
-        ]
-        kept = scaling_kept(document, mode)
-        entries = document["scaling_capture_entries"].get(mode, {}).get(sizes[-1])
-        install = document["scaling_install_seconds"].get(mode, {}).get(sizes[-1])
-        rows.append(
-            (
-                mode,
-                rates,
-                "-" if mode == REFERENCE or kept is None else f"{kept:.2f}×",
-                "-" if entries is None else f"{entries:,}",
-                "-" if install is None else f"{install:.2f} s",
-            )
-        )
-    return sizes, rows
 
 
 def _coloured(text: str, ratio: float | None, lower_is_better: bool = False) -> str:
@@ -111,16 +59,6 @@ def _coloured(text: str, ratio: float | None, lower_is_better: bool = False) -> 
     better = ratio < 1 if lower_is_better else ratio > 1
     colour = "green" if better else "red" if abs(ratio - 1) > 0.03 else "default"
     return f"{text}\n[{colour}]{ratio:.2f}×[/{colour}]"
-
-
-def bracketed(text: str, ratio: float | None, spread: Spread) -> str:
-    if ratio is None:
-        return text
-    return f"{text} ({ratio:.2f}×{f', {_range(spread)}' if spread else ''})"
-
-
-def _range(spread: tuple[float, float]) -> str:
-    return f"{spread[0]:.2f}–{spread[1]:.2f}"
 
 
 @contextlib.contextmanager
@@ -247,7 +185,7 @@ def print_report(document: dict, console: Console | None = None) -> None:
                 *(
                     text
                     if ratio is None
-                    else f"{text}\n{ratio:.2f}×" + (f"\n[dim]{_range(spread)}[/dim]" if spread else "")
+                    else f"{text}\n{ratio:.2f}×" + (f"\n[dim]{range_text(spread)}[/dim]" if spread else "")
                     for text, ratio, spread in rates
                 ),
                 kept,
@@ -374,92 +312,3 @@ def _rows_table(
             cells.append(text)
         table.add_row(*cells, end_section=index == len(rows) - 2)  # a rule above the total
     return table
-
-
-CHURN_COLUMNS = ("mode", "connections", "errors", "EADDRNOTAVAIL", "rate /s", "connect p50", "connect p99")
-
-
-def churn_rows(document: dict) -> list[tuple[str, ...]]:
-    """The churn workload, a row a mode (CHURN_COLUMNS); none if it did not run."""
-    rows: list[tuple[str, ...]] = []
-    for mode, run in ((document.get("churn") or {}).get("modes") or {}).items():
-        rows.append(
-            (
-                mode,
-                f"{run['connections']:,}",
-                f"{run['errors']:,}",
-                f"{run['eaddrnotavail']:,}",
-                f"{run['rate']:,.0f}",
-                f"{run['connect_p50_us']:,.0f} µs",
-                f"{run['connect_p99_us']:,.0f} µs",
-            )
-        )
-    return rows
-
-
-def churn_legend(document: dict) -> str:
-    churn = document["churn"]
-    sysctls = (document.get("env") or {}).get("pod_sysctls") or {}
-    settings = ", ".join(f"{key.rsplit('.', 1)[-1]} {value}" for key, value in sysctls.items())
-    return (
-        f"Churn: {churn['rate']:,} short connections/s offered for {churn['seconds']} s, one at a time, "
-        "round-robin over 64 services (explicit: its sidecar), the app closing first so that TIME_WAIT stays "
-        "on its side; EADDRNOTAVAIL: connects that found no source port. Pod sysctls as the kernel sets them"
-        + (f": {settings}." if settings else ".")
-    )
-
-
-def _bytes(value: int | None) -> str:
-    return "—" if value is None else f"{value / (1 << 20):,.1f} MiB"
-
-
-def print_scale_report(document: dict, console: Console | None = None) -> None:
-    """accel bench --pods: a row per backend, then the maps' fill and the targets."""
-    console = console or Console()
-    count = document["pods"]
-    table = Table(
-        title=f"Node scale: {count} pods captured beside the benchmark's two "
-        f"({document['rounds']} rounds, {document['seconds_per_run']} s a rate run)",
-        box=box.SIMPLE_HEAVY,
-    )
-    for column in (
-        "backend",
-        "pod add ms\np50/p90/max",
-        f"all {count}\nadd / remove",
-        "kernel\nmemory",
-        f"cps16\n1 / {count} pods",
-        "ratio\n(95% CI)",
-    ):
-        table.add_column(column, justify="left" if column == "backend" else "right")
-    for backend, row in document["scale"].items():
-        interval = row.get("rate_ratio_ci")
-        p90 = row.get("pod_add_ms_p90")
-        table.add_row(
-            backend,
-            f"{row['pod_add_ms_p50']:.0f} / {'—' if p90 is None else f'{p90:.0f}'} / {row['pod_add_ms_max']:.0f}",
-            f"{row['all_pods_s']:.2f} s / {row['remove_all_s']:.2f} s",
-            _bytes(row["memory_bytes"]) + ("*" if "estimate" in row["memory_source"] else ""),
-            f"{row['rate_1']:,.0f} / {row['rate_n']:,.0f}",
-            f"{row['rate_ratio']:.3f}" + (f"\n{interval[0]:.2f}–{interval[1]:.2f}" if interval else ""),
-        )
-    console.print(table)
-    console.print(
-        "[dim]kernel memory: ebpf, bpftool's bytes_memlock of accel's maps and programs with every pod "
-        "captured; * nftables, the slab's growth while the pods were added (an estimate)[/dim]"
-    )
-    for backend, row in document["scale"].items():
-        if row.get("maps"):
-            fill = ", ".join(
-                f"{name} {m['entries']:,}/{m['capacity']:,}"
-                for name, m in row["maps"].items()
-                if m.get("capacity") and m.get("entries") is not None
-            )
-            console.print(f"{backend} maps with {count + 2} pods (entries/capacity): {fill}", highlight=False)
-    for verdict in document["verdicts"]:
-        sign = "≤" if verdict["at_most"] else "≥"
-        colour = {MET: "green", MISSED: "red"}.get(verdict["verdict"], "yellow")
-        console.print(
-            f"target {verdict['backend']} {verdict['figure']} {sign} {verdict['bound']:g}: "
-            f"{verdict['value']:g} [{colour}]{verdict['verdict']}[/{colour}]",
-            highlight=False,
-        )

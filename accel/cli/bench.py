@@ -140,8 +140,9 @@ def bench(
 def _scale(count: int, rounds: int, seconds: float, backends: tuple[str, ...], json_file: str | None):
     from ..backends import BackendError
     from ..bench.mesh import MeshError
-    from ..bench.report import print_scale_report, progress_bar
+    from ..bench.report import progress_bar
     from ..bench.scale import run_scale
+    from ..bench.scale_report import print_scale_report
     from ..bench.workloads import ToolError
     from ..lab import LabError
     from ..node.paths import NodeError
