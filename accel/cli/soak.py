@@ -65,7 +65,8 @@ def soak(duration, sockmap, json_file):
 @needs_root("it builds network namespaces and loads BPF")
 def _soak(duration: float, sockmap: bool, json_file: str | None):
     from ..lab import LabError
-    from ..lab.soak import Soak, SoakConfig
+    from ..lab.soak import Soak
+    from ..lab.soak_config import SoakConfig
 
     try:
         report = Soak(
