@@ -9,7 +9,6 @@ kernel's errno. The structures the calls take and fill in: libbpf_structs.py.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 from .libbpf_structs import BtfInfo, LinkInfo, MapCreateOpts, MapInfo, ProgInfo, ProgLoadOpts, ProgStats, TestRunOpts

@@ -44,7 +44,7 @@ class ChurnPod(TypedDict, total=False):
 
 @dataclass
 class Samples:
-    """What the sampler saw, every couple of seconds."""
+    """What the sampler saw, about once a second (a second between samples, plus the scrape)."""
 
     rss: dict[str, list[int]] = field(default_factory=lambda: {"follow": [], "metrics": []})
     map_max: dict[str, int] = field(default_factory=dict)
