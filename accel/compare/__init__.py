@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from .. import inputs
 from ..lab import POD_ADDRESSES
 from ..spec import CaptureSpec
-from .cases import Case, derive, select
+from .case import Case
+from .cases import derive, select
 from .run import BackendRun, run_backend
 
 __all__ = ["Comparison", "compare", "lab_spec", "Case", "BackendRun"]

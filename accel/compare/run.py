@@ -19,7 +19,7 @@ from .. import cancel, faults, process
 from ..backends import get_backend
 from ..lab import Lab, LabError, LabPlan, conntrack_entries
 from ..spec import CaptureSpec
-from .cases import Case
+from .case import Case
 
 # The follower writes a change within a netlink round trip; this only bounds a stalled machine
 # (a CI run once failed a 2 s wait here; a lab client there was once alive 10 s past its timeout).
