@@ -208,24 +208,12 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
                 ports = ("-m", "multiport", "!", "--dports", f"{DNS_PORT},{tunnel}")
             else:
                 ports = ("!", "--dport", tunnel)
+            owned = ("-m", "owner", owner, number)
             b.add(
                 NAT,
                 OUTPUT,
-                lambda f, ports=ports, number=number, owner=owner: (
-                    "-o",
-                    "lo",
-                    "!",
-                    "-d",
-                    f.loopback,
-                    "-p",
-                    "tcp",
-                    *ports,
-                    "-m",
-                    "owner",
-                    owner,
-                    number,
-                    "-j",
-                    IN_REDIRECT,
+                lambda f, ports=ports, owned=owned: (
+                    ("-o", "lo", "!", "-d", f.loopback, "-p", "tcp", *ports, *owned) + ("-j", IN_REDIRECT)
                 ),
             )
             if not spec.include_has_loopback:
@@ -268,25 +256,13 @@ def render_iptables(spec: CaptureSpec) -> IptablesRules:
         b.add(MANGLE, "OUTPUT", "-p", "tcp", "-o", "lo", "-m", "mark", "--mark", mark, "-j", "RETURN")
         for owner, ids in (("--uid-owner", spec.proxy_uids), ("--gid-owner", spec.proxy_gids)):
             for number in map(str, ids):
+                owned = ("-m", "owner", owner, number)
                 b.add(
                     MANGLE,
                     "OUTPUT",
-                    lambda f, owner=owner, number=number: (
-                        "!",
-                        "-d",
-                        f.loopback,
-                        "-p",
-                        "tcp",
-                        "-o",
-                        "lo",
-                        "-m",
-                        "owner",
-                        owner,
-                        number,
-                        "-j",
-                        "MARK",
-                        "--set-mark",
-                        OUTBOUND_MARK,
+                    lambda f, owned=owned: (
+                        ("!", "-d", f.loopback, "-p", "tcp", "-o", "lo", *owned)
+                        + ("-j", "MARK", "--set-mark", OUTBOUND_MARK)
                     ),
                 )
         b.add(MANGLE, "OUTPUT", "-p", "tcp", "-m", "connmark", "--mark", mark, "-j", "CONNMARK", "--restore-mark")
@@ -313,23 +289,8 @@ def _inbound(b: _Builder, spec: CaptureSpec):
         mark = str(spec.inbound_tproxy_mark)
         b.add(MANGLE, DIVERT, "-j", "MARK", "--set-mark", mark)
         b.add(MANGLE, DIVERT, "-j", "ACCEPT")
-        b.add(
-            MANGLE,
-            TPROXY_CHAIN,
-            lambda f: (
-                "!",
-                "-d",
-                f.loopback,
-                "-p",
-                "tcp",
-                "-j",
-                "TPROXY",
-                "--tproxy-mark",
-                f"{mark}/0xffffffff",
-                "--on-port",
-                str(spec.inbound_capture_port),
-            ),
-        )
+        tproxy = ("-j", "TPROXY", "--tproxy-mark", f"{mark}/0xffffffff", "--on-port", str(spec.inbound_capture_port))
+        b.add(MANGLE, TPROXY_CHAIN, lambda f: ("!", "-d", f.loopback, "-p", "tcp", *tproxy))
         table = MANGLE
     else:
         table = NAT
@@ -369,53 +330,14 @@ def _dns(b: _Builder, spec: CaptureSpec):
             continue
         for version in (4, 6):
             for server in servers[version]:
-                b.add(
-                    NAT,
-                    OUTPUT_DNS,
-                    "-p",
-                    proto,
-                    "--dport",
-                    DNS_PORT,
-                    "-d",
-                    f"{server}/{bits[version]}",
-                    *redirect,
-                    only=version,
-                )
+                to_server = ("-p", proto, "--dport", DNS_PORT, "-d", f"{server}/{bits[version]}")
+                b.add(NAT, OUTPUT_DNS, *to_server, *redirect, only=version)
     # Zone 1: the proxy and upstream resolvers; zone 2: apps and the proxy's DNS listener.
     for owner, ids in (("--uid-owner", spec.proxy_uids), ("--gid-owner", spec.proxy_gids)):
         for number in map(str, ids):
-            b.add(
-                RAW,
-                OUTPUT_DNS,
-                "-p",
-                "udp",
-                "--dport",
-                DNS_PORT,
-                "-m",
-                "owner",
-                owner,
-                number,
-                "-j",
-                "CT",
-                "--zone",
-                "1",
-            )
-            b.add(
-                RAW,
-                OUTPUT_DNS,
-                "-p",
-                "udp",
-                "--sport",
-                DNS_PROXY_PORT,
-                "-m",
-                "owner",
-                owner,
-                number,
-                "-j",
-                "CT",
-                "--zone",
-                "2",
-            )
+            owned = ("-m", "owner", owner, number)
+            b.add(RAW, OUTPUT_DNS, "-p", "udp", "--dport", DNS_PORT, *owned, "-j", "CT", "--zone", "1")
+            b.add(RAW, OUTPUT_DNS, "-p", "udp", "--sport", DNS_PROXY_PORT, *owned, "-j", "CT", "--zone", "2")
     if capture_all:
         b.add(RAW, "PREROUTING", "-j", INBOUND)
         b.add(RAW, OUTPUT_DNS, "-p", "udp", "--dport", DNS_PORT, "-j", "CT", "--zone", "2")
