@@ -31,25 +31,20 @@ INBOUND_PASSTHROUGH_SOURCE = {4: "127.0.0.6", 6: "::6"}
 HOST_IPV4_LOOPBACK_CIDR = "127.0.0.1/32"  # ISTIO_OUTBOUND_IPV4_LOOPBACK_CIDR's default
 
 # -- the stock capture ------------------------------------------------------------------------
-# What Istio's sidecar injector gives istio-init (istio-iptables) for a plain pod.
+# What Istio's sidecar injector gives istio-init (istio-iptables) for a plain pod; a flag and
+# its value to a line.
+# fmt: off
 ISTIO_INIT_DEFAULT_ARGS = (
-    "-p",
-    str(PROXY_PORT),
-    "-z",
-    str(INBOUND_CAPTURE_PORT),
-    "-u",
-    str(PROXY_UID),
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    ",".join(map(str, SIDECAR_INBOUND_EXCLUDED)),
+    "-p", str(PROXY_PORT),
+    "-z", str(INBOUND_CAPTURE_PORT),
+    "-u", str(PROXY_UID),
+    "-m", "REDIRECT",
+    "-i", "*",
+    "-x", "",
+    "-b", "*",
+    "-d", ",".join(map(str, SIDECAR_INBOUND_EXCLUDED)),
 )
+# fmt: on
 
 # -- iptables chains (tables nat, mangle, raw) --------------------------------------------------
 CHAIN_INBOUND = "ISTIO_INBOUND"  # PREROUTING jumps here for inbound capture

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from accel.constants import ISTIO_INIT_DEFAULT_ARGS
 from accel.lab import Lab, LabPlan, SidecarConfig
 from accel.netns import unique_name
 from accel.node.paths import unmount_bpffs_at
@@ -21,24 +22,7 @@ TOP = Path(__file__).resolve().parents[1]
 ACCEL = str(TOP / ".venv" / "bin" / "accel")
 APP = 1000
 SERVICE = "203.0.113.10"
-STOCK = [
-    "-p",
-    "15001",
-    "-z",
-    "15006",
-    "-u",
-    "1337",
-    "-m",
-    "REDIRECT",
-    "-i",
-    "*",
-    "-x",
-    "",
-    "-b",
-    "*",
-    "-d",
-    "15090,15021,15020",
-]
+STOCK = list(ISTIO_INIT_DEFAULT_ARGS)  # what the injector gives istio-init
 
 
 class Node:

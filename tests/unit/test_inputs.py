@@ -437,3 +437,10 @@ def test_cni_warns_about_unmeshed_pods_and_unknown_traffic_annotations():
     result = inputs.from_annotations({"annotations": {"traffic.sidecar.istio.io/includeInboundPort": "80"}})
     assert any("sidecar.istio.io/status" in w for w in result.warnings)
     assert any("includeInboundPort " in w for w in result.warnings)
+
+
+def test_the_stock_arguments_are_the_injectors():
+    """accel's stock capture (the demo's, the benchmark's, the CNI default's) is the one Istio's
+    reference records for a default sidecar, less its logging flag."""
+    argv = [word for word in default_sidecar()["argv"][1:] if not word.startswith("--log_output_level")]
+    assert list(inputs.ISTIO_INIT_DEFAULT_ARGS) == argv
