@@ -303,6 +303,28 @@ class Lab(LabNetwork):
             raise LabError(f"agent {args[0]} in {role} failed: {result.stderr.strip()[-500:]}")
         return result.stdout
 
+    def burst(
+        self,
+        role: str,
+        targets: list[dict],
+        *,
+        concurrency: int,
+        until: Path | None = None,
+        request_timeout: float | None = None,
+        uid: int = 0,
+        gid: int = 0,
+        timeout: float = 120,
+        name: str = "burst",
+    ) -> list[dict]:
+        """Each target {dst, port, token, proto} once (or again and again until the file `until`
+        exists), `concurrency` at a time, from `role` as uid/gid; a result a request."""
+        path = self.workdir / f"{name}-targets.json"
+        path.write_text(json.dumps(targets))
+        args = ["burst", "--targets", str(path), "--concurrency", str(concurrency)]
+        args += ["--timeout", str(request_timeout)] if request_timeout is not None else []
+        args += ["--until", str(until)] if until is not None else []
+        return json.loads(self.agent(role, *args, uid=uid, gid=gid, timeout=timeout))
+
     def client(
         self,
         role: str,

@@ -229,25 +229,18 @@ class Soak(SoakVerdict):
     # -- the workers ------------------------------------------------------------------------
 
     def _burst(self, name: str, role: str, targets: list[dict], stop_file: Path) -> None:
-        path = self.lab.workdir / f"soak-{name}.json"
-        path.write_text(json.dumps(targets))
         try:
-            out = self.lab.agent(
+            self.bursts[name] = self.lab.burst(
                 role,
-                "burst",
-                "--targets",
-                str(path),
-                "--concurrency",
-                str(self.config.concurrency),
-                "--timeout",
-                "5",
-                "--until",
-                str(stop_file),
+                targets,
+                concurrency=self.config.concurrency,
+                request_timeout=5,
+                until=stop_file,
                 uid=APP,
                 gid=APP,
                 timeout=self.config.duration + 120,
+                name=f"soak-{name}",
             )
-            self.bursts[name] = json.loads(out)
         except (LabError, subprocess.TimeoutExpired) as error:
             self.problems.append(f"{name} traffic: {error}")
 

@@ -114,22 +114,10 @@ def test_concurrent_connections_reach_their_own_original_destination():
         for i, (a, p) in enumerate((a, p) for a in addresses for p in ports)
     ]
     with Lab(plan) as lab:
-        (lab.workdir / "targets.json").write_text(json.dumps(targets))
         backend, pod = get_backend("ebpf"), lab.pods["pod"]
         backend.apply(pod, STOCK)
         try:
-            results = json.loads(
-                lab.agent(
-                    "pod",
-                    "burst",
-                    "--targets",
-                    str(lab.workdir / "targets.json"),
-                    "--concurrency",
-                    "500",
-                    uid=APP,
-                    gid=APP,
-                )
-            )
+            results = lab.burst("pod", targets, concurrency=500, uid=APP, gid=APP)
             events = {e["token"]: e for e in lab.events() if e["role"] == "sidecar"}
         finally:
             backend.remove(pod)
@@ -151,7 +139,6 @@ def test_records_live_with_the_sockets_and_nothing_node_wide_is_left_over_20000_
     )
     targets = [{"dst": f"203.0.113.1{i % 2}", "port": 8081 + i % 10, "token": f"n{i}"} for i in range(20000)]
     with Lab(plan) as lab:
-        (lab.workdir / "targets.json").write_text(json.dumps(targets))
         backend, pod = get_backend("ebpf"), lab.pods["pod"]
         backend.apply(pod, STOCK)
         peak, done = [0], threading.Event()
@@ -163,19 +150,7 @@ def test_records_live_with_the_sockets_and_nothing_node_wide_is_left_over_20000_
         watcher = threading.Thread(target=watch)
         watcher.start()
         try:
-            results = json.loads(
-                lab.agent(
-                    "pod",
-                    "burst",
-                    "--targets",
-                    str(lab.workdir / "targets.json"),
-                    "--concurrency",
-                    "32",
-                    uid=APP,
-                    gid=APP,
-                    timeout=600,
-                )
-            )
+            results = lab.burst("pod", targets, concurrency=32, uid=APP, gid=APP, timeout=600)
         finally:
             done.set()
             watcher.join()

@@ -98,22 +98,8 @@ def test_only_the_proxys_sockets_take_captured_inbound_traffic(order):
 
 def run_traffic(lab, tokens, results):
     """Connections from the app to the service, four at a time, in a thread of their own."""
-    (lab.workdir / "targets.json").write_text(json.dumps([{"dst": SERVICE, "port": 8080, "token": t} for t in tokens]))
-    results.extend(
-        json.loads(
-            lab.agent(
-                "pod",
-                "burst",
-                "--targets",
-                str(lab.workdir / "targets.json"),
-                "--concurrency",
-                "4",
-                uid=APP,
-                gid=APP,
-                timeout=300,
-            )
-        )
-    )
+    targets = [{"dst": SERVICE, "port": 8080, "token": t} for t in tokens]
+    results.extend(lab.burst("pod", targets, concurrency=4, uid=APP, gid=APP, timeout=300))
 
 
 def test_a_spec_change_switches_in_one_step_with_traffic_flowing():

@@ -287,26 +287,11 @@ def test_restarts_upgrades_and_kills_under_traffic(node, tmp_path):
     first = node.json("up")
     node.accel("pod", "add", "--netns", pod.netns, "--id", "pod-a", "--", *STOCK)
     targets = [{"dst": SERVICE, "port": 8080, "token": f"t{i}"} for i in range(20)]
-    (lab.workdir / "targets.json").write_text(json.dumps(targets))
     stop_file = lab.workdir / "stop"
     results = []
     traffic = threading.Thread(
         target=lambda: results.extend(
-            json.loads(
-                lab.agent(
-                    "pod",
-                    "burst",
-                    "--targets",
-                    str(lab.workdir / "targets.json"),
-                    "--concurrency",
-                    "4",
-                    "--until",
-                    str(stop_file),
-                    uid=APP,
-                    gid=APP,
-                    timeout=600,
-                )
-            )
+            lab.burst("pod", targets, concurrency=4, until=stop_file, uid=APP, gid=APP, timeout=600)
         )
     )
     traffic.start()
