@@ -12,7 +12,7 @@ from rich.console import Console
 
 from ..bench.run import MODE_CHOICES, MODES, BenchConfig
 from ..spec import SpecError
-from .common import EXIT_FAILED, NameList, OutputFile, fail, needs_root
+from .common import EXIT_FAILED, NameList, OutputFile, fail, json_figures_option, needs_root
 
 EPILOG = (
     "\b\nWhat it measures, in a lab on this node: a client pod (load generator and a HAProxy\n"
@@ -67,13 +67,7 @@ EPILOG = (
     metavar="S",
     help="Length of the churn workload, 0 for none [default: 70; --quick: 0].",
 )
-@click.option(
-    "--json",
-    "json_file",
-    type=OutputFile(stdout=True),
-    metavar="FILE",
-    help="Write the figures as JSON to FILE (- for stdout, instead of the table).",
-)
+@json_figures_option
 @click.option(
     "--plot",
     "plot_file",

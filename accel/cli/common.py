@@ -284,6 +284,16 @@ class OutputFile(click.ParamType):
         return [CompletionItem(incomplete, type="file")]
 
 
+# --json FILE of the commands that measure: their figures, to a file or (-) stdout
+json_figures_option = click.option(
+    "--json",
+    "json_file",
+    type=OutputFile(stdout=True),
+    metavar="FILE",
+    help="Write the figures as JSON to FILE (- for stdout, instead of the table).",
+)
+
+
 def warn(notes: list[str]) -> None:
     for note in notes:
         click.echo(f"accel: warning: {note}", err=True)

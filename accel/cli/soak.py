@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import EXIT_FAILED, OutputFile, fail, needs_root
+from .common import EXIT_FAILED, fail, json_figures_option, needs_root
 
 EPILOG = (
     "\b\nWhat it runs, in a lab on this node, against a node of its own (the lab's cgroup, its own\n"
@@ -46,13 +46,7 @@ EPILOG = (
     show_default=True,
     help="Short-circuit the soaked pod's app <-> sidecar hops (ebpf+sockmap).",
 )
-@click.option(
-    "--json",
-    "json_file",
-    type=OutputFile(stdout=True),
-    metavar="FILE",
-    help="Write the figures as JSON to FILE (- for stdout, instead of the table).",
-)
+@json_figures_option
 def soak(duration, sockmap, json_file):
     """Soak the eBPF datapath: traffic of every kind while pods are added and removed.
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import btf, libbpf
+from .libbpf_structs import MapInfo
 
 FORMAT = 1
 BPF_LD_IMM64 = 0x18
@@ -198,7 +199,12 @@ def _members_compatible(old: list | None, new: list | None) -> bool:
 def layout_of_map(map_fd: int) -> dict:
     """layout() of a map the kernel holds (e.g. a pinned one), from its info and its BTF."""
     info = libbpf.map_info(map_fd)
-    definition = {
+    return layout(_definition(info), libbpf.btf_data(info.btf_id) if info.btf_id else None)
+
+
+def _definition(info: MapInfo) -> dict:
+    """A map's definition as a compiled entry records it, from the kernel's bpf_map_info."""
+    return {
         "type": info.type,
         "key_size": info.key_size,
         "value_size": info.value_size,
@@ -207,7 +213,6 @@ def layout_of_map(map_fd: int) -> dict:
         "btf_key_type_id": info.btf_key_type_id,
         "btf_value_type_id": info.btf_value_type_id,
     }
-    return layout(definition, libbpf.btf_data(info.btf_id) if info.btf_id else None)
 
 
 def _cache_key(source: str, headers: dict[str, str], cflags: list[str], programs: dict) -> str:
@@ -258,16 +263,7 @@ def _compile(source: str, cflags: list[str], programs: dict, key: str) -> dict:
         labels: dict[int, str] = {}  # kernel BTF id -> label
         for name, fd in _tables(lib, bpf.module):
             info = libbpf.map_info(fd)
-            maps[name] = {
-                "type": info.type,
-                "key_size": info.key_size,
-                "value_size": info.value_size,
-                "max_entries": info.max_entries,
-                "map_flags": info.map_flags,
-                "btf_key_type_id": info.btf_key_type_id,
-                "btf_value_type_id": info.btf_value_type_id,
-                "btf": None,
-            }
+            maps[name] = {**_definition(info), "btf": None}
             if info.btf_value_type_id:  # labelled by order, not by kernel id: records are reproducible
                 label = labels.setdefault(info.btf_id, str(len(labels)))
                 btfs.setdefault(label, base64.b64encode(libbpf.btf_data(info.btf_id)).decode())
