@@ -39,6 +39,9 @@ from .verdicts import (
     target_verdicts,
 )
 
+# every table of the report: its title flush left, a rule under the header, no padding at the edges
+TABLE_STYLE: dict = {"title_justify": "left", "pad_edge": False, "box": box.SIMPLE_HEAD, "collapse_padding": True}
+
 LEGEND = (
     "ka1/ka16: keep-alive HTTP over 1/16 connections; cps16: a new connection per request, 16 at "
     "a time; crr1: one at a time, timed from connect to close; bulk: a 16 MiB response; conntrack: "
@@ -97,9 +100,7 @@ def progress_bar(console: Console, total: int):
 
 
 def _main_table(document: dict, modes: list[str], title: str | None) -> Table:
-    table = Table(
-        title=title, title_justify="left", show_lines=True, pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True
-    )
+    table = Table(title=title, show_lines=True, **TABLE_STYLE)
     table.add_column("")
     for mode in modes:
         errors = document["modes"][mode].get("errors")
@@ -167,10 +168,7 @@ def print_report(document: dict, console: Console | None = None) -> None:
         first, last = sizes[0], sizes[-1]
         scaling = Table(
             title="rule scaling: new connections/s with N excluded CIDRs (none match), and × explicit at the same N",
-            title_justify="left",
-            pad_edge=False,
-            box=box.SIMPLE_HEAD,
-            collapse_padding=True,
+            **TABLE_STYLE,
         )
         scaling.add_column("mode")
         for size in sizes:
@@ -202,13 +200,7 @@ def print_report(document: dict, console: Console | None = None) -> None:
 
     churn = churn_rows(document)
     if churn:
-        table = Table(
-            title="churn: short connections, the app closing first",
-            title_justify="left",
-            pad_edge=False,
-            box=box.SIMPLE_HEAD,
-            collapse_padding=True,
-        )
+        table = Table(title="churn: short connections, the app closing first", **TABLE_STYLE)
         for number, column in enumerate(CHURN_COLUMNS):
             table.add_column(column, justify="left" if number == 0 else "right")
         for row in churn:
@@ -295,7 +287,7 @@ def _rows_table(
 ) -> Table:
     """A program_budget table (columns of (mode, kind), rows of (name, values), the last the
     total) for the terminal: the mode heads its first column, a ratio is coloured."""
-    table = Table(title=title, title_justify="left", pad_edge=False, box=box.SIMPLE_HEAD, collapse_padding=True)
+    table = Table(title=title, **TABLE_STYLE)
     table.add_column(first, vertical="bottom")
     for mode, kind in columns:
         heading = headings[kind]
