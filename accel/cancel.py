@@ -147,13 +147,17 @@ def wait_readable(fd: int | None, timeout: float | None) -> bool:
     if fd is not None:
         watch.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
     reader = _reader if armed() else None  # armed: _reader is set
+    watched = reader.fileno() if reader is not None else -1
     if reader is not None:
-        watch.register(reader.fileno(), select.POLLIN)
+        watch.register(watched, select.POLLIN)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = None if deadline is None else max(deadline - time.monotonic(), 0)
         ready = {ready_fd for ready_fd, _ in watch.poll(None if left is None else left * 1000)}
-        if reader is not None and reader.fileno() in ready:
+        if reader is not None and reader.fileno() == -1:  # handling() ended meanwhile: nothing cuts it short now
+            watch.unregister(watched)
+            reader = None
+        if reader is not None and watched in ready:
             check()
         if fd is not None and fd in ready:
             return True

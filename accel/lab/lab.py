@@ -234,7 +234,7 @@ class Lab(LabNetwork):
     def sidecar(self, role: str) -> subprocess.Popen | None:
         """The running sidecar agent of a meshed pod, if any."""
         for agent in self._agents:
-            assert isinstance(agent.args, list)  # every process here was given an argv list
+            assert isinstance(agent.args, (list, tuple))  # every process here was given an argv
             if agent.poll() is None and "sidecar" in agent.args and self._agent_pod.get(agent.pid) == role:
                 return agent
         return None
