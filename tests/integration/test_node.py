@@ -246,8 +246,8 @@ def test_an_upgrade_whose_struct_fills_padding_keeps_the_map_and_its_entries(nod
                 "\t__u16 remote_port;\n\t__u16 future;\n\t__u16 pad;\n};",
             ),
             "accel/ebpf/maps.py": (
-                '("remote_port", ctypes.c_uint16), ("pad", ctypes.c_uint32)]',
-                '("remote_port", ctypes.c_uint16), ("future", ctypes.c_uint16), ("pad", ctypes.c_uint16)]',
+                '("remote_port", ctypes.c_uint16),\n        ("pad", ctypes.c_uint32),',
+                '("remote_port", ctypes.c_uint16),\n        ("future", ctypes.c_uint16),\n        ("pad", ctypes.c_uint16),',
             ),
         },
     )
