@@ -247,7 +247,8 @@ def test_an_upgrade_whose_struct_fills_padding_keeps_the_map_and_its_entries(nod
             ),
             "accel/ebpf/maps.py": (
                 '("remote_port", ctypes.c_uint16),\n        ("pad", ctypes.c_uint32),',
-                '("remote_port", ctypes.c_uint16),\n        ("future", ctypes.c_uint16),\n        ("pad", ctypes.c_uint16),',
+                '("remote_port", ctypes.c_uint16),\n        ("future", ctypes.c_uint16),\n'
+                '        ("pad", ctypes.c_uint16),',
             ),
         },
     )
